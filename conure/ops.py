@@ -14,6 +14,8 @@ ImportError; ``CONURE_FORCE_REFERENCE=1`` uses the reference even when the exten
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import warnings
@@ -47,11 +49,11 @@ def _load_extension() -> Optional[str]:
     if built_with is not None and built_with != torch.__version__:
         return (f"conure's compiled extension was built against torch {built_with} but torch {torch.__version__} "
                 f"is running; {_FIX}")
+    if importlib.util.find_spec("conure._C") is None:
+        return f"conure's compiled extension (conure._C) is not built; {_FIX}"
     try:
-        from conure import _C  # noqa: F401  (registers torch.ops.conure.*)
-    except ImportError as exc:
-        if built_with is None and "No module named" in str(exc):
-            return f"conure's compiled extension (conure._C) is not built; {_FIX}"
+        importlib.import_module("conure._C")  # runs the TORCH_LIBRARY registrations: torch.ops.conure.*
+    except ImportError as exc:  # e.g. undefined symbols from another torch build
         return f"conure's compiled extension failed to load ({exc}); {_FIX}"
     return None
 
@@ -231,7 +233,8 @@ if _COMPILED:
 
     @torch.library.register_fake("conure::magnitude_prune_many_")
     def _prune_fake(weights, owners, task, keep_ratio):
-        return torch.library.get_ctx().new_dynamic_size()
+        # The count kept, as a 0-dim int64 CPU tensor (an int return would be data-dependent under tracing).
+        return torch.empty((), dtype=torch.int64, device="cpu")
 
     def _conv_setup_context(ctx, inputs, output):
         x, weight, owner, task, bias, dilation = inputs

@@ -57,6 +57,8 @@ def magnitude_prune_many_(
     flat_w = torch.cat([w.detach().reshape(-1).abs() for w in weights])
     flat_o = torch.cat([o.reshape(-1) for o in owners])
     idx = torch.nonzero(flat_o == task).flatten()
+    if torch.isnan(flat_w[idx]).any():
+        raise RuntimeError(f"magnitude_prune_: a weight owned by task {task} is NaN")
     n = idx.numel()
     k = round(keep_ratio * n)
     # Stable sort by descending |w| keeps the lower flat index first among ties.

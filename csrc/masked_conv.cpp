@@ -1,0 +1,177 @@
+// Schemas of the conure operators and their device-generic GEMM orchestration.
+#include "masked_conv.h"
+
+#include <torch/library.h>
+
+#include <cfenv>
+#include <cmath>
+
+namespace conure {
+
+void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& owner, int64_t task,
+                     const std::optional<at::Tensor>& bias, int64_t dilation) {
+  TORCH_CHECK(x.dim() == 3, "masked_causal_conv1d: x must be [B, L, C_in], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 3, "masked_causal_conv1d: weight must be [C_out, C_in, K], got ", weight.sizes());
+  TORCH_CHECK(x.size(2) == weight.size(1), "masked_causal_conv1d: x has ", x.size(2),
+              " channels, weight expects ", weight.size(1));
+  TORCH_CHECK(weight.size(0) > 0 && weight.size(2) > 0, "masked_causal_conv1d: weight ", weight.sizes(),
+              " has an empty dimension");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type() && at::isFloatingType(x.scalar_type()),
+              "masked_causal_conv1d: x and weight must share one floating dtype, got ", x.scalar_type(), " and ",
+              weight.scalar_type());
+  TORCH_CHECK(owner.scalar_type() == at::kByte, "masked_causal_conv1d: owner must be uint8, got ",
+              owner.scalar_type());
+  TORCH_CHECK(owner.sizes() == weight.sizes(), "masked_causal_conv1d: owner shape ", owner.sizes(),
+              " != weight shape ", weight.sizes());
+  TORCH_CHECK(x.device() == weight.device() && owner.device() == weight.device(),
+              "masked_causal_conv1d: x, weight and owner must be on one device");
+  TORCH_CHECK(task >= 0 && task <= 255, "masked_causal_conv1d: task must be in [0, 255], got ", task);
+  TORCH_CHECK(dilation >= 1, "masked_causal_conv1d: dilation must be >= 1, got ", dilation);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "masked_causal_conv1d: bias must be [",
+                weight.size(0), "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == weight.scalar_type() && bias->device() == weight.device(),
+                "masked_causal_conv1d: bias must match weight's dtype and device");
+  }
+}
+
+void check_prune_args(at::TensorList weights, at::TensorList owners, int64_t task, double keep_ratio) {
+  TORCH_CHECK(!weights.empty() && weights.size() == owners.size(),
+              "magnitude_prune_: need as many owners as weights (at least one)");
+  TORCH_CHECK(task >= 0 && task <= 255, "magnitude_prune_: task must be in [0, 255], got ", task);
+  TORCH_CHECK(keep_ratio >= 0.0 && keep_ratio <= 1.0, "magnitude_prune_: keep_ratio must be in [0, 1], got ",
+              keep_ratio);
+  for (size_t n = 0; n < weights.size(); ++n) {
+    TORCH_CHECK(at::isFloatingType(weights[n].scalar_type()) &&
+                    weights[n].scalar_type() == weights[0].scalar_type(),
+                "magnitude_prune_: weights must share one floating dtype");
+    TORCH_CHECK(owners[n].scalar_type() == at::kByte, "magnitude_prune_: owner ", n, " must be uint8");
+    TORCH_CHECK(owners[n].sizes() == weights[n].sizes(), "magnitude_prune_: owner ", n, " shape ",
+                owners[n].sizes(), " != weight shape ", weights[n].sizes());
+    TORCH_CHECK(owners[n].is_contiguous(), "magnitude_prune_: owner ", n, " must be contiguous");
+    TORCH_CHECK(weights[n].device() == weights[0].device() && owners[n].device() == weights[0].device(),
+                "magnitude_prune_: all tensors must be on one device");
+  }
+}
+
+int64_t kept_count(double keep_ratio, int64_t n) {
+  // std::nearbyint in the default rounding mode rounds half to even, like Python's round().
+  return static_cast<int64_t>(std::nearbyint(keep_ratio * static_cast<double>(n)));
+}
+
+// y[b, t] = bias + sum_j x[b, t - s_j] @ Wt[j] with s_j = (K-1-j) * dilation.
+// Each tap is one GEMM over the flat [B*L, C] rows shifted by s_j. Rows t < s_j of batch b >= 1 would then pick up
+// batch b-1's tail; they are saved before and restored after, so no padded or transposed copy of x is made.
+at::Tensor masked_conv_forward(const ConvKernels& kernels, const at::Tensor& x_in, const at::Tensor& weight_in,
+                               const at::Tensor& owner_in, int64_t task, const std::optional<at::Tensor>& bias,
+                               int64_t dilation) {
+  check_conv_args(x_in, weight_in, owner_in, task, bias, dilation);
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), owner = owner_in.contiguous();
+  const int64_t B = x.size(0), L = x.size(1), C_in = x.size(2), C_out = weight.size(0), K = weight.size(2);
+  const int64_t N = B * L;
+  at::Tensor y = at::empty({B, L, C_out}, x.options());
+  if (N == 0) return y;
+  at::Tensor taps = at::empty({K, C_in, C_out}, weight.options());
+  kernels.mask_weight(weight, owner, task, taps);
+  const at::Tensor x2 = x.view({N, C_in});
+  at::Tensor y2 = y.view({N, C_out});
+  if (bias.has_value()) {
+    y2.copy_(bias->view({1, C_out}).expand({N, C_out}));
+    y2.addmm_(x2, taps[K - 1]);
+  } else {
+    at::mm_out(y2, x2, taps[K - 1]);
+  }
+  for (int64_t j = 0; j < K - 1; ++j) {
+    const int64_t s = (K - 1 - j) * dilation;
+    if (s >= L) continue;  // reaches only negative time: zero
+    at::Tensor head = B > 1 ? y.narrow(1, 0, s).clone() : at::Tensor();
+    y2.narrow(0, s, N - s).addmm_(x2.narrow(0, 0, N - s), taps[j]);
+    if (B > 1) y.narrow(1, 0, s).copy_(head);
+  }
+  return y;
+}
+
+// grad_x[b, t] = sum_j grad_y[b, t + s_j] @ Wt[j]^T and grad_W[:, :, j] = sum_{b,t} grad_y[b, t + s_j]^T x[b, t].
+// G_j (grad_y shifted back by s_j, zero past the end of each sequence) serves both GEMMs of tap j.
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>> masked_conv_backward(
+    const ConvKernels& kernels, const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+    const at::Tensor& owner_in, int64_t task, int64_t dilation, std::array<bool, 3> output_mask) {
+  check_conv_args(x_in, weight_in, owner_in, task, std::nullopt, dilation);
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), owner = owner_in.contiguous();
+  const int64_t B = x.size(0), L = x.size(1), C_in = x.size(2), C_out = weight.size(0), K = weight.size(2);
+  const int64_t N = B * L;
+  TORCH_CHECK(grad_y_in.dim() == 3 && grad_y_in.size(0) == B && grad_y_in.size(1) == L &&
+                  grad_y_in.size(2) == C_out && grad_y_in.scalar_type() == x.scalar_type(),
+              "masked_causal_conv1d_backward: grad_y must be [", B, ", ", L, ", ", C_out, "] of x's dtype, got ",
+              grad_y_in.sizes(), " ", grad_y_in.scalar_type());
+  const at::Tensor grad_y = grad_y_in.contiguous();
+  const at::Tensor gy2 = grad_y.view({N, C_out});
+  const bool need_x = output_mask[0], need_w = output_mask[1];
+
+  std::optional<at::Tensor> grad_x, grad_w, grad_b;
+  at::Tensor taps, grad_taps;
+  if (need_x) {
+    grad_x = at::empty({B, L, C_in}, x.options());
+    taps = at::empty({K, C_in, C_out}, weight.options());
+    kernels.mask_weight(weight, owner, task, taps);
+  }
+  if (need_w) grad_taps = at::empty({K, C_out, C_in}, weight.options());
+  if (N == 0) {
+    if (need_x) grad_x->zero_();
+    if (need_w) grad_taps.zero_();
+  } else if (need_x || need_w) {
+    const at::Tensor x2 = x.view({N, C_in});
+    if (need_x) {
+      at::Tensor gx2 = grad_x->view({N, C_in});
+      at::mm_out(gx2, gy2, taps[K - 1].t());
+    }
+    if (need_w) {
+      at::Tensor tap = grad_taps[K - 1];
+      at::mm_out(tap, gy2.t(), x2);
+    }
+    at::Tensor shifted;
+    for (int64_t j = 0; j < K - 1; ++j) {
+      const int64_t s = (K - 1 - j) * dilation;
+      if (s >= L) {
+        if (need_w) grad_taps[j].zero_();
+        continue;
+      }
+      if (!shifted.defined()) shifted = at::empty({B, L, C_out}, grad_y.options());
+      shifted.narrow(1, 0, L - s).copy_(grad_y.narrow(1, s, L - s));
+      shifted.narrow(1, L - s, s).zero_();
+      const at::Tensor g2 = shifted.view({N, C_out});
+      if (need_x) grad_x->view({N, C_in}).addmm_(g2, taps[j].t());
+      if (need_w) {
+        at::Tensor tap = grad_taps[j];
+        at::mm_out(tap, g2.t(), x2);
+      }
+    }
+  }
+  if (need_w) {
+    if (task == 0) {
+      grad_w = at::zeros({C_out, C_in, K}, weight.options());  // owner 0 (free) is never active
+    } else {
+      grad_w = at::empty({C_out, C_in, K}, weight.options());
+      kernels.scatter_grad(grad_taps, owner, task, *grad_w);
+    }
+  }
+  if (output_mask[2]) grad_b = gy2.sum(0);
+  return {grad_x, grad_w, grad_b};
+}
+
+}  // namespace conure
+
+TORCH_LIBRARY(conure, m) {
+  m.def("masked_causal_conv1d(Tensor x, Tensor weight, Tensor owner, int task, Tensor? bias=None, int dilation=1)"
+        " -> Tensor");
+  m.def("masked_causal_conv1d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor owner, int task, "
+        "int dilation, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)");
+  m.def("magnitude_prune_many_(Tensor[] weights, Tensor(a!)[] owners, int task, float keep_ratio) -> Tensor");
+  m.def("has_cuda() -> bool", []() {
+#ifdef CONURE_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}
