@@ -1,0 +1,213 @@
+"""Task heads: what sits on top of the shared backbone for each task.
+
+Every head has ``loss(hidden [B, L, C], items [B, L], targets, generator) -> scalar`` (training, train-split targets)
+and ``scores(user [B, C]) -> [B, num_targets]`` (evaluation: ranking scores, or class logits), and ``config()``
+(JSON-able constructor arguments, for checkpoints).
+
+* :class:`NextItemHead` (``kind == "next_item"``): a linear output layer over the item vocabulary applied at EVERY
+  position; full softmax cross-entropy, or sampled softmax (``num_sampled > 0``, shared negatives per batch, logQ
+  correction, accidental hits removed) for large vocabularies. Padding targets (0) are ignored.
+* :class:`ItemHead` (``kind == "item"``): the task's own target embedding table ``E [num_targets, C]`` (row 0 =
+  padding), score ``= E @ proj(u)`` with a linear projection of the user vector ``u``. Loss ``"bpr"``: for every
+  (user, target) pair, ``num_negatives`` popularity-sampled negatives (probability ``counts ** rho``, padding and the
+  user's own targets excluded), ``-log sigmoid(s_pos - s_neg)``; loss ``"softmax"``: cross-entropy over the full
+  target vocabulary for every non-padding target.
+* :class:`ProfileHead` (``kind == "profile"``): a linear classifier, cross-entropy.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conure.nn import gather_last
+
+__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "make_head", "head_from_config",
+           "popularity_probs"]
+
+
+def popularity_probs(counts: Optional[torch.Tensor], size: int, rho: float = 1.0) -> torch.Tensor:
+    """Sampling distribution over ids ``0..size-1``: ``counts ** rho`` normalised, padding id 0 excluded.
+
+    Ids never seen get a small floor (so every id can be drawn); ``counts=None`` gives the uniform distribution.
+    """
+    if counts is None:
+        p = torch.ones(size, dtype=torch.float64)
+    else:
+        if counts.shape != (size,):
+            raise ValueError(f"popularity_probs: counts must have shape [{size}], got {tuple(counts.shape)}")
+        p = counts.detach().to(torch.float64).cpu().clamp_min(0.0) ** rho
+        floor = p[1:].max().item() * 1e-6 if size > 1 else 0.0
+        p = p + (floor if floor > 0 else 1.0)
+    p[0] = 0.0
+    return p / p.sum()
+
+
+class TaskHead(nn.Module):
+    kind = "base"
+
+    def loss(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, user: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def config(self) -> Dict[str, object]:
+        raise NotImplementedError
+
+
+class NextItemHead(TaskHead):
+    """Next-item prediction at every position: ``logits = W h + b`` over ``num_items`` (id 0 never predicted)."""
+
+    kind = "next_item"
+
+    def __init__(self, channels: int, num_items: int, num_sampled: int = 0, rho: float = 1.0) -> None:
+        super().__init__()
+        self.channels, self.num_items, self.num_sampled, self.rho = channels, num_items, int(num_sampled), rho
+        self.out = nn.Linear(channels, num_items)
+        # Sampling distribution of sampled softmax (uniform until set_counts); part of state_dict.
+        self.register_buffer("probs", popularity_probs(None, num_items).to(torch.float32))
+
+    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
+        if counts is not None:
+            self.probs.copy_(popularity_probs(counts, self.num_items, self.rho).to(torch.float32))
+
+    def config(self):
+        return {"type": "NextItemHead", "channels": self.channels, "num_items": self.num_items,
+                "num_sampled": self.num_sampled, "rho": self.rho}
+
+    def _masked_logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.out(h)
+        return logits.index_fill(-1, torch.zeros(1, dtype=torch.long, device=h.device), float("-inf"))
+
+    def scores(self, user: torch.Tensor) -> torch.Tensor:
+        return self._masked_logits(user)
+
+    def loss(self, hidden, items, targets, generator=None):
+        if targets.shape != items.shape:
+            raise ValueError(f"NextItemHead: train targets must be [N, L] like the inputs, got {tuple(targets.shape)}")
+        mask = targets != 0
+        h, y = hidden[mask], targets[mask]
+        if h.shape[0] == 0:
+            return hidden.sum() * 0.0
+        if self.num_sampled <= 0 or self.num_sampled >= self.num_items - 1:
+            return F.cross_entropy(self._masked_logits(h), y)
+        # Sampled softmax: one shared set of negatives per batch, logQ correction, accidental hits removed.
+        neg = torch.multinomial(self.probs.cpu().double(), self.num_sampled, replacement=True,
+                                generator=generator).to(h.device)
+        log_q = torch.log(self.probs.to(h.dtype) * self.num_sampled)
+        w, b = self.out.weight, self.out.bias
+        pos_logit = (h * w[y]).sum(-1) + b[y] - log_q[y]
+        neg_logit = h @ w[neg].T + b[neg] - log_q[neg]
+        neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))
+        logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(y))
+
+
+class ItemHead(TaskHead):
+    """Target-item recommendation: own embedding table, dot product with a projection of the user vector."""
+
+    kind = "item"
+
+    def __init__(self, channels: int, num_targets: int, loss: str = "bpr", num_negatives: int = 4,
+                 rho: float = 1.0) -> None:
+        super().__init__()
+        if loss not in ("bpr", "softmax"):
+            raise ValueError(f"ItemHead: loss must be 'bpr' or 'softmax', got {loss!r}")
+        self.channels, self.num_targets, self.loss_name = channels, num_targets, loss
+        self.num_negatives, self.rho = int(num_negatives), rho
+        self.proj = nn.Linear(channels, channels)
+        self.table = nn.Embedding(num_targets, channels, padding_idx=0)
+        nn.init.normal_(self.table.weight, 0.0, channels ** -0.5)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+        self.register_buffer("probs", popularity_probs(None, num_targets).to(torch.float32))
+
+    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
+        if counts is not None:
+            self.probs.copy_(popularity_probs(counts, self.num_targets, self.rho).to(torch.float32))
+
+    def config(self):
+        return {"type": "ItemHead", "channels": self.channels, "num_targets": self.num_targets,
+                "loss": self.loss_name, "num_negatives": self.num_negatives, "rho": self.rho}
+
+    def scores(self, user: torch.Tensor) -> torch.Tensor:
+        s = self.proj(user) @ self.table.weight.T
+        return s.index_fill(-1, torch.zeros(1, dtype=torch.long, device=s.device), float("-inf"))
+
+    def loss(self, hidden, items, targets, generator=None):
+        user = gather_last(hidden, items)
+        if targets.dim() == 1:
+            targets = targets[:, None]
+        valid = targets != 0                                                          # [B, T]
+        if not bool(valid.any()):
+            return hidden.sum() * 0.0
+        if self.loss_name == "softmax":
+            logits = self.scores(user)                                                # [B, V]
+            rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
+            return F.cross_entropy(logits[rows[valid]], targets[valid])
+        u = self.proj(user)                                                           # [B, C]
+        rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[valid]   # [P]
+        pos = targets[valid]                                                          # [P]
+        neg = torch.multinomial(self.probs.cpu().double(), pos.numel() * self.num_negatives, replacement=True,
+                                generator=generator).view(-1, self.num_negatives).to(pos.device)   # [P, M]
+        # Drop negatives that are one of the user's own targets.
+        own = (neg[:, :, None] == targets[rows][:, None, :]).any(-1)                  # [P, M]
+        s_pos = (u[rows] * self.table(pos)).sum(-1)                                 # [P]
+        s_neg = (u[rows][:, None, :] * self.table(neg)).sum(-1)                     # [P, M]
+        pair = F.softplus(s_neg - s_pos[:, None])                                     # -log sigmoid(pos - neg)
+        keep = (~own).to(pair.dtype)
+        return (pair * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+class ProfileHead(TaskHead):
+    """User-profile classification: ``logits = W u + b`` over ``num_classes``; cross-entropy."""
+
+    kind = "profile"
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.channels, self.num_classes = channels, num_classes
+        self.out = nn.Linear(channels, num_classes)
+
+    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
+        pass
+
+    def config(self):
+        return {"type": "ProfileHead", "channels": self.channels, "num_classes": self.num_classes}
+
+    def scores(self, user: torch.Tensor) -> torch.Tensor:
+        return self.out(user)
+
+    def loss(self, hidden, items, targets, generator=None):
+        return F.cross_entropy(self.scores(gather_last(hidden, items)), targets)
+
+
+_HEADS = {"NextItemHead": NextItemHead, "ItemHead": ItemHead, "ProfileHead": ProfileHead}
+
+
+def make_head(kind: str, channels: int, num_targets: int, *, item_loss: str = "bpr", num_negatives: int = 4,
+              rho: float = 1.0, num_sampled: int = 0, counts: Optional[torch.Tensor] = None) -> TaskHead:
+    """The head for a task kind (``"next_item"``, ``"item"``, ``"profile"``)."""
+    if kind == "next_item":
+        head: TaskHead = NextItemHead(channels, num_targets, num_sampled=num_sampled, rho=rho)
+    elif kind == "item":
+        head = ItemHead(channels, num_targets, loss=item_loss, num_negatives=num_negatives, rho=rho)
+    elif kind == "profile":
+        head = ProfileHead(channels, num_targets)
+    else:
+        raise ValueError(f"make_head: unknown task kind {kind!r}")
+    head.set_counts(counts)
+    return head
+
+
+def head_from_config(config: Dict[str, object]) -> TaskHead:
+    """Rebuild a head (fresh parameters) from its ``config()``."""
+    cfg = dict(config)
+    cls = _HEADS.get(str(cfg.pop("type", "")))
+    if cls is None:
+        raise ValueError(f"head_from_config: unknown head type in {config!r}")
+    return cls(**cfg)

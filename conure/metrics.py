@@ -1,0 +1,135 @@
+"""Ranking and classification metrics, batched over users (no Python loop per user).
+
+Ranking
+    ``target_ranks(scores [N, V], targets [N])`` ranks each user's target among ALL ids of the target vocabulary
+    except the padding id 0 (full ranking). ``sampled_ranks`` is the optional "1 + 99" protocol: the target among
+    ``num_negatives`` sampled non-target, non-padding ids.
+
+Tie policy: pessimistic. ``rank = 1 + #{candidates c != target : score[c] >= score[target]}``, so a candidate tied
+with the target is ranked ahead of it; a model that scores everything equal gets the worst rank, never the best.
+NaN scores count as -inf (a NaN target score is therefore ranked last).
+
+With rank r (1-based) and cut-off K, per user:
+    ``HR@K = [r <= K]``, ``MRR@K = [r <= K] / r``, ``NDCG@K = [r <= K] / log2(r + 1)`` (one relevant item),
+averaged over users.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, Optional, Sequence
+
+import torch
+
+__all__ = [
+    "target_ranks",
+    "sampled_ranks",
+    "hr_at_k",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "ranking_metrics",
+    "accuracy",
+    "popularity_ranks",
+    "majority_accuracy",
+]
+
+
+def _clean(scores: torch.Tensor) -> torch.Tensor:
+    if not scores.is_floating_point():
+        scores = scores.to(torch.float32)
+    return torch.nan_to_num(scores, nan=-math.inf)
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude_padding: bool = True) -> torch.Tensor:
+    """1-based pessimistic rank of ``targets [N]`` in ``scores [N, V]`` over ids ``1..V-1`` (or ``0..V-1``).
+
+    Returns int64 ``[N]``. Raises ValueError for a target outside the ranked ids.
+    """
+    if scores.dim() != 2 or targets.dim() != 1 or scores.shape[0] != targets.shape[0]:
+        raise ValueError(f"target_ranks: need scores [N, V] and targets [N], got {tuple(scores.shape)} and "
+                         f"{tuple(targets.shape)}")
+    targets = targets.to(scores.device, torch.int64)
+    low = 1 if exclude_padding else 0
+    if targets.numel() and (int(targets.min()) < low or int(targets.max()) >= scores.shape[1]):
+        raise ValueError(f"target_ranks: targets must lie in [{low}, {scores.shape[1] - 1}], got "
+                         f"[{int(targets.min())}, {int(targets.max())}]")
+    s = _clean(scores)
+    t = s.gather(1, targets[:, None])
+    ahead = s >= t
+    ahead[torch.arange(s.shape[0], device=s.device), targets] = False   # the target itself
+    if exclude_padding:
+        ahead[:, 0] = False
+    return 1 + ahead.sum(dim=1)
+
+
+def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, num_negatives: int = 99,
+                  generator: Optional[torch.Generator] = None,
+                  weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pessimistic rank of each target among itself and ``num_negatives`` sampled negatives (the 1+99 protocol).
+
+    Negatives are drawn without replacement from ids ``1..V-1`` other than the target, uniformly or proportionally
+    to ``weights [V]`` (e.g. popularity). ``generator`` (a CPU generator) makes the draw reproducible.
+    Returns int64 ``[N]`` in ``[1, num_negatives + 1]``.
+    """
+    n, v = scores.shape
+    if num_negatives > v - 2:
+        raise ValueError(f"sampled_ranks: cannot draw {num_negatives} negatives from {v - 2} non-target ids")
+    targets = targets.to(torch.int64).cpu()
+    w = torch.ones(v) if weights is None else weights.detach().to(torch.float64).cpu().clone()
+    w = w.to(torch.float64).expand(n, v).clone()
+    w[:, 0] = 0.0
+    w[torch.arange(n), targets] = 0.0
+    negatives = torch.multinomial(w, num_negatives, replacement=False, generator=generator).to(scores.device)
+    s = _clean(scores)
+    t = s.gather(1, targets.to(scores.device)[:, None])
+    return 1 + (s.gather(1, negatives) >= t).sum(dim=1)
+
+
+def hr_at_k(ranks: torch.Tensor, k: int) -> float:
+    return float((ranks <= k).double().mean()) if ranks.numel() else math.nan
+
+
+def mrr_at_k(ranks: torch.Tensor, k: int) -> float:
+    if not ranks.numel():
+        return math.nan
+    r = ranks.double()
+    return float(torch.where(r <= k, 1.0 / r, torch.zeros_like(r)).mean())
+
+
+def ndcg_at_k(ranks: torch.Tensor, k: int) -> float:
+    if not ranks.numel():
+        return math.nan
+    r = ranks.double()
+    return float(torch.where(r <= k, 1.0 / torch.log2(r + 1.0), torch.zeros_like(r)).mean())
+
+
+def ranking_metrics(ranks: torch.Tensor, ks: Iterable[int] = (5, 20)) -> Dict[str, float]:
+    """``{"mrr@K", "hr@K", "ndcg@K"}`` for each K, plus ``"n"`` (number of users)."""
+    out: Dict[str, float] = {}
+    for k in ks:
+        out[f"mrr@{k}"] = mrr_at_k(ranks, k)
+        out[f"hr@{k}"] = hr_at_k(ranks, k)
+        out[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
+    out["n"] = int(ranks.numel())
+    return out
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Multi-class accuracy: share of rows whose arg-max (lowest index among ties) equals the label."""
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"accuracy: need logits [N, C] and labels [N], got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if not labels.numel():
+        return math.nan
+    return float((_clean(logits).argmax(dim=1) == labels.to(logits.device)).double().mean())
+
+
+def popularity_ranks(counts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Ranks under the popularity baseline: every user gets the training counts ``[V]`` as scores (full ranking)."""
+    counts = counts.to(torch.float64)
+    return target_ranks(counts.expand(targets.shape[0], -1), targets)
+
+
+def majority_accuracy(train_labels: torch.Tensor, test_labels: torch.Tensor) -> float:
+    """Accuracy of always predicting the most frequent training class."""
+    majority = int(torch.bincount(train_labels.to(torch.int64)).argmax())
+    return float((test_labels == majority).double().mean())

@@ -1,0 +1,158 @@
+"""Conure's backbone: NextItNet over masked causal convolutions (layers in :mod:`conure.nn`).
+
+Activations are ``[B, L, C]``. See :mod:`conure.nn` for the block variants (pre-LN default, post-LN as in the
+original NextItNet) and the owner-map convention (uint8, 0 = free, t = owned by task t).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from conure import ops
+from conure.nn import CapacityError, MaskedCausalConv1d, ResidualBlock, check_task_id, gather_last
+
+__all__ = ["NextItNet"]
+
+
+class NextItNet(nn.Module):
+    """NextItNet backbone: item embedding (padding id 0) and residual blocks of dilated causal convolutions.
+
+    ``forward(items [B, L] int64, task, patches=None) -> [B, L, C]``; ``user_vector(items, task) -> [B, C]`` is the
+    output at the last non-padding position. ``patches`` is an optional sequence of one module per block (PeterRec).
+    """
+
+    def __init__(self, num_items: int, channels: int = 256, kernel_size: int = 3,
+                 dilations: Sequence[int] = (1, 4) * 4, pre_ln: bool = True) -> None:
+        super().__init__()
+        if num_items < 2:
+            raise ValueError(f"NextItNet: num_items counts the padding id 0 and must be >= 2, got {num_items}")
+        if len(dilations) == 0:
+            raise ValueError("NextItNet: need at least one block (dilations is empty)")
+        self.num_items, self.channels, self.kernel_size = int(num_items), int(channels), int(kernel_size)
+        self.dilations, self.pre_ln = tuple(int(d) for d in dilations), bool(pre_ln)
+        self.embedding = nn.Embedding(num_items, channels, padding_idx=0)
+        self.blocks = nn.ModuleList(ResidualBlock(channels, kernel_size, d, pre_ln) for d in self.dilations)
+        self.reset_parameters()
+
+    def config(self) -> Dict[str, object]:
+        """Constructor arguments (JSON-able): ``NextItNet(**net.config())`` builds an equal-shaped network."""
+        return {"num_items": self.num_items, "channels": self.channels, "kernel_size": self.kernel_size,
+                "dilations": list(self.dilations), "pre_ln": self.pre_ln}
+
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        """Embedding ~ N(0, 1/C) with a zero padding row; convolutions as ``nn.Conv1d``; LayerNorms (1, 0)."""
+        with torch.no_grad():
+            nn.init.normal_(self.embedding.weight, 0.0, self.channels ** -0.5, generator=generator)
+            self.embedding.weight[0].zero_()
+            for block in self.blocks:
+                block.conv1.reset_parameters(generator)
+                block.conv2.reset_parameters(generator)
+                block.ln1.reset_parameters()
+                block.ln2.reset_parameters()
+
+    def forward(self, items: torch.Tensor, task: int, patches: Optional[Sequence[nn.Module]] = None) -> torch.Tensor:
+        check_task_id(task, "NextItNet.forward")
+        if not isinstance(items, torch.Tensor) or items.dim() != 2 or items.dtype != torch.int64:
+            raise ValueError("NextItNet.forward: items must be an int64 tensor [B, L], got "
+                             f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}"
+                             f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
+        if patches is not None and len(patches) != len(self.blocks):
+            raise ValueError(f"NextItNet.forward: need one patch per block ({len(self.blocks)}), got {len(patches)}")
+        x = self.embedding(items)
+        for n, block in enumerate(self.blocks):
+            x = block(x, task, None if patches is None else patches[n])
+        return x
+
+    def user_vector(self, items: torch.Tensor, task: int,
+                    patches: Optional[Sequence[nn.Module]] = None) -> torch.Tensor:
+        """Backbone output at the last non-padding position of each row: ``[B, C]``."""
+        hidden = self.forward(items, task, patches)
+        return gather_last(hidden, items)
+
+    # --- the owner maps ------------------------------------------------------------------------------------------
+    def conv_layers(self) -> List[Tuple[str, MaskedCausalConv1d]]:
+        """``(name, layer)`` of every masked convolution, in forward order."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, MaskedCausalConv1d)]
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters without an owner map (embedding, LayerNorms, conv biases): Conure trains them in task 1 only."""
+        for name, p in self.named_parameters():
+            if not (name.endswith(".weight") and isinstance(self.get_submodule(name[:-len(".weight")]),
+                                                                MaskedCausalConv1d)):
+                yield p
+
+    def conv_weights(self) -> List[nn.Parameter]:
+        return [m.weight for _, m in self.conv_layers()]
+
+    def free_counts(self) -> Dict[str, int]:
+        return {name: m.owned(0) for name, m in self.conv_layers()}
+
+    def check_free(self, task: int) -> None:
+        """Raise :class:`CapacityError` if some convolution has no free weight left for a new ``task``."""
+        check_task_id(task, "NextItNet")
+        full = [name for name, n in self.free_counts().items() if n == 0]
+        if full:
+            raise CapacityError(
+                f"task {task}: no free weights left in {len(full)} convolution(s) ({', '.join(full[:4])}"
+                f"{', ...' if len(full) > 4 else ''}); earlier tasks kept all of them. Use a smaller keep_ratio "
+                f"for earlier tasks or a wider backbone.")
+
+    @torch.no_grad()
+    def claim_free_(self, task: int) -> Dict[str, int]:
+        """Assign every free weight of every convolution to ``task``; returns the count per layer.
+
+        Raises :class:`CapacityError` (changing nothing) if some layer has no free weight left.
+        """
+        self.check_free(task)
+        return {name: m.claim_free_(task) for name, m in self.conv_layers()}
+
+    @torch.no_grad()
+    def prune_(self, task: int, keep_ratio: float) -> Dict[str, int]:
+        """Keep the ``round(keep_ratio * n)`` largest-|w| of the n weights ``task`` owns, per conv layer; free the rest.
+
+        Values are left in place (the next task starts from them). Returns the kept count per layer.
+        """
+        check_task_id(task, "NextItNet.prune_")
+        return {name: int(ops.magnitude_prune_(m.weight, m.owner, task, keep_ratio)) for name, m in self.conv_layers()}
+
+    def capacity(self, heads: Optional[Mapping[int, nn.Module]] = None) -> Dict[str, object]:
+        """Who owns what, and what each task costs to store.
+
+        Returns a dict:
+
+        * ``layers``: ``{name: {"size": n, "free": share, "tasks": {t: share}}}`` per conv layer (shares of its weights);
+        * ``total_weights``, ``free`` (share of all conv weights that is free);
+        * ``tasks``: ``{t: {"weights", "share", "weight_bytes", "owner_bytes", "head_bytes", "shared_bytes", "bytes"}}``:
+          the conv weights task t owns, their bytes, one owner-map byte per owned weight, its head's parameter bytes
+          (``heads[t]`` if given), and for task 1 the parameters without owner map (embedding, LayerNorms, biases)
+          that it trains; ``bytes`` is the sum.
+        * ``free_bytes``: bytes of the free weights plus their owner-map bytes (stored, usable by the next task).
+        """
+        layers: Dict[str, object] = {}
+        totals: Dict[int, int] = {}
+        total = free = 0
+        for name, m in self.conv_layers():
+            counts = torch.bincount(m.owner.flatten().to(torch.int64), minlength=1).tolist()
+            n = m.owner.numel()
+            layers[name] = {"size": n, "free": counts[0] / n,
+                            "tasks": {t: c / n for t, c in enumerate(counts) if t and c}}
+            for t, c in enumerate(counts):
+                if t and c:
+                    totals[t] = totals.get(t, 0) + c
+            total, free = total + n, free + counts[0]
+        wsize = self.embedding.weight.element_size()
+        shared = sum(p.numel() * p.element_size() for p in self.shared_parameters())
+        heads = dict(heads or {})
+        tasks: Dict[int, Dict[str, float]] = {}
+        for t in sorted(set(totals) | set(heads)):
+            c = totals.get(t, 0)
+            head = heads.get(t)
+            head_bytes = 0 if head is None else sum(p.numel() * p.element_size() for p in head.parameters())
+            row = {"weights": c, "share": c / max(total, 1), "weight_bytes": c * wsize, "owner_bytes": c,
+                   "head_bytes": head_bytes, "shared_bytes": shared if t == 1 else 0}
+            row["bytes"] = row["weight_bytes"] + row["owner_bytes"] + row["head_bytes"] + row["shared_bytes"]
+            tasks[t] = row
+        return {"layers": layers, "total_weights": total, "free": free / max(total, 1), "tasks": tasks,
+                "free_bytes": free * (wsize + 1)}
