@@ -1,0 +1,535 @@
+"""The continual-learning loop: Conure (train -> prune -> retrain -> freeze) and the machinery it shares with the
+baselines of :mod:`conure.baselines`.
+
+Tasks are learned in order, with ids 1, 2, 3, ... (at most 255: owner maps are uint8). Each task gets its own head.
+
+Conure, task t (:meth:`ConureLearner.learn`):
+
+1. every free conv weight (owner 0) becomes task t's (owner t);
+2. train: the forward uses the weights of tasks 1..t, only task t's receive gradient (the operator guarantees it);
+   the embedding and LayerNorms are trained in task 1 only;
+3. prune: per conv layer, keep ``round(keep_ratio * n)`` of task t's n weights with the largest magnitude
+   (:func:`conure.ops.magnitude_prune_`); the others become free again, their values left for task t+1 to start from;
+4. retrain what is kept (the forward of task t no longer uses the pruned weights);
+5. freeze: from now on nothing task t's output depends on changes, so task t's predictions stay bit-identical
+   however many tasks follow.
+
+Frozen weights stay bit-identical under Adam and AdamW (whose weight decay and momentum move zero-gradient weights):
+every phase gets a fresh optimizer over the phase's trainable tensors only, and after every optimizer step the conv
+weights not owned by the task being trained are copied back from a snapshot taken at the start of the phase.
+
+Metrics, after each task every learned task is evaluated on its test split (primary metric: ``mrr@5`` for ranking
+tasks, ``acc`` for profile tasks). With ``R[i, j]`` = metric of task j after learning task i (0-based, T tasks):
+
+* forgetting (Chaudhry et al., 2018): ``mean_{j < T-1} ( max_{j <= l < T-1} R[l, j] - R[T-1, j] )``;
+* backward transfer (Lopez-Paz & Ranzato, 2017): ``mean_{j < T-1} ( R[T-1, j] - R[j, j] )``.
+
+Both are NaN with fewer than two tasks; Conure gives exactly 0 for both.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from conure import metrics as M
+from conure.data.types import TASK_KINDS, Split, TaskData
+from conure.heads import TaskHead, head_from_config, make_head
+from conure.models import NextItNet
+from conure.nn import BottleneckPatch, check_task_id, gather_last
+
+__all__ = ["TaskConfig", "ContinualLearner", "ConureLearner", "PatchStack", "derive_seed"]
+
+
+@dataclass
+class TaskConfig:
+    """How one task is learned. Every field is JSON-able (``dataclasses.asdict``)."""
+
+    epochs: int = 10                    # training epochs (Conure: before pruning)
+    retrain_epochs: int = 5             # Conure: epochs after pruning (skipped when nothing was pruned)
+    keep_ratio: Optional[float] = None  # Conure: share of the task's weights kept per layer; None: the learner's
+    optimizer: str = "adam"             # "adam" or "adamw"; a fresh one per phase
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    patience: Optional[int] = None      # early stopping after this many epochs without improvement (None: never)
+    metric: Optional[str] = None        # validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "acc"
+    eval_ks: Tuple[int, ...] = (5, 20)
+    eval_batch_size: int = 512
+    item_loss: str = "bpr"              # "item" tasks: "bpr" (popularity-sampled negatives) or "softmax"
+    num_negatives: int = 4              # BPR negatives per positive
+    rho: float = 1.0                    # negatives drawn with probability counts ** rho
+    num_sampled: int = 0                # "next_item" tasks: sampled-softmax negatives per batch (0 = full softmax)
+    max_grad_norm: Optional[float] = None
+    evaluate_all: bool = True           # after the task, evaluate every learned task on test (accuracy matrix)
+
+    def __post_init__(self) -> None:
+        self.eval_ks = tuple(int(k) for k in self.eval_ks)
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"TaskConfig.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.keep_ratio is not None and not 0.0 <= self.keep_ratio <= 1.0:
+            raise ValueError(f"TaskConfig.keep_ratio must be in [0, 1], got {self.keep_ratio!r}")
+        if self.epochs < 0 or self.retrain_epochs < 0 or self.batch_size < 1:
+            raise ValueError("TaskConfig: epochs and retrain_epochs must be >= 0 and batch_size >= 1")
+
+    def to_dict(self) -> Dict[str, object]:
+        d = dataclasses.asdict(self)
+        d["eval_ks"] = list(self.eval_ks)
+        return d
+
+
+def derive_seed(seed: int, *parts) -> int:
+    """A 63-bit seed derived from ``seed`` and labels (task id, phase...), stable across runs and platforms."""
+    text = "/".join(str(p) for p in (seed,) + parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2 ** 63 - 1)
+
+
+class PatchStack(nn.ModuleList):
+    """One :class:`~conure.nn.BottleneckPatch` per residual block (PeterRec)."""
+
+    def __init__(self, channels: int, num_blocks: int, reduction: int = 8) -> None:
+        super().__init__(BottleneckPatch(channels, reduction) for _ in range(num_blocks))
+        self.channels, self.num_blocks, self.reduction = channels, num_blocks, reduction
+
+    def config(self) -> Dict[str, object]:
+        return {"type": "PatchStack", "channels": self.channels, "num_blocks": self.num_blocks,
+                "reduction": self.reduction}
+
+
+def _module_config(module: nn.Module) -> Dict[str, object]:
+    if isinstance(module, NextItNet):
+        return {"type": "NextItNet", **module.config()}
+    return module.config()
+
+
+def _build_module(config: Dict[str, object]) -> nn.Module:
+    cfg = dict(config)
+    kind = cfg.pop("type", None)
+    if kind == "NextItNet":
+        return NextItNet(**cfg)
+    if kind == "PatchStack":
+        return PatchStack(**cfg)
+    return head_from_config(config)
+
+
+_METHODS: Dict[str, type] = {}
+
+
+class ContinualLearner:
+    """What every method shares: task bookkeeping, heads, the training loop with early stopping, evaluation,
+    the accuracy matrix, and state round-trips. Subclasses say which forward a task uses (:meth:`_encode`), what a
+    phase trains (:meth:`_trainable`) and implement :meth:`learn`.
+
+    Everything stored lives in ``self.store`` (an ``nn.ModuleDict``): ``"backbone"``, ``"head_<t>"``, and per method
+    ``"backbone_<t>"`` / ``"patch_<t>"``.
+    """
+
+    method = "base"
+
+    def __init__(self, backbone: NextItNet, *, seed: int = 0) -> None:
+        if not isinstance(backbone, NextItNet):
+            raise TypeError(f"{type(self).__name__}: backbone must be a conure NextItNet, got {type(backbone).__name__}")
+        self.seed = int(seed)
+        self.store = nn.ModuleDict({"backbone": backbone})
+        self.tasks: Dict[int, Dict[str, object]] = {}    # task id -> name, kind, num_targets, metric, config...
+        self.results: List[List[float]] = []             # row i: primary test metric of tasks 1..i+1 after task i+1
+        self.history: List[Dict[str, object]] = []       # JSON-able records: epochs, prunes, task ends
+        self._data: Dict[int, TaskData] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.method != "base":
+            _METHODS[cls.method] = cls
+
+    # --- what subclasses provide ---------------------------------------------------------------------------------
+    def learn(self, task_data: TaskData, task_id: int, config: Optional[TaskConfig] = None) -> Dict[str, object]:
+        raise NotImplementedError
+
+    def _encode(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, L, C]`` used by task ``task_id``."""
+        raise NotImplementedError
+
+    def _trainable(self, task_id: int) -> List[nn.Parameter]:
+        """Non-head parameters a phase of task ``task_id`` trains."""
+        raise NotImplementedError
+
+    def _prepare(self, task_id: int) -> None:
+        """Method-specific set-up of a new task, after its head exists (e.g. a new backbone). Must not fail."""
+
+    def _check_new_task(self, task_id: int) -> None:
+        """Method-specific checks before anything changes (raise here, e.g. CapacityError)."""
+
+    def _phase_start(self, task_id: int) -> None:
+        """Called before a phase's first step."""
+
+    def _after_step(self, task_id: int) -> None:
+        """Called after every optimizer step."""
+
+    def _options(self) -> Dict[str, object]:
+        """Constructor options to save in :meth:`state_meta` (keyword arguments of ``__init__``)."""
+        return {}
+
+    # --- accessors -----------------------------------------------------------------------------------------------
+    @property
+    def backbone(self) -> NextItNet:
+        return self.store["backbone"]
+
+    @property
+    def learned_tasks(self) -> List[int]:
+        return sorted(self.tasks)
+
+    def head(self, task_id: int) -> TaskHead:
+        self._known(task_id)
+        return self.store[f"head_{task_id}"]
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding.weight.device
+
+    def _known(self, task_id) -> int:
+        check_task_id(task_id, f"{type(self).__name__}")
+        if task_id not in self.tasks:
+            raise ValueError(f"{type(self).__name__}: task {task_id} has not been learned "
+                             f"(learned: {self.learned_tasks or 'none'})")
+        return task_id
+
+    def attach_data(self, task_id: int, task_data: TaskData) -> None:
+        """Attach a learned task's data (e.g. after :meth:`from_state`) so ``evaluate(task_id, "test")`` works."""
+        self._known(task_id)
+        self._data[task_id] = task_data
+
+    # --- the shared steps of learn() -----------------------------------------------------------------------------
+    def _begin(self, data: TaskData, task_id: int, config: Optional[TaskConfig]) -> TaskConfig:
+        """Validate, then create the task's head. Raises before changing anything."""
+        check_task_id(task_id, f"{type(self).__name__}.learn")
+        expected = len(self.tasks) + 1
+        if task_id != expected:
+            raise ValueError(f"{type(self).__name__}.learn: tasks are learned in order 1, 2, 3, ...; expected task id "
+                             f"{expected}, got {task_id}")
+        if not isinstance(data, TaskData):
+            raise TypeError(f"{type(self).__name__}.learn: task_data must be a conure.data.types.TaskData")
+        if data.kind not in TASK_KINDS:
+            raise ValueError(f"task {data.name!r}: unknown kind {data.kind!r}")
+        if data.num_items != self.backbone.num_items:
+            raise ValueError(f"task {data.name!r}: num_items {data.num_items} != backbone's {self.backbone.num_items}")
+        want = 2 if data.kind in ("next_item", "item") else 1
+        if data.train.targets.dim() != want or data.test.targets.dim() != 1 or data.valid.targets.dim() != 1:
+            raise ValueError(f"task {data.name!r} ({data.kind}): train targets must be {want}-D and valid/test "
+                             f"targets 1-D (see conure.data.types)")
+        cfg = config if config is not None else TaskConfig()
+        metric = cfg.metric or ("acc" if data.kind == "profile" else f"mrr@{cfg.eval_ks[0]}")
+        self._check_new_task(task_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, task_id, "head"))
+            head = make_head(data.kind, self.backbone.channels, data.num_targets, item_loss=cfg.item_loss,
+                             num_negatives=cfg.num_negatives, rho=cfg.rho, num_sampled=cfg.num_sampled,
+                             counts=data.target_counts)
+        self.store[f"head_{task_id}"] = head.to(self.device)
+        self._data[task_id] = data
+        self._current = {"task": task_id, "name": data.name, "kind": data.kind, "num_targets": data.num_targets,
+                         "metric": metric, "eval_ks": list(cfg.eval_ks), "config": cfg.to_dict()}
+        self._prepare(task_id)
+        return cfg
+
+    def _fit(self, task_id: int, epochs: int, cfg: TaskConfig, phase: str) -> Dict[str, object]:
+        """Train ``task_id``'s head and :meth:`_trainable` for up to ``epochs`` epochs with a fresh optimizer;
+        early-stop on the validation metric and end with the best weights of the phase (epoch 0 included)."""
+        head = self.store[f"head_{task_id}"]
+        train = self._data[task_id].train
+        params = list(self._trainable(task_id)) + list(head.parameters())
+        for p in self.store.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, phase))
+        self._phase_start(task_id)
+        best_value, best_epoch = self._valid_metric(task_id), 0
+        best = [p.detach().clone() for p in params]
+        self.store.train()
+        for epoch in range(1, epochs + 1):
+            start, total, count = time.perf_counter(), torch.zeros(()), 0
+            for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen):
+                items, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+                loss = head.loss(self._encode(task_id, items), items, targets, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                self._after_step(task_id)
+                total, count = total + loss.detach().cpu(), count + 1
+            value = self._valid_metric(task_id)
+            self.history.append({"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
+                                 "loss": float(total) / max(count, 1), "valid": value,
+                                 "seconds": time.perf_counter() - start})
+            if value > best_value or math.isnan(best_value):
+                best_value, best_epoch = value, epoch
+                best = [p.detach().clone() for p in params]
+            elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+                break
+        with torch.no_grad():
+            for p, b in zip(params, best):
+                p.copy_(b)
+        for p in params:
+            p.requires_grad_(False)
+        self.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
+                             "best_valid": best_value})
+        return {"best_epoch": best_epoch, "best_valid": best_value}
+
+    def _valid_metric(self, task_id: int) -> float:
+        info = self._current if task_id not in self.tasks else self.tasks[task_id]
+        return float(self._evaluate(task_id, self._data[task_id].valid, info)[info["metric"]])
+
+    def _end(self, task_id: int) -> Dict[str, object]:
+        """Freeze everything, register the task, evaluate every learned task (a row of the accuracy matrix)."""
+        for p in self.store.parameters():
+            p.requires_grad_(False)
+        self.tasks[task_id] = self._current
+        cfg = self._current["config"]
+        row = []
+        for t in self.learned_tasks:
+            if cfg["evaluate_all"] or t == task_id:
+                row.append(self.evaluate(t, "test")[self.tasks[t]["metric"]] if t in self._data else math.nan)
+            else:
+                row.append(math.nan)
+        self.results.append(row)
+        summary = {"event": "task", "task": task_id, "name": self.tasks[task_id]["name"],
+                   "metric": self.tasks[task_id]["metric"], "row": row,
+                   "valid": self._valid_metric(task_id), "params_stored": self.params_stored()}
+        self.history.append(summary)
+        return summary
+
+    # --- evaluation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def user_vectors(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
+        """Task ``task_id``'s user representation ``[B, C]`` of the histories ``items [B, L]``."""
+        self._known(task_id)
+        return self._user_vectors(task_id, items)
+
+    def _user_vectors(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
+        items = items.to(self.device)
+        return gather_last(self._encode(task_id, items), items)
+
+    @torch.no_grad()
+    def predict(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
+        """Task ``task_id``'s scores ``[B, num_targets]`` (ranking scores with column 0 = -inf, or class logits)."""
+        return self.head(task_id).scores(self.user_vectors(task_id, items))
+
+    def evaluate(self, task_id: int, split: Union[str, Split] = "test", *, data: Optional[TaskData] = None,
+                 ks: Optional[Sequence[int]] = None, protocol: str = "full", num_negatives: int = 99,
+                 seed: int = 0) -> Dict[str, float]:
+        """Metrics of a learned task on a split (``"train"``, ``"valid"``, ``"test"`` or a :class:`Split`).
+
+        Ranking tasks: ``mrr@K``, ``hr@K``, ``ndcg@K`` for K in ``ks`` (default: the task's ``eval_ks``), full ranking
+        over the target vocabulary without padding, or ``protocol="sampled"``: the target among ``num_negatives``
+        uniformly sampled negatives (seeded by ``seed``). Profile tasks: ``acc``. Always ``n`` (users).
+        """
+        self._known(task_id)
+        if protocol not in ("full", "sampled"):
+            raise ValueError(f"evaluate: protocol must be 'full' or 'sampled', got {protocol!r}")
+        if isinstance(split, Split):
+            s = split
+        else:
+            if split not in ("train", "valid", "test"):
+                raise ValueError(f"evaluate: split must be 'train', 'valid', 'test' or a Split, got {split!r}")
+            source = data if data is not None else self._data.get(task_id)
+            if source is None:
+                raise ValueError(f"evaluate: no data attached for task {task_id}; pass data= or call attach_data()")
+            s = getattr(source, split)
+        info = dict(self.tasks[task_id])
+        if ks is not None:
+            info["eval_ks"] = list(ks)
+        return self._evaluate(task_id, s, info, protocol, num_negatives, seed)
+
+    @torch.no_grad()
+    def _evaluate(self, task_id: int, split: Split, info: Dict[str, object], protocol: str = "full",
+                  num_negatives: int = 99, seed: int = 0) -> Dict[str, float]:
+        was_training = self.store.training
+        self.store.eval()
+        head = self.store[f"head_{task_id}"]
+        gen = torch.Generator().manual_seed(seed)
+        batch_size = int(info["config"]["eval_batch_size"])
+        outs = []
+        for batch in split.batches(batch_size):
+            scores = head.scores(self._user_vectors(task_id, batch.inputs))
+            if info["kind"] == "profile":
+                outs.append(scores.argmax(dim=1).cpu() == batch.targets)
+            elif protocol == "sampled":
+                outs.append(M.sampled_ranks(scores, batch.targets, num_negatives, gen).cpu())
+            else:
+                outs.append(M.target_ranks(scores, batch.targets).cpu())
+        self.store.train(was_training)
+        if info["kind"] == "profile":
+            hits = torch.cat(outs) if outs else torch.zeros(0, dtype=torch.bool)
+            return {"acc": float(hits.double().mean()) if hits.numel() else math.nan, "n": int(hits.numel())}
+        ranks = torch.cat(outs) if outs else torch.zeros(0, dtype=torch.long)
+        return M.ranking_metrics(ranks, info["eval_ks"])
+
+    def accuracy_matrix(self) -> torch.Tensor:
+        """``[T, T]`` float64: row i = after learning task i+1, column j = task j+1's primary test metric; NaN above
+        the diagonal (task not learned yet)."""
+        n = len(self.results)
+        out = torch.full((n, n), math.nan, dtype=torch.float64)
+        for i, row in enumerate(self.results):
+            out[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+        return out
+
+    def forgetting(self) -> float:
+        """Average forgetting (Chaudhry et al. 2018) over tasks 1..T-1; NaN with fewer than two tasks."""
+        r = self.accuracy_matrix()
+        n = r.shape[0]
+        if n < 2:
+            return math.nan
+        return float(torch.stack([r[j:n - 1, j].max() - r[n - 1, j] for j in range(n - 1)]).mean())
+
+    def backward_transfer(self) -> float:
+        """Backward transfer (Lopez-Paz & Ranzato 2017): mean of R[T-1, j] - R[j, j] over j < T-1; NaN if T < 2."""
+        r = self.accuracy_matrix()
+        n = r.shape[0]
+        if n < 2:
+            return math.nan
+        return float(torch.stack([r[n - 1, j] - r[j, j] for j in range(n - 1)]).mean())
+
+    # --- storage -------------------------------------------------------------------------------------------------
+    def params_stored(self) -> int:
+        """Float parameters stored for all tasks learned so far (every module in ``store``, shared ones once).
+        Buffers (owner maps, sampling distributions) are not parameters; Conure adds its owner maps, see there."""
+        seen, total = set(), 0
+        for p in self.store.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        return total
+
+    def bytes_stored(self) -> int:
+        """Bytes of the parameters counted by :meth:`params_stored` (plus Conure's owner maps)."""
+        seen, total = set(), 0
+        for p in self.store.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel() * p.element_size()
+        return total
+
+    def state_tensors(self) -> Dict[str, torch.Tensor]:
+        """Every stored tensor (backbone incl. owner maps, heads, patches...) by name; no pickles needed."""
+        return {k: v.detach().clone() for k, v in self.store.state_dict().items()}
+
+    def state_meta(self) -> Dict[str, object]:
+        """Everything else, JSON-able: method, options, module configs, task metadata, results, history."""
+        return {"format": "conure.learner", "version": 1, "method": self.method, "seed": self.seed,
+                "options": self._options(),
+                "modules": {name: _module_config(m) for name, m in self.store.items()},
+                "tasks": [dict(self.tasks[t], task=t) for t in self.learned_tasks],
+                "results": [list(r) for r in self.results],
+                "history": copy.deepcopy(self.history)}
+
+    @classmethod
+    def from_state(cls, tensors: Dict[str, torch.Tensor], meta: Dict[str, object]) -> "ContinualLearner":
+        """Rebuild a learner saved with :meth:`state_tensors` and :meth:`state_meta` (task data not included:
+        use :meth:`attach_data` to evaluate by split name)."""
+        if meta.get("format") != "conure.learner":
+            raise ValueError("from_state: meta is not a conure learner state (format != 'conure.learner')")
+        klass = _METHODS.get(str(meta.get("method")))
+        if klass is None:
+            raise ValueError(f"from_state: unknown method {meta.get('method')!r} (known: {sorted(_METHODS)})")
+        if cls is not ContinualLearner and not issubclass(klass, cls):
+            raise ValueError(f"from_state: state holds method {meta['method']!r}, not {cls.method!r}")
+        modules = {name: _build_module(c) for name, c in meta["modules"].items()}
+        learner = klass(modules.pop("backbone"), seed=int(meta["seed"]), **meta.get("options", {}))
+        for name, m in modules.items():
+            learner.store[name] = m
+        learner.store.load_state_dict(tensors, strict=True)
+        for p in learner.store.parameters():
+            p.requires_grad_(False)
+        learner.tasks = {int(t["task"]): {k: v for k, v in t.items() if k != "task"} for t in meta["tasks"]}
+        learner.results = [list(r) for r in meta["results"]]
+        learner.history = copy.deepcopy(list(meta.get("history", [])))
+        return learner
+
+
+class ConureLearner(ContinualLearner):
+    """Conure: one backbone, one uint8 owner map per conv weight, one head per task.
+
+    Args:
+        backbone: a fresh :class:`~conure.models.NextItNet` (all weights free).
+        keep_ratios: share of its weights each task keeps when pruned: one float for every task, or a list with one
+            per task (tasks beyond its end use the last entry). ``TaskConfig.keep_ratio`` overrides it per call.
+            The default 0.3 frees ~70% of what each task claimed, as in the paper.
+        seed: makes shuffling, negative sampling and head initialisation deterministic.
+    """
+
+    method = "conure"
+
+    def __init__(self, backbone: NextItNet, *, keep_ratios: Union[float, Sequence[float]] = 0.3,
+                 seed: int = 0) -> None:
+        super().__init__(backbone, seed=seed)
+        ratios = [float(keep_ratios)] if isinstance(keep_ratios, (int, float)) else [float(r) for r in keep_ratios]
+        if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
+            raise ValueError(f"ConureLearner: keep_ratios must be in [0, 1], got {keep_ratios!r}")
+        self.keep_ratios = ratios
+
+    def learn(self, task_data: TaskData, task_id: int, config: Optional[TaskConfig] = None) -> Dict[str, object]:
+        """Learn a task: claim the free weights -> train -> prune -> retrain -> freeze (then evaluate all tasks)."""
+        cfg = self._begin(task_data, task_id, config)          # checks (ids, data, free capacity), head; or raises
+        claimed = self.backbone.claim_free_(task_id)           # every free conv weight now belongs to task_id
+        self._fit(task_id, cfg.epochs, cfg, "train")           # tasks 1..task_id-1 used but frozen
+        kept = self.backbone.prune_(task_id, self.keep_ratio(task_id, cfg))   # the rest is free again
+        self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
+        if sum(kept.values()) < sum(claimed.values()):
+            self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses the pruned weights
+        return self._end(task_id)                              # freeze; a row of the accuracy matrix
+
+    def keep_ratio(self, task_id: int, cfg: Optional[TaskConfig] = None) -> float:
+        if cfg is not None and cfg.keep_ratio is not None:
+            return cfg.keep_ratio
+        return self.keep_ratios[min(task_id, len(self.keep_ratios)) - 1]
+
+    def _options(self):
+        return {"keep_ratios": list(self.keep_ratios)}
+
+    def _check_new_task(self, task_id: int) -> None:
+        self.backbone.check_free(task_id)
+
+    def _encode(self, task_id, items):
+        return self.backbone(items, task_id)
+
+    def _trainable(self, task_id):
+        params = list(self.backbone.conv_weights())       # only entries owned by task_id move (op + restore)
+        if task_id == 1:
+            params += list(self.backbone.shared_parameters())   # embedding, LayerNorms: task 1 only
+        return params
+
+    def _phase_start(self, task_id):
+        self._snapshots = [(m.weight, m.owner != task_id, m.weight.detach().clone())
+                           for _, m in self.backbone.conv_layers()]
+
+    @torch.no_grad()
+    def _after_step(self, task_id):
+        # Adam/AdamW move zero-gradient weights (weight decay, momentum): put back what task_id does not own.
+        for weight, frozen, snapshot in self._snapshots:
+            weight.copy_(torch.where(frozen, snapshot, weight))
+
+    # --- storage -------------------------------------------------------------------------------------------------
+    def params_stored(self) -> int:
+        """One backbone + all heads, plus the owner maps counted as float32-parameter equivalents
+        (one uint8 per conv weight = 1/4 parameter, rounded up)."""
+        return super().params_stored() + math.ceil(self._owner_bytes() / 4)
+
+    def bytes_stored(self) -> int:
+        return super().bytes_stored() + self._owner_bytes()
+
+    def _owner_bytes(self) -> int:
+        return sum(m.owner.numel() for _, m in self.backbone.conv_layers())
+
+    def capacity(self) -> Dict[str, object]:
+        """:meth:`NextItNet.capacity` with each learned task's head included in its bytes."""
+        return self.backbone.capacity({t: self.store[f"head_{t}"] for t in self.learned_tasks})
