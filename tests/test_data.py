@@ -177,6 +177,8 @@ def test_recbole_reader_without_time_keeps_file_order(tmp_path):
     inter = read_recbole(f)
     assert as_strings(inter) == {"u1": ["b", "c", "a"], "u2": ["a"]}
     assert inter.history.timestamps is None
+    f.write_text("item_id:token\tuser_id:token\r\nb\tu1\r\n\r\na\tu2\r\nc\tu1\r\n")  # CRLF, blank line
+    assert as_strings(read_recbole(f)) == {"u1": ["b", "c"], "u2": ["a"]}
 
 
 def test_seq_tsv_reader_with_attribute_csv(tmp_path):
@@ -732,6 +734,9 @@ def test_error_bad_header_type(tmp_path):
     with raises_at(f, 1, "lacks the field 'item_id'"):
         read_recbole(f)
     f.write_text("user_id:token\titem_id:token\nu\ti\nu\tj\textra\n")
+    with raises_at(f, 3, "expected 2"):
+        read_recbole(f)
+    f.write_text("user_id:token\titem_id:token\nu\ti\nu\tj\tk\nu\n")  # right field total, wrong lines
     with raises_at(f, 3, "expected 2"):
         read_recbole(f)
 

@@ -266,18 +266,49 @@ def _recbole_header(path: Path, line: str, sep: str) -> List[Tuple[str, str]]:
     return fields
 
 
-def _recbole_rows(path: Path, sep: str) -> Tuple[List[Tuple[str, str]], List[str], List[int]]:
-    """(header fields, data lines, their 1-based line numbers), blank lines dropped."""
-    lines = _read_text(path, "RecBole atomic file").split("\n")
-    if not lines or not lines[0].strip():
+def _recbole_columns(path: Path, sep: str) -> Tuple[List[Tuple[str, str]], List[List[str]], List[int]]:
+    """(header fields, one list of raw strings per field, 1-based file line of each data row).
+
+    Fast path: with no blank lines, the whole body splits in one C call into a flat field list whose
+    ``j::ncols`` slices are the columns (~10x faster than splitting line by line). Any irregularity falls
+    back to the line-by-line pass, which names the offending line.
+    """
+    text = _read_text(path, "RecBole atomic file")
+    head, _, body = text.partition("\n")
+    if not head.strip():
         raise DataError("missing the typed header line (e.g. 'user_id:token\\titem_id:token')", path, 1)
-    header = _recbole_header(path, lines[0], sep)
-    body, numbers = [], []
-    for i, line in enumerate(lines[1:], start=2):
-        if line.strip():
-            body.append(line)
-            numbers.append(i)
-    return header, body, numbers
+    header = _recbole_header(path, head, sep)
+    ncols = len(header)
+    body = body[:-1] if body.endswith("\n") else body
+    if body and "\n\n" not in body and not body.startswith("\n"):
+        flat = body.replace("\n", sep).split(sep)
+        n_rows = body.count("\n") + 1
+        if len(flat) == ncols * n_rows:
+            # Same count could still hide one short and one long line: verify the separators per line.
+            if ncols == 1 or body.count(sep) == (ncols - 1) * n_rows and _rows_regular(body, sep, ncols):
+                return header, [flat[j::ncols] for j in range(ncols)], list(range(2, n_rows + 2))
+    rows, numbers = [], []
+    names = [n for n, _ in header]
+    for lineno, line in enumerate(body.split("\n"), start=2):
+        if not line.strip():
+            continue
+        parts = line.split(sep)
+        if len(parts) != ncols:
+            raise DataError(f"expected {ncols} {sep!r}-separated fields ({', '.join(names)}), got {len(parts)}"
+                            + (": wrong separator?" if len(parts) == 1 else ""), path, lineno)
+        rows.append(parts)
+        numbers.append(lineno)
+    cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(ncols)]
+    return header, cols, numbers
+
+
+def _rows_regular(body: str, sep: str, ncols: int) -> bool:
+    """Every line holds ncols - 1 separators (checked on the flat field list's line breaks, vectorised)."""
+    marks = np.frombuffer(body.replace(sep, "\x00").encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    newlines = np.flatnonzero(marks == 10)
+    seps = np.cumsum(marks == 0)
+    per_line = np.diff(np.concatenate([[0], seps[newlines], [seps[-1]]]))
+    return bool((per_line == ncols - 1).all())
 
 
 def _float_column(path: Path, name: str, values: Sequence[str], numbers: List[int]) -> np.ndarray:
@@ -313,20 +344,13 @@ def read_recbole(path: PathLike, *, dataset: Optional[str] = None, user_field: s
         user_path = p / f"{name}.user"
     else:
         inter_path, user_path = p, p.with_suffix(".user")
-    header, body, numbers = _recbole_rows(inter_path, field_separator)
+    header, cols, numbers = _recbole_columns(inter_path, field_separator)
     names = [n for n, _ in header]
     for needed in (user_field, item_field):
         if needed not in names:
             raise DataError(f"header lacks the field {needed!r} (has {', '.join(names)})", inter_path, 1)
-    ncols = len(header)
-    rows = [line.split(field_separator) for line in body]
-    for row, ln in zip(rows, numbers):
-        if len(row) != ncols:
-            raise DataError(f"expected {ncols} {field_separator!r}-separated fields ({', '.join(names)}), got "
-                            f"{len(row)}" + (": wrong separator?" if len(row) == 1 else ""), inter_path, ln)
-    if not rows:
+    if not numbers:
         raise DataError("file holds no data lines", inter_path)
-    cols = list(zip(*rows))
     users = [s.strip() for s in cols[names.index(user_field)]]
     items = [s.strip() for s in cols[names.index(item_field)]]
     for col, what in ((users, user_field), (items, item_field)):
@@ -348,21 +372,17 @@ def read_recbole(path: PathLike, *, dataset: Optional[str] = None, user_field: s
             raise DataError(f"no interactions left with {rating_field} >= {min_rating}", inter_path)
     inter = Interactions.from_events(users, items, timestamps, source=f"recbole:{inter_path}")
     if user_path.exists():
-        uheader, ubody, unumbers = _recbole_rows(user_path, field_separator)
+        uheader, ucols, unumbers = _recbole_columns(user_path, field_separator)
         unames = [n for n, _ in uheader]
         if user_field not in unames:
             raise DataError(f"header lacks the field {user_field!r} (has {', '.join(unames)})", user_path, 1)
         uidx = unames.index(user_field)
         attr_rows = []
-        for line, ln in zip(ubody, unumbers):
-            parts = line.split(field_separator)
-            if len(parts) != len(uheader):
-                raise DataError(f"expected {len(uheader)} fields ({', '.join(unames)}), got {len(parts)}",
-                                user_path, ln)
+        for r, ln in enumerate(unumbers):
             values: Dict[str, Optional[str]] = {}
-            for (fname, ftype), v in zip(uheader, parts):
-                v = v.strip()
-                if fname == user_field:
+            for j, (fname, ftype) in enumerate(uheader):
+                v = ucols[j][r].strip()
+                if j == uidx:
                     continue
                 if v and ftype == "float":
                     try:
@@ -370,7 +390,7 @@ def read_recbole(path: PathLike, *, dataset: Optional[str] = None, user_field: s
                     except ValueError:
                         raise DataError(f"{fname} {v!r} is not a float", user_path, ln) from None
                 values[fname] = v or None
-            uid = parts[uidx].strip()
+            uid = ucols[uidx][r].strip()
             if not uid:
                 raise DataError(f"empty {user_field}", user_path, ln)
             attr_rows.append((ln, uid, values))

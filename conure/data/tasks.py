@@ -359,7 +359,8 @@ def _item_task_events(ctx: _Context, spec: TaskSpec) -> Tuple[np.ndarray, ItemSe
         bad = (k == 0) | (k == n)
         is_target &= ~bad[ctx.owner]
     else:
-        k = np.clip(np.ceil(spec.window * n).astype(np.int64), 1, np.maximum(n - 1, 1))
+        # The tolerance keeps e.g. 0.2 * 15 = 3.0000000000000004 at 3 events.
+        k = np.clip(np.ceil(spec.window * n - 1e-9).astype(np.int64), 1, np.maximum(n - 1, 1))
         is_target = ctx.pos >= (n - k)[ctx.owner]
         is_target &= (n >= 2)[ctx.owner]
     return ~is_target, hist, hist.items[is_target], ctx.owner[is_target]
