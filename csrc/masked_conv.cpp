@@ -1,12 +1,50 @@
 // Schemas of the conure operators and their device-generic GEMM orchestration.
 #include "masked_conv.h"
 
+#include <ATen/ops/empty_native.h>
 #include <torch/library.h>
+
+#include <dlfcn.h>
 
 #include <cfenv>
 #include <cmath>
 
 namespace conure {
+
+// out = beta * out + a @ b.
+//
+// On CPU, float32/bfloat16 GEMMs go to oneDNN when this torch exports at::native::mkldnn_matmul: MKL's sgemm
+// takes its AVX2 path on AMD processors and ran about 3x slower than oneDNN at the conv's shapes here (same
+// float32 precision). The symbol is looked up at run time so a torch without it still loads the extension.
+using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
+
+MkldnnMatmul find_mkldnn_matmul() {
+  static const MkldnnMatmul fn = []() -> MkldnnMatmul {
+    // Search the library that holds ATen (libtorch_cpu), which Python may have loaded RTLD_LOCAL.
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(&at::native::empty_cpu), &info) == 0 || info.dli_fname == nullptr)
+      return nullptr;
+    void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (lib == nullptr) return nullptr;
+    return reinterpret_cast<MkldnnMatmul>(dlsym(lib, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+  }();
+  return fn;
+}
+
+void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  const auto dtype = out.scalar_type();
+  if (out.is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16) && out.is_contiguous()) {
+    if (MkldnnMatmul fn = find_mkldnn_matmul()) {
+      fn(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+      return;
+    }
+  }
+  if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
 
 void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& owner, int64_t task,
                      const std::optional<at::Tensor>& bias, int64_t dilation) {
@@ -77,15 +115,15 @@ at::Tensor masked_conv_forward(const ConvKernels& kernels, const at::Tensor& x_i
   at::Tensor y2 = y.view({N, C_out});
   if (bias.has_value()) {
     y2.copy_(bias->view({1, C_out}).expand({N, C_out}));
-    y2.addmm_(x2, taps[K - 1]);
+    gemm(y2, x2, taps[K - 1], /*accumulate=*/true);
   } else {
-    at::mm_out(y2, x2, taps[K - 1]);
+    gemm(y2, x2, taps[K - 1], /*accumulate=*/false);
   }
   for (int64_t j = 0; j < K - 1; ++j) {
     const int64_t s = (K - 1 - j) * dilation;
     if (s >= L) continue;  // reaches only negative time: zero
     at::Tensor head = B > 1 ? y.narrow(1, 0, s).clone() : at::Tensor();
-    y2.narrow(0, s, N - s).addmm_(x2.narrow(0, 0, N - s), taps[j]);
+    gemm(y2.narrow(0, s, N - s), x2.narrow(0, 0, N - s), taps[j], /*accumulate=*/true);
     if (B > 1) y.narrow(1, 0, s).copy_(head);
   }
   return y;
@@ -121,14 +159,8 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
     if (need_w) grad_taps.zero_();
   } else if (need_x || need_w) {
     const at::Tensor x2 = x.view({N, C_in});
-    if (need_x) {
-      at::Tensor gx2 = grad_x->view({N, C_in});
-      at::mm_out(gx2, gy2, taps[K - 1].t());
-    }
-    if (need_w) {
-      at::Tensor tap = grad_taps[K - 1];
-      at::mm_out(tap, gy2.t(), x2);
-    }
+    if (need_x) gemm(grad_x->view({N, C_in}), gy2, taps[K - 1].t(), /*accumulate=*/false);
+    if (need_w) gemm(grad_taps[K - 1], gy2.t(), x2, /*accumulate=*/false);
     at::Tensor shifted;
     for (int64_t j = 0; j < K - 1; ++j) {
       const int64_t s = (K - 1 - j) * dilation;
@@ -140,11 +172,8 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
       shifted.narrow(1, 0, L - s).copy_(grad_y.narrow(1, s, L - s));
       shifted.narrow(1, L - s, s).zero_();
       const at::Tensor g2 = shifted.view({N, C_out});
-      if (need_x) grad_x->view({N, C_in}).addmm_(g2, taps[j].t());
-      if (need_w) {
-        at::Tensor tap = grad_taps[j];
-        at::mm_out(tap, g2.t(), x2);
-      }
+      if (need_x) gemm(grad_x->view({N, C_in}), g2, taps[j].t(), /*accumulate=*/true);
+      if (need_w) gemm(grad_taps[j], g2.t(), x2, /*accumulate=*/false);
     }
   }
   if (need_w) {
@@ -167,6 +196,8 @@ TORCH_LIBRARY(conure, m) {
   m.def("masked_causal_conv1d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor owner, int task, "
         "int dilation, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)");
   m.def("magnitude_prune_many_(Tensor[] weights, Tensor(a!)[] owners, int task, float keep_ratio) -> Tensor");
+  // Which GEMM the CPU conv uses ("onednn" or "aten"), for diagnostics and benchmarks.
+  m.def("cpu_gemm_backend() -> str", []() { return std::string(conure::find_mkldnn_matmul() ? "onednn" : "aten"); });
   m.def("has_cuda() -> bool", []() {
 #ifdef CONURE_WITH_CUDA
     return true;
