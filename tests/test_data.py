@@ -492,7 +492,7 @@ def chi_square_ok(observed: np.ndarray, expected_p: np.ndarray) -> bool:
     lambda c: UniformSampler(len(c)),
     lambda c: PopularitySampler(c, rho=0.3, mode="rank"),
     lambda c: PopularitySampler(c, rho=0.75, mode="power"),
-])
+], ids=["uniform", "popularity-rank", "popularity-power"])
 def test_sampler_distribution_excludes_positive_and_pad(make):
     counts = torch.tensor([0.0, 50, 3, 0, 400, 12, 12, 90, 1, 7, 30, 200])
     sampler = make(counts)

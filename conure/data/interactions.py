@@ -14,11 +14,10 @@ reserved for padding) are built later, from the training users only, by :mod:`co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Hashable, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from conure.data.errors import DataError
 
 __all__ = ["ItemSequences", "Interactions", "factorize"]
 

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from conure.data.errors import DataError
-from conure.data.interactions import Interactions, ItemSequences, factorize
+from conure.data.interactions import Interactions, ItemSequences
 
 __all__ = [
     "read_ml100k", "read_ml1m", "read_recbole", "read_conure", "read_seq_tsv", "read_attribute_csv",
