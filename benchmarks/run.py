@@ -1,0 +1,147 @@
+"""Ratio table of conure's operators against the pure-torch reference, measured in one run.
+
+    python benchmarks/run.py [--suite ops] [--repeats 15] [--threads 2] [--json FILE] [--no-memory]
+
+Each row: median milliseconds of ours and of the reference (interleaved repeats, so drift hits both), their ratio
+(reference / ours: > 1 means ours is faster) and peak memory of each. CPU peak memory is the growth of the
+process's maximum resident set while the case runs, measured in a fresh subprocess per case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conure import ops, reference  # noqa: E402
+
+C, K = 256, 3
+
+
+def conv_case(batch, length, dilation, backward):
+    g = torch.Generator().manual_seed(batch + length + dilation)
+    x = torch.randn(batch, length, C, generator=g, requires_grad=backward)
+    weight = torch.randn(C, C, K, generator=g, requires_grad=backward)
+    owner = torch.randint(0, 3, (C, C, K), generator=g, dtype=torch.uint8)
+    grad = torch.randn(batch, length, C, generator=g)
+
+    def make(op):
+        def run():
+            if backward:
+                x.grad = weight.grad = None
+                op(x, weight, owner, 2, None, dilation).backward(grad)
+            else:
+                with torch.no_grad():
+                    op(x, weight, owner, 2, None, dilation)
+        return run
+
+    return make(ops.masked_causal_conv1d), make(reference.masked_causal_conv1d)
+
+
+def prune_case():
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(C, C, K, generator=g) for _ in range(16)]
+    owners = [torch.randint(1, 3, (C, C, K), generator=g, dtype=torch.uint8) for _ in range(16)]
+    work = [o.clone() for o in owners]
+
+    def make(prune):
+        def run():
+            for o, src in zip(work, owners):
+                o.copy_(src)
+            for w, o in zip(weights, work):
+                prune(w, o, 2, 0.3)
+        return run
+
+    return make(ops.magnitude_prune_), make(reference.magnitude_prune_)
+
+
+def cases(suite):
+    """name -> factory returning (ours, reference) callables."""
+    out = {}
+    if suite in ("ops", "all"):
+        for batch, length in ((32, 50), (256, 50), (128, 100)):
+            for dilation in (1, 2, 4, 8):
+                for backward in (False, True):
+                    kind = "fwd+bwd" if backward else "fwd"
+                    out[f"conv {kind} B={batch} L={length} d={dilation}"] = (
+                        lambda b=batch, l=length, d=dilation, bw=backward: conv_case(b, l, d, bw))
+        out["prune 16x256x256x3 keep=0.3"] = prune_case
+    if suite in ("model", "all"):
+        from benchmarks import model_cases  # noqa: PLC0415  (added with the model-level suite)
+        out.update(model_cases.cases())
+    return out
+
+
+def time_pair(ours, ref, repeats):
+    for _ in range(2):
+        ours(), ref()
+    t_ours, t_ref = [], []
+    for _ in range(repeats):
+        for fn, acc in ((ours, t_ours), (ref, t_ref)):
+            start = time.perf_counter()
+            fn()
+            acc.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(t_ours), statistics.median(t_ref)
+
+
+def peak_rss_mib(suite, name, which, threads):
+    """Peak memory growth (MiB) of one case, in a fresh process so earlier cases do not mask it.
+
+    glibc is told to mmap every allocation (MALLOC_MMAP_THRESHOLD_=0) so freed memory leaves the resident set,
+    and the kernel's resident high-water mark is reset (/proc/self/clear_refs) just before the case runs.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    code = (f"import sys, re, torch; sys.path.insert(0, {root!r}); torch.set_num_threads({threads});"
+            f"from benchmarks.run import cases; fns = cases({suite!r})[{name!r}]();"
+            f"fn = fns[{0 if which == 'ours' else 1}]; fn();"
+            "rss = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
+            "open('/proc/self/clear_refs', 'w').write('5'); before = rss('VmRSS'); fn();"
+            "print((rss('VmHWM') - before) / 1024)")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="0")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="ops", choices=["ops", "model", "all"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--filter", default="", help="only cases whose name contains this")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    print(f"torch {torch.__version__}, conure backend {ops.backend()}, threads {args.threads}, "
+          f"cpu gemm {torch.ops.conure.cpu_gemm_backend() if ops.backend() == 'compiled' else '-'}")
+    print("| case | ours ms | reference ms | ratio | ours peak MiB | reference peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, factory in cases(args.suite).items():
+        if args.filter not in name:
+            continue
+        ours, ref = factory()
+        t_ours, t_ref = time_pair(ours, ref, args.repeats)
+        row = {"name": name, "ours_ms": round(t_ours, 3), "reference_ms": round(t_ref, 3),
+               "ratio": round(t_ref / t_ours, 3)}
+        if not args.no_memory:
+            row["ours_peak_mib"] = round(peak_rss_mib(args.suite, name, "ours", args.threads), 1)
+            row["reference_peak_mib"] = round(peak_rss_mib(args.suite, name, "reference", args.threads), 1)
+        rows.append(row)
+        print(f"| {name} | {row['ours_ms']:.2f} | {row['reference_ms']:.2f} | {row['ratio']:.2f} | "
+              f"{row.get('ours_peak_mib', '-')} | {row.get('reference_peak_mib', '-')} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
