@@ -9,9 +9,11 @@ and ``scores(user [B, C]) -> [B, num_targets]`` (evaluation: ranking scores, or 
   correction, accidental hits removed) for large vocabularies. Padding targets (0) are ignored.
 * :class:`ItemHead` (``kind == "item"``): the task's own target embedding table ``E [num_targets, C]`` (row 0 =
   padding), score ``= E @ proj(u)`` with a linear projection of the user vector ``u``. Loss ``"bpr"``: for every
-  (user, target) pair, ``num_negatives`` popularity-sampled negatives (probability ``counts ** rho``, padding and the
-  user's own targets excluded), ``-log sigmoid(s_pos - s_neg)``; loss ``"softmax"``: cross-entropy over the full
-  target vocabulary for every non-padding target.
+  (user, target) pair, ``num_negatives`` popularity-sampled negatives drawn by
+  :class:`conure.data.samplers.PopularitySampler` (``mode="rank"``: LambdaFM's rank-based scheme of the Conure
+  release, temperature ``rho``; or ``mode="power"``: ``counts ** rho``), never the positive, and negatives that are
+  another of the user's targets are dropped; ``-log sigmoid(s_pos - s_neg)``. Loss ``"softmax"``: cross-entropy over
+  the full target vocabulary for every non-padding target.
 * :class:`ProfileHead` (``kind == "profile"``): a linear classifier, cross-entropy.
 """
 from __future__ import annotations
@@ -22,27 +24,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conure.data.samplers import NegativeSampler, PopularitySampler, UniformSampler
 from conure.nn import gather_last
 
-__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "make_head", "head_from_config",
-           "popularity_probs"]
+__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "make_head", "head_from_config", "make_sampler"]
 
 
-def popularity_probs(counts: Optional[torch.Tensor], size: int, rho: float = 1.0) -> torch.Tensor:
-    """Sampling distribution over ids ``0..size-1``: ``counts ** rho`` normalised, padding id 0 excluded.
-
-    Ids never seen get a small floor (so every id can be drawn); ``counts=None`` gives the uniform distribution.
-    """
+def make_sampler(counts: Optional[torch.Tensor], size: int, rho: float = 1.0, mode: str = "rank") -> NegativeSampler:
+    """The negative sampler over ids ``1..size-1``: popularity from ``counts`` (see
+    :class:`conure.data.samplers.PopularitySampler`), or uniform when ``counts`` is None."""
     if counts is None:
-        p = torch.ones(size, dtype=torch.float64)
-    else:
-        if counts.shape != (size,):
-            raise ValueError(f"popularity_probs: counts must have shape [{size}], got {tuple(counts.shape)}")
-        p = counts.detach().to(torch.float64).cpu().clamp_min(0.0) ** rho
-        floor = p[1:].max().item() * 1e-6 if size > 1 else 0.0
-        p = p + (floor if floor > 0 else 1.0)
-    p[0] = 0.0
-    return p / p.sum()
+        return UniformSampler(size)
+    if counts.shape != (size,):
+        raise ValueError(f"target counts must have shape [{size}], got {tuple(counts.shape)}")
+    return PopularitySampler(counts, rho=rho, mode=mode)
 
 
 class TaskHead(nn.Module):
@@ -58,26 +53,49 @@ class TaskHead(nn.Module):
     def config(self) -> Dict[str, object]:
         raise NotImplementedError
 
+    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
+        """Training frequency of each target id (for negative sampling); ignored by heads that do not sample."""
 
-class NextItemHead(TaskHead):
+
+class _SamplingHead(TaskHead):
+    """A head that draws negatives: keeps the target counts as a buffer (so checkpoints carry them) and builds its
+    sampler from them (uniform while the counts are all zero)."""
+
+    def _init_sampling(self, size: int, rho: float, sampler_mode: str) -> None:
+        self.rho, self.sampler_mode = float(rho), str(sampler_mode)
+        self.register_buffer("counts", torch.zeros(size, dtype=torch.float64))
+        self._sampler, self._sampler_key = None, None
+
+    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
+        if counts is not None:
+            self.counts.copy_(torch.as_tensor(counts, dtype=torch.float64).reshape(self.counts.shape))
+
+    @property
+    def sampler(self) -> NegativeSampler:
+        key = (self.counts._version, self.counts.data_ptr())
+        if self._sampler is None or key != self._sampler_key:
+            c = self.counts.detach().cpu()
+            c = c if bool((c[1:] > 0).any()) else None
+            self._sampler = make_sampler(c, self.counts.numel(), self.rho, self.sampler_mode)
+            self._sampler_key = key
+        return self._sampler
+
+
+class NextItemHead(_SamplingHead):
     """Next-item prediction at every position: ``logits = W h + b`` over ``num_items`` (id 0 never predicted)."""
 
     kind = "next_item"
 
-    def __init__(self, channels: int, num_items: int, num_sampled: int = 0, rho: float = 1.0) -> None:
+    def __init__(self, channels: int, num_items: int, num_sampled: int = 0, rho: float = 0.3,
+                 sampler_mode: str = "rank") -> None:
         super().__init__()
-        self.channels, self.num_items, self.num_sampled, self.rho = channels, num_items, int(num_sampled), rho
+        self.channels, self.num_items, self.num_sampled = channels, num_items, int(num_sampled)
         self.out = nn.Linear(channels, num_items)
-        # Sampling distribution of sampled softmax (uniform until set_counts); part of state_dict.
-        self.register_buffer("probs", popularity_probs(None, num_items).to(torch.float32))
-
-    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
-        if counts is not None:
-            self.probs.copy_(popularity_probs(counts, self.num_items, self.rho).to(torch.float32))
+        self._init_sampling(num_items, rho, sampler_mode)
 
     def config(self):
         return {"type": "NextItemHead", "channels": self.channels, "num_items": self.num_items,
-                "num_sampled": self.num_sampled, "rho": self.rho}
+                "num_sampled": self.num_sampled, "rho": self.rho, "sampler_mode": self.sampler_mode}
 
     def _masked_logits(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.out(h)
@@ -96,9 +114,9 @@ class NextItemHead(TaskHead):
         if self.num_sampled <= 0 or self.num_sampled >= self.num_items - 1:
             return F.cross_entropy(self._masked_logits(h), y)
         # Sampled softmax: one shared set of negatives per batch, logQ correction, accidental hits removed.
-        neg = torch.multinomial(self.probs.cpu().double(), self.num_sampled, replacement=True,
-                                generator=generator).to(h.device)
-        log_q = torch.log(self.probs.to(h.dtype) * self.num_sampled)
+        q = self.sampler.probabilities
+        neg = torch.multinomial(q, self.num_sampled, replacement=True, generator=generator).to(h.device)
+        log_q = torch.log((q * self.num_sampled).clamp_min(1e-12)).to(h.device, h.dtype)
         w, b = self.out.weight, self.out.bias
         pos_logit = (h * w[y]).sum(-1) + b[y] - log_q[y]
         neg_logit = h @ w[neg].T + b[neg] - log_q[neg]
@@ -107,32 +125,29 @@ class NextItemHead(TaskHead):
         return F.cross_entropy(logits, torch.zeros_like(y))
 
 
-class ItemHead(TaskHead):
+class ItemHead(_SamplingHead):
     """Target-item recommendation: own embedding table, dot product with a projection of the user vector."""
 
     kind = "item"
 
     def __init__(self, channels: int, num_targets: int, loss: str = "bpr", num_negatives: int = 4,
-                 rho: float = 1.0) -> None:
+                 rho: float = 1.0, sampler_mode: str = "rank") -> None:
         super().__init__()
         if loss not in ("bpr", "softmax"):
             raise ValueError(f"ItemHead: loss must be 'bpr' or 'softmax', got {loss!r}")
         self.channels, self.num_targets, self.loss_name = channels, num_targets, loss
-        self.num_negatives, self.rho = int(num_negatives), rho
+        self.num_negatives = int(num_negatives)
         self.proj = nn.Linear(channels, channels)
         self.table = nn.Embedding(num_targets, channels, padding_idx=0)
         nn.init.normal_(self.table.weight, 0.0, channels ** -0.5)
         with torch.no_grad():
             self.table.weight[0].zero_()
-        self.register_buffer("probs", popularity_probs(None, num_targets).to(torch.float32))
-
-    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
-        if counts is not None:
-            self.probs.copy_(popularity_probs(counts, self.num_targets, self.rho).to(torch.float32))
+        self._init_sampling(num_targets, rho, sampler_mode)
 
     def config(self):
         return {"type": "ItemHead", "channels": self.channels, "num_targets": self.num_targets,
-                "loss": self.loss_name, "num_negatives": self.num_negatives, "rho": self.rho}
+                "loss": self.loss_name, "num_negatives": self.num_negatives, "rho": self.rho,
+                "sampler_mode": self.sampler_mode}
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         s = self.proj(user) @ self.table.weight.T
@@ -145,19 +160,15 @@ class ItemHead(TaskHead):
         valid = targets != 0                                                          # [B, T]
         if not bool(valid.any()):
             return hidden.sum() * 0.0
-        if self.loss_name == "softmax":
-            logits = self.scores(user)                                                # [B, V]
-            rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
-            return F.cross_entropy(logits[rows[valid]], targets[valid])
-        u = self.proj(user)                                                           # [B, C]
         rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[valid]   # [P]
         pos = targets[valid]                                                          # [P]
-        neg = torch.multinomial(self.probs.cpu().double(), pos.numel() * self.num_negatives, replacement=True,
-                                generator=generator).view(-1, self.num_negatives).to(pos.device)   # [P, M]
-        # Drop negatives that are one of the user's own targets.
-        own = (neg[:, :, None] == targets[rows][:, None, :]).any(-1)                  # [P, M]
-        s_pos = (u[rows] * self.table(pos)).sum(-1)                                 # [P]
-        s_neg = (u[rows][:, None, :] * self.table(neg)).sum(-1)                     # [P, M]
+        if self.loss_name == "softmax":
+            return F.cross_entropy(self.scores(user)[rows], pos)
+        u = self.proj(user)[rows]                                                     # [P, C]
+        neg = self.sampler.sample(pos.cpu(), self.num_negatives, generator).to(pos.device)   # [P, M], != pos
+        own = (neg[:, :, None] == targets[rows][:, None, :]).any(-1)                  # another target of the user
+        s_pos = (u * self.table(pos)).sum(-1)                                         # [P]
+        s_neg = (u[:, None, :] * self.table(neg)).sum(-1)                             # [P, M]
         pair = F.softplus(s_neg - s_pos[:, None])                                     # -log sigmoid(pos - neg)
         keep = (~own).to(pair.dtype)
         return (pair * keep).sum() / keep.sum().clamp_min(1.0)
@@ -173,9 +184,6 @@ class ProfileHead(TaskHead):
         self.channels, self.num_classes = channels, num_classes
         self.out = nn.Linear(channels, num_classes)
 
-    def set_counts(self, counts: Optional[torch.Tensor]) -> None:
-        pass
-
     def config(self):
         return {"type": "ProfileHead", "channels": self.channels, "num_classes": self.num_classes}
 
@@ -190,12 +198,15 @@ _HEADS = {"NextItemHead": NextItemHead, "ItemHead": ItemHead, "ProfileHead": Pro
 
 
 def make_head(kind: str, channels: int, num_targets: int, *, item_loss: str = "bpr", num_negatives: int = 4,
-              rho: float = 1.0, num_sampled: int = 0, counts: Optional[torch.Tensor] = None) -> TaskHead:
-    """The head for a task kind (``"next_item"``, ``"item"``, ``"profile"``)."""
+              rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0,
+              counts: Optional[torch.Tensor] = None) -> TaskHead:
+    """The head for a task kind (``"next_item"``, ``"item"``, ``"profile"``); ``counts``: the task's target counts."""
     if kind == "next_item":
-        head: TaskHead = NextItemHead(channels, num_targets, num_sampled=num_sampled, rho=rho)
+        head: TaskHead = NextItemHead(channels, num_targets, num_sampled=num_sampled, rho=rho,
+                                      sampler_mode=sampler_mode)
     elif kind == "item":
-        head = ItemHead(channels, num_targets, loss=item_loss, num_negatives=num_negatives, rho=rho)
+        head = ItemHead(channels, num_targets, loss=item_loss, num_negatives=num_negatives, rho=rho,
+                        sampler_mode=sampler_mode)
     elif kind == "profile":
         head = ProfileHead(channels, num_targets)
     else:

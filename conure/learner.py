@@ -63,9 +63,10 @@ class TaskConfig:
     metric: Optional[str] = None        # validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "acc"
     eval_ks: Tuple[int, ...] = (5, 20)
     eval_batch_size: int = 512
-    item_loss: str = "bpr"              # "item" tasks: "bpr" (popularity-sampled negatives) or "softmax"
+    item_loss: str = "softmax"          # "item" tasks: "softmax" (full) or "bpr" (popularity-sampled negatives)
     num_negatives: int = 4              # BPR negatives per positive
-    rho: float = 1.0                    # negatives drawn with probability counts ** rho
+    rho: float = 1.0                    # popularity sampler: temperature ("rank") or exponent ("power")
+    sampler_mode: str = "rank"          # conure.data.samplers.PopularitySampler mode (LambdaFM ranks or power)
     num_sampled: int = 0                # "next_item" tasks: sampled-softmax negatives per batch (0 = full softmax)
     max_grad_norm: Optional[float] = None
     evaluate_all: bool = True           # after the task, evaluate every learned task on test (accuracy matrix)
@@ -229,7 +230,8 @@ class ContinualLearner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, task_id, "head"))
             head = make_head(data.kind, self.backbone.channels, data.num_targets, item_loss=cfg.item_loss,
-                             num_negatives=cfg.num_negatives, rho=cfg.rho, num_sampled=cfg.num_sampled,
+                             num_negatives=cfg.num_negatives, rho=cfg.rho, sampler_mode=cfg.sampler_mode,
+                             num_sampled=cfg.num_sampled,
                              counts=data.target_counts)
         self.store[f"head_{task_id}"] = head.to(self.device)
         self._data[task_id] = data
