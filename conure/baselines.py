@@ -48,7 +48,8 @@ class _DenseLearner(ContinualLearner):
     def learn(self, task_data, task_id, config=None):
         """Learn a task: train what the method trains for it, then freeze (then evaluate all tasks)."""
         cfg = self._begin(task_data, task_id, config)
-        self._fit(task_id, cfg.epochs, cfg, "train")
+        with self._undo_on_error(task_id):
+            self._fit(task_id, cfg.epochs, cfg, "train")
         return self._end(task_id)
 
     def _task1_backbone(self) -> NextItNet:

@@ -28,6 +28,7 @@ Both are NaN with fewer than two tasks; Conure gives exactly 0 for both.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -173,6 +174,9 @@ class ContinualLearner:
     def _after_step(self, task_id: int) -> None:
         """Called after every optimizer step."""
 
+    def _phase_end(self, task_id: int) -> None:
+        """Called after a phase, once its best weights are back."""
+
     def _options(self) -> Dict[str, object]:
         """Constructor options to save in :meth:`state_meta` (keyword arguments of ``__init__``)."""
         return {}
@@ -207,6 +211,24 @@ class ContinualLearner:
         self._data[task_id] = task_data
 
     # --- the shared steps of learn() -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _undo_on_error(self, task_id: int):
+        """If learning ``task_id`` fails half-way (an error, Ctrl-C), forget the task: earlier tasks stay intact
+        and the same task id can be learned again."""
+        try:
+            yield
+        except BaseException:
+            self._abort(task_id)
+            raise
+
+    def _abort(self, task_id: int) -> None:
+        for name in [n for n in self.store if n.endswith(f"_{task_id}")]:
+            del self.store[name]
+        self._data.pop(task_id, None)
+        for p in self.store.parameters():
+            p.requires_grad_(False)
+        self.history.append({"event": "aborted", "task": task_id})
+
     def _begin(self, data: TaskData, task_id: int, config: Optional[TaskConfig]) -> TaskConfig:
         """Validate, then create the task's head. Raises before changing anything."""
         check_task_id(task_id, f"{type(self).__name__}.learn")
@@ -283,6 +305,7 @@ class ContinualLearner:
                 p.copy_(b)
         for p in params:
             p.requires_grad_(False)
+        self._phase_end(task_id)
         self.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
                              "best_valid": best_value})
         return {"best_epoch": best_epoch, "best_valid": best_value}
@@ -478,16 +501,18 @@ class ConureLearner(ContinualLearner):
         if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
             raise ValueError(f"ConureLearner: keep_ratios must be in [0, 1], got {keep_ratios!r}")
         self.keep_ratios = ratios
+        self._snapshots = None    # during a phase: (weight, not-owned-by-the-task mask, values at phase start)
 
     def learn(self, task_data: TaskData, task_id: int, config: Optional[TaskConfig] = None) -> Dict[str, object]:
         """Learn a task: claim the free weights -> train -> prune -> retrain -> freeze (then evaluate all tasks)."""
         cfg = self._begin(task_data, task_id, config)          # checks (ids, data, free capacity), head; or raises
-        claimed = self.backbone.claim_free_(task_id)           # every free conv weight now belongs to task_id
-        self._fit(task_id, cfg.epochs, cfg, "train")           # tasks 1..task_id-1 used but frozen
-        kept = self.backbone.prune_(task_id, self.keep_ratio(task_id, cfg))   # the rest is free again
-        self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
-        if sum(kept.values()) < sum(claimed.values()):
-            self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses the pruned weights
+        with self._undo_on_error(task_id):
+            claimed = self.backbone.claim_free_(task_id)       # every free conv weight now belongs to task_id
+            self._fit(task_id, cfg.epochs, cfg, "train")       # tasks 1..task_id-1 used but frozen
+            kept = self.backbone.prune_(task_id, self.keep_ratio(task_id, cfg))   # the rest is free again
+            self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
+            if sum(kept.values()) < sum(claimed.values()):
+                self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses pruned weights
         return self._end(task_id)                              # freeze; a row of the accuracy matrix
 
     def keep_ratio(self, task_id: int, cfg: Optional[TaskConfig] = None) -> float:
@@ -513,6 +538,16 @@ class ConureLearner(ContinualLearner):
     def _phase_start(self, task_id):
         self._snapshots = [(m.weight, m.owner != task_id, m.weight.detach().clone())
                            for _, m in self.backbone.conv_layers()]
+
+    def _phase_end(self, task_id):
+        self._snapshots = None
+
+    def _abort(self, task_id):
+        if self._snapshots is not None:
+            self._after_step(task_id)                 # interrupted between a step and its restore
+        for _, m in self.backbone.conv_layers():
+            m.owner.masked_fill_(m.owner == task_id, 0)
+        super()._abort(task_id)
 
     @torch.no_grad()
     def _after_step(self, task_id):

@@ -16,7 +16,7 @@ Neither variant applies a final LayerNorm after the last block: the backbone out
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -3,7 +3,7 @@
 Tiny models (16 channels, 2 blocks, one intra-op thread) on :func:`conure.data.make_synthetic_tasks` with 2000
 users: next-item, other-service items, gender (binary), age (5 classes), all learnable from the history.
 """
-import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -301,6 +301,23 @@ def test_no_free_weights_is_a_clear_error(tasks):
     assert learner.learned_tasks == [1] and "head_2" not in learner.store
     after = learner.state_tensors()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_failed_task_is_undone_and_can_be_learned_again(tasks, probe):
+    learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=0.3)
+    cfg = TaskConfig(epochs=1, retrain_epochs=1, batch_size=64, optimizer="adamw", weight_decay=0.1)
+    learner.learn(tasks[0], 1, cfg)
+    owners, before = [m.owner.clone() for _, m in learner.backbone.conv_layers()], task_hash(learner, 1)
+    bad_targets = tasks[1].train.targets.clone()
+    bad_targets[:, 0] = tasks[1].num_targets + 5                      # out of the target vocabulary
+    bad = dataclasses.replace(tasks[1], train=dataclasses.replace(tasks[1].train, targets=bad_targets))
+    with pytest.raises((IndexError, RuntimeError)):
+        learner.learn(bad, 2, cfg)
+    assert learner.learned_tasks == [1] and "head_2" not in learner.store
+    assert all(torch.equal(o, m.owner) for o, (_, m) in zip(owners, learner.backbone.conv_layers()))
+    assert task_hash(learner, 1) == before
+    learner.learn(tasks[1], 2, cfg)
+    assert learner.learned_tasks == [1, 2] and task_hash(learner, 1) == before
 
 
 def test_state_round_trip(tasks, probe, conure_adam):
