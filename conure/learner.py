@@ -205,6 +205,11 @@ class ContinualLearner:
                              f"(learned: {self.learned_tasks or 'none'})")
         return task_id
 
+    def to(self, device) -> "ContinualLearner":
+        """Move every stored module (backbones, heads, patches) to ``device``; returns self."""
+        self.store.to(device)
+        return self
+
     def attach_data(self, task_id: int, task_data: TaskData) -> None:
         """Attach a learned task's data (e.g. after :meth:`from_state`) so ``evaluate(task_id, "test")`` works."""
         self._known(task_id)

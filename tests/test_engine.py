@@ -374,6 +374,20 @@ def test_sampled_softmax_and_bpr_losses(tasks):
     assert final[0] > baseline_metric(tasks[0]) + 0.3 and final[1] > baseline_metric(tasks[1]) + 0.05, final
 
 
+def test_learns_on_device_and_round_trips_through_cpu(tasks, probe, device):
+    learner = ConureLearner(fresh_backbone(tasks[0].num_items).to(device), keep_ratios=0.3)
+    cfg = TaskConfig(epochs=2, retrain_epochs=1, batch_size=64, lr=1e-2, optimizer="adamw", weight_decay=0.1)
+    learner.learn(tasks[0], 1, cfg)
+    pred1 = learner.predict(1, probe)
+    assert pred1.device.type == device.type
+    learner.learn(tasks[1], 2, dataclasses.replace(cfg, item_loss="bpr"))
+    assert torch.equal(learner.predict(1, probe), pred1)
+    assert learner.accuracy_matrix()[1, 0] == learner.accuracy_matrix()[0, 0]
+    assert learner.accuracy_matrix()[0, 0] > baseline_metric(tasks[0]) + 0.2
+    cpu = ContinualLearner.from_state({k: v.cpu() for k, v in learner.state_tensors().items()}, learner.state_meta())
+    torch.testing.assert_close(cpu.predict(1, probe), pred1.cpu(), rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Baselines.
 
