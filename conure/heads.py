@@ -86,7 +86,7 @@ class NextItemHead(_SamplingHead):
 
     kind = "next_item"
 
-    def __init__(self, channels: int, num_items: int, num_sampled: int = 0, rho: float = 0.3,
+    def __init__(self, channels: int, num_items: int, num_sampled: int = 0, rho: float = 1.0,
                  sampler_mode: str = "rank") -> None:
         super().__init__()
         self.channels, self.num_items, self.num_sampled = channels, num_items, int(num_sampled)
@@ -130,7 +130,7 @@ class ItemHead(_SamplingHead):
 
     kind = "item"
 
-    def __init__(self, channels: int, num_targets: int, loss: str = "bpr", num_negatives: int = 4,
+    def __init__(self, channels: int, num_targets: int, loss: str = "softmax", num_negatives: int = 4,
                  rho: float = 1.0, sampler_mode: str = "rank") -> None:
         super().__init__()
         if loss not in ("bpr", "softmax"):
@@ -197,7 +197,7 @@ class ProfileHead(TaskHead):
 _HEADS = {"NextItemHead": NextItemHead, "ItemHead": ItemHead, "ProfileHead": ProfileHead}
 
 
-def make_head(kind: str, channels: int, num_targets: int, *, item_loss: str = "bpr", num_negatives: int = 4,
+def make_head(kind: str, channels: int, num_targets: int, *, item_loss: str = "softmax", num_negatives: int = 4,
               rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0,
               counts: Optional[torch.Tensor] = None) -> TaskHead:
     """The head for a task kind (``"next_item"``, ``"item"``, ``"profile"``); ``counts``: the task's target counts."""

@@ -66,7 +66,8 @@ class TaskConfig:
     eval_batch_size: int = 512
     item_loss: str = "softmax"          # "item" tasks: "softmax" (full) or "bpr" (popularity-sampled negatives)
     num_negatives: int = 4              # BPR negatives per positive
-    rho: float = 1.0                    # popularity sampler: temperature ("rank") or exponent ("power")
+    rho: float = 1.0                    # popularity sampler: temperature ("rank") or exponent ("power"); the
+                                        # release's 0.3 (rank) pushed BPR below popularity in our full-ranking tests
     sampler_mode: str = "rank"          # conure.data.samplers.PopularitySampler mode (LambdaFM ranks or power)
     num_sampled: int = 0                # "next_item" tasks: sampled-softmax negatives per batch (0 = full softmax)
     max_grad_norm: Optional[float] = None
