@@ -1,6 +1,17 @@
 """conure: continual user representation learning (Conure, SIGIR 2021) with compiled kernels."""
-from conure import ops, reference
+from conure import ops, reference  # ops first: it loads the compiled extension (or warns and falls back)
+from conure import metrics
+from conure.baselines import METHODS, make_method
+from conure.heads import ItemHead, NextItemHead, ProfileHead
+from conure.learner import ContinualLearner, ConureLearner, TaskConfig
+from conure.models import NextItNet
+from conure.nn import BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock
 from conure.ops import backend
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "backend", "__version__"]
+__all__ = [
+    "ops", "reference", "metrics", "backend", "__version__",
+    "MaskedCausalConv1d", "ResidualBlock", "BottleneckPatch", "CapacityError", "NextItNet",
+    "NextItemHead", "ItemHead", "ProfileHead",
+    "ContinualLearner", "ConureLearner", "TaskConfig", "METHODS", "make_method",
+]
