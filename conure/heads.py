@@ -13,8 +13,13 @@ and ``scores(user [B, C]) -> [B, num_targets]`` (evaluation: ranking scores, or 
   :class:`conure.data.samplers.PopularitySampler` (``mode="rank"``: LambdaFM's rank-based scheme of the Conure
   release, temperature ``rho``; or ``mode="power"``: ``counts ** rho``), never the positive, and negatives that are
   another of the user's targets are dropped; ``-log sigmoid(s_pos - s_neg)``. Loss ``"softmax"``: cross-entropy over
-  the full target vocabulary for every non-padding target.
+  the full target vocabulary for every non-padding target, or sampled softmax (``num_sampled > 0``, as above).
 * :class:`ProfileHead` (``kind == "profile"``): a linear classifier, cross-entropy.
+
+Sampled softmax (:func:`sampled_softmax_loss`) never builds ``[P, V]`` logits (P = scored positions: up to B*L for
+next_item, the B users' targets for item); beyond the ``V x C`` table and its dense gradient (and Adam's two
+moments) it needs ``O(P * (S + 1) + S * C + V)`` floats for S = ``num_sampled``. Figures in
+:mod:`conure.distributed` (``head_memory``).
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import torch.nn.functional as F
 from conure.data.samplers import NegativeSampler, PopularitySampler, UniformSampler
 from conure.nn import gather_last
 
-__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "make_head", "head_from_config", "make_sampler"]
+__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "make_head", "head_from_config", "make_sampler",
+           "sampled_softmax_loss"]
 
 
 def make_sampler(counts: Optional[torch.Tensor], size: int, rho: float = 1.0, mode: str = "rank") -> NegativeSampler:
@@ -38,6 +44,24 @@ def make_sampler(counts: Optional[torch.Tensor], size: int, rho: float = 1.0, mo
     if counts.shape != (size,):
         raise ValueError(f"target counts must have shape [{size}], got {tuple(counts.shape)}")
     return PopularitySampler(counts, rho=rho, mode=mode)
+
+
+def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         q: torch.Tensor, num_sampled: int, generator: Optional[torch.Generator] = None
+                         ) -> torch.Tensor:
+    """Sampled softmax of rows ``h [P, C]`` with targets ``y [P]`` over the output table ``weight [V, C]`` (and
+    ``bias [V]``): one shared set of ``num_sampled`` negatives drawn from ``q [V]`` (with replacement), logQ
+    correction, accidental hits (a negative equal to the row's target) removed."""
+    neg = torch.multinomial(q, num_sampled, replacement=True, generator=generator).to(h.device)
+    log_q = torch.log((q * num_sampled).clamp_min(1e-12)).to(h.device, h.dtype)
+    pos_logit = (h * weight[y]).sum(-1)
+    neg_logit = h @ weight[neg].T
+    if bias is not None:
+        pos_logit, neg_logit = pos_logit + bias[y], neg_logit + bias[neg]
+    pos_logit, neg_logit = pos_logit - log_q[y], neg_logit - log_q[neg]
+    neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))
+    logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(y))
 
 
 class TaskHead(nn.Module):
@@ -113,16 +137,8 @@ class NextItemHead(_SamplingHead):
             return hidden.sum() * 0.0
         if self.num_sampled <= 0 or self.num_sampled >= self.num_items - 1:
             return F.cross_entropy(self._masked_logits(h), y)
-        # Sampled softmax: one shared set of negatives per batch, logQ correction, accidental hits removed.
-        q = self.sampler.probabilities
-        neg = torch.multinomial(q, self.num_sampled, replacement=True, generator=generator).to(h.device)
-        log_q = torch.log((q * self.num_sampled).clamp_min(1e-12)).to(h.device, h.dtype)
-        w, b = self.out.weight, self.out.bias
-        pos_logit = (h * w[y]).sum(-1) + b[y] - log_q[y]
-        neg_logit = h @ w[neg].T + b[neg] - log_q[neg]
-        neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))
-        logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(y))
+        return sampled_softmax_loss(h, y, self.out.weight, self.out.bias, self.sampler.probabilities,
+                                    self.num_sampled, generator)
 
 
 class ItemHead(_SamplingHead):
@@ -131,12 +147,12 @@ class ItemHead(_SamplingHead):
     kind = "item"
 
     def __init__(self, channels: int, num_targets: int, loss: str = "softmax", num_negatives: int = 4,
-                 rho: float = 1.0, sampler_mode: str = "rank") -> None:
+                 rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0) -> None:
         super().__init__()
         if loss not in ("bpr", "softmax"):
             raise ValueError(f"ItemHead: loss must be 'bpr' or 'softmax', got {loss!r}")
         self.channels, self.num_targets, self.loss_name = channels, num_targets, loss
-        self.num_negatives = int(num_negatives)
+        self.num_negatives, self.num_sampled = int(num_negatives), int(num_sampled)
         self.proj = nn.Linear(channels, channels)
         self.table = nn.Embedding(num_targets, channels, padding_idx=0)
         nn.init.normal_(self.table.weight, 0.0, channels ** -0.5)
@@ -147,7 +163,7 @@ class ItemHead(_SamplingHead):
     def config(self):
         return {"type": "ItemHead", "channels": self.channels, "num_targets": self.num_targets,
                 "loss": self.loss_name, "num_negatives": self.num_negatives, "rho": self.rho,
-                "sampler_mode": self.sampler_mode}
+                "sampler_mode": self.sampler_mode, "num_sampled": self.num_sampled}
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         s = self.proj(user) @ self.table.weight.T
@@ -162,6 +178,9 @@ class ItemHead(_SamplingHead):
             return hidden.sum() * 0.0
         rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[valid]   # [P]
         pos = targets[valid]                                                          # [P]
+        if self.loss_name == "softmax" and 0 < self.num_sampled < self.num_targets - 1:
+            return sampled_softmax_loss(self.proj(user)[rows], pos, self.table.weight, None,
+                                        self.sampler.probabilities, self.num_sampled, generator)
         if self.loss_name == "softmax":
             return F.cross_entropy(self.scores(user)[rows], pos)
         u = self.proj(user)[rows]                                                     # [P, C]
@@ -206,7 +225,7 @@ def make_head(kind: str, channels: int, num_targets: int, *, item_loss: str = "s
                                       sampler_mode=sampler_mode)
     elif kind == "item":
         head = ItemHead(channels, num_targets, loss=item_loss, num_negatives=num_negatives, rho=rho,
-                        sampler_mode=sampler_mode)
+                        sampler_mode=sampler_mode, num_sampled=num_sampled)
     elif kind == "profile":
         head = ProfileHead(channels, num_targets)
     else:
