@@ -1,0 +1,981 @@
+"""Run a task sequence with one or more continual learners from a :class:`~conure.config.RunConfig`.
+
+data -> tasks -> learner -> per-task training -> accuracy matrix -> logs, plots, checkpoints.
+
+What a run writes in its directory ``DIR``:
+
+* ``config.yaml``: the resolved config (every key; ``conure train --config DIR/config.yaml`` repeats the run);
+* ``checkpoints/<method>.safetensors``: the learner after its last completed task, updated after every task and,
+  with ``output.checkpoint_every_epoch``, after every epoch together with what resuming mid-task needs (model,
+  optimizer, RNG states, early-stopping best state, history, the position in the task's phases);
+* ``log.csv`` (one row per epoch: method, task, name, phase, epoch, loss, metric, valid, seconds) and ``tb/<method>``
+  (TensorBoard, when installed);
+* ``results.json`` (after every task; ``complete: true`` at the end) and ``plots/*.png``.
+
+Resuming (``resume=True``) restarts every method from its checkpoint: completed tasks are loaded, a task in
+progress continues after its last completed epoch with the same optimizer state and random streams, so the run
+ends with exactly the result of an uninterrupted one (same seed, same machine and thread count).
+
+How mid-task resume works with the engine: :meth:`conure.learner.ContinualLearner.learn` trains each phase
+with ``_fit``, which has no per-epoch hook. The run replaces a learner's ``_fit`` (instance attribute) with
+:class:`EpochLoop`, the same loop plus a callback after every epoch and the ability to start from a saved epoch.
+To resume, the learner is rebuilt as it was after its last completed task and ``learn`` is called again; the
+loop skips phases that had finished (``learn``'s own steps between phases, claim and prune, only change what
+the restore then overwrites, and their counts do not depend on weight values) and restores the saved state in the
+phase that was running. ``tests/test_checkpoint.py`` checks that the loop matches the engine's ``_fit`` bit for bit.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from conure import checkpoint as ckpt
+from conure import metrics as M
+from conure.baselines import make_method
+from conure.config import ConfigError, RunConfig, config_to_dict, dump_config, identity_diff, parse_config
+from conure.data import DataError, build_task_sequence, load_dataset
+from conure.data.types import Split, TaskData
+from conure.learner import ContinualLearner, TaskConfig, derive_seed
+from conure.models import NextItNet
+
+__all__ = ["RunError", "Run", "build_tasks", "baselines", "new_learner", "EpochLoop", "select_device",
+           "read_sequences", "predict_rows", "evaluate_checkpoint", "describe_checkpoint", "format_matrix",
+           "format_capacity", "progress_enabled"]
+
+
+class RunError(Exception):
+    """A user-facing problem with a run (its directory, resuming, data/checkpoint mismatch): one-line message."""
+
+
+def progress_enabled() -> bool:
+    """tqdm bars only when stderr is a terminal (CONURE_PROGRESS=1/0 forces them on/off)."""
+    env = os.environ.get("CONURE_PROGRESS")
+    if env is not None:
+        return env not in ("", "0", "false", "no")
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _bar(**kwargs):
+    from tqdm.auto import tqdm
+    kwargs.setdefault("disable", not progress_enabled())
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(**kwargs)
+
+
+def select_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device {spec!r} requested but torch sees no CUDA device (use device: cpu or auto)")
+    return torch.device(spec)
+
+
+# ---------------------------------------------------------------------------------------------- data, learners
+def build_tasks(cfg: RunConfig) -> List[TaskData]:
+    """Read the data and cut the task sequence (deterministic from ``cfg.seed``). Raises DataError/ConfigError."""
+    opts = dict(cfg.data.options)
+    try:
+        if cfg.data.kind == "synthetic":
+            opts.setdefault("seed", cfg.seed)
+            inter = load_dataset("synthetic", None, **opts)
+        else:
+            inter = load_dataset(cfg.data.kind, cfg.data.path, **opts)
+    except TypeError as e:
+        raise ConfigError(f"data.options: {e} (see the reader for data kind {cfg.data.kind!r})") from None
+    try:
+        return build_task_sequence(inter, cfg.task_specs(), max_len=cfg.data.max_len, min_len=cfg.data.min_len,
+                                   seed=cfg.seed, valid_frac=cfg.data.valid_frac, test_frac=cfg.data.test_frac)
+    except DataError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"tasks: {e}") from None
+
+
+def task_metric(task: TaskData, tc: TaskConfig) -> str:
+    return tc.metric or ("acc" if task.kind == "profile" else f"mrr@{tc.eval_ks[0]}")
+
+
+def baselines(tasks: Sequence[TaskData], task_cfgs: Sequence[TaskConfig]) -> List[Dict[str, Any]]:
+    """Per task, the trivial predictor on its test split: majority class (profile) or popularity (ranking)."""
+    out = []
+    for t, tc in zip(tasks, task_cfgs):
+        metric = task_metric(t, tc)
+        if t.kind == "profile":
+            value = M.majority_accuracy(t.train.targets, t.test.targets) if len(t.test) else math.nan
+            out.append({"name": "majority", "metric": metric, "value": value})
+        else:
+            counts = t.target_counts if t.target_counts is not None else torch.ones(t.num_targets)
+            ranks = M.popularity_ranks(counts, t.test.targets)
+            value = M.ranking_metrics(ranks, tc.eval_ks).get(metric, math.nan)
+            out.append({"name": "popularity", "metric": metric, "value": value})
+    return out
+
+
+def new_learner(cfg: RunConfig, method: str, num_items: int, device: torch.device) -> ContinualLearner:
+    """A fresh learner: the same seeded backbone initialisation for every method (a fair comparison)."""
+    net = NextItNet(num_items, channels=cfg.model.channels, kernel_size=cfg.model.kernel_size,
+                    dilations=tuple(cfg.model.dilations), pre_ln=cfg.model.pre_ln)
+    net.reset_parameters(torch.Generator().manual_seed(derive_seed(cfg.seed, "backbone")))
+    options: Dict[str, Any] = {"seed": cfg.seed}
+    if method == "conure":
+        options["keep_ratios"] = list(cfg.method.keep_ratios)
+    if method == "peterrec":
+        options["reduction"] = cfg.method.reduction
+    return make_method(method, net.to(device), **options)
+
+
+# ------------------------------------------------------------------------------------------------ epoch loop
+class _ProgressSplit(Split):
+    """A Split whose ``batches`` advances a progress bar (evaluation)."""
+
+    desc = "eval"
+
+    def batches(self, batch_size, shuffle=False, generator=None):
+        n = len(self)
+        with _bar(total=max(1, math.ceil(n / batch_size)), desc=self.desc, leave=False, unit="batch") as bar:
+            for b in Split.batches(self, batch_size, shuffle=shuffle, generator=generator):
+                yield b
+                bar.update(1)
+
+
+def _with_eval_progress(learner: ContinualLearner, label: str) -> None:
+    """Show a progress bar over the batches of every evaluation (wraps the learner's ``_evaluate``)."""
+    if getattr(learner, "_conure_eval_wrapped", False):
+        return
+    original = learner._evaluate
+
+    def evaluate(task_id, split, info, *args, **kwargs):
+        s = _ProgressSplit(split.users, split.inputs, split.targets)
+        s.desc = f"{label} eval task {task_id}"
+        return original(task_id, s, info, *args, **kwargs)
+
+    learner._evaluate = evaluate
+    learner._conure_eval_wrapped = True
+
+
+@dataclass
+class ResumePoint:
+    """Where a task was interrupted: the phase state saved after its last completed epoch."""
+
+    task: int
+    phase: str
+    epoch: int
+    stopped: bool
+    best_value: float
+    best_epoch: int
+    history: List[Dict[str, Any]]
+    param_groups: List[Dict[str, Any]]
+    optim_scalars: Dict[str, Dict[str, Any]]
+    tensors: Dict[str, torch.Tensor]      # "phase/..." tensors of the checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> "ResumePoint":
+        return cls(task=int(info["task"]), phase=str(info["phase"]), epoch=int(info["epoch"]),
+                   stopped=bool(info["stopped"]), best_value=float(info["best_value"]),
+                   best_epoch=int(info["best_epoch"]), history=list(info["history"]),
+                   param_groups=list(info["param_groups"]), optim_scalars=dict(info.get("optim_scalars", {})),
+                   tensors={k: v for k, v in tensors.items() if k.startswith("phase/")})
+
+
+EpochCallback = Callable[[Dict[str, Any]], None]
+
+
+def _fit_fingerprint(func: Callable) -> Optional[str]:
+    """A hash of a function's code (AST without docstring: formatting and comments do not count)."""
+    import ast
+    import hashlib
+    import inspect
+    import textwrap
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    fn = tree.body[0]
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        fn.body = body[1:]
+    return hashlib.sha256(ast.dump(fn).encode()).hexdigest()[:16]
+
+
+# Versions of ContinualLearner._fit that EpochLoop reproduces step for step (tests/test_checkpoint.py checks it).
+KNOWN_FIT_VERSIONS = {"979973408209b100"}
+
+
+def epoch_loop_supported(learner: ContinualLearner) -> bool:
+    """Whether :class:`EpochLoop` may stand in for this learner's ``_fit``: only when the engine's loop is one
+    that EpochLoop is known to reproduce (``CONURE_EPOCH_LOOP=0`` disables it)."""
+    if os.environ.get("CONURE_EPOCH_LOOP", "") in ("0", "false", "no"):
+        return False
+    fit = type(learner)._fit
+    return fit is ContinualLearner._fit and _fit_fingerprint(fit) in KNOWN_FIT_VERSIONS
+
+
+class EpochLoop:
+    """Drop-in for :meth:`ContinualLearner._fit` (same loop, same random streams, same result) that calls
+    ``on_epoch(state)`` after every epoch and can continue a phase from a :class:`ResumePoint`.
+
+    ``state`` holds: ``task``, ``phase``, ``epoch``, ``epochs``, ``stopped``, ``best_value``, ``best_epoch``,
+    ``record`` (the history entry of the epoch), and the live objects ``learner``, ``optimizer``, ``generator``,
+    ``best`` (the best parameters so far) needed to checkpoint it.
+    """
+
+    def __init__(self, learner: ContinualLearner, *, on_epoch: Optional[EpochCallback] = None,
+                 resume: Optional[ResumePoint] = None, label: str = "") -> None:
+        self.learner = learner
+        self.on_epoch = on_epoch
+        self.resume = resume
+        self.label = label or learner.method
+
+    def install(self) -> "EpochLoop":
+        self.learner._fit = self
+        return self
+
+    def _restore(self, point: ResumePoint, params, opt, gen) -> Tuple[List[torch.Tensor], int]:
+        L = self.learner
+        t = point.tensors
+        model = {k[len("phase/model/"):]: v for k, v in t.items() if k.startswith("phase/model/")}
+        try:
+            L.store.load_state_dict(model, strict=True)
+        except RuntimeError as e:
+            raise RunError(f"the checkpoint's task-{point.task} state does not fit the model the config builds "
+                           f"({str(e).splitlines()[0][:200]})") from None
+        L.history = [dict(r) for r in point.history]
+        state: Dict[int, Dict[str, Any]] = {}
+        for k, v in t.items():
+            if k.startswith("phase/optim/"):
+                idx, key = k[len("phase/optim/"):].split("/", 1)
+                state.setdefault(int(idx), {})[key] = v
+        for idx, scalars in point.optim_scalars.items():
+            state.setdefault(int(idx), {}).update(scalars)
+        opt.load_state_dict({"state": state, "param_groups": point.param_groups})
+        gen.set_state(t["phase/rng/generator"])
+        torch.set_rng_state(t["phase/rng/torch"])
+        best = [t[f"phase/best/{i}"].to(p.device) for i, p in enumerate(params)]
+        if len(best) != len(params) or any(b.shape != p.shape for b, p in zip(best, params)):
+            raise RunError("the checkpoint's early-stopping state does not match the model")
+        return best, point.epoch + 1
+
+    def __call__(self, task_id: int, epochs: int, cfg: TaskConfig, phase: str) -> Dict[str, object]:
+        L = self.learner
+        point = self.resume if (self.resume is not None and self.resume.task == task_id) else None
+        if point is not None and point.phase != phase:
+            # A phase that had finished before the interruption: its result is restored with the later phase.
+            record = next((r for r in point.history if r.get("event") == "phase" and r.get("task") == task_id
+                           and r.get("phase") == phase), None)
+            if record is None:
+                raise RunError(f"cannot resume task {task_id}: the checkpoint is in phase {point.phase!r} but has no "
+                               f"record of phase {phase!r}")
+            for p in L.store.parameters():
+                p.requires_grad_(False)
+            return {"best_epoch": record["best_epoch"], "best_valid": record["best_valid"]}
+        head = L.store[f"head_{task_id}"]
+        params = list(L._trainable(task_id)) + list(head.parameters())
+        for p in L.store.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(derive_seed(L.seed, task_id, phase))
+        step = L._train_step(task_id, cfg, phase, gen)
+        stopped = False
+        if point is not None:
+            best, start = self._restore(point, params, opt, gen)
+            best_value, best_epoch, stopped = point.best_value, point.best_epoch, point.stopped
+            self.resume = None
+            L._phase_start(task_id)
+        else:
+            L._phase_start(task_id)
+            best_value, best_epoch = L._valid_metric(task_id), 0
+            best = [p.detach().clone() for p in params]
+            start = 1
+        L.store.train()
+        data = L._data[task_id]
+        nb = max(1, math.ceil(len(data.train) / cfg.batch_size))
+        with _bar(total=epochs, initial=min(start - 1, epochs), desc=f"{self.label} task {task_id} {data.name} "
+                  f"{phase}", unit="epoch", leave=False) as ebar:
+            for epoch in range(start, epochs + 1):
+                if stopped:
+                    break
+                t0, total, count = time.perf_counter(), torch.zeros(()), 0
+                with _bar(total=nb, desc=f"epoch {epoch}", unit="batch", leave=False) as bbar:
+                    for items, targets in step.batches(epoch):
+                        loss = step.loss(items, targets)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if cfg.max_grad_norm:
+                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                        opt.step()
+                        L._after_step(task_id)
+                        total, count = total + loss.detach().cpu(), count + 1
+                        bbar.update(1)
+                value = L._valid_metric(task_id)
+                record = {"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
+                          "loss": step.mean_loss(total, count), "valid": value,
+                          "seconds": time.perf_counter() - t0}
+                L.history.append(record)
+                if value > best_value or math.isnan(best_value):
+                    best_value, best_epoch = value, epoch
+                    best = [p.detach().clone() for p in params]
+                elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+                    stopped = True
+                ebar.set_postfix(loss=f"{record['loss']:.4f}", valid=f"{value:.4f}")
+                ebar.update(1)
+                if self.on_epoch is not None:
+                    self.on_epoch({"task": task_id, "phase": phase, "epoch": epoch, "epochs": epochs,
+                                   "stopped": stopped, "best_value": best_value, "best_epoch": best_epoch,
+                                   "record": record, "learner": L, "optimizer": opt, "generator": gen,
+                                   "best": best, "params": params})
+        with torch.no_grad():
+            for p, b in zip(params, best):
+                p.copy_(b)
+        step.close()
+        for p in params:
+            p.requires_grad_(False)
+        L._phase_end(task_id)
+        L.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
+                          "best_valid": best_value})
+        return {"best_epoch": best_epoch, "best_valid": best_value}
+
+
+def phase_tensors(state: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The tensors and JSON of an :class:`EpochLoop` callback state, for a checkpoint's ``phase/`` section."""
+    L: ContinualLearner = state["learner"]
+    tensors = {f"phase/model/{k}": v.detach().clone() for k, v in L.store.state_dict().items()}
+    sd = state["optimizer"].state_dict()
+    scalars: Dict[str, Dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"phase/optim/{idx}/{key}"] = val.detach().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    for i, b in enumerate(state["best"]):
+        tensors[f"phase/best/{i}"] = b.detach().clone()
+    tensors["phase/rng/generator"] = state["generator"].get_state()
+    tensors["phase/rng/torch"] = torch.get_rng_state()
+    info = {"task": state["task"], "phase": state["phase"], "epoch": state["epoch"], "stopped": state["stopped"],
+            "best_value": state["best_value"], "best_epoch": state["best_epoch"], "history": L.history,
+            "param_groups": sd["param_groups"], "optim_scalars": scalars}
+    return tensors, info
+
+
+# ------------------------------------------------------------------------------------------------- logging
+LOG_FIELDS = ["method", "task", "name", "phase", "epoch", "loss", "metric", "valid", "seconds"]
+
+
+def _log_rows(method: str, history: Sequence[Mapping[str, Any]], names: Sequence[str],
+              metrics: Sequence[str]) -> List[Dict[str, Any]]:
+    rows = []
+    for r in history:
+        if r.get("event") != "epoch":
+            continue
+        t = int(r["task"])
+        rows.append({"method": method, "task": t, "name": names[t - 1] if t <= len(names) else "",
+                     "phase": r["phase"], "epoch": r["epoch"], "loss": f"{r['loss']:.6g}",
+                     "metric": metrics[t - 1] if t <= len(metrics) else "", "valid": f"{r['valid']:.6g}",
+                     "seconds": f"{r['seconds']:.3f}"})
+    return rows
+
+
+class _TB:
+    """TensorBoard writer per method, or nothing when tensorboard is missing or disabled."""
+
+    def __init__(self, folder: Path, enabled: bool, purge_step: Optional[int], echo: Callable[[str], None]):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception as e:  # ImportError, or a broken tensorboard install
+            echo(f"note: TensorBoard logs skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            return
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None and value is not None and not (isinstance(value, float) and math.isnan(value)):
+            self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def _fmt(v: Any, width: int = 8) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-".rjust(width)
+    return f"{v:.4f}".rjust(width)
+
+
+def format_matrix(method: str, matrix: Sequence[Sequence[Any]], names: Sequence[str],
+                  metrics: Sequence[str]) -> str:
+    """The accuracy matrix as a text table: row i = after learning task i, column j = task j's test metric."""
+    w = max(9, max((len(n) for n in names), default=0) + 1)
+    lines = [f"accuracy matrix ({method}): row i = after learning task i, column j = task j's test metric"]
+    lines.append(" " * (w + 3) + "".join(n[:w - 1].rjust(w) for n in names))
+    lines.append(" " * (w + 3) + "".join(m.rjust(w) for m in metrics))
+    for i, row in enumerate(matrix):
+        label = f"{i + 1:>2} {names[i][:w - 1]:<{w}}"
+        cells = [(row[j] if j < len(row) else None) for j in range(len(names))]
+        lines.append(label + "".join(_fmt(c, w) for c in cells))
+    return "\n".join(lines)
+
+
+def format_capacity(capacity: Mapping[str, Any], names: Sequence[str]) -> str:
+    """Conure's capacity table: conv weights and bytes each task owns, and what is free."""
+    lines = ["capacity (conure): conv weights owned per task (after pruning) and bytes stored",
+             f"{'task':>4} {'name':<14}{'conv weights':>14}{'share':>8}{'bytes':>12}"]
+    total = capacity.get("total_weights", 0)
+    for t, row in sorted(((int(k), v) for k, v in capacity.get("tasks", {}).items())):
+        name = names[t - 1] if t <= len(names) else ""
+        lines.append(f"{t:>4} {name[:13]:<14}{int(row['weights']):>14,}{row['share']:>8.1%}{int(row['bytes']):>12,}")
+    free = capacity.get("free", 0.0)
+    lines.append(f"{'':>4} {'free':<14}{int(round(free * total)):>14,}{free:>8.1%}{int(capacity.get('free_bytes', 0)):>12,}")
+    return "\n".join(lines)
+
+
+def _json_capacity(cap: Mapping[str, Any]) -> Dict[str, Any]:
+    def conv(v):
+        if isinstance(v, Mapping):
+            return {str(k): conv(x) for k, x in v.items()}
+        return v
+    return conv(cap)
+
+
+# ------------------------------------------------------------------------------------------------------ run
+OUR_FILES = ("config.yaml", "results.json", "log.csv")
+OUR_DIRS = ("checkpoints", "tb", "plots")
+
+
+class Run:
+    """One run directory: every method of the config on the same task sequence (see the module docstring).
+
+    ``echo`` receives the human-readable report lines (the CLI prints them to stdout).
+    """
+
+    def __init__(self, cfg: RunConfig, out_dir: os.PathLike, *, resume: bool = False, overwrite: bool = False,
+                 echo: Callable[[str], None] = print, stop_after: Optional[int] = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.echo = echo
+        self.stop_after = stop_after
+        self.config_dict = config_to_dict(cfg)
+
+    # --- directory handling ------------------------------------------------------------------------------------
+    def _prepare_dir(self) -> bool:
+        """Returns True when resuming a run found in the directory."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise RunError(f"--out {out}: exists and is not a directory")
+        has_run = out.is_dir() and (any((out / f).exists() for f in OUR_FILES) or (out / "checkpoints").is_dir())
+        if has_run and self.resume:
+            saved = out / "config.yaml"
+            if saved.exists():
+                import yaml
+                try:
+                    old = parse_config(yaml.safe_load(saved.read_text()))
+                except (ConfigError, Exception) as e:
+                    raise RunError(f"cannot resume: {saved} is not a valid config ({e})") from None
+                diffs = identity_diff(config_to_dict(old), self.config_dict)
+                if diffs:
+                    raise RunError(f"cannot resume {out}: the config differs from the run's: {'; '.join(diffs[:3])}"
+                                   f"{' ...' if len(diffs) > 3 else ''} (use the run's config, or another --out)")
+            return True
+        if has_run and not self.overwrite:
+            raise RunError(f"--out {out} already holds a run; use --resume to continue it, --overwrite to start "
+                           f"over, or another --out")
+        if has_run and self.overwrite:
+            for f in OUR_FILES:
+                (out / f).unlink(missing_ok=True)
+            for d in OUR_DIRS:
+                if (out / d).is_dir():
+                    shutil.rmtree(out / d)
+        if self.resume:
+            self.echo(f"nothing to resume in {out}: starting a new run")
+        return False
+
+    def _ckpt_path(self, method: str) -> Path:
+        return self.out / "checkpoints" / f"{method}.safetensors"
+
+    # --- main ---------------------------------------------------------------------------------------------------
+    def execute(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        resuming = self._prepare_dir()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = select_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(
+            cfg, header="resolved conure run config (every key); rerun with: conure train --config <this file>"))
+
+        t0 = time.perf_counter()
+        tasks = build_tasks(cfg)
+        self.tasks = tasks
+        self.task_cfgs = cfg.task_configs()
+        self.names = [t.name for t in tasks]
+        self.metrics = [task_metric(t, c) for t, c in zip(tasks, self.task_cfgs)]
+        self.baselines = baselines(tasks, self.task_cfgs)
+        self.vocab = ckpt.vocab_meta(tasks)
+        self.echo(f"data: {cfg.data.kind}{' ' + cfg.data.path if cfg.data.path else ''}: {len(tasks)} tasks, "
+                  f"{tasks[0].num_items - 1:,} source items, {len(tasks[0].train):,} train users "
+                  f"({time.perf_counter() - t0:.1f}s)")
+        for i, (t, b) in enumerate(zip(tasks, self.baselines), 1):
+            self.echo(f"  task {i} {t.name} ({t.kind}, {t.num_targets - (0 if t.kind == 'profile' else 1):,} "
+                      f"{'classes' if t.kind == 'profile' else 'targets'}; users train/valid/test "
+                      f"{len(t.train):,}/{len(t.valid):,}/{len(t.test):,}): {b['name']} baseline "
+                      f"{b['metric']} {b['value']:.4f}")
+
+        if resuming:
+            self._rebuild_log()
+        self.results: Dict[str, Dict[str, Any]] = {}
+        self.learners: Dict[str, ContinualLearner] = {}
+        for method in cfg.method.names:
+            self._run_method(method, device)
+        self.seconds = time.perf_counter() - t_start
+        results = self._write_results(complete=True)
+        self._report()
+        if cfg.output.plots:
+            self._plots()
+        return results
+
+    def _run_method(self, method: str, device: torch.device) -> None:
+        cfg, tasks = self.cfg, self.tasks
+        path = self._ckpt_path(method)
+        resume_point = None
+        learner = None
+        ckpt.remove_stale_temps(path)
+        if self.resume and path.exists():
+            tensors, meta = ckpt.load(path, kind="run")
+            if meta.get("method") != method:
+                raise RunError(f"{path}: holds method {meta.get('method')!r}, expected {method!r}")
+            saved_vocab = meta.get("vocab", {}).get("source")
+            if saved_vocab != self.vocab["source"]:
+                raise RunError(f"cannot resume {method}: the data gives another item vocabulary than the checkpoint's "
+                               f"(did the data files change?)")
+            learner = ckpt.learner_from(tensors, meta["learner"], "learner/", device)
+            info = meta.get("progress", {}).get("in_task")
+            if info is not None:
+                resume_point = ResumePoint.from_checkpoint(tensors, info)
+            done = len(learner.tasks)
+            where = f"after task {done}" if resume_point is None else \
+                f"task {resume_point.task} {resume_point.phase} epoch {resume_point.epoch}"
+            self.echo(f"[{method}] resuming from {path} ({where})")
+        if learner is None:
+            learner = new_learner(cfg, method, tasks[0].num_items, device)
+        for t in learner.learned_tasks:
+            learner.attach_data(t, tasks[t - 1])
+        self.learners[method] = learner
+        _with_eval_progress(learner, method)
+        self._base = (ckpt.learner_tensors(learner), learner.state_meta())
+        n_epochs = sum(1 for r in (resume_point.history if resume_point else learner.history)
+                       if r.get("event") == "epoch")
+        tb = _TB(self.out / "tb" / method, cfg.output.tensorboard, n_epochs if self.resume else None, self.echo)
+        self._step = n_epochs
+        self._tb = tb
+        self._epoch_loop = epoch_loop_supported(learner)
+        loop = None
+        if self._epoch_loop:
+            loop = EpochLoop(learner, on_epoch=lambda s: self._on_epoch(method, s), resume=resume_point,
+                             label=method).install()
+        else:
+            self.echo(f"note: [{method}] the engine's training loop is not one conure.runner.EpochLoop reproduces: "
+                      f"checkpoints and logs per task only (a resumed task restarts from its beginning)")
+            if resume_point is not None:
+                self.echo(f"[{method}] task {resume_point.task} restarts from its beginning")
+                self._rebuild_log_from(method, learner.history)
+        t_method = time.perf_counter()
+        try:
+            for t in range(len(learner.tasks) + 1, len(tasks) + 1):
+                if self.stop_after is not None and t > self.stop_after:
+                    break
+                t0 = time.perf_counter()
+                summary = learner.learn(tasks[t - 1], t, self.task_cfgs[t - 1])
+                self._base = (ckpt.learner_tensors(learner), learner.state_meta())
+                if loop is None:  # no per-epoch callback: log the task's epochs now
+                    for r in learner.history:
+                        if r.get("event") == "epoch" and r.get("task") == t:
+                            self._on_epoch(method, {"task": t, "phase": r["phase"], "epoch": r["epoch"],
+                                                    "epochs": r["epoch"], "stopped": False, "record": r},
+                                           checkpoint=False)
+                self._save(method, learner, None)
+                self._task_report(method, learner, t, summary, time.perf_counter() - t0)
+                for j, v in enumerate(summary["row"], 1):
+                    tb.scalar(f"test/{j}_{self.names[j - 1]}", v, t)
+                tb.scalar("params_stored", learner.params_stored(), t)
+                tb.flush()
+                self.results[method] = self._method_result(method, learner, time.perf_counter() - t_method)
+                self._write_results(complete=False)
+        finally:
+            tb.close()
+            if loop is not None:
+                loop.resume = None
+        if not learner.tasks:  # e.g. stop_after=0
+            self._save(method, learner, None)
+        self.results[method] = self._method_result(method, learner, time.perf_counter() - t_method)
+
+    def _on_epoch(self, method: str, state: Mapping[str, Any], checkpoint: bool = True) -> None:
+        r = state["record"]
+        t = state["task"]
+        self._step += 1
+        self._append_log(_log_rows(method, [r], self.names, self.metrics))
+        self._tb.scalar(f"loss/{t}_{self.names[t - 1]}", r["loss"], self._step)
+        self._tb.scalar(f"valid/{t}_{self.names[t - 1]}", r["valid"], self._step)
+        if self.cfg.output.verbose:
+            from tqdm.auto import tqdm
+            tqdm.write(f"[{method}] task {t} {self.names[t - 1]} {state['phase']} epoch {state['epoch']}/"
+                       f"{state['epochs']}: loss {r['loss']:.4f}, valid {self.metrics[t - 1]} {r['valid']:.4f} "
+                       f"({r['seconds']:.1f}s){' (early stop)' if state['stopped'] else ''}", file=sys.stdout)
+        if checkpoint and self.cfg.output.checkpoint_every_epoch:
+            self._save(method, state["learner"], state)
+
+    def _save(self, method: str, learner: ContinualLearner, state: Optional[Mapping[str, Any]]) -> None:
+        base_tensors, base_meta = self._base
+        tensors = dict(base_tensors)
+        in_task = None
+        if state is not None:
+            extra, in_task = phase_tensors(state)
+            tensors.update(extra)
+        meta = {"kind": "run", "method": method, "config": self.config_dict, "vocab": self.vocab,
+                "tasks": [{"name": n, "kind": t.kind, "metric": m} for n, t, m in zip(self.names, self.tasks,
+                                                                                     self.metrics)],
+                "baselines": self.baselines, "max_len": self.cfg.data.max_len, "learner": base_meta,
+                "progress": {"completed": len(base_meta["tasks"]), "total": len(self.tasks), "in_task": in_task}}
+        ckpt.save(self._ckpt_path(method), tensors, meta)
+
+    # --- logs ---------------------------------------------------------------------------------------------------
+    def _append_log(self, rows: List[Dict[str, Any]]) -> None:
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+            f.flush()
+
+    def _rebuild_log_from(self, method: str, history: Sequence[Mapping[str, Any]]) -> None:
+        """Rewrite log.csv keeping other methods' rows and ``method``'s rows from ``history``."""
+        path = self.out / "log.csv"
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("method") != method]
+        rows += _log_rows(method, history, self.names, self.metrics)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\r\n")
+        w.writeheader()
+        w.writerows(rows)
+        ckpt.atomic_write_text(path, buf.getvalue())
+
+    def _rebuild_log(self) -> None:
+        """After an interruption, log.csv may hold epochs the checkpoints do not: rewrite it from their history."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\r\n")
+        w.writeheader()
+        for method in self.cfg.method.names:
+            path = self._ckpt_path(method)
+            if not path.exists():
+                continue
+            _, meta = ckpt.load(path, kind="run")
+            info = meta.get("progress", {}).get("in_task")
+            history = info["history"] if info else meta["learner"].get("history", [])
+            w.writerows(_log_rows(method, history, self.names, self.metrics))
+        ckpt.atomic_write_text(self.out / "log.csv", buf.getvalue())
+
+    # --- results ------------------------------------------------------------------------------------------------
+    def _method_result(self, method: str, learner: ContinualLearner, seconds: float) -> Dict[str, Any]:
+        n = len(self.tasks)
+        matrix = [[None] * n for _ in range(len(learner.results))]
+        for i, row in enumerate(learner.results):
+            for j, v in enumerate(row):
+                matrix[i][j] = v
+        out = {"matrix": matrix, "final": matrix[-1] if matrix else [], "tasks_learned": len(learner.tasks),
+               "params_stored": learner.params_stored(), "bytes_stored": learner.bytes_stored(),
+               "forgetting": learner.forgetting(), "backward_transfer": learner.backward_transfer(),
+               "seconds": seconds, "checkpoint": str(self._ckpt_path(method))}
+        if hasattr(learner, "capacity"):
+            out["capacity"] = _json_capacity(learner.capacity())
+        return out
+
+    def _write_results(self, complete: bool) -> Dict[str, Any]:
+        res = {"tasks": self.names, "kinds": [t.kind for t in self.tasks], "metric": self.metrics,
+               "baselines": self.baselines, "methods": self.results,
+               "complete": complete and all(r["tasks_learned"] == len(self.tasks) for r in self.results.values()),
+               "seconds": getattr(self, "seconds", None), "config": self.config_dict}
+        res = ckpt.nan_to_none(res)
+        ckpt.atomic_write_text(self.out / "results.json", json.dumps(res, indent=1) + "\n")
+        return res
+
+    def _task_report(self, method: str, learner: ContinualLearner, t: int, summary: Mapping[str, Any],
+                     seconds: float) -> None:
+        recs = [r for r in learner.history if r.get("task") == t]
+        parts = []
+        for phase in ("train", "retrain"):
+            epochs = [r for r in recs if r.get("event") == "epoch" and r["phase"] == phase]
+            ph = next((r for r in recs if r.get("event") == "phase" and r["phase"] == phase), None)
+            if ph is not None:
+                parts.append(f"{phase} {len(epochs)} ep (best {ph['best_epoch']}, valid {ph['best_valid']:.4f})")
+            prune = next((r for r in recs if r.get("event") == "prune"), None)
+            if phase == "train" and prune is not None:
+                kept, claimed = sum(prune["kept"].values()), sum(prune["claimed"].values())
+                parts.append(f"kept {kept:,}/{claimed:,} weights")
+        test = summary["row"][t - 1]
+        b = self.baselines[t - 1]
+        mark = "" if test is None or math.isnan(test) else (" > " if test > b["value"] else " <= ")
+        self.echo(f"[{method}] task {t}/{len(self.tasks)} {self.names[t - 1]}: {'; '.join(parts)}; test "
+                  f"{self.metrics[t - 1]} {test:.4f}{mark}{b['name']} {b['value']:.4f} ({seconds:.1f}s)")
+
+    def _report(self) -> None:
+        self.echo("")
+        self.echo("baselines (test): " + ", ".join(f"{n} {b['name']} {b['metric']} {b['value']:.4f}"
+                                                   for n, b in zip(self.names, self.baselines)))
+        for method, r in self.results.items():
+            self.echo("")
+            self.echo(format_matrix(method, r["matrix"], self.names, self.metrics))
+            if r["tasks_learned"] >= 2:
+                self.echo(f"forgetting {r['forgetting']:.4f}, backward transfer {r['backward_transfer']:+.4f}")
+        for method, r in self.results.items():
+            if "capacity" in r:
+                self.echo("")
+                self.echo(format_capacity(r["capacity"], self.names))
+        self.echo("")
+        self.echo("parameters stored: " + ", ".join(f"{m} {r['params_stored']:,} ({r['bytes_stored'] / 1e6:.2f} MB)"
+                                                    for m, r in self.results.items()))
+        self.echo(f"wrote {self.out}/results.json, log.csv, config.yaml, checkpoints/ "
+                  f"({self.seconds:.1f}s)")
+
+    def _plots(self) -> None:
+        try:
+            from conure import plots
+        except Exception as e:
+            self.echo(f"note: plots skipped ({type(e).__name__}: {e})")
+            return
+        try:
+            written = plots.plot_run(self.out, self.names, self.metrics, self.results,
+                                     {m: L.history for m, L in self.learners.items()}, self.baselines)
+        except ImportError as e:
+            self.echo(f"note: plots skipped (matplotlib not installed: {e})")
+            return
+        if written:
+            self.echo("plots: " + ", ".join(str(p) for p in written))
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def read_sequences(path: os.PathLike) -> List[Tuple[str, List[str]]]:
+    """``user<TAB>item item ...`` lines (raw ids, oldest first; blank lines and '#' comments skipped)."""
+    p = Path(path)
+    if not p.exists():
+        raise RunError(f"input file not found: {p}")
+    if p.is_dir():
+        raise RunError(f"input {p} is a directory, not a sequence file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = p.read_text(encoding="latin-1")
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 2:
+            raise RunError(f"{p}:{lineno}: expected 'user<TAB>item item ...', got {len(parts)} tab-separated "
+                           f"field{'s' if len(parts) != 1 else ''}")
+        user = parts[0].strip()
+        if not user:
+            raise RunError(f"{p}:{lineno}: empty user id")
+        rows.append((user, parts[1].split()))
+    if not rows:
+        raise RunError(f"{p}: no users in the input")
+    return rows
+
+
+def predict_rows(model: "ckpt.InferenceModel", rows: Sequence[Tuple[str, List[str]]], *, top_k: int = 10,
+                 exclude_seen: bool = False, batch_size: int = 512) -> Tuple[List[Dict[str, Any]], int]:
+    """Predictions of a task model for raw-id histories. Returns (one dict per user, unknown item count).
+
+    Ranking tasks: ``items`` (top-K raw target ids, best first) and ``scores``; profile tasks: ``label`` (class
+    name) and ``probs`` (per class). Items the model does not know are skipped; a user with no known item gets an
+    empty prediction and ``"note"``.
+    """
+    index = {raw: i for i, raw in enumerate(model.vocab["source"]) if raw is not None and i > 0}
+    L = model.max_len
+    names = model.target_names()
+    unknown = 0
+    encoded = []
+    for user, items in rows:
+        ids = [index.get(str(x), 0) for x in items]
+        unknown += sum(1 for i in ids if i == 0)
+        ids = [i for i in ids if i][-L:]
+        encoded.append(ids)
+    out: List[Dict[str, Any]] = []
+    k = max(1, min(top_k, len(names) - (0 if model.kind == "profile" else 1)))
+    for start in _bar(iterable=range(0, len(rows), batch_size), desc="predict", unit="batch", leave=False):
+        chunk = encoded[start:start + batch_size]
+        x = torch.zeros(len(chunk), L, dtype=torch.long)
+        for i, ids in enumerate(chunk):
+            if ids:
+                x[i, L - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        scores = model.scores(x).float().cpu()
+        for i, ids in enumerate(chunk):
+            user = rows[start + i][0]
+            if not ids:
+                out.append({"user": user, **({"label": None} if model.kind == "profile" else {"items": []}),
+                            "note": "no known item in the history"})
+                continue
+            s = scores[i]
+            if model.kind == "profile":
+                probs = torch.softmax(s, dim=0)
+                c = int(torch.argmax(s))
+                out.append({"user": user, "label": names[c],
+                            "probs": {str(n): round(float(p), 6) for n, p in zip(names, probs)}})
+                continue
+            if exclude_seen and model.vocab.get("targets") == "source":
+                s = s.clone()
+                s[torch.tensor(sorted(set(ids)))] = float("-inf")
+            vals, idx = torch.topk(s, k)
+            keep = [(names[j], float(v)) for j, v in zip(idx.tolist(), vals.tolist()) if j > 0 and v > float("-inf")]
+            out.append({"user": user, "items": [n for n, _ in keep], "scores": [round(v, 6) for _, v in keep]})
+    return out, unknown
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def _load_run(path: os.PathLike, device: str = "cpu") -> Tuple[ContinualLearner, Dict[str, Any], Path]:
+    p = ckpt.resolve_checkpoint(path)
+    tensors, meta = ckpt.load(p, kind="run")
+    learner = ckpt.learner_from(tensors, meta["learner"], "learner/", device)
+    return learner, meta, p
+
+
+def check_task(task: Optional[str], learned: Sequence[int], names: Sequence[str]) -> Optional[int]:
+    """A task given by id (1-based) or name -> its id; errors name what is available."""
+    if task is None:
+        return None
+    avail = ", ".join(f"{t} ({names[t - 1]})" if t <= len(names) else str(t) for t in learned) or "none"
+    if str(task).isdigit():
+        t = int(task)
+    elif task in names:
+        t = names.index(task) + 1
+    else:
+        raise RunError(f"--task {task}: no such task (learned tasks: {avail})")
+    if t not in learned:
+        raise RunError(f"--task {task}: task {t} has not been learned in this checkpoint (learned tasks: {avail})")
+    return t
+
+
+def open_model(path: os.PathLike, task: Optional[str]) -> "ckpt.InferenceModel":
+    """An :class:`~conure.checkpoint.InferenceModel` from an export (``task`` optional) or a run checkpoint."""
+    p = ckpt.resolve_checkpoint(path)
+    tensors, meta = ckpt.load(p)
+    if meta.get("kind") == "export":
+        model = ckpt.load_inference(p)
+        if task is not None and str(task) not in (str(model.task), model.name):
+            raise RunError(f"--task {task}: {p} is an export of task {model.task} ({model.name})")
+        return model
+    if meta.get("kind") != "run":
+        raise ckpt.CheckpointError(f"{p}: unknown checkpoint kind {meta.get('kind')!r}")
+    learner = ckpt.learner_from(tensors, meta["learner"], "learner/")
+    names = [t["name"] for t in meta["tasks"]]
+    if task is None:
+        raise RunError("--task is required with a run checkpoint (which task's predictions?)")
+    t = check_task(task, learner.learned_tasks, names)
+    return ckpt.inference_model(learner, t, meta["vocab"], max_len=meta.get("max_len"),
+                                extra={"source_checkpoint": str(p)})
+
+
+def export_checkpoint(path: os.PathLike, task: str, out: os.PathLike) -> Tuple[Path, "ckpt.InferenceModel"]:
+    learner, meta, p = _load_run(path)
+    names = [t["name"] for t in meta["tasks"]]
+    t = check_task(task, learner.learned_tasks, names)
+    return ckpt.export_task(learner, t, out, meta["vocab"], max_len=meta.get("max_len"),
+                            extra={"source_checkpoint": str(p), "config": meta.get("config")})
+
+
+def evaluate_checkpoint(path: os.PathLike, task: Optional[str] = None, split: str = "test",
+                        echo: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Re-read the run's data (from the config saved in the checkpoint) and evaluate learned tasks."""
+    learner, meta, p = _load_run(path)
+    names = [t["name"] for t in meta["tasks"]]
+    t_sel = check_task(task, learner.learned_tasks, names)
+    cfg = parse_config(meta["config"])
+    tasks = build_tasks(cfg)
+    if ckpt.vocab_meta(tasks)["source"] != meta["vocab"]["source"]:
+        raise RunError(f"the data at {cfg.data.path or cfg.data.kind} gives another item vocabulary than the one "
+                       f"{p.name} was trained on (did the data change?)")
+    _with_eval_progress(learner, "eval")
+    base = baselines(tasks, cfg.task_configs())
+    rows = []
+    for t in ([t_sel] if t_sel else learner.learned_tasks):
+        learner.attach_data(t, tasks[t - 1])
+        m = learner.evaluate(t, split)
+        rows.append({"task": t, "name": names[t - 1], "kind": tasks[t - 1].kind,
+                     "metric": learner.tasks[t]["metric"], "value": m[learner.tasks[t]["metric"]],
+                     "metrics": m, "baseline": base[t - 1]})
+    return {"checkpoint": str(p), "method": learner.method, "split": split, "tasks": rows}
+
+
+def describe_checkpoint(path: os.PathLike) -> Dict[str, Any]:
+    """What ``conure inspect`` shows: kind, method, tasks, progress, capacity, parameter counts."""
+    p = ckpt.resolve_checkpoint(path)
+    tensors, meta = ckpt.load(p)
+    info: Dict[str, Any] = {"checkpoint": str(p), "kind": meta.get("kind"), "format_version": meta.get("version"),
+                            "conure_version": meta.get("conure_version"), "written": meta.get("written"),
+                            "tensors": len(tensors),
+                            "tensor_bytes": sum(t.numel() * t.element_size() for t in tensors.values())}
+    if meta.get("kind") == "export":
+        model = ckpt.load_inference(p)
+        info.update({"method": model.method, "task": model.task, "name": model.name, "task_kind": model.kind,
+                     "metric": meta.get("metric"), "num_targets": meta.get("num_targets"),
+                     "max_len": model.max_len, "owners": meta.get("owners"),
+                     "params": sum(x.numel() for x in model.parameters()),
+                     "backbone": meta["modules"]["backbone"]})
+        return info
+    learner = ckpt.learner_from(tensors, meta["learner"], "learner/")
+    names = [t["name"] for t in meta["tasks"]]
+    prog = meta.get("progress", {})
+    in_task = prog.get("in_task")
+    rows = []
+    for t in range(1, len(names) + 1):
+        r = {"task": t, "name": names[t - 1], "kind": meta["tasks"][t - 1]["kind"],
+             "metric": meta["tasks"][t - 1]["metric"], "learned": t in learner.tasks}
+        if t in learner.tasks and learner.results:
+            last = learner.results[-1]
+            r["test"] = last[t - 1] if t - 1 < len(last) else None
+            r["test_when_learned"] = learner.results[t - 1][t - 1]
+            head = learner.store[f"head_{t}"]
+            r["head_params"] = sum(x.numel() for x in head.parameters())
+        rows.append(r)
+    info.update({"method": learner.method, "seed": learner.seed, "tasks": rows,
+                 "status": "complete" if prog.get("completed") == prog.get("total") else
+                 (f"in progress: task {in_task['task']} {in_task['phase']} epoch {in_task['epoch']}" if in_task
+                  else f"{prog.get('completed')} of {prog.get('total')} tasks"),
+                 "backbone": learner.backbone.config(),
+                 "params_stored": learner.params_stored(), "bytes_stored": learner.bytes_stored(),
+                 "matrix": learner.results, "baselines": meta.get("baselines")})
+    if hasattr(learner, "capacity"):
+        info["capacity"] = _json_capacity(learner.capacity())
+    return info
