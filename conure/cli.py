@@ -1,0 +1,369 @@
+"""The ``conure`` command line (also ``python -m conure``).
+
+Commands::
+
+    conure demo     [--out DIR] [--set key=value ...]
+    conure train    --config FILE [--set key=value ...] [--out DIR] [--resume | --overwrite] [--print-config]
+    conure eval     --checkpoint CKPT [--task N] [--split test|valid] [--json]
+    conure inspect  --checkpoint CKPT [--json]
+    conure predict  --checkpoint CKPT --task N --input FILE [--top-k K] [--format tsv|json] [--output FILE]
+    conure export   --checkpoint CKPT --task N --out FILE
+    conure config   [--defaults | FILE] [--set key=value ...]
+
+Bad arguments, configs, data or checkpoints end with one line ``conure: error: ...`` on stderr and exit code 2
+(``--debug`` shows the traceback). An interrupted run says how to resume it (exit code 130).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+PROG = "conure"
+
+
+class UsageError(Exception):
+    """A bad command line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``conure: error: ... (see 'conure train --help')``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def _sets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, typed by the schema (repeatable): --set train.epochs=3 "
+                        "--set method.compare=[sinmoall]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from conure import __version__
+    parser = _Parser(prog=PROG, description="Continual user representation learning (Conure, SIGIR 2021): one "
+                     "NextItNet backbone learns task after task without forgetting.",
+                     epilog="Run 'conure COMMAND --help' for a command's options. Quick look: 'conure demo'.")
+    parser.add_argument("--version", action="version", version=f"conure {__version__}")
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="learn the synthetic task sequence with Conure and SinMoAll (about a minute)",
+                       description="Learn task 1 (next item) and four later tasks (two item, two profile) of the "
+                       "embedded synthetic data with Conure and, for contrast, SinMoAll; print per-task metrics and "
+                       "their baselines, the accuracy matrices and Conure's capacity table; write DIR/results.json, "
+                       "log.csv, plots, checkpoints.")
+    p.add_argument("--out", default="conure-demo", metavar="DIR", help="output directory (default: ./conure-demo)")
+    _sets(p)
+    _add_common(p)
+
+    p = sub.add_parser("train", help="run a task sequence from a YAML config",
+                       description="Train the config's method(s) on its task sequence; write DIR/config.yaml, "
+                       "checkpoints/, log.csv, tb/, results.json, plots/.")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="YAML config (or a shipped example: demo, ml100k, ml1m_paper)")
+    _sets(p)
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config name>)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR from its last checkpoint (last completed epoch)")
+    g.add_argument("--overwrite", action="store_true", help="start over in a DIR that holds a run")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint's tasks on the run's data",
+                       description="Re-read the data named in the checkpoint's config and evaluate every learned "
+                       "task (or one) with all its metrics and its baseline.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint (or run directory)")
+    p.add_argument("--task", metavar="N", help="task id (1-based) or name; default: every learned task")
+    p.add_argument("--split", choices=["test", "valid", "train"], default="test")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(p)
+
+    p = sub.add_parser("inspect", help="tasks, progress, capacity and parameter counts of a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint, run directory or export")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="top-K items or a label per user, from raw-id histories",
+                       description="Input: a TSV 'user<TAB>item item ...' of raw item ids as in the training data "
+                       "(oldest first). Output: per user the top-K target items (raw ids) or the class label.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint, run directory or export")
+    p.add_argument("--task", metavar="N", help="task id (1-based) or name (optional with an export)")
+    p.add_argument("--input", required=True, metavar="FILE", help="sequence TSV ('-' = stdin)")
+    p.add_argument("--top-k", type=int, default=10, metavar="K", help="items per user (ranking tasks; default 10)")
+    p.add_argument("--format", choices=["tsv", "json"], default="tsv")
+    p.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="next-item tasks: do not recommend items already in the user's history")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="write one task's inference model (safetensors + JSON)",
+                       description="Write task N's inference model: backbone weights masked to owners 1..N with "
+                       "their owner maps, embedding, head N and vocabularies; 'conure predict' loads it.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint or run directory")
+    p.add_argument("--task", required=True, metavar="N", help="task id (1-based) or name")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (.safetensors)")
+    _add_common(p)
+
+    p = sub.add_parser("config", help="print the default config (documented) or a resolved one",
+                       description="With --defaults: every key, its default and what it does. With FILE: the "
+                       "config after --set overrides and validation, every key filled in.")
+    p.add_argument("file", nargs="?", metavar="FILE", help="config to resolve (or a shipped example name)")
+    p.add_argument("--defaults", action="store_true", help="print every key with its default and documentation")
+    p.add_argument("--list", action="store_true", help="list the shipped example configs")
+    _sets(p)
+    _add_common(p)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _setup_warnings() -> None:
+    # The compiled-extension fallback warning is printed once by conure itself; keep the CLI output clean of
+    # library deprecation noise.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _load_cfg(path: Optional[str], sets: Sequence[str]):
+    from conure.config import load_config
+    return load_config(path, sets)
+
+
+# ------------------------------------------------------------------------------------------------- commands
+def cmd_demo(args) -> int:
+    from conure.config import builtin_configs
+    from conure.runner import Run
+    t0 = time.perf_counter()
+    cfg, _ = _load_cfg(str(builtin_configs()["demo"]), args.sets)
+    out = Path(args.out)
+    _say(f"conure demo: {len(cfg.tasks)} tasks on synthetic data, methods {', '.join(cfg.method.names)}, "
+         f"NextItNet {cfg.model.channels} channels x {len(cfg.model.dilations)} blocks -> {out}")
+    run = Run(cfg, out, overwrite=True, echo=_say)
+    res = run.execute()
+    beaten = []
+    main = res["methods"].get(cfg.method.name, {})
+    final = main.get("final") or []
+    for j, (name, b) in enumerate(zip(res["tasks"], res["baselines"])):
+        v = final[j] if j < len(final) else None
+        beaten.append(v is not None and b["value"] is not None and v > b["value"])
+    _say("")
+    _say(f"every task beats its baseline with {cfg.method.name}: {'yes' if all(beaten) else 'NO'} "
+         f"({sum(beaten)}/{len(beaten)})")
+    _say(f"demo wall time {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from conure.config import dump_config
+    from conure.runner import Run
+    cfg, _ = _load_cfg(args.config, args.sets)
+    if args.print_config:
+        sys.stdout.write(dump_config(cfg, comments=True))
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    run = Run(cfg, out, resume=args.resume, overwrite=args.overwrite, echo=_say)
+    try:
+        run.execute()
+    except KeyboardInterrupt:
+        _err(f"{PROG}: interrupted; continue with: conure train --config {args.config} "
+             f"{' '.join('--set ' + s for s in args.sets)}{' ' if args.sets else ''}--out {out} --resume")
+        return 130
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from conure.runner import evaluate_checkpoint
+    res = evaluate_checkpoint(args.checkpoint, args.task, args.split, echo=_say)
+    if args.json:
+        from conure.checkpoint import nan_to_none
+        _say(json.dumps(nan_to_none(res), indent=1))
+        return 0
+    _say(f"{res['checkpoint']}: method {res['method']}, {args.split} split")
+    _say(f"{'task':>4} {'name':<14}{'metric':>8}{'value':>9}{'baseline':>10}   all metrics")
+    for r in res["tasks"]:
+        others = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if k != "n")
+        b = r["baseline"]
+        _say(f"{r['task']:>4} {r['name'][:13]:<14}{r['metric']:>8}{r['value']:>9.4f}{b['value']:>10.4f}   "
+             f"{others} (n={r['metrics'].get('n')}; baseline: {b['name']})")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from conure.runner import describe_checkpoint, format_capacity, format_matrix
+    info = describe_checkpoint(args.checkpoint)
+    if args.json:
+        from conure.checkpoint import nan_to_none
+        _say(json.dumps(nan_to_none(info), indent=1))
+        return 0
+    _say(f"{info['checkpoint']}: {info['kind']} checkpoint, format v{info['format_version']}, written "
+         f"{info['written']} by conure {info['conure_version']}; {info['tensors']} tensors, "
+         f"{info['tensor_bytes'] / 1e6:.2f} MB")
+    if info["kind"] == "export":
+        _say(f"method {info['method']}, task {info['task']} {info['name']} ({info['task_kind']}, "
+             f"{info['num_targets']} targets, metric {info['metric']}), max_len {info['max_len']}")
+        _say(f"backbone {info['backbone']}")
+        _say(f"parameters {info['params']:,}")
+        own = {}
+        for layer in (info.get("owners") or {}).values():
+            for t, c in layer.items():
+                own[t] = own.get(t, 0) + c
+        _say("conv weights by owner: " + ", ".join(f"{'free' if t == '0' else 'task ' + t} {c:,}"
+                                                   for t, c in sorted(own.items(), key=lambda kv: int(kv[0]))))
+        return 0
+    _say(f"method {info['method']} (seed {info['seed']}), status: {info['status']}")
+    b = info["backbone"]
+    _say(f"backbone NextItNet: {b['num_items'] - 1:,} items, {b['channels']} channels, kernel {b['kernel_size']}, "
+         f"dilations {b['dilations']}")
+    _say(f"{'task':>4} {'name':<14}{'kind':<10}{'metric':>8}{'learned':>9}{'when':>9}{'now':>9}{'head params':>13}")
+    for r in info["tasks"]:
+        when = f"{r['test_when_learned']:.4f}" if r.get("test_when_learned") is not None else "-"
+        now = f"{r['test']:.4f}" if r.get("test") is not None else "-"
+        _say(f"{r['task']:>4} {r['name'][:13]:<14}{r['kind']:<10}{r['metric']:>8}{'yes' if r['learned'] else 'no':>9}"
+             f"{when:>9}{now:>9}{r.get('head_params', 0):>13,}")
+    _say(f"parameters stored: {info['params_stored']:,} ({info['bytes_stored'] / 1e6:.2f} MB)")
+    names = [r["name"] for r in info["tasks"]]
+    if info.get("matrix"):
+        _say("")
+        _say(format_matrix(info["method"], info["matrix"], names, [r["metric"] for r in info["tasks"]]))
+    if "capacity" in info:
+        _say("")
+        _say(format_capacity(info["capacity"], names))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from conure.runner import RunError, open_model, predict_rows, read_sequences
+    if args.top_k < 1:
+        raise UsageError("--top-k must be >= 1")
+    if args.input == "-":
+        import tempfile
+        data = sys.stdin.read()
+        with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as f:
+            f.write(data)
+            src = f.name
+        try:
+            rows = read_sequences(src)
+        finally:
+            os.unlink(src)
+    else:
+        rows = read_sequences(args.input)
+    model = open_model(args.checkpoint, args.task)
+    preds, unknown = predict_rows(model, rows, top_k=args.top_k, exclude_seen=args.exclude_seen)
+    if unknown:
+        _err(f"{PROG}: note: {unknown} input item(s) are not in the model's vocabulary and were skipped")
+    empty = sum(1 for p in preds if "note" in p)
+    if empty:
+        _err(f"{PROG}: note: {empty} user(s) have no known item; their prediction is empty")
+    if args.format == "json":
+        text = json.dumps({"task": model.task, "name": model.name, "kind": model.kind, "predictions": preds},
+                          indent=1) + "\n"
+    else:
+        lines = []
+        for p in preds:
+            if model.kind == "profile":
+                lines.append(f"{p['user']}\t{'' if p['label'] is None else p['label']}")
+            else:
+                lines.append(f"{p['user']}\t{' '.join(str(i) for i in p['items'])}")
+        text = "\n".join(lines) + "\n"
+    if args.output:
+        from conure.checkpoint import atomic_write_text
+        atomic_write_text(args.output, text)
+        _err(f"{PROG}: wrote {len(preds)} predictions to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from conure.runner import export_checkpoint
+    path, model = export_checkpoint(args.checkpoint, args.task, args.out)
+    n = sum(p.numel() for p in model.parameters())
+    _say(f"exported task {model.task} ({model.name}, {model.kind}) of method {model.method}: {n:,} parameters -> "
+         f"{path}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from conure.config import builtin_configs, defaults_yaml, dump_config
+    if args.list:
+        for name, path in builtin_configs().items():
+            _say(f"{name:<12} {path}")
+        return 0
+    if args.defaults:
+        if args.file or args.sets:
+            raise UsageError("--defaults takes no FILE or --set")
+        sys.stdout.write(defaults_yaml())
+        return 0
+    if not args.file and not args.sets:
+        raise UsageError("give --defaults, --list, or a config FILE to resolve")
+    cfg, _ = _load_cfg(args.file, args.sets)
+    sys.stdout.write(dump_config(cfg, comments=True))
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "inspect": cmd_inspect,
+            "predict": cmd_predict, "export": cmd_export, "config": cmd_config}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    _setup_warnings()
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _err(f"{PROG}: interrupted")
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except Exception as e:  # noqa: BLE001 - one line per error, traceback with --debug
+        if debug:
+            raise
+        from conure.checkpoint import CheckpointError
+        from conure.config import ConfigError
+        from conure.data import DataError
+        from conure.nn import CapacityError
+        from conure.runner import RunError
+        known = (UsageError, ConfigError, CheckpointError, DataError, RunError, CapacityError)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, known):
+            _err(f"{PROG}: error: {msg}")
+            return 2
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            _err(f"{PROG}: error: {e.strerror or msg}: {e.filename}")
+            return 2
+        _err(f"{PROG}: error: {type(e).__name__}: {msg} (this looks like a bug; rerun with --debug for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
