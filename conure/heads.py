@@ -54,10 +54,13 @@ def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
     correction, accidental hits (a negative equal to the row's target) removed."""
     neg = torch.multinomial(q, num_sampled, replacement=True, generator=generator).to(h.device)
     log_q = torch.log((q * num_sampled).clamp_min(1e-12)).to(h.device, h.dtype)
-    pos_logit = (h * weight[y]).sum(-1)
-    neg_logit = h @ weight[neg].T
+    n, idx = y.shape[0], torch.cat([y, neg])
+    rows = weight[idx]                  # one gather: its backward makes one dense [V, C] gradient, not two
+    pos_logit = (h * rows[:n]).sum(-1)
+    neg_logit = h @ rows[n:].T
     if bias is not None:
-        pos_logit, neg_logit = pos_logit + bias[y], neg_logit + bias[neg]
+        b = bias[idx]
+        pos_logit, neg_logit = pos_logit + b[:n], neg_logit + b[n:]
     pos_logit, neg_logit = pos_logit - log_q[y], neg_logit - log_q[neg]
     neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))
     logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)

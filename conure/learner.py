@@ -69,7 +69,8 @@ class TaskConfig:
     rho: float = 1.0                    # popularity sampler: temperature ("rank") or exponent ("power"); the
                                         # release's 0.3 (rank) pushed BPR below popularity in our full-ranking tests
     sampler_mode: str = "rank"          # conure.data.samplers.PopularitySampler mode (LambdaFM ranks or power)
-    num_sampled: int = 0                # "next_item" tasks: sampled-softmax negatives per batch (0 = full softmax)
+    num_sampled: int = 0                # "next_item" and "item" (softmax loss) tasks: sampled-softmax negatives
+                                        # shared by a batch (0 = full softmax); for large vocabularies
     max_grad_norm: Optional[float] = None
     evaluate_all: bool = True           # after the task, evaluate every learned task on test (accuracy matrix)
 
@@ -125,6 +126,33 @@ def _build_module(config: Dict[str, object]) -> nn.Module:
 _METHODS: Dict[str, type] = {}
 
 
+def _distributed():
+    from conure import distributed    # imported late: `python -m conure.distributed` runs that module as __main__
+    return distributed
+
+
+class _LocalStep:
+    """One phase's batches and loss in this process alone (several processes: conure.distributed.DDPTrainStep)."""
+
+    def __init__(self, learner: "ContinualLearner", task_id: int, cfg: TaskConfig, generator: torch.Generator):
+        self.learner, self.task_id, self.cfg, self.generator = learner, task_id, cfg, generator
+        self.head = learner.store[f"head_{task_id}"]
+
+    def batches(self, epoch: int):
+        train, dev = self.learner._data[self.task_id].train, self.learner.device
+        for batch in train.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
+            yield batch.inputs.to(dev), batch.targets.to(dev)
+
+    def loss(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.head.loss(self.learner._encode(self.task_id, items), items, targets, self.generator)
+
+    def mean_loss(self, total: torch.Tensor, count: int) -> float:
+        return float(total) / max(count, 1)
+
+    def close(self) -> None:
+        pass
+
+
 class ContinualLearner:
     """What every method shares: task bookkeeping, heads, the training loop with early stopping, evaluation,
     the accuracy matrix, and state round-trips. Subclasses say which forward a task uses (:meth:`_encode`), what a
@@ -135,6 +163,7 @@ class ContinualLearner:
     """
 
     method = "base"
+    dist_context = None   # conure.distributed.DistContext; None: the initialized process group if any; False: never
 
     def __init__(self, backbone: NextItNet, *, seed: int = 0) -> None:
         if not isinstance(backbone, NextItNet):
@@ -268,11 +297,21 @@ class ContinualLearner:
         self._prepare(task_id)
         return cfg
 
+    def _train_step(self, task_id: int, cfg: TaskConfig, phase: str, generator: torch.Generator):
+        """A phase's batches and loss: in this process, or DDP over the ranks of a process group."""
+        ctx = _distributed().context(self.dist_context)
+        if ctx is None:
+            return _LocalStep(self, task_id, cfg, generator)
+        return _distributed().DDPTrainStep(self, task_id, cfg, phase, generator, ctx)
+
+    def _verify_replicas(self, where: str) -> None:
+        """Under DDP: raise if the ranks' learners (weights, owner maps) differ; else nothing."""
+        _distributed().verify_replicas(self, where, _distributed().context(self.dist_context))
+
     def _fit(self, task_id: int, epochs: int, cfg: TaskConfig, phase: str) -> Dict[str, object]:
         """Train ``task_id``'s head and :meth:`_trainable` for up to ``epochs`` epochs with a fresh optimizer;
         early-stop on the validation metric and end with the best weights of the phase (epoch 0 included)."""
         head = self.store[f"head_{task_id}"]
-        train = self._data[task_id].train
         params = list(self._trainable(task_id)) + list(head.parameters())
         for p in self.store.parameters():
             p.requires_grad_(False)
@@ -281,15 +320,15 @@ class ContinualLearner:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, phase))
+        step = self._train_step(task_id, cfg, phase, gen)
         self._phase_start(task_id)
         best_value, best_epoch = self._valid_metric(task_id), 0
         best = [p.detach().clone() for p in params]
         self.store.train()
         for epoch in range(1, epochs + 1):
             start, total, count = time.perf_counter(), torch.zeros(()), 0
-            for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen):
-                items, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
-                loss = head.loss(self._encode(task_id, items), items, targets, gen)
+            for items, targets in step.batches(epoch):
+                loss = step.loss(items, targets)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm:
@@ -299,7 +338,7 @@ class ContinualLearner:
                 total, count = total + loss.detach().cpu(), count + 1
             value = self._valid_metric(task_id)
             self.history.append({"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
-                                 "loss": float(total) / max(count, 1), "valid": value,
+                                 "loss": step.mean_loss(total, count), "valid": value,
                                  "seconds": time.perf_counter() - start})
             if value > best_value or math.isnan(best_value):
                 best_value, best_epoch = value, epoch
@@ -309,6 +348,7 @@ class ContinualLearner:
         with torch.no_grad():
             for p, b in zip(params, best):
                 p.copy_(b)
+        step.close()
         for p in params:
             p.requires_grad_(False)
         self._phase_end(task_id)
@@ -389,6 +429,7 @@ class ContinualLearner:
         head = self.store[f"head_{task_id}"]
         gen = torch.Generator().manual_seed(seed)
         batch_size = int(info["config"]["eval_batch_size"])
+        split, gather = _distributed().eval_shard(_distributed().context(self.dist_context), split, protocol)
         outs = []
         for batch in split.batches(batch_size):
             scores = head.scores(self._user_vectors(task_id, batch.inputs))
@@ -400,9 +441,9 @@ class ContinualLearner:
                 outs.append(M.target_ranks(scores, batch.targets).cpu())
         self.store.train(was_training)
         if info["kind"] == "profile":
-            hits = torch.cat(outs) if outs else torch.zeros(0, dtype=torch.bool)
+            hits = gather(torch.cat(outs) if outs else torch.zeros(0, dtype=torch.bool))
             return {"acc": float(hits.double().mean()) if hits.numel() else math.nan, "n": int(hits.numel())}
-        ranks = torch.cat(outs) if outs else torch.zeros(0, dtype=torch.long)
+        ranks = gather(torch.cat(outs) if outs else torch.zeros(0, dtype=torch.long))
         return M.ranking_metrics(ranks, info["eval_ks"])
 
     def accuracy_matrix(self) -> torch.Tensor:
@@ -517,6 +558,7 @@ class ConureLearner(ContinualLearner):
             self._fit(task_id, cfg.epochs, cfg, "train")       # tasks 1..task_id-1 used but frozen
             kept = self.backbone.prune_(task_id, self.keep_ratio(task_id, cfg))   # the rest is free again
             self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
+            self._verify_replicas(f"task {task_id}: after pruning")   # DDP: same owner maps on every rank
             if sum(kept.values()) < sum(claimed.values()):
                 self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses pruned weights
         return self._end(task_id)                              # freeze; a row of the accuracy matrix
