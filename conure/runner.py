@@ -195,6 +195,28 @@ class ResumePoint:
 EpochCallback = Callable[[Dict[str, Any]], None]
 
 
+class _LocalStep:
+    """Batches and loss of one phase, for engine versions without ``ContinualLearner._train_step``."""
+
+    def __init__(self, learner: ContinualLearner, task_id: int, cfg: TaskConfig, generator: torch.Generator):
+        self.learner, self.task_id, self.cfg, self.generator = learner, task_id, cfg, generator
+        self.head = learner.store[f"head_{task_id}"]
+
+    def batches(self, epoch: int):
+        train, dev = self.learner._data[self.task_id].train, self.learner.device
+        for batch in train.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
+            yield batch.inputs.to(dev), batch.targets.to(dev)
+
+    def loss(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.head.loss(self.learner._encode(self.task_id, items), items, targets, self.generator)
+
+    def mean_loss(self, total: torch.Tensor, count: int) -> float:
+        return float(total) / max(count, 1)
+
+    def close(self) -> None:
+        pass
+
+
 def _fit_fingerprint(func: Callable) -> Optional[str]:
     """A hash of a function's code (AST without docstring: formatting and comments do not count)."""
     import ast
@@ -213,7 +235,7 @@ def _fit_fingerprint(func: Callable) -> Optional[str]:
 
 
 # Versions of ContinualLearner._fit that EpochLoop reproduces step for step (tests/test_checkpoint.py checks it).
-KNOWN_FIT_VERSIONS = {"979973408209b100"}
+KNOWN_FIT_VERSIONS = {"0277af5f6de87051", "979973408209b100"}
 
 
 def epoch_loop_supported(learner: ContinualLearner) -> bool:
@@ -292,7 +314,8 @@ class EpochLoop:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(derive_seed(L.seed, task_id, phase))
-        step = L._train_step(task_id, cfg, phase, gen)
+        step = L._train_step(task_id, cfg, phase, gen) if hasattr(L, "_train_step") else \
+            _LocalStep(L, task_id, cfg, gen)
         stopped = False
         if point is not None:
             best, start = self._restore(point, params, opt, gen)
@@ -347,7 +370,7 @@ class EpochLoop:
         step.close()
         for p in params:
             p.requires_grad_(False)
-        L._phase_end(task_id)
+        getattr(L, "_phase_end", lambda task: None)(task_id)
         L.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
                           "best_valid": best_value})
         return {"best_epoch": best_epoch, "best_valid": best_value}
@@ -370,7 +393,8 @@ def phase_tensors(state: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Di
     tensors["phase/rng/generator"] = state["generator"].get_state()
     tensors["phase/rng/torch"] = torch.get_rng_state()
     info = {"task": state["task"], "phase": state["phase"], "epoch": state["epoch"], "stopped": state["stopped"],
-            "best_value": state["best_value"], "best_epoch": state["best_epoch"], "history": L.history,
+            "best_value": state["best_value"], "best_epoch": state["best_epoch"],
+            "history": [dict(r) for r in L.history],
             "param_groups": sd["param_groups"], "optim_scalars": scalars}
     return tensors, info
 
