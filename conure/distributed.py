@@ -136,6 +136,8 @@ class DistContext:
         sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
         dist.all_gather(sizes, n, group=self.group)
         counts = [int(s) for s in sizes]
+        if max(counts) == 0:
+            return t
         padded = x.new_zeros((max(counts),) + tuple(x.shape[1:]))
         padded[:x.shape[0]] = x
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
@@ -360,7 +362,8 @@ _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
 
 
 class DDPTrainStep:
-    """One phase of one task on this rank under DDP: :meth:`batches` (this rank's shard of an epoch), :meth:`loss`
+    """One phase of one task on this rank under DDP: :meth:`batches` (this rank's shard of an epoch; and
+    :meth:`num_batches`), :meth:`loss`
     (through ``DistributedDataParallel``), :meth:`mean_loss` (the epoch's global mean loss), :meth:`close` (drop the
     DDP wrapper, verify the replicas). The learner's loop (``_fit``) drives it like its single-process step.
 
@@ -387,6 +390,10 @@ class DDPTrainStep:
             gradient_as_bucket_view=True, **_NO_BUFFER_SYNC)
         self.sampler = DistributedSampler(range(len(t)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                           seed=derive_seed(learner.seed, task_id, phase, "shuffle"), drop_last=False)
+
+    def num_batches(self) -> int:
+        """Steps per epoch, the same on every rank."""
+        return math.ceil(self.sampler.num_samples / self.cfg.batch_size)
 
     def batches(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         _maybe_fault(self.ctx, self.task_id, self.phase, epoch)

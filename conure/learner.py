@@ -138,6 +138,9 @@ class _LocalStep:
         self.learner, self.task_id, self.cfg, self.generator = learner, task_id, cfg, generator
         self.head = learner.store[f"head_{task_id}"]
 
+    def num_batches(self) -> int:
+        return math.ceil(len(self.learner._data[self.task_id].train) / self.cfg.batch_size)
+
     def batches(self, epoch: int):
         train, dev = self.learner._data[self.task_id].train, self.learner.device
         for batch in train.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
