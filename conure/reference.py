@@ -69,3 +69,114 @@ def magnitude_prune_many_(
         o.copy_(flat_o[offset: offset + o.numel()].view_as(o))
         offset += o.numel()
     return k
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Twins of the fused operators (conure.fused): the residual block, the streaming step, the multi-task forward.
+
+def residual_block(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    owner1: torch.Tensor,
+    w2: torch.Tensor,
+    owner2: torch.Tensor,
+    ln1_weight: torch.Tensor,
+    ln1_bias: torch.Tensor,
+    ln2_weight: torch.Tensor,
+    ln2_bias: torch.Tensor,
+    task: int,
+    dilation: int = 1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Pre-LN residual block ``x + conv2(relu(LN2(conv1(relu(LN1(x))))))``; conv2 at twice conv1's dilation.
+
+    x: [B, L, C]; w1, owner1: [C_mid, C, K]; w2, owner2: [C, C_mid, K] (owners uint8); ln1_*: [C]; ln2_*: [C_mid].
+    Returns [B, L, C]. Conv weights get gradient only where ``owner == task``.
+    """
+    a1 = F.relu(F.layer_norm(x, (x.shape[-1],), ln1_weight, ln1_bias, eps))
+    h = masked_causal_conv1d(a1, w1, owner1, task, None, dilation)
+    a2 = F.relu(F.layer_norm(h, (h.shape[-1],), ln2_weight, ln2_bias, eps))
+    return x + masked_causal_conv1d(a2, w2, owner2, task, None, 2 * dilation)
+
+
+def conv_cols(weight: torch.Tensor, owner: torch.Tensor, task: int) -> torch.Tensor:
+    """Task ``task``'s masked conv weights in the layout the streaming/serving ops multiply by.
+
+    weight, owner: [C_out, C_in, K]. Returns [K * C_in, C_out] with ``out[j * C_in + i, o] = weight[o, i, j]`` where
+    ``1 <= owner[o, i, j] <= task``, else 0 (tap j multiplies the input ``(K - 1 - j) * dilation`` steps back).
+    """
+    w = weight * active_mask(owner, task).to(weight.dtype)
+    return w.permute(2, 1, 0).reshape(weight.shape[2] * weight.shape[1], weight.shape[0])
+
+
+def stream_step_(
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    rings: Sequence[torch.Tensor],
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """One item per user through every block, for T task states at once; updates ``rings`` in place.
+
+    x: [B, C] block-0 input (the new items' embeddings); pos: int64 [B], items each user has already consumed.
+    For conv c (block c // 2; dilation ``dilations[c // 2] * (1 + c % 2)``): ``wcols[c]``: [T, K * C_in, C_out]
+    (:func:`conv_cols` per task); ``rings[c]``: [T_c, B, (K - 1) * dilation, C_in] holding the conv's last inputs
+    (relu(LN(.)) outputs) at slot ``position % R`` (zeros = before the sequence start), T_0 = 1 (block 0's first
+    conv input is the same for all tasks), T_c = T otherwise; ``ln_params[2c], ln_params[2c + 1]``: the LayerNorm
+    in front of conv c. Returns the blocks' output [T, B, C] at position ``pos``. ``pos`` itself is not changed.
+    """
+    k = kernel_size
+    batch = torch.arange(x.shape[0], device=x.device)
+    z = x.unsqueeze(0)
+    for block, d in enumerate(dilations):
+        h = z
+        for half in (0, 1):
+            c = 2 * block + half
+            dil = d * (half + 1)
+            ring, w = rings[c], wcols[c]
+            a = F.relu(F.layer_norm(h, (h.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
+            a = a.expand(ring.shape[0], -1, -1)
+            r = ring.shape[2]
+            taps = [ring[:, batch, (pos - (k - 1 - j) * dil) % r] for j in range(k - 1)] + [a]
+            col = torch.cat(taps, dim=-1)
+            if r > 0:
+                ring[:, batch, pos % r] = a
+            out = torch.bmm(col.expand(w.shape[0], -1, -1), w)
+            h = out if half == 0 else z + out
+        z = h
+    return z
+
+
+def multi_task_forward(
+    x: torch.Tensor,
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+    out_len: int = 1,
+) -> torch.Tensor:
+    """The backbone's blocks for T tasks at once (weights as in :func:`stream_step_`), no state.
+
+    x: [B, L, C] block-0 input (embeddings). Returns the last ``out_len`` positions of each task's output:
+    [T, B, out_len, C].
+    """
+    k = kernel_size
+    outs = []
+    for t in range(wcols[0].shape[0]):
+        z = x
+        for block, d in enumerate(dilations):
+            h = z
+            for half in (0, 1):
+                c = 2 * block + half
+                wc = wcols[c][t]
+                w = wc.reshape(k, wc.shape[0] // k, wc.shape[1]).permute(2, 1, 0)
+                a = F.relu(F.layer_norm(h, (h.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
+                out = masked_causal_conv1d(a, w, torch.ones_like(w, dtype=torch.uint8), 1, None, d * (half + 1))
+                h = out if half == 0 else z + out
+            z = h
+        outs.append(z[:, z.shape[1] - out_len:])
+    return torch.stack(outs)

@@ -1,0 +1,310 @@
+"""conure's fused operators: Python wrappers, fake kernels and autograd, side by side.
+
+Operators (namespace ``torch.ops.conure``; schemas and orchestration in ``csrc/block.cpp``, kernels in
+``csrc/cpu/block_cpu.cpp`` and ``csrc/cuda/block_cuda*``):
+
+* ``residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps)
+  -> (y, h, stats)``: the pre-LN residual block in one pass per conv (``h``, ``stats`` are kept for backward).
+* ``residual_block_backward(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
+  ln2_bias, task, dilation, output_mask) -> (gx, gw1, gw2, g_ln1_weight, g_ln1_bias, g_ln2_weight, g_ln2_bias)``
+* ``stream_step_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps) -> out``: one item per user through
+  every block for T task states, updating the per-conv ring buffers in place (see :mod:`conure.streaming`).
+* ``multi_task_forward(x, wcols, ln_params, dilations, kernel_size, eps, out_len) -> out``: every block for T tasks
+  at once, only the positions the last ``out_len`` outputs depend on (see :mod:`conure.serving`).
+
+Each has a pure-torch twin of the same name in :mod:`conure.reference`, which runs when the compiled extension is
+not in use (:func:`available`).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from conure import ops, reference
+
+__all__ = ["available", "residual_block", "stream_step_", "multi_task_forward", "conv_cols"]
+
+_FUSED = ops.backend() == "compiled" and hasattr(torch.ops.conure, "residual_block")
+
+
+def available() -> bool:
+    """True when the compiled fused operators are in use (else the :mod:`conure.reference` twins run)."""
+    return _FUSED
+
+
+conv_cols = reference.conv_cols
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input checks: a clear Python error naming the problem, before any kernel runs.
+
+def _shape(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_int(value, low: int, where: str, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{where}: {name} must be an int >= {low}, got {value!r}")
+
+
+def _check_eps(eps, where: str) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"{where}: eps must be a positive number, got {eps!r}")
+
+
+def _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
+                        eps) -> None:
+    where = "residual_block"
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"{where}: x must be a 3-D tensor [B, L, C], got {_shape(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{where}: x must be a floating tensor, got {x.dtype}")
+    for name, w in (("w1", w1), ("w2", w2)):
+        if not isinstance(w, torch.Tensor) or w.dim() != 3:
+            raise ValueError(f"{where}: {name} must be a 3-D tensor [C_out, C_in, K], got {_shape(w)}")
+    c, c_mid, k = x.shape[2], w1.shape[0], w1.shape[2]
+    if c_mid < 1 or k < 1:
+        raise ValueError(f"{where}: w1 {tuple(w1.shape)} has an empty dimension")
+    if w1.shape[1] != c:
+        raise ValueError(f"{where}: x has {c} channels but w1 expects C_in={w1.shape[1]} (x {tuple(x.shape)}, "
+                         f"w1 {tuple(w1.shape)})")
+    if tuple(w2.shape) != (c, c_mid, k):
+        raise ValueError(f"{where}: w2 must be [C={c}, C_mid={c_mid}, K={k}] to follow w1 {tuple(w1.shape)}, got "
+                         f"{tuple(w2.shape)}")
+    for name, o, w in (("owner1", owner1, w1), ("owner2", owner2, w2)):
+        if not isinstance(o, torch.Tensor) or o.dtype != torch.uint8:
+            raise TypeError(f"{where}: {name} must be a uint8 tensor, got "
+                            f"{o.dtype if isinstance(o, torch.Tensor) else type(o).__name__}")
+        if o.shape != w.shape:
+            raise ValueError(f"{where}: {name} shape {tuple(o.shape)} != its weight's shape {tuple(w.shape)}")
+    for name, v, n in (("ln1_weight", ln1_weight, c), ("ln1_bias", ln1_bias, c), ("ln2_weight", ln2_weight, c_mid),
+                       ("ln2_bias", ln2_bias, c_mid)):
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != (n,):
+            raise ValueError(f"{where}: {name} must have shape [{n}], got {_shape(v)}")
+    for name, t in (("w1", w1), ("w2", w2), ("ln1_weight", ln1_weight), ("ln1_bias", ln1_bias),
+                    ("ln2_weight", ln2_weight), ("ln2_bias", ln2_bias)):
+        if t.dtype != x.dtype:
+            raise TypeError(f"{where}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    for name, t in (("w1", w1), ("owner1", owner1), ("w2", w2), ("owner2", owner2), ("ln1_weight", ln1_weight),
+                    ("ln1_bias", ln1_bias), ("ln2_weight", ln2_weight), ("ln2_bias", ln2_bias)):
+        if t.device != x.device:
+            raise ValueError(f"{where}: {name} is on {t.device} but x is on {x.device}")
+    ops._check_task(task, where)
+    _check_int(dilation, 1, where, "dilation")
+    _check_eps(eps, where)
+
+
+def _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps) -> int:
+    """Checks the per-conv weight stack and LayerNorm vectors (see stream_step_); returns T."""
+    dilations = list(dilations)
+    if len(dilations) == 0:
+        raise ValueError(f"{where}: need at least one block (dilations is empty)")
+    for d in dilations:
+        _check_int(d, 1, where, "every dilation")
+    _check_int(kernel_size, 1, where, "kernel_size")
+    _check_eps(eps, where)
+    if len(wcols) != 2 * len(dilations) or len(ln_params) != 4 * len(dilations):
+        raise ValueError(f"{where}: need 2 weights and 4 LayerNorm vectors per block ({len(dilations)} blocks), got "
+                         f"{len(wcols)} and {len(ln_params)}")
+    if not isinstance(wcols[0], torch.Tensor) or wcols[0].dim() != 3 or wcols[0].shape[0] < 1:
+        raise ValueError(f"{where}: weights must be [T, K * C_in, C_out] with T >= 1, got {_shape(wcols[0])}")
+    tasks, c_in = wcols[0].shape[0], x.shape[-1]
+    for c, w in enumerate(wcols):
+        if not isinstance(w, torch.Tensor) or w.dim() != 3 or w.shape[0] != tasks or \
+                w.shape[1] != kernel_size * c_in or w.shape[2] < 1:
+            raise ValueError(f"{where}: weight {c} must be [T={tasks}, K*C_in={kernel_size * c_in}, C_out], got "
+                             f"{_shape(w)}")
+        if c % 2 == 1 and w.shape[2] != x.shape[-1]:
+            raise ValueError(f"{where}: block {c // 2} must output C={x.shape[-1]} channels, weight {c} gives "
+                             f"{w.shape[2]}")
+        for v, p in enumerate(ln_params[2 * c: 2 * c + 2]):
+            if not isinstance(p, torch.Tensor) or tuple(p.shape) != (c_in,):
+                raise ValueError(f"{where}: LayerNorm vector {2 * c + v} must have shape [{c_in}], got {_shape(p)}")
+        c_in = w.shape[2]
+    for t in list(wcols) + list(ln_params):
+        if t.dtype != x.dtype or t.device != x.device:
+            raise TypeError(f"{where}: weights and LayerNorm vectors must have x's dtype {x.dtype} and device "
+                            f"{x.device}, got {t.dtype} on {t.device}")
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# residual_block
+
+def residual_block(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    owner1: torch.Tensor,
+    w2: torch.Tensor,
+    owner2: torch.Tensor,
+    ln1_weight: torch.Tensor,
+    ln1_bias: torch.Tensor,
+    ln2_weight: torch.Tensor,
+    ln2_bias: torch.Tensor,
+    task: int,
+    dilation: int = 1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Pre-LN residual block ``x + conv2(relu(LN2(conv1(relu(LN1(x))))))`` over the weights of tasks 1..``task``.
+
+    Args:
+        x: [B, L, C] float (batch, time, channels); any strides.
+        w1: [C_mid, C, K] conv1 weight (``nn.Conv1d`` layout), dilation ``dilation``.
+        owner1: uint8 [C_mid, C, K]; 0 = free, t = owned by task t.
+        w2: [C, C_mid, K] conv2 weight, dilation ``2 * dilation``.
+        owner2: uint8 [C, C_mid, K].
+        ln1_weight, ln1_bias: [C], LayerNorm in front of conv1.
+        ln2_weight, ln2_bias: [C_mid], LayerNorm in front of conv2.
+        task: int in [0, 255]; conv weights with ``1 <= owner <= task`` are used, and only those with
+            ``owner == task`` get gradient (exactly zero elsewhere).
+        dilation: int >= 1.
+        eps: LayerNorm epsilon.
+
+    Returns:
+        y: [B, L, C], equal to :func:`conure.reference.residual_block`. All float inputs are differentiable.
+    """
+    _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps)
+    if not _FUSED:
+        return reference.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                                        dilation, eps)
+    return torch.ops.conure.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
+                                           task, dilation, float(eps))[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stream_step_ and multi_task_forward (inference: no autograd)
+
+def stream_step_(
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    rings: Sequence[torch.Tensor],
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """One new item per user through every block, for T task states at once; updates ``rings`` in place.
+
+    Args:
+        x: [B, C] block-0 input (the new items' embeddings).
+        pos: int64 [B], how many items each user's state has consumed (the new item's position); not changed.
+        rings: per conv c = 2 * block + {0, 1}: [T_c, B, (K - 1) * dilation_c, C_in], contiguous; the conv's last
+            inputs (relu(LN(.)) outputs), position p at slot ``p % R`` (zeros: before the sequence start). T_0 = 1
+            (block 0's first conv sees the same input for every task), T_c = T otherwise.
+        wcols: per conv: [T, K * C_in, C_out], contiguous; :func:`conv_cols` of each task's weights.
+        ln_params: per conv: its LayerNorm weight and bias, [C_in] each (4 per block).
+        dilations: conv1's dilation per block (conv2 uses twice it).
+        kernel_size: K.
+        eps: LayerNorm epsilon.
+
+    Returns:
+        [T, B, C]: every task's backbone output at position ``pos`` (the user vectors).
+    """
+    where = "stream_step_"
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"{where}: x must be a floating [B, C] tensor, got {_shape(x)}")
+    tasks = _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps)
+    if not isinstance(pos, torch.Tensor) or pos.dtype != torch.int64 or tuple(pos.shape) != (x.shape[0],) or \
+            pos.device != x.device:
+        raise ValueError(f"{where}: pos must be an int64 tensor [{x.shape[0]}] on {x.device}, got {_shape(pos)}"
+                         f"{' ' + str(pos.dtype) if isinstance(pos, torch.Tensor) else ''}")
+    if len(rings) != len(wcols):
+        raise ValueError(f"{where}: need one ring per conv ({len(wcols)}), got {len(rings)}")
+    c_in = x.shape[1]
+    for c, (ring, w) in enumerate(zip(rings, wcols)):
+        want = (1 if c == 0 else tasks, x.shape[0], (kernel_size - 1) * dilations[c // 2] * (1 + c % 2), c_in)
+        if not isinstance(ring, torch.Tensor) or tuple(ring.shape) != want or not ring.is_contiguous() or \
+                ring.dtype != x.dtype or ring.device != x.device:
+            raise ValueError(f"{where}: ring {c} must be a contiguous {want} tensor of {x.dtype} on {x.device}, got "
+                             f"{_shape(ring)}")
+        c_in = w.shape[2]
+    if not _FUSED:
+        return reference.stream_step_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps)
+    return torch.ops.conure.stream_step_(x, pos, list(rings), list(wcols), list(ln_params), list(dilations),
+                                         kernel_size, float(eps))
+
+
+def multi_task_forward(
+    x: torch.Tensor,
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+    out_len: int = 1,
+) -> torch.Tensor:
+    """Every block for T tasks at once, computing only what the last ``out_len`` positions depend on.
+
+    Args:
+        x: [B, L, C] block-0 input (embeddings of left-padded histories).
+        wcols, ln_params, dilations, kernel_size, eps: as in :func:`stream_step_`.
+        out_len: int in [1, L].
+
+    Returns:
+        [T, B, out_len, C]: each task's backbone output at positions ``L - out_len .. L - 1``.
+    """
+    where = "multi_task_forward"
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
+        raise ValueError(f"{where}: x must be a floating [B, L, C] tensor, got {_shape(x)}")
+    _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps)
+    if isinstance(out_len, bool) or not isinstance(out_len, int) or not 1 <= out_len <= x.shape[1]:
+        raise ValueError(f"{where}: out_len must be an int in [1, L={x.shape[1]}], got {out_len!r}")
+    if not _FUSED:
+        return reference.multi_task_forward(x, wcols, ln_params, dilations, kernel_size, eps, out_len)
+    return torch.ops.conure.multi_task_forward(x, [w.contiguous() for w in wcols], list(ln_params), list(dilations),
+                                               kernel_size, float(eps), out_len)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fake kernels and autograd (only when the compiled operators exist).
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if _FUSED:
+
+    @torch.library.register_fake("conure::residual_block")
+    def _block_fake(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps):
+        b, length, c = x.shape
+        y = x.new_empty((b, length, c))
+        h = x.new_empty((b, length, w1.shape[0]))
+        stats = x.new_empty((2, 2, b, length), dtype=_stats_dtype(x.dtype))
+        return y, h, stats
+
+    @torch.library.register_fake("conure::residual_block_backward")
+    def _block_backward_fake(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
+                             task, dilation, output_mask):
+        like = (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
+        return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
+                     for t, m in zip(like, output_mask))
+
+    @torch.library.register_fake("conure::stream_step_")
+    def _stream_step_fake(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps):
+        return x.new_empty((wcols[0].shape[0], x.shape[0], x.shape[1]))
+
+    @torch.library.register_fake("conure::multi_task_forward")
+    def _multi_task_fake(x, wcols, ln_params, dilations, kernel_size, eps, out_len):
+        return x.new_empty((wcols[0].shape[0], x.shape[0], out_len, x.shape[2]))
+
+    def _block_setup_context(ctx, inputs, output):
+        x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps = inputs
+        _, h, stats = output
+        ctx.save_for_backward(x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
+        ctx.task, ctx.dilation = task, dilation
+        ctx.mark_non_differentiable(h, stats)
+        ctx.set_materialize_grads(False)
+
+    def _block_backward(ctx, grad_y, grad_h, grad_stats):
+        if grad_y is None:
+            return (None,) * 12
+        x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1], need[3], need[5], need[6], need[7], need[8]]
+        gx, gw1, gw2, gg1, gb1, gg2, gb2 = torch.ops.conure.residual_block_backward(
+            grad_y, x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2, ctx.task, ctx.dilation, mask)
+        return gx, gw1, None, gw2, None, gg1, gb1, gg2, gb2, None, None, None
+
+    torch.library.register_autograd("conure::residual_block", _block_backward, setup_context=_block_setup_context)

@@ -1,0 +1,418 @@
+// Schemas of the fused residual block, streaming step and multi-task forward, and their device-generic
+// orchestration (GEMMs on im2col buffers; see block.h). Backend kernels: csrc/cpu/block_cpu.cpp, csrc/cuda/block_*.
+#include "block.h"
+
+#include <ATen/ops/empty_native.h>
+#include <torch/library.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+namespace conure {
+namespace block {
+namespace {
+
+// out = (accumulate ? out : 0) + a @ b.
+// CPU float32/bfloat16 GEMMs go to oneDNN when this torch exports at::native::mkldnn_matmul (MKL's sgemm takes its
+// AVX2 path on AMD processors; see masked_conv.cpp, which does the same for the conv). Looked up at run time.
+using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
+
+MkldnnMatmul onednn_matmul() {
+  static const MkldnnMatmul fn = []() -> MkldnnMatmul {
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(&at::native::empty_cpu), &info) == 0 || info.dli_fname == nullptr)
+      return nullptr;
+    void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (lib == nullptr) return nullptr;
+    return reinterpret_cast<MkldnnMatmul>(dlsym(lib, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+  }();
+  return fn;
+}
+
+void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  const auto dtype = out.scalar_type();
+  if (out.is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16) && out.is_contiguous()) {
+    if (MkldnnMatmul fn = onednn_matmul()) {
+      fn(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+      return;
+    }
+  }
+  if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
+// Rows (sequences * positions) per chunk of the block: the col buffer of a chunk is rows * K * C elements.
+int64_t chunk_rows() {
+  static const int64_t rows = [] {
+    const char* env = std::getenv("CONURE_BLOCK_CHUNK_ROWS");
+    const int64_t v = env ? std::atoll(env) : 0;
+    return v > 0 ? v : int64_t(2048);
+  }();
+  return rows;
+}
+
+// A [rows, cols] view of the first rows*cols elements of a flat buffer.
+at::Tensor prefix(const at::Tensor& flat, at::IntArrayRef shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return flat.narrow(0, 0, n).view(shape);
+}
+
+void check_vector(const at::Tensor& v, int64_t n, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == n, "residual_block: ", name, " must be [", n, "], got ", v.sizes());
+  TORCH_CHECK(v.scalar_type() == x.scalar_type() && v.device() == x.device(), "residual_block: ", name,
+              " must match x's dtype and device, got ", v.scalar_type(), " on ", v.device());
+}
+
+void check_block_args(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
+                      const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
+                      const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation) {
+  TORCH_CHECK(x.dim() == 3, "residual_block: x must be [B, L, C], got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "residual_block: x must be floating, got ", x.scalar_type());
+  TORCH_CHECK(w1.dim() == 3 && w2.dim() == 3, "residual_block: weights must be [C_out, C_in, K], got ", w1.sizes(),
+              " and ", w2.sizes());
+  const int64_t C = x.size(2), Cm = w1.size(0), K = w1.size(2);
+  TORCH_CHECK(K >= 1 && Cm >= 1 && C >= 1, "residual_block: empty channel or tap dimension");
+  TORCH_CHECK(w1.size(1) == C && w2.size(0) == C && w2.size(1) == Cm && w2.size(2) == K,
+              "residual_block: w1 must be [C_mid, ", C, ", K] and w2 [", C, ", C_mid, K], got ", w1.sizes(), " and ",
+              w2.sizes());
+  for (const at::Tensor* w : {&w1, &w2})
+    TORCH_CHECK(w->scalar_type() == x.scalar_type() && w->device() == x.device(),
+                "residual_block: weights must match x's dtype and device");
+  TORCH_CHECK(owner1.scalar_type() == at::kByte && owner2.scalar_type() == at::kByte,
+              "residual_block: owner maps must be uint8");
+  TORCH_CHECK(owner1.sizes() == w1.sizes() && owner2.sizes() == w2.sizes(),
+              "residual_block: owner maps must have their weight's shape");
+  TORCH_CHECK(owner1.device() == x.device() && owner2.device() == x.device(),
+              "residual_block: owner maps must be on x's device");
+  check_vector(ln1_weight, C, x, "ln1_weight");
+  check_vector(ln1_bias, C, x, "ln1_bias");
+  check_vector(ln2_weight, Cm, x, "ln2_weight");
+  check_vector(ln2_bias, Cm, x, "ln2_bias");
+  TORCH_CHECK(task >= 0 && task <= 255, "residual_block: task must be in [0, 255], got ", task);
+  TORCH_CHECK(dilation >= 1, "residual_block: dilation must be >= 1, got ", dilation);
+}
+
+}  // namespace
+
+at::ScalarType stats_dtype(at::ScalarType activation) {
+  return activation == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused pre-LN residual block.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
+    const Kernels& k, const at::Tensor& x_in, const at::Tensor& w1_in, const at::Tensor& owner1_in,
+    const at::Tensor& w2_in, const at::Tensor& owner2_in, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
+    const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
+  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                   dilation);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), L = x.size(1), C = x.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
+  at::Tensor y = at::empty({B, L, C}, x.options());
+  at::Tensor h = at::empty({B, L, Cm}, x.options());
+  at::Tensor stats = at::empty({2, 2, B, L}, x.options().dtype(stats_dtype(x.scalar_type())));
+  if (B * L == 0) return {y, h, stats};
+
+  const int64_t d1 = dilation, d2 = 2 * dilation;
+  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
+  at::Tensor W1 = at::empty({Cm, (K - j01) * C}, x.options());
+  at::Tensor W2 = at::empty({C, (K - j02) * Cm}, x.options());
+  k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
+  k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
+  const at::Tensor g1 = ln1_weight.contiguous(), b1 = ln1_bias.contiguous();
+  const at::Tensor g2 = ln2_weight.contiguous(), b2 = ln2_bias.contiguous();
+
+  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / L));
+  const int64_t width = std::max((K - j01) * C, (K - j02) * Cm);
+  at::Tensor col = at::empty({Bc * L * width}, x.options());
+  at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
+  at::Tensor none;
+  for (int64_t b0 = 0; b0 < B; b0 += Bc) {
+    const int64_t bc = std::min(Bc, B - b0), n = bc * L;
+    const at::Tensor xc = x.narrow(0, b0, bc);
+    at::Tensor hc = h.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
+    at::Tensor m1 = mean1.narrow(0, b0, bc).view({n}), r1 = rstd1.narrow(0, b0, bc).view({n});
+    at::Tensor m2 = mean2.narrow(0, b0, bc).view({n}), r2 = rstd2.narrow(0, b0, bc).view({n});
+    at::Tensor col1 = prefix(col, {bc, L, (K - j01) * C});
+    k.ln_relu_im2col(xc, g1, b1, eps, K, j01, d1, true, m1, r1, col1, yc);  // and y := x
+    gemm(hc.view({n, Cm}), col1.view({n, (K - j01) * C}), W1.t(), false);
+    at::Tensor col2 = prefix(col, {bc, L, (K - j02) * Cm});
+    k.ln_relu_im2col(hc, g2, b2, eps, K, j02, d2, true, m2, r2, col2, none);
+    gemm(yc.view({n, C}), col2.view({n, (K - j02) * Cm}), W2.t(), true);
+  }
+  return {y, h, stats};
+}
+
+BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                          const at::Tensor& h_in, const at::Tensor& stats_in, const at::Tensor& w1_in,
+                          const at::Tensor& owner1_in, const at::Tensor& w2_in, const at::Tensor& owner2_in,
+                          const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                          const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> mask) {
+  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                   dilation);
+  const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
+  const auto sdt = stats_dtype(x_in.scalar_type());
+  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes() && grad_y_in.scalar_type() == x_in.scalar_type() &&
+                  grad_y_in.device() == x_in.device(),
+              "residual_block_backward: grad_y must be like x ", x_in.sizes(), ", got ", grad_y_in.sizes(), " ",
+              grad_y_in.scalar_type());
+  TORCH_CHECK(h_in.dim() == 3 && h_in.size(0) == B && h_in.size(1) == L && h_in.size(2) == Cm &&
+                  h_in.scalar_type() == x_in.scalar_type() && h_in.device() == x_in.device(),
+              "residual_block_backward: h must be [", B, ", ", L, ", ", Cm, "] like x, got ", h_in.sizes());
+  TORCH_CHECK(stats_in.dim() == 4 && stats_in.size(0) == 2 && stats_in.size(1) == 2 && stats_in.size(2) == B &&
+                  stats_in.size(3) == L && stats_in.scalar_type() == sdt && stats_in.device() == x_in.device(),
+              "residual_block_backward: stats must be [2, 2, ", B, ", ", L, "] of ", sdt, ", got ", stats_in.sizes(),
+              " ", stats_in.scalar_type());
+  const bool need_x = mask[0], need_w1 = mask[1], need_w2 = mask[2];
+  const bool need_ln1 = mask[3] || mask[4], need_ln2 = mask[5] || mask[6];
+  const bool need_stage1 = need_x || need_w1 || need_ln1;   // gradient of conv1's input side
+  const bool need_h = need_stage1 || need_ln2;              // gradient of h
+  const auto opts = x_in.options();
+
+  std::optional<at::Tensor> gx, gw1, gw2, gg1, gb1, gg2, gb2;
+  at::Tensor dg1, db1, dg2, db2;  // accumulators in the stats dtype
+  if (mask[3]) dg1 = at::zeros({C}, opts.dtype(sdt));
+  if (mask[4]) db1 = at::zeros({C}, opts.dtype(sdt));
+  if (mask[5]) dg2 = at::zeros({Cm}, opts.dtype(sdt));
+  if (mask[6]) db2 = at::zeros({Cm}, opts.dtype(sdt));
+  const int64_t d1 = dilation, d2 = 2 * dilation;
+  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
+  const int64_t K1 = K - j01, K2 = K - j02;
+  at::Tensor G1, G2;  // grads of the row-layout weights: [Cm, K1*C], [C, K2*Cm]
+  if (need_w1) G1 = at::zeros({Cm, K1 * C}, opts);
+  if (need_w2) G2 = at::zeros({C, K2 * Cm}, opts);
+  if (need_x) gx = at::empty({B, L, C}, opts);
+
+  if (B * L > 0 && (need_w2 || need_h)) {
+    const at::Tensor g = grad_y_in.contiguous(), x = x_in.contiguous(), h = h_in.contiguous();
+    const at::Tensor stats = stats_in.contiguous();
+    const at::Tensor w1 = w1_in.contiguous(), w2 = w2_in.contiguous();
+    const at::Tensor o1 = owner1_in.contiguous(), o2 = owner2_in.contiguous();
+    const at::Tensor ga1 = ln1_weight.contiguous(), be1 = ln1_bias.contiguous();
+    const at::Tensor ga2 = ln2_weight.contiguous(), be2 = ln2_bias.contiguous();
+    at::Tensor W1, W2;
+    if (need_stage1) {
+      W1 = at::empty({Cm, K1 * C}, opts);
+      k.mask_rows(w1, o1, task, j01, W1);
+    }
+    if (need_h) {
+      W2 = at::empty({C, K2 * Cm}, opts);
+      k.mask_rows(w2, o2, task, j02, W2);
+    }
+    const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / L));
+    at::Tensor col = at::empty({Bc * L * std::max(K1 * C, K2 * Cm)}, opts);
+    at::Tensor gh_buf = need_stage1 ? at::empty({Bc * L * Cm}, opts) : at::Tensor();
+    const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
+    at::Tensor none;
+    for (int64_t b0 = 0; b0 < B; b0 += Bc) {
+      const int64_t bc = std::min(Bc, B - b0), n = bc * L;
+      const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc), hc = h.narrow(0, b0, bc);
+      at::Tensor m1 = mean1.narrow(0, b0, bc).reshape({n}), r1 = rstd1.narrow(0, b0, bc).reshape({n});
+      at::Tensor m2 = mean2.narrow(0, b0, bc).reshape({n}), r2 = rstd2.narrow(0, b0, bc).reshape({n});
+      const at::Tensor g2d = gc.view({n, C});
+      at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
+      // conv2: grad of its weights from the recomputed relu(LN2(h)) col, then the col's gradient in its place.
+      if (need_w2) {
+        k.ln_relu_im2col(hc, ga2, be2, 0.0, K, j02, d2, false, m2, r2, col2, none);
+        gemm(G2, g2d.t(), col2.view({n, K2 * Cm}), true);
+      }
+      if (!need_h) continue;
+      gemm(col2.view({n, K2 * Cm}), g2d, W2, false);
+      at::Tensor ghc = need_stage1 ? prefix(gh_buf, {bc, L, Cm}) : at::Tensor();
+      k.ln_relu_col2im_backward(col2, hc, m2, r2, ga2, be2, K, j02, d2, none, ghc, dg2, db2);
+      if (!need_stage1) continue;
+      const at::Tensor gh2d = ghc.view({n, Cm});
+      at::Tensor col1 = prefix(col, {bc, L, K1 * C});
+      if (need_w1) {
+        k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, m1, r1, col1, none);
+        gemm(G1, gh2d.t(), col1.view({n, K1 * C}), true);
+      }
+      if (need_x || need_ln1) {
+        gemm(col1.view({n, K1 * C}), gh2d, W1, false);
+        at::Tensor gxc = need_x ? gx->narrow(0, b0, bc) : at::Tensor();
+        const at::Tensor residual = need_x ? gc : at::Tensor();
+        k.ln_relu_col2im_backward(col1, xc, m1, r1, ga1, be1, K, j01, d1, residual, gxc, dg1, db1);
+      }
+    }
+  } else if (need_x) {
+    gx->copy_(grad_y_in);  // empty batch: nothing to do but the (empty) residual path
+  }
+  const auto scatter = [&](const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner, int64_t j0) {
+    at::Tensor out = at::zeros(w.sizes(), opts);
+    if (task >= 1) k.scatter_rows(G, owner.contiguous(), task, j0, out);
+    return out;
+  };
+  if (need_w1) gw1 = scatter(G1, w1_in, owner1_in, j01);
+  if (need_w2) gw2 = scatter(G2, w2_in, owner2_in, j02);
+  const auto param = [&](const at::Tensor& acc) { return acc.to(x_in.scalar_type()); };
+  if (mask[3]) gg1 = param(dg1);
+  if (mask[4]) gb1 = param(db1);
+  if (mask[5]) gg2 = param(dg2);
+  if (mask[6]) gb2 = param(db2);
+  return {gx, gw1, gw2, gg1, gb1, gg2, gb2};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Inference over stacked per-task weights: the streaming step and the multi-task forward.
+
+namespace {
+
+// Checks the per-conv weight stack ([T, K*C_in, C_out], contiguous) and LayerNorm vectors; returns T.
+int64_t check_stack(const char* where, const at::Tensor& x, int64_t C, at::TensorList wcols, at::TensorList ln,
+                    at::IntArrayRef dilations, int64_t K) {
+  const int64_t nb = static_cast<int64_t>(dilations.size());
+  TORCH_CHECK(nb >= 1, where, ": need at least one block");
+  TORCH_CHECK(static_cast<int64_t>(wcols.size()) == 2 * nb && static_cast<int64_t>(ln.size()) == 4 * nb, where,
+              ": need 2 weights and 4 LayerNorm vectors per block, got ", wcols.size(), " and ", ln.size(), " for ",
+              nb, " blocks");
+  TORCH_CHECK(K >= 1, where, ": kernel_size must be >= 1, got ", K);
+  TORCH_CHECK(wcols[0].dim() == 3 && wcols[0].size(0) >= 1, where, ": weights must be [T, K*C_in, C_out], got ",
+              wcols[0].sizes());
+  const int64_t T = wcols[0].size(0);
+  int64_t c_in = C;
+  for (int64_t c = 0; c < 2 * nb; ++c) {
+    TORCH_CHECK(dilations[c / 2] >= 1, where, ": dilations must be >= 1, got ", dilations[c / 2]);
+    const at::Tensor& w = wcols[c];
+    TORCH_CHECK(w.dim() == 3 && w.size(0) == T && w.size(1) == K * c_in && w.size(2) >= 1 && w.is_contiguous() &&
+                    w.scalar_type() == x.scalar_type() && w.device() == x.device(),
+                where, ": weight ", c, " must be a contiguous [", T, ", ", K * c_in, ", C_out] of x's dtype and "
+                "device, got ", w.sizes(), " ", w.scalar_type());
+    const int64_t c_out = w.size(2);
+    if (c % 2 == 1)
+      TORCH_CHECK(c_out == C, where, ": block ", c / 2, " must output ", C, " channels, got ", c_out);
+    for (int64_t v = 0; v < 2; ++v) {
+      const at::Tensor& p = ln[2 * c + v];
+      TORCH_CHECK(p.dim() == 1 && p.size(0) == c_in && p.scalar_type() == x.scalar_type() &&
+                      p.device() == x.device(),
+                  where, ": LayerNorm vector ", 2 * c + v, " must be [", c_in, "] of x's dtype and device, got ",
+                  p.sizes());
+    }
+    c_in = c_out;
+  }
+  return T;
+}
+
+}  // namespace
+
+// Every block of the backbone for T task states of B users, one new item each (see block.h: stream_gather).
+at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tensor& pos, at::TensorList rings,
+                       at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations, int64_t K, double eps) {
+  TORCH_CHECK(x_in.dim() == 2 && at::isFloatingType(x_in.scalar_type()), "stream_step_: x must be a float [B, C], got ",
+              x_in.sizes(), " ", x_in.scalar_type());
+  const int64_t B = x_in.size(0), C = x_in.size(1);
+  const int64_t T = check_stack("stream_step_", x_in, C, wcols, ln, dilations, K);
+  const int64_t nb = static_cast<int64_t>(dilations.size());
+  TORCH_CHECK(pos.dim() == 1 && pos.size(0) == B && pos.scalar_type() == at::kLong && pos.device() == x_in.device(),
+              "stream_step_: pos must be int64 [", B, "] on x's device, got ", pos.sizes(), " ", pos.scalar_type());
+  TORCH_CHECK(static_cast<int64_t>(rings.size()) == 2 * nb, "stream_step_: need 2 rings per block, got ",
+              rings.size());
+  for (int64_t c = 0; c < 2 * nb; ++c) {
+    const int64_t dil = dilations[c / 2] * (c % 2 + 1), ci = wcols[c].size(1) / K, tr = c == 0 ? 1 : T;
+    const at::Tensor& r = rings[c];
+    TORCH_CHECK(r.dim() == 4 && r.size(0) == tr && r.size(1) == B && r.size(2) == (K - 1) * dil && r.size(3) == ci &&
+                    r.is_contiguous() && r.scalar_type() == x_in.scalar_type() && r.device() == x_in.device(),
+                "stream_step_: ring ", c, " must be a contiguous [", tr, ", ", B, ", ", (K - 1) * dil, ", ", ci,
+                "] of x's dtype and device, got ", r.sizes(), " ", r.scalar_type());
+  }
+  const at::Tensor x = x_in.contiguous(), p = pos.contiguous();
+  at::Tensor z = x.view({1, B, C});  // block input: one row shared by all tasks before the first conv
+  if (B == 0) return z.expand({T, B, C}).contiguous();
+  for (int64_t l = 0; l < nb; ++l) {
+    at::Tensor h;
+    for (int64_t half = 0; half < 2; ++half) {
+      const int64_t c = 2 * l + half, dil = dilations[l] * (half + 1);
+      at::Tensor ring = rings[c];
+      const at::Tensor& w = wcols[c];
+      const int64_t tr = ring.size(0), ci = w.size(1) / K, co = w.size(2);
+      const at::Tensor& in = half == 0 ? z : h;
+      at::Tensor col = at::empty({tr, B, K * ci}, x.options());
+      k.stream_gather(in, ln[2 * c].contiguous(), ln[2 * c + 1].contiguous(), eps, ring, p, K, dil, col);
+      at::Tensor out = at::empty({T, B, co}, x.options());
+      if (half == 1) out.copy_(z.expand({T, B, co}));
+      for (int64_t t = 0; t < T; ++t) gemm(out[t], col[tr == 1 ? 0 : t], w[t], half == 1);
+      (half == 0 ? h : z) = out;
+    }
+  }
+  return z;
+}
+
+// Backbone output at the last out_len positions for T tasks: [T, B, out_len, C]. Each block computes only the
+// positions later blocks need (the receptive field of the last out_len outputs), the first conv's LayerNorm +
+// im2col is shared by the tasks, and sequences go a chunk at a time.
+at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::TensorList wcols, at::TensorList ln,
+                              at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len) {
+  TORCH_CHECK(x_in.dim() == 3 && at::isFloatingType(x_in.scalar_type()),
+              "multi_task_forward: x must be a float [B, L, C], got ", x_in.sizes(), " ", x_in.scalar_type());
+  const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2);
+  const int64_t T = check_stack("multi_task_forward", x_in, C, wcols, ln, dilations, K);
+  TORCH_CHECK(out_len >= 1 && out_len <= L, "multi_task_forward: out_len must be in [1, L=", L, "], got ", out_len);
+  const int64_t nb = static_cast<int64_t>(dilations.size());
+  // need[l]: positions of block l's input that are used; m1[l]: positions of its conv1 output that are used.
+  std::vector<int64_t> need(nb + 1), m1(nb);
+  need[nb] = out_len;
+  for (int64_t l = nb - 1; l >= 0; --l) {
+    m1[l] = std::min(L, need[l + 1] + (K - 1) * 2 * dilations[l]);
+    need[l] = std::min(L, m1[l] + (K - 1) * dilations[l]);
+  }
+  at::Tensor out = at::empty({T, B, out_len, C}, x_in.options());
+  if (B == 0) return out;
+  const at::Tensor x = x_in.contiguous();
+  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / L));
+  at::Tensor none;
+  std::vector<at::Tensor> g(4 * nb);
+  for (int64_t v = 0; v < 4 * nb; ++v) g[v] = ln[v].contiguous();
+  for (int64_t b0 = 0; b0 < B; b0 += Bc) {
+    const int64_t bc = std::min(Bc, B - b0);
+    at::Tensor z = x.narrow(0, b0, bc).narrow(1, L - need[0], need[0]).contiguous().unsqueeze(0);
+    for (int64_t l = 0; l < nb; ++l) {
+      const int64_t d = dilations[l], Lin = need[l], M1 = m1[l], Nout = need[l + 1];
+      const at::Tensor &w1 = wcols[2 * l], &w2 = wcols[2 * l + 1];
+      const int64_t Cm = w1.size(2), Tz = z.size(0);
+      // conv1 over the last M1 positions of the Lin-long input.
+      const int64_t j01 = first_tap(K, d, Lin), K1 = K - j01;
+      at::Tensor h = at::empty({T, bc, M1, Cm}, x.options());
+      at::Tensor col1 = at::empty({bc, M1, K1 * C}, x.options());
+      for (int64_t t = 0; t < T; ++t) {
+        if (t == 0 || Tz > 1) k.ln_relu_im2col(z[Tz > 1 ? t : 0], g[4 * l], g[4 * l + 1], eps, K, j01, d, true,
+                                               none, none, col1, none);
+        gemm(h[t].view({bc * M1, Cm}), col1.view({bc * M1, K1 * C}), w1[t].narrow(0, j01 * C, K1 * C), false);
+      }
+      // conv2 over the last Nout positions of h, plus the residual.
+      const int64_t j02 = first_tap(K, 2 * d, M1), K2 = K - j02;
+      at::Tensor y = at::empty({T, bc, Nout, C}, x.options());
+      at::Tensor col2 = at::empty({bc, Nout, K2 * Cm}, x.options());
+      for (int64_t t = 0; t < T; ++t) {
+        k.ln_relu_im2col(h[t], g[4 * l + 2], g[4 * l + 3], eps, K, j02, 2 * d, true, none, none, col2, none);
+        y[t].copy_(z[Tz > 1 ? t : 0].narrow(1, Lin - Nout, Nout));
+        gemm(y[t].view({bc * Nout, C}), col2.view({bc * Nout, K2 * Cm}), w2[t].narrow(0, j02 * Cm, K2 * Cm), true);
+      }
+      z = y;
+    }
+    out.narrow(1, b0, bc).copy_(z);
+  }
+  return out;
+}
+
+}  // namespace block
+}  // namespace conure
+
+TORCH_LIBRARY_FRAGMENT(conure, m) {
+  m.def("residual_block(Tensor x, Tensor w1, Tensor owner1, Tensor w2, Tensor owner2, Tensor ln1_weight, "
+        "Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, int dilation, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("residual_block_backward(Tensor grad_y, Tensor x, Tensor h, Tensor stats, Tensor w1, Tensor owner1, "
+        "Tensor w2, Tensor owner2, Tensor ln1_weight, Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, "
+        "int dilation, bool[7] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)");
+  m.def("stream_step_(Tensor x, Tensor pos, Tensor(a!)[] rings, Tensor[] wcols, Tensor[] ln_params, int[] dilations, "
+        "int kernel_size, float eps) -> Tensor");
+  m.def("multi_task_forward(Tensor x, Tensor[] wcols, Tensor[] ln_params, int[] dilations, int kernel_size, "
+        "float eps, int out_len) -> Tensor");
+}

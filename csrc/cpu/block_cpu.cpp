@@ -1,0 +1,409 @@
+// CPU kernels of the fused residual block, streaming step and multi-task forward (orchestration: csrc/block.cpp).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../block.h"
+
+namespace conure {
+namespace block {
+namespace {
+
+// The row kernels are compiled for AVX-512 and AVX2 as well as the baseline (the extension is built for generic
+// x86-64); the loader picks the best the CPU has. Sums use kLanes partial accumulators so they vectorize.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CONURE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CONURE_CLONES
+#endif
+
+constexpr int64_t kLanes = 16;
+
+// Mean and 1/sqrt(var + eps) of one row (two passes).
+template <typename scalar_t, typename acc_t>
+inline void row_stats(const scalar_t* x, int64_t C, double eps, acc_t& mean, acc_t& rstd) {
+  acc_t part[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes)
+    for (int64_t u = 0; u < kLanes; ++u) part[u] += static_cast<acc_t>(x[c + u]);
+  acc_t sum = 0;
+  for (; c < C; ++c) sum += static_cast<acc_t>(x[c]);
+  for (int64_t u = 0; u < kLanes; ++u) sum += part[u];
+  mean = sum / static_cast<acc_t>(C);
+  for (int64_t u = 0; u < kLanes; ++u) part[u] = 0;
+  c = 0;
+  for (; c + kLanes <= C; c += kLanes)
+    for (int64_t u = 0; u < kLanes; ++u) {
+      const acc_t d = static_cast<acc_t>(x[c + u]) - mean;
+      part[u] += d * d;
+    }
+  acc_t sq = 0;
+  for (; c < C; ++c) {
+    const acc_t d = static_cast<acc_t>(x[c]) - mean;
+    sq += d * d;
+  }
+  for (int64_t u = 0; u < kLanes; ++u) sq += part[u];
+  rstd = static_cast<acc_t>(1) / std::sqrt(sq / static_cast<acc_t>(C) + static_cast<acc_t>(eps));
+}
+
+// dst = relu((x - mean) * rstd * gamma + beta)
+template <typename scalar_t, typename acc_t>
+inline void ln_relu_row(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta, acc_t mean, acc_t rstd,
+                        int64_t C, scalar_t* dst) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t z = (static_cast<acc_t>(x[c]) - mean) * rstd * static_cast<acc_t>(gamma[c]) +
+                    static_cast<acc_t>(beta[c]);
+    dst[c] = static_cast<scalar_t>(z > 0 ? z : acc_t(0));
+  }
+}
+
+// Backward of one row of LN + ReLU, given ga = dL/d(relu output) in dz (overwritten with dL/dz).
+//   xh = xhat; returns via sums the two row means LayerNorm's backward needs.
+template <typename scalar_t, typename acc_t>
+inline void ln_relu_row_backward(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta, acc_t mean,
+                                 acc_t rstd, int64_t C, acc_t* dz, acc_t* xh, acc_t& sum1, acc_t& sum2) {
+  acc_t p1[kLanes] = {}, p2[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes)
+    for (int64_t u = 0; u < kLanes; ++u) {
+      const acc_t xhat = (static_cast<acc_t>(x[c + u]) - mean) * rstd;
+      const acc_t g = static_cast<acc_t>(gamma[c + u]);
+      const acc_t z = xhat * g + static_cast<acc_t>(beta[c + u]);
+      const acc_t d = z > 0 ? dz[c + u] : acc_t(0);
+      dz[c + u] = d;
+      xh[c + u] = xhat;
+      p1[u] += d * g;
+      p2[u] += d * g * xhat;
+    }
+  acc_t s1 = 0, s2 = 0;
+  for (; c < C; ++c) {
+    const acc_t xhat = (static_cast<acc_t>(x[c]) - mean) * rstd;
+    const acc_t g = static_cast<acc_t>(gamma[c]);
+    const acc_t z = xhat * g + static_cast<acc_t>(beta[c]);
+    const acc_t d = z > 0 ? dz[c] : acc_t(0);
+    dz[c] = d;
+    xh[c] = xhat;
+    s1 += d * g;
+    s2 += d * g * xhat;
+  }
+  for (int64_t u = 0; u < kLanes; ++u) {
+    s1 += p1[u];
+    s2 += p2[u];
+  }
+  sum1 = s1;
+  sum2 = s2;
+}
+
+// keep ? v : 0, without a branch (owner maps are random: a branch mispredicts about half the time).
+template <typename T>
+inline T keep_or_zero(bool keep, T v) {
+  using U = std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
+  static_assert(sizeof(T) == sizeof(U), "keep_or_zero: unexpected scalar size");
+  U bits;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits &= static_cast<U>(U(0) - static_cast<U>(keep));
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+
+// One output channel o per step: its [C_in, K] weights and owners are contiguous; the row is written per tap.
+void mask_rows_cpu(const at::Tensor& w, const at::Tensor& owner, int64_t task, int64_t j0, at::Tensor& rows) {
+  const int64_t C_out = w.size(0), C_in = w.size(1), K = w.size(2), Kp = K - j0;
+  const uint8_t* own = owner.data_ptr<uint8_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "mask_rows_cpu", [&] {
+    const scalar_t* src = w.data_ptr<scalar_t>();
+    scalar_t* dst = rows.data_ptr<scalar_t>();
+    const uint8_t top = static_cast<uint8_t>(task);
+    at::parallel_for(0, C_out, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        const scalar_t* ws = src + o * C_in * K;
+        const uint8_t* os = own + o * C_in * K;
+        scalar_t* row = dst + o * Kp * C_in;
+        for (int64_t jj = 0; jj < Kp; ++jj) {
+          const int64_t j = j0 + jj;
+          scalar_t* out = row + jj * C_in;
+          for (int64_t i = 0; i < C_in; ++i) {
+            // 1 <= t <= top  <=>  t - 1 < top in uint8 arithmetic (t = 0 wraps to 255, and top <= 255)
+            const bool active = static_cast<uint8_t>(os[i * K + j] - 1) < top;
+            out[i] = keep_or_zero(active, ws[i * K + j]);
+          }
+        }
+      }
+    });
+  });
+}
+
+void scatter_rows_cpu(const at::Tensor& grows, const at::Tensor& owner, int64_t task, int64_t j0,
+                      at::Tensor& grad_w) {
+  const int64_t C_out = grad_w.size(0), C_in = grad_w.size(1), K = grad_w.size(2), Kp = K - j0;
+  const uint8_t* own = owner.data_ptr<uint8_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_w.scalar_type(), "scatter_rows_cpu", [&] {
+    const scalar_t* g = grows.data_ptr<scalar_t>();
+    scalar_t* dst = grad_w.data_ptr<scalar_t>();
+    at::parallel_for(0, C_out, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        const scalar_t* row = g + o * Kp * C_in;
+        const uint8_t* os = own + o * C_in * K;
+        scalar_t* out = dst + o * C_in * K;
+        for (int64_t i = 0; i < C_in; ++i) {
+          for (int64_t j = 0; j < j0; ++j) out[i * K + j] = scalar_t(0);
+          for (int64_t j = j0; j < K; ++j)
+            out[i * K + j] = keep_or_zero(os[i * K + j] == task, row[(j - j0) * C_in + i]);
+        }
+      }
+    });
+  });
+}
+
+template <typename scalar_t>
+struct Im2colArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t *X, *G, *Bt;
+  scalar_t *O, *CP;
+  acc_t *M, *R;
+  int64_t Lin, Lout, C, K, j0, dil;
+  double eps;
+  bool compute_stats;
+};
+
+template <typename scalar_t>
+CONURE_CLONES void im2col_rows(const Im2colArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = a.C, Kp = a.K - a.j0, shift = a.Lin - a.Lout, width = Kp * C;
+  const bool store = a.compute_stats && a.M != nullptr;
+  // Input rows before first_read feed no output row (only the last L_out positions are wanted).
+  const int64_t first_read = std::max<int64_t>(0, shift - (a.K - 1 - a.j0) * a.dil);
+  for (int64_t n = begin; n < end; ++n) {
+    const int64_t s = n / a.Lin, p = n % a.Lin;
+    const scalar_t* x = a.X + n * C;
+    if (a.CP != nullptr) std::memcpy(a.CP + n * C, x, C * sizeof(scalar_t));
+    // Output row p - shift: zeros in the taps that reach before the start of the sequence.
+    const int64_t r0 = p - shift;
+    if (r0 >= 0) {
+      for (int64_t jj = 0; jj < Kp && p - (a.K - 1 - a.j0 - jj) * a.dil < 0; ++jj)
+        std::fill_n(a.O + (s * a.Lout + r0) * width + jj * C, C, scalar_t(0));
+    }
+    if (p < first_read && !store) continue;
+    acc_t mu, rs;
+    if (a.compute_stats) {
+      row_stats(x, C, a.eps, mu, rs);
+      if (a.M != nullptr) a.M[n] = mu;
+      if (a.R != nullptr) a.R[n] = rs;
+    } else {
+      mu = a.M[n];
+      rs = a.R[n];
+    }
+    if (p < first_read) continue;
+    // LN + ReLU of the row, written to the (up to K - j0) output rows that read it.
+    const scalar_t* first = nullptr;
+    for (int64_t jj = 0; jj < Kp; ++jj) {
+      const int64_t r = p + (a.K - 1 - a.j0 - jj) * a.dil - shift;
+      if (r < 0 || r >= a.Lout) continue;
+      scalar_t* dst = a.O + (s * a.Lout + r) * width + jj * C;
+      if (first == nullptr) {
+        ln_relu_row(x, a.G, a.Bt, mu, rs, C, dst);
+        first = dst;
+      } else {
+        std::memcpy(dst, first, C * sizeof(scalar_t));
+      }
+    }
+  }
+}
+
+void ln_relu_im2col_cpu(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps, int64_t K,
+                        int64_t j0, int64_t dil, bool compute_stats, at::Tensor& mean, at::Tensor& rstd,
+                        at::Tensor& col, at::Tensor& copy_out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "ln_relu_im2col_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    Im2colArgs<scalar_t> a{in.data_ptr<scalar_t>(),
+                           gamma.data_ptr<scalar_t>(),
+                           beta.data_ptr<scalar_t>(),
+                           col.data_ptr<scalar_t>(),
+                           copy_out.defined() ? copy_out.data_ptr<scalar_t>() : nullptr,
+                           mean.defined() ? mean.data_ptr<acc_t>() : nullptr,
+                           rstd.defined() ? rstd.data_ptr<acc_t>() : nullptr,
+                           in.size(1), col.size(1), in.size(2), K, j0, dil, eps, compute_stats};
+    TORCH_INTERNAL_ASSERT(compute_stats || (a.M != nullptr && a.R != nullptr));
+    at::parallel_for(0, in.size(0) * in.size(1), 16,
+                     [&](int64_t begin, int64_t end) { im2col_rows<scalar_t>(a, begin, end); });
+  });
+}
+
+template <typename scalar_t>
+struct Col2imArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t *GC, *X, *G, *Bt, *RES;
+  const acc_t *M, *R;
+  scalar_t* GI;
+  int64_t L, C, K, j0, dil;
+};
+
+// Rows [begin, end); pg (2*C accumulators: dgamma then dbeta) may be null.
+template <typename scalar_t>
+CONURE_CLONES void col2im_rows(const Col2imArgs<scalar_t>& a, int64_t begin, int64_t end,
+                               at::opmath_type<scalar_t>* pg) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = a.C, L = a.L, Kp = a.K - a.j0, width = Kp * C;
+  std::vector<acc_t> dz_buf(C), xh_buf(C);
+  acc_t* dz = dz_buf.data();
+  acc_t* xh = xh_buf.data();
+  for (int64_t n = begin; n < end; ++n) {
+    const int64_t s = n / L, p = n % L;
+    std::fill_n(dz, C, acc_t(0));
+    for (int64_t jj = 0; jj < Kp; ++jj) {
+      const int64_t q = p + (a.K - 1 - a.j0 - jj) * a.dil;
+      if (q >= L) continue;
+      const scalar_t* src = a.GC + (s * L + q) * width + jj * C;
+      for (int64_t c = 0; c < C; ++c) dz[c] += static_cast<acc_t>(src[c]);
+    }
+    const acc_t mu = a.M[n], rs = a.R[n];
+    acc_t sum1, sum2;
+    ln_relu_row_backward(a.X + n * C, a.G, a.Bt, mu, rs, C, dz, xh, sum1, sum2);
+    if (pg != nullptr) {
+      for (int64_t c = 0; c < C; ++c) {
+        pg[c] += dz[c] * xh[c];
+        pg[C + c] += dz[c];
+      }
+    }
+    if (a.GI != nullptr) {
+      const acc_t a1 = sum1 / static_cast<acc_t>(C), a2 = sum2 / static_cast<acc_t>(C);
+      scalar_t* out = a.GI + n * C;
+      if (a.RES != nullptr) {
+        const scalar_t* res = a.RES + n * C;
+        for (int64_t c = 0; c < C; ++c)
+          out[c] = static_cast<scalar_t>(static_cast<acc_t>(res[c]) +
+                                         rs * (dz[c] * static_cast<acc_t>(a.G[c]) - a1 - xh[c] * a2));
+      } else {
+        for (int64_t c = 0; c < C; ++c)
+          out[c] = static_cast<scalar_t>(rs * (dz[c] * static_cast<acc_t>(a.G[c]) - a1 - xh[c] * a2));
+      }
+    }
+  }
+}
+
+void ln_relu_col2im_backward_cpu(const at::Tensor& gcol, const at::Tensor& in, const at::Tensor& mean,
+                                 const at::Tensor& rstd, const at::Tensor& gamma, const at::Tensor& beta, int64_t K,
+                                 int64_t j0, int64_t dil, const at::Tensor& residual, at::Tensor& grad_in,
+                                 at::Tensor& dgamma, at::Tensor& dbeta) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "ln_relu_col2im_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = in.size(2);
+    Col2imArgs<scalar_t> a{gcol.data_ptr<scalar_t>(),
+                           in.data_ptr<scalar_t>(),
+                           gamma.data_ptr<scalar_t>(),
+                           beta.data_ptr<scalar_t>(),
+                           residual.defined() ? residual.data_ptr<scalar_t>() : nullptr,
+                           mean.data_ptr<acc_t>(),
+                           rstd.data_ptr<acc_t>(),
+                           grad_in.defined() ? grad_in.data_ptr<scalar_t>() : nullptr,
+                           in.size(1), C, K, j0, dil};
+    const bool params = dgamma.defined() || dbeta.defined();
+    const int threads = at::get_num_threads();
+    std::vector<acc_t> partial(params ? static_cast<size_t>(threads) * 2 * C : 0, acc_t(0));
+    at::parallel_for(0, in.size(0) * in.size(1), 16, [&](int64_t begin, int64_t end) {
+      acc_t* pg = params ? partial.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C : nullptr;
+      col2im_rows<scalar_t>(a, begin, end, pg);
+    });
+    if (params) {
+      acc_t* dg = dgamma.defined() ? dgamma.data_ptr<acc_t>() : nullptr;
+      acc_t* db = dbeta.defined() ? dbeta.data_ptr<acc_t>() : nullptr;
+      for (int t = 0; t < threads; ++t) {
+        const acc_t* pg = partial.data() + static_cast<size_t>(t) * 2 * C;
+        for (int64_t c = 0; c < C; ++c) {
+          if (dg != nullptr) dg[c] += pg[c];
+          if (db != nullptr) db[c] += pg[C + c];
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void stream_gather_impl(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                        at::Tensor& ring, const at::Tensor& pos, int64_t K, int64_t dil, at::Tensor& col) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t Tr = ring.size(0), B = ring.size(1), R = ring.size(2), C = in.size(2), Tin = in.size(0);
+  const scalar_t* X = in.data_ptr<scalar_t>();
+  const scalar_t* G = gamma.data_ptr<scalar_t>();
+  const scalar_t* Bt = beta.data_ptr<scalar_t>();
+  scalar_t* RING = ring.data_ptr<scalar_t>();
+  scalar_t* O = col.data_ptr<scalar_t>();
+  const int64_t* P = pos.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(P[b] >= 0, "stream_step_: pos must be >= 0, got ", P[b]);
+  at::parallel_for(0, Tr * B, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t tb = begin; tb < end; ++tb) {
+      const int64_t t = tb / B, b = tb % B;
+      const scalar_t* x = X + ((Tin == 1 ? 0 : t) * B + b) * C;
+      acc_t mu, rs;
+      row_stats(x, C, eps, mu, rs);
+      scalar_t* out = O + tb * K * C;
+      scalar_t* a = out + (K - 1) * C;
+      ln_relu_row(x, G, Bt, mu, rs, C, a);
+      if (R == 0) continue;
+      const int64_t p = P[b];
+      scalar_t* slots = RING + tb * R * C;
+      for (int64_t j = 0; j < K - 1; ++j) {
+        const int64_t slot = ((p - (K - 1 - j) * dil) % R + R) % R;
+        std::memcpy(out + j * C, slots + slot * C, C * sizeof(scalar_t));
+      }
+      std::memcpy(slots + (p % R) * C, a, C * sizeof(scalar_t));
+    }
+  });
+}
+
+void stream_gather_cpu(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                       at::Tensor& ring, const at::Tensor& pos, int64_t K, int64_t dil, at::Tensor& col) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "stream_gather_cpu", [&] {
+    stream_gather_impl<scalar_t>(in, gamma, beta, eps, ring, pos, K, dil, col);
+  });
+}
+
+const Kernels kCpu{mask_rows_cpu, scatter_rows_cpu, ln_relu_im2col_cpu, ln_relu_col2im_backward_cpu,
+                   stream_gather_cpu};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block_cpu(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
+    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
+  return block_forward(kCpu, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
+                       eps);
+}
+
+BlockGrads residual_block_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
+                                       const at::Tensor& stats, const at::Tensor& w1, const at::Tensor& owner1,
+                                       const at::Tensor& w2, const at::Tensor& owner2, const at::Tensor& ln1_weight,
+                                       const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                                       const at::Tensor& ln2_bias, int64_t task, int64_t dilation,
+                                       std::array<bool, 7> output_mask) {
+  return block_backward(kCpu, grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
+                        ln2_bias, task, dilation, output_mask);
+}
+
+at::Tensor stream_step_cpu(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings, at::TensorList wcols,
+                           at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size, double eps) {
+  return stream_step(kCpu, x, pos, rings, wcols, ln, dilations, kernel_size, eps);
+}
+
+at::Tensor multi_task_forward_cpu(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
+                                  at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len) {
+  return multi_task_forward(kCpu, x, wcols, ln, dilations, kernel_size, eps, out_len);
+}
+
+}  // namespace
+}  // namespace block
+}  // namespace conure
+
+TORCH_LIBRARY_IMPL(conure, CPU, m) {
+  m.impl("residual_block", &conure::block::residual_block_cpu);
+  m.impl("residual_block_backward", &conure::block::residual_block_backward_cpu);
+  m.impl("stream_step_", &conure::block::stream_step_cpu);
+  m.impl("multi_task_forward", &conure::block::multi_task_forward_cpu);
+}
