@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
   at::Tensor stats = at::empty({2, 2, B, L}, x.options().dtype(stats_dtype(x.scalar_type())));
   if (B * L == 0) return {y, h, stats};
 
-  const int64_t d1 = dilation, d2 = 2 * dilation;
+  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
   const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
   at::Tensor W1 = at::empty({Cm, (K - j01) * C}, x.options());
   at::Tensor W2 = at::empty({C, (K - j02) * Cm}, x.options());
@@ -183,7 +183,7 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
   if (mask[4]) db1 = at::zeros({C}, opts.dtype(sdt));
   if (mask[5]) dg2 = at::zeros({Cm}, opts.dtype(sdt));
   if (mask[6]) db2 = at::zeros({Cm}, opts.dtype(sdt));
-  const int64_t d1 = dilation, d2 = 2 * dilation;
+  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
   const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
   const int64_t K1 = K - j01, K2 = K - j02;
   at::Tensor G1, G2;  // grads of the row-layout weights: [Cm, K1*C], [C, K2*Cm]
@@ -358,9 +358,11 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
   // need[l]: positions of block l's input that are used; m1[l]: positions of its conv1 output that are used.
   std::vector<int64_t> need(nb + 1), m1(nb);
   need[nb] = out_len;
+  std::vector<int64_t> dil(nb);  // any dilation >= L acts like L (only the last tap reaches); no overflow below
+  for (int64_t l = 0; l < nb; ++l) dil[l] = clamp_dilation(dilations[l], L);
   for (int64_t l = nb - 1; l >= 0; --l) {
-    m1[l] = std::min(L, need[l + 1] + (K - 1) * 2 * dilations[l]);
-    need[l] = std::min(L, m1[l] + (K - 1) * dilations[l]);
+    m1[l] = std::min(L, need[l + 1] + (K - 1) * 2 * dil[l]);
+    need[l] = std::min(L, m1[l] + (K - 1) * dil[l]);
   }
   at::Tensor out = at::empty({T, B, out_len, C}, x_in.options());
   if (B == 0) return out;
@@ -373,7 +375,7 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
     const int64_t bc = std::min(Bc, B - b0);
     at::Tensor z = x.narrow(0, b0, bc).narrow(1, L - need[0], need[0]).contiguous().unsqueeze(0);
     for (int64_t l = 0; l < nb; ++l) {
-      const int64_t d = dilations[l], Lin = need[l], M1 = m1[l], Nout = need[l + 1];
+      const int64_t d = dil[l], Lin = need[l], M1 = m1[l], Nout = need[l + 1];
       const at::Tensor &w1 = wcols[2 * l], &w2 = wcols[2 * l + 1];
       const int64_t Cm = w1.size(2), Tz = z.size(0);
       // conv1 over the last M1 positions of the Lin-long input.

@@ -16,6 +16,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -72,6 +73,10 @@ inline int64_t first_tap(int64_t K, int64_t dilation, int64_t L) {
   const int64_t reach = (L - 1) / dilation;  // largest j-offset (K-1-j) with s_j < L
   return reach >= K - 1 ? 0 : K - 1 - reach;
 }
+
+// A dilation >= L acts like L (every tap but the last reaches before the start); clamping keeps the products
+// (K-1) * dilation from overflowing for absurd dilations.
+inline int64_t clamp_dilation(int64_t dilation, int64_t L) { return std::min(dilation, std::max<int64_t>(L, 1)); }
 
 at::ScalarType stats_dtype(at::ScalarType activation);
 

@@ -53,14 +53,14 @@ inline void row_stats(const scalar_t* x, int64_t C, double eps, acc_t& mean, acc
   rstd = static_cast<acc_t>(1) / std::sqrt(sq / static_cast<acc_t>(C) + static_cast<acc_t>(eps));
 }
 
-// dst = relu((x - mean) * rstd * gamma + beta)
+// dst = relu((x - mean) * rstd * gamma + beta)  (relu(NaN) = NaN)
 template <typename scalar_t, typename acc_t>
 inline void ln_relu_row(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta, acc_t mean, acc_t rstd,
                         int64_t C, scalar_t* dst) {
   for (int64_t c = 0; c < C; ++c) {
     const acc_t z = (static_cast<acc_t>(x[c]) - mean) * rstd * static_cast<acc_t>(gamma[c]) +
                     static_cast<acc_t>(beta[c]);
-    dst[c] = static_cast<scalar_t>(z > 0 ? z : acc_t(0));
+    dst[c] = static_cast<scalar_t>(z < 0 ? acc_t(0) : z);  // NaN stays NaN, like torch.relu
   }
 }
 

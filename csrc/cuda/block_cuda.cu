@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kRowThreads)
       T* dst = col + (s * Lout + r) * width + jj * C;
       for (int64_t c = lane; c < C; c += 32) {
         const A z = (to_acc(x[c]) - mu) * rs * to_acc(gamma[c]) + to_acc(beta[c]);
-        dst[c] = from_acc<T>(z > A(0) ? z : A(0));
+        dst[c] = from_acc<T>(z < A(0) ? A(0) : z);
       }
     }
   }
@@ -262,7 +262,7 @@ __global__ void __launch_bounds__(kRowThreads)
     T* a = out + (K - 1) * C;
     for (int64_t c = lane; c < C; c += 32) {
       const A z = (to_acc(x[c]) - mu) * rs * to_acc(gamma[c]) + to_acc(beta[c]);
-      a[c] = from_acc<T>(z > A(0) ? z : A(0));
+      a[c] = from_acc<T>(z < A(0) ? A(0) : z);
     }
     if (R == 0) continue;
     const int64_t p = pos[b];

@@ -1,0 +1,259 @@
+"""The fused residual block (conure.fused.residual_block) against the composition of reference ops."""
+import itertools
+import random
+
+import pytest
+import torch
+
+from conure import fused, reference
+from conure.models import NextItNet
+from tests.conftest import requires_compiled
+
+pytestmark = requires_compiled
+
+GRAD_NAMES = ["x", "w1", "w2", "ln1_weight", "ln1_bias", "ln2_weight", "ln2_bias"]
+
+
+def make_block(batch, length, c, c_mid, k, seed, dtype=torch.float32, device="cpu", max_task=4, noncontig=False):
+    """Random block inputs (never zeros; LN affine away from (1, 0)); owners with free entries and several tasks."""
+    g = torch.Generator().manual_seed(seed)
+    if noncontig:
+        x = torch.randn(batch, 2 * c, length, generator=g, dtype=dtype).transpose(1, 2)[:, :, ::2]
+        w1 = torch.randn(c_mid, c, 2 * k, generator=g, dtype=dtype)[:, :, ::2]
+        w2 = torch.randn(c_mid, c, k, generator=g, dtype=dtype).transpose(0, 1)
+        assert not x.is_contiguous() and not w1.is_contiguous() and not w2.is_contiguous()
+    else:
+        x = torch.randn(batch, length, c, generator=g, dtype=dtype)
+        w1 = torch.randn(c_mid, c, k, generator=g, dtype=dtype)
+        w2 = torch.randn(c, c_mid, k, generator=g, dtype=dtype)
+    w1, w2 = w1 / (c * k) ** 0.5, w2 / (c_mid * k) ** 0.5
+    o1 = torch.randint(0, max_task + 1, w1.shape, generator=g, dtype=torch.uint8)
+    o2 = torch.randint(0, max_task + 1, w2.shape, generator=g, dtype=torch.uint8)
+    ln = [1 + 0.3 * torch.randn(c, generator=g, dtype=dtype), 0.3 * torch.randn(c, generator=g, dtype=dtype),
+          1 + 0.3 * torch.randn(c_mid, generator=g, dtype=dtype), 0.3 * torch.randn(c_mid, generator=g, dtype=dtype)]
+    x = 1.5 * x + 0.2
+    return [t.to(device) for t in (x, w1, o1, w2, o2, *ln)]
+
+
+def run_both(inputs, task, dilation, seed=0):
+    """(y_fused, grads_fused, y_ref, grads_ref) for the 7 float inputs, one random upstream gradient."""
+    out = []
+    grad = None
+    for fn in (fused.residual_block, reference.residual_block):
+        args = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+        y = fn(*args, task, dilation)
+        if grad is None:
+            grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype).to(y.device)
+        y.backward(grad)
+        floats = [a for a in args if a.is_floating_point()]
+        out += [y.detach(), [a.grad for a in floats]]
+    return out
+
+
+def block_cases():
+    rng = random.Random(7)
+    shapes = [  # batch, length, c, c_mid, k, dilation
+        (3, 7, 5, 6, 3, 1), (2, 9, 8, 4, 3, 2), (1, 1, 4, 4, 3, 1), (2, 5, 3, 3, 1, 1), (2, 6, 7, 5, 2, 3),
+        (3, 4, 6, 6, 3, 8),      # every tap but the last reaches before the start
+        (2, 13, 6, 9, 5, 2),     # K = 5: some taps of conv2 reach past the start, conv1's do not
+        (2, 40, 16, 16, 3, 200),  # dilation far larger than the sequence
+        (45, 50, 8, 8, 3, 4),    # more rows than one chunk (2048): several chunks
+    ]
+    for shape in shapes:
+        yield pytest.param(*shape, rng.randint(0, 10**6), id="B{}-L{}-C{}-Cm{}-K{}-d{}".format(*shape))
+
+
+@pytest.mark.parametrize("batch,length,c,c_mid,k,dilation,seed", list(block_cases()))
+def test_block_matches_reference(batch, length, c, c_mid, k, dilation, seed, device):
+    for task, noncontig in ((0, False), (1, True), (3, False), (4, True), (255, False)):
+        inputs = make_block(batch, length, c, c_mid, k, seed + task, device=device, noncontig=noncontig)
+        y, grads, y_ref, grads_ref = run_both(inputs, task, dilation, seed)
+        torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+        for name, g, g_ref in zip(GRAD_NAMES, grads, grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"grad {name}: {m}")
+        o1, o2 = inputs[2], inputs[4]
+        # conv weights: gradient exactly zero wherever the weight is not the running task's
+        assert torch.all(grads[1][o1 != task] == 0) and torch.all(grads[2][o2 != task] == 0)
+        if 1 <= task <= 4 and batch * length >= 8:  # the last tap (the present) always contributes
+            last1, last2 = o1[..., -1] == task, o2[..., -1] == task
+            for g, last in ((grads[1], last1), (grads[2], last2)):
+                assert not last.any() or g[..., -1][last].abs().sum() > 0
+
+
+@pytest.mark.parametrize("k,dilation,length", [(3, 1, 6), (2, 3, 5), (3, 4, 4), (1, 1, 3)])
+@pytest.mark.parametrize("task", [0, 2])
+def test_block_gradcheck_float64(k, dilation, length, task, device):
+    x, w1, o1, w2, o2, g1, b1, g2, b2 = make_block(2, length, 4, 3, k, 11 * k + task, torch.float64, device,
+                                                   noncontig=task == 2)
+    f1, f2 = w1.detach().clone(), w2.detach().clone()
+
+    # Only the running task's conv entries are free inputs; the rest are constants, as the op's gradient says.
+    def f(x, w1, w2, g1, b1, g2, b2):
+        return fused.residual_block(x, torch.where(o1 == task, w1, f1), o1, torch.where(o2 == task, w2, f2), o2,
+                                    g1, b1, g2, b2, task, dilation)
+
+    inputs = [t.detach().clone().requires_grad_() for t in (x, w1, w2, g1, b1, g2, b2)]
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_block_partial_gradients(device):
+    """Only some inputs need grad (e.g. LayerNorms frozen after task 1, or inference of the input only)."""
+    inputs = make_block(2, 9, 6, 5, 3, 3, device=device)
+    _, grads_ref = run_both(inputs, 2, 2)[2:]
+    for wanted in ([0], [1], [2], [3, 6], [1, 2], [5]):
+        args = [t.detach().clone() for t in inputs]
+        floats = [i for i, t in enumerate(args) if t.is_floating_point()]
+        for n in wanted:
+            args[floats[n]].requires_grad_()
+        y = fused.residual_block(*args, 2, 2)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(device))
+        for n in range(7):
+            g = args[floats[n]].grad
+            if n in wanted:
+                torch.testing.assert_close(g, grads_ref[n], rtol=1e-4, atol=1e-4)
+            else:
+                assert g is None
+
+
+def test_block_no_grad_and_empty(device):
+    inputs = make_block(3, 8, 4, 4, 3, 5, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.residual_block(*inputs, 2, 1), reference.residual_block(*inputs, 2, 1),
+                                   rtol=1e-4, atol=1e-4)
+    empty = [t[:0] if n == 0 else t for n, t in enumerate(inputs)]
+    assert fused.residual_block(*empty, 2, 1).shape == (0, 8, 4)
+    x = torch.randn(2, 0, 4, device=device, requires_grad=True)
+    y = fused.residual_block(x, *inputs[1:], 2, 1)
+    assert y.shape == (2, 0, 4)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_opcheck_block(device):
+    x, w1, o1, w2, o2, *ln = make_block(3, 9, 5, 6, 3, 21, device=device, noncontig=True)
+    args = (x.requires_grad_(), w1.requires_grad_(), o1, w2.requires_grad_(), o2, *[p.requires_grad_() for p in ln],
+            2, 2, 1e-5)
+    torch.library.opcheck(torch.ops.conure.residual_block.default, args)
+    torch.library.opcheck(torch.ops.conure.residual_block.default,
+                          tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-3]) + (0, 1, 1e-5))
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    _, h, stats = torch.ops.conure.residual_block(*detached)
+    grad = torch.randn_like(x)
+    for mask in ([True] * 7, [True, False, True, False, False, True, False]):
+        torch.library.opcheck(torch.ops.conure.residual_block_backward.default,
+                              (grad, detached[0], h, stats, *detached[1:9], 2, 2, mask))
+
+
+def test_torch_compile_fullgraph():
+    x, w1, o1, w2, o2, *ln = make_block(2, 11, 6, 6, 3, 8)
+    params = [w1, w2, *ln]
+
+    def loss(x, w1, w2, g1, b1, g2, b2):
+        y = fused.residual_block(x, w1, o1, w2, o2, g1, b1, g2, b2, 3, 2)
+        return fused.residual_block(y, w1, o1, w2, o2, g1, b1, g2, b2, 3, 1).square().mean()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    args = [x.requires_grad_()] + [p.requires_grad_() for p in params]
+    eager = loss(*args)
+    grads_eager = torch.autograd.grad(eager, args)
+    got = compiled(*args)
+    grads = torch.autograd.grad(got, args)
+    torch.testing.assert_close(got, eager)
+    for a, b in zip(grads, grads_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_backbone_uses_fused_block_and_matches_reference_composition():
+    torch.manual_seed(0)
+    net = NextItNet(40, 12, 3, (1, 4, 2))
+    g = torch.Generator().manual_seed(1)
+    for _, conv in net.conv_layers():
+        conv.owner.copy_(torch.randint(0, 4, conv.owner.shape, generator=g, dtype=torch.uint8))
+    with torch.no_grad():
+        for block in net.blocks:
+            for ln in (block.ln1, block.ln2):
+                ln.weight.add_(0.3 * torch.randn(ln.weight.shape, generator=g))
+                ln.bias.add_(0.3 * torch.randn(ln.bias.shape, generator=g))
+    items = torch.randint(0, 40, (4, 17), generator=g)
+    calls = []
+    original = fused.residual_block
+    try:
+        fused.residual_block = lambda *a, **k: calls.append(1) or original(*a, **k)
+        out = net(items, 3)
+    finally:
+        fused.residual_block = original
+    assert len(calls) == len(net.blocks)
+    # The same network from the reference composition.
+    x = net.embedding(items)
+    for block in net.blocks:
+        x = reference.residual_block(x, block.conv1.weight, block.conv1.owner, block.conv2.weight, block.conv2.owner,
+                                     block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, 3,
+                                     block.conv1.dilation, block.ln1.eps)
+    torch.testing.assert_close(out, x, rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    grads_ref = torch.autograd.grad(x.square().sum(), list(net.parameters()))
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_fallback_path(monkeypatch):
+    """Without the compiled ops fused.residual_block runs the reference twin (same numbers)."""
+    inputs = make_block(2, 6, 4, 4, 3, 9)
+    want = fused.residual_block(*inputs, 2, 1)
+    monkeypatch.setattr(fused, "_FUSED", False)
+    torch.testing.assert_close(fused.residual_block(*inputs, 2, 1), want, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad inputs: clear errors before any kernel runs.
+
+def _bad_cases():
+    x, w1, o1, w2, o2, g1, b1, g2, b2 = make_block(2, 5, 4, 3, 3, 0)
+    ok = dict(x=x, w1=w1, owner1=o1, w2=w2, owner2=o2, ln1_weight=g1, ln1_bias=b1, ln2_weight=g2, ln2_bias=b2,
+              task=1, dilation=1, eps=1e-5)
+    yield "x 2-D", dict(ok, x=x[0]), ValueError, "x must be a 3-D tensor"
+    yield "x int", dict(ok, x=x.long()), TypeError, "x must be a floating tensor"
+    yield "x channels", dict(ok, x=torch.randn(2, 5, 6)), ValueError, "x has 6 channels but w1 expects C_in=4"
+    yield "w1 2-D", dict(ok, w1=w1[0]), ValueError, "w1 must be a 3-D tensor"
+    yield "w2 shape", dict(ok, w2=w2[:, :2]), ValueError, "w2 must be [C=4, C_mid=3, K=3]"
+    yield "owner dtype", dict(ok, owner1=o1.long()), TypeError, "owner1 must be a uint8 tensor"
+    yield "owner shape", dict(ok, owner2=o1), ValueError, "owner2 shape"
+    yield "ln shape", dict(ok, ln2_bias=b1), ValueError, "ln2_bias must have shape [3]"
+    yield "w dtype", dict(ok, w1=w1.double()), TypeError, "w1 must have x's dtype"
+    yield "ln dtype", dict(ok, ln1_weight=g1.double()), TypeError, "ln1_weight must have x's dtype"
+    yield "task negative", dict(ok, task=-1), ValueError, "task must be an int in [0, 255]"
+    yield "task too big", dict(ok, task=256), ValueError, "task must be an int in [0, 255]"
+    yield "task bool", dict(ok, task=True), ValueError, "task must be an int"
+    yield "task float", dict(ok, task=1.0), ValueError, "task must be an int"
+    yield "dilation 0", dict(ok, dilation=0), ValueError, "dilation must be an int >= 1"
+    yield "eps 0", dict(ok, eps=0.0), ValueError, "eps must be a positive number"
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])
+def test_block_bad_inputs(case):
+    _, kwargs, error, fragment = case
+    with pytest.raises(error, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        fused.residual_block(**kwargs)
+
+
+def test_block_device_mismatch():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    inputs = make_block(2, 5, 4, 3, 3, 0)
+    inputs[1] = inputs[1].cuda()
+    with pytest.raises(ValueError, match="w1 is on cuda"):
+        fused.residual_block(*inputs, 1, 1)
+
+
+def test_raw_op_checks():
+    """The C++ checks catch what bypasses the wrapper."""
+    x, w1, o1, w2, o2, *ln = make_block(2, 5, 4, 3, 3, 0)
+    with pytest.raises(RuntimeError, match="task must be in"):
+        torch.ops.conure.residual_block(x, w1, o1, w2, o2, *ln, 300, 1, 1e-5)
+    with pytest.raises(RuntimeError, match="w1 must be"):
+        torch.ops.conure.residual_block(x, w2, o2, w2, o2, *ln, 1, 1, 1e-5)
+    y, h, stats = torch.ops.conure.residual_block(x, w1, o1, w2, o2, *ln, 1, 1, 1e-5)
+    with pytest.raises(RuntimeError, match="stats must be"):
+        torch.ops.conure.residual_block_backward(y, x, h, stats[:1], w1, o1, w2, o2, *ln, 1, 1, [True] * 7)
+    with pytest.raises(RuntimeError, match="grad_y must be like x"):
+        torch.ops.conure.residual_block_backward(y[:1], x, h, stats, w1, o1, w2, o2, *ln, 1, 1, [True] * 7)

@@ -1,0 +1,244 @@
+"""Streaming inference (conure.streaming) and multi-task serving (conure.serving) against the full forward."""
+import pytest
+import torch
+
+from conure import fused, reference
+from conure.models import NextItNet
+from conure.serving import MultiTaskServer, all_task_user_vectors, learned_tasks
+from conure.streaming import StackedWeights, StreamingState
+from tests.conftest import requires_compiled
+
+pytestmark = requires_compiled
+
+TOL = 1e-5  # max abs error, float32, every step
+
+
+def make_net(num_items=60, channels=16, k=3, dilations=(1, 4, 2), seed=0, tasks=3, device="cpu"):
+    """A NextItNet with random owner maps (free entries included) and LayerNorm affine away from (1, 0)."""
+    torch.manual_seed(seed)
+    net = NextItNet(num_items, channels, k, dilations)
+    g = torch.Generator().manual_seed(seed + 1)
+    for _, conv in net.conv_layers():
+        conv.owner.copy_(torch.randint(0, tasks + 1, conv.owner.shape, generator=g, dtype=torch.uint8))
+        conv.owner.view(-1)[0] = tasks  # every task owns something
+    with torch.no_grad():
+        for block in net.blocks:
+            for ln in (block.ln1, block.ln2):
+                ln.weight.add_(0.3 * torch.randn(ln.weight.shape, generator=g))
+                ln.bias.add_(0.3 * torch.randn(ln.bias.shape, generator=g))
+    return net.to(device).eval()
+
+
+def left_padded(batch, length, num_items, starts, seed=0, device="cpu"):
+    """Random items; row b is padding (0) before position starts[b]."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, num_items, (batch, length), generator=g)
+    for b, s in enumerate(starts):
+        items[b, :s] = 0
+    return items.to(device)
+
+
+def full_forward(net, items, tasks):
+    with torch.no_grad():
+        return torch.stack([net(items, t) for t in tasks])  # [T, B, L, C]
+
+
+def stream_errors(net, items, tasks, state=None):
+    """Max abs error of every step's output against the full forward at that position."""
+    full = full_forward(net, items, tasks)
+    state = state or StreamingState(net, items.shape[0], tasks)
+    err = 0.0
+    for t in range(items.shape[1]):
+        out = state.step_all(items[:, t])
+        err = max(err, (out - full[:, :, t]).abs().max().item())
+    return err, state
+
+
+@pytest.mark.parametrize("k,dilations", [(3, (1, 4, 2)), (2, (3, 1)), (5, (2,)), (1, (1, 2))])
+def test_stream_long_history_matches_full_forward(k, dilations, device):
+    net = make_net(k=k, dilations=dilations, device=device)
+    items = left_padded(5, 160, 60, [0, 3, 17, 60, 159], seed=k, device=device)  # users starting at different times
+    err, state = stream_errors(net, items, (1, 2, 3))
+    assert err <= TOL
+    assert state.pos.tolist() == [160] * 5
+
+
+def test_stream_dilations_larger_than_history(device):
+    net = make_net(dilations=(16, 32), device=device)
+    items = left_padded(4, 12, 60, [0, 2, 5, 11], device=device)
+    err, _ = stream_errors(net, items, (2,))
+    assert err <= TOL
+
+
+def test_step_single_task_and_embeddings(device):
+    net = make_net(device=device)
+    items = left_padded(3, 20, 60, [0, 4, 9], seed=3, device=device)
+    full = full_forward(net, items, (2,))[0]
+    by_id, by_emb = StreamingState(net, 3, 2), StreamingState(net, 3, 2)
+    for t in range(items.shape[1]):
+        a = by_id.step(items[:, t])
+        b = by_emb.step(net.embedding(items[:, t]).detach(), task=2)
+        assert a.shape == (3, 16)
+        assert (a - full[:, t]).abs().max() <= TOL and torch.equal(a, b)
+
+
+def test_late_joiner_with_pad_history(device):
+    """A user started after n padding items equals the full forward of a history left-padded by n."""
+    net = make_net(device=device)
+    items = left_padded(3, 30, 60, [0, 0, 0], seed=5, device=device)
+    state = StreamingState(net, 3, (1, 3))
+    for n in (0, 7, 500):
+        state.reset_(None, pad_history=n)
+        padded = torch.cat([torch.zeros(3, min(n, 200), dtype=torch.int64, device=device), items], dim=1)
+        full = full_forward(net, padded, (1, 3))[:, :, -items.shape[1]:]
+        for t in range(items.shape[1]):
+            out = state.step_all(items[:, t])
+            assert (out - full[:, :, t]).abs().max() <= TOL
+
+
+def test_gather_scatter_and_state_dict(device):
+    net = make_net(device=device)
+    items = left_padded(6, 40, 60, [0, 5, 9, 0, 30, 2], seed=8, device=device)
+    full = full_forward(net, items, (1, 2, 3))
+    state = StreamingState(net, 6, (1, 2, 3))
+    for t in range(25):
+        state.step_all(items[:, t])
+    saved = state.state_dict()
+    sub = state.gather([4, 1, 1])  # repeats allowed
+    for t in range(25, 40):
+        out = sub.step_all(items[[4, 1, 1], t])
+        assert (out - full[:, [4, 1, 1], t]).abs().max() <= TOL
+    # restore the snapshot into a fresh state (any batch size) and continue the other users
+    restored = StreamingState(net, 1, (1, 2, 3)).load_state_dict(saved)
+    assert restored.batch_size == 6 and torch.equal(restored.pos, torch.full((6,), 25, device=device))
+    restored.scatter_([1], sub.gather([1]))  # user 1 is now at position 40
+    assert restored.pos.tolist() == [25, 40, 25, 25, 25, 25]
+    keep = [0, 2, 3, 4, 5]
+    rest = restored.gather(keep)
+    for t in range(25, 40):
+        out = rest.step_all(items[keep, t])
+        assert (out - full[:, keep, t]).abs().max() <= TOL
+
+
+def test_refresh_weights_after_training(device):
+    net = make_net(device=device)
+    items = left_padded(2, 10, 60, [0, 3], device=device)
+    state = StreamingState(net, 2, 1)
+    with torch.no_grad():
+        for _, conv in net.conv_layers():
+            conv.weight.mul_(1.5)
+    state.refresh_weights(net)
+    err, _ = stream_errors(net, items, (1,), state)
+    assert err <= TOL
+
+
+def test_reference_twin_and_opcheck(device):
+    net = make_net(device=device)
+    items = left_padded(3, 12, 60, [0, 2, 6], device=device)
+    w = StackedWeights(net, (1, 3))
+    ours, ref = StreamingState(w, 3, (1, 3)), StreamingState(w, 3, (1, 3))
+    for t in range(items.shape[1]):
+        x = w.embed(items[:, t], "test")
+        a = ours.step_all(items[:, t])
+        b = reference.stream_step_(x, ref.pos, ref.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps)
+        ref.pos += 1
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for r1, r2 in zip(ours.rings, ref.rings):
+        torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-5)
+    x = w.embed(items[:, 0], "test")
+    torch.library.opcheck(torch.ops.conure.stream_step_.default,
+                          (x, ours.pos, [r.clone() for r in ours.rings], w.wcols, w.ln, w.dilations, 3, w.eps))
+    emb = w.embed(items, "test")
+    torch.library.opcheck(torch.ops.conure.multi_task_forward.default, (emb, w.wcols, w.ln, w.dilations, 3, w.eps, 4))
+
+
+def test_stream_bad_inputs():
+    net = make_net()
+    state = StreamingState(net, 3, (1, 2))
+    with pytest.raises(ValueError, match="need one item per user"):
+        state.step_all(torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="name one"):
+        state.step(torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="not held"):
+        state.step(torch.zeros(3, dtype=torch.int64), task=3)
+    with pytest.raises(ValueError, match=r"item ids must be in \[0, 60\)"):
+        state.step_all(torch.tensor([0, 1, 60]))
+    with pytest.raises(TypeError, match="item ids must be int64"):
+        state.step_all(torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="task id must be an int in"):
+        StreamingState(net, 3, 0)
+    with pytest.raises(ValueError, match="distinct"):
+        StreamingState(net, 3, (1, 1))
+    with pytest.raises(ValueError, match="pre-LN"):
+        StreamingState(NextItNet(10, 8, 3, (1,), pre_ln=False), 2, 1)
+    with pytest.raises(IndexError, match="out of range"):
+        state.gather([3])
+    with pytest.raises(ValueError, match="pad_history"):
+        state.reset_(None, pad_history=-1)
+    other = StreamingState(net, 2, (1,))
+    with pytest.raises(ValueError, match="holds tasks"):
+        state.load_state_dict(other.state_dict())
+    w = state.weights
+    x = torch.zeros(3, 16)
+    with pytest.raises(ValueError, match="pos must be an int64 tensor"):
+        fused.stream_step_(x, state.pos.int(), state.rings, w.wcols, w.ln, w.dilations, 3, w.eps)
+    with pytest.raises(ValueError, match="ring 1 must be a contiguous"):
+        fused.stream_step_(x, state.pos, [state.rings[0], state.rings[0]] + state.rings[2:], w.wcols, w.ln,
+                           w.dilations, 3, w.eps)
+    with pytest.raises(ValueError, match="need 2 weights and 4 LayerNorm vectors per block"):
+        fused.stream_step_(x, state.pos, state.rings, w.wcols[:-1], w.ln, w.dilations, 3, w.eps)
+    with pytest.raises(RuntimeError, match="pos must be >= 0"):
+        torch.ops.conure.stream_step_(x, state.pos - 1, state.rings, w.wcols, w.ln, w.dilations, 3, w.eps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-task serving
+
+def test_serving_matches_loop_over_tasks(device):
+    net = make_net(dilations=(1, 4, 2, 8), device=device)
+    server = MultiTaskServer(net)
+    assert server.tasks == learned_tasks(net) == (1, 2, 3)
+    for length, starts in ((50, [0, 10, 49, 30]), (7, [0, 0, 6, 3]), (1, [0, 0, 0, 0])):
+        items = left_padded(4, length, 60, starts, seed=length, device=device)
+        with torch.no_grad():
+            loop = torch.stack([net.user_vector(items, t) for t in server.tasks])
+        got = server(items)
+        assert got.shape == (3, 4, 16)
+        assert (got - loop).abs().max() <= TOL
+
+
+def test_serving_right_padded_rows_and_task_subset(device):
+    net = make_net(device=device)
+    items = left_padded(4, 20, 60, [0, 0, 0, 0], seed=2, device=device)
+    items[1, 15:] = 0   # right padding: the last real item is at 14
+    items[3, :] = 0     # all padding
+    with torch.no_grad():
+        loop = torch.stack([net.user_vector(items, t) for t in (3, 1)])
+    got = all_task_user_vectors(net, items, (3, 1))
+    assert (got - loop).abs().max() <= TOL
+
+
+def test_multi_task_forward_reference_twin():
+    net = make_net(k=2, dilations=(3, 1, 5))
+    w = StackedWeights(net, (1, 2, 3))
+    items = left_padded(3, 33, 60, [0, 9, 20], seed=4)
+    x = w.embed(items, "test")
+    for out_len in (1, 5, 33):
+        ours = fused.multi_task_forward(x, w.wcols, w.ln, w.dilations, 2, w.eps, out_len)
+        ref = reference.multi_task_forward(x, w.wcols, w.ln, w.dilations, 2, w.eps, out_len)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_serving_bad_inputs():
+    net = make_net()
+    server = MultiTaskServer(net, (1, 2))
+    with pytest.raises(ValueError, match="int64 tensor"):
+        server(torch.zeros(2, 5, dtype=torch.int32))
+    with pytest.raises(ValueError, match="no positions"):
+        server(torch.zeros(2, 0, dtype=torch.int64))
+    w = server.weights
+    x = w.embed(torch.ones(2, 5, dtype=torch.int64), "test")
+    with pytest.raises(ValueError, match=r"out_len must be an int in \[1, L=5\]"):
+        fused.multi_task_forward(x, w.wcols, w.ln, w.dilations, 3, w.eps, 6)
+    with pytest.raises(ValueError, match="weight 1 must be"):
+        fused.multi_task_forward(x, [w.wcols[0], w.wcols[1][:, 1:]] + w.wcols[2:], w.ln, w.dilations, 3, w.eps, 1)
