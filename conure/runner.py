@@ -531,15 +531,15 @@ class Run:
         if has_run and not self.overwrite:
             raise RunError(f"--out {out} already holds a run; use --resume to continue it, --overwrite to start "
                            f"over, or another --out")
-        if has_run and self.overwrite:
-            for f in OUR_FILES:
-                (out / f).unlink(missing_ok=True)
-            for d in OUR_DIRS:
-                if (out / d).is_dir():
-                    shutil.rmtree(out / d)
-        if self.resume:
-            self.echo(f"nothing to resume in {out}: starting a new run")
         return False
+
+    def _clear_dir(self) -> None:
+        """--overwrite: remove what an earlier run wrote here (only conure's own files)."""
+        for f in OUR_FILES:
+            (self.out / f).unlink(missing_ok=True)
+        for d in OUR_DIRS:
+            if (self.out / d).is_dir():
+                shutil.rmtree(self.out / d)
 
     def _ckpt_path(self, method: str) -> Path:
         return self.out / "checkpoints" / f"{method}.safetensors"
@@ -548,17 +548,21 @@ class Run:
     def execute(self) -> Dict[str, Any]:
         cfg = self.cfg
         t_start = time.perf_counter()
-        resuming = self._prepare_dir()
-        self.out.mkdir(parents=True, exist_ok=True)
+        resuming = self._prepare_dir()          # checks only: nothing is written before the data loads
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = select_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(
-            cfg, header="resolved conure run config (every key); rerun with: conure train --config <this file>"))
-
         t0 = time.perf_counter()
         tasks = build_tasks(cfg)
+        if not resuming:
+            if self.resume:
+                self.echo(f"nothing to resume in {self.out}: starting a new run")
+            if self.overwrite:
+                self._clear_dir()
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(
+            cfg, header="resolved conure run config (every key); rerun with: conure train --config <this file>"))
         self.tasks = tasks
         self.task_cfgs = cfg.task_configs()
         self.names = [t.name for t in tasks]
