@@ -57,6 +57,7 @@ class Row:
     check: Optional[Callable] = None  # behaves / bug-wanting-a-result: check(result, ctx) asserts
     code: Optional[str] = None        # isolated: python source run in a child (sets nothing; raises or returns)
     now: str = ""                     # bug: what happens today
+    fused: bool = False               # needs the compiled fused operators (conure.fused.available())
     compiled_only: bool = False       # needs the compiled extension (raw torch.ops calls, compiled behaviour; the
                                       # reference backend's own defects are the ref.* rows)
 
@@ -414,6 +415,50 @@ def iso(src: str) -> str:
     return _PRE + src
 
 
+_FUSED_PRE = ("from conure import fused\n"
+              "RB = torch.ops.conure.residual_block; MT = torch.ops.conure.multi_task_forward\n"
+              "SS = torch.ops.conure.stream_step_; RBW = torch.ops.conure.residual_block_backward\n")
+
+
+def iso_fused(src: str) -> str:
+    return _FUSED_PRE + _BLOCK_SRC + src
+
+
+# Valid fused-op inputs: x [2, 6, 4], conv1 4 -> 3 channels, K = 3; one block stack for T = 1 task.
+_BLOCK_SRC = ("g = torch.Generator().manual_seed(0)\n"
+              "xb = torch.randn(2, 6, 4, generator=g); w1 = torch.randn(3, 4, 3, generator=g)\n"
+              "w2 = torch.randn(4, 3, 3, generator=g)\n"
+              "o1 = torch.ones(3, 4, 3, dtype=torch.uint8); o2 = torch.ones(4, 3, 3, dtype=torch.uint8)\n"
+              "ln = [torch.ones(4), torch.zeros(4), torch.ones(3), torch.zeros(3)]\n"
+              "wc = [torch.randn(1, 12, 4, generator=g) for _ in range(2)]; l4 = [torch.ones(4), torch.zeros(4)] * 2\n"
+              "rings = [torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 4, 4)]\n")
+
+
+def block(**over):
+    """conure.fused.residual_block on valid inputs (as _BLOCK_SRC), with overrides."""
+    from conure import fused
+    ns: Dict[str, object] = {"torch": torch}
+    exec(_BLOCK_SRC, ns)
+    a = dict(x=ns["xb"], w1=ns["w1"], owner1=ns["o1"], w2=ns["w2"], owner2=ns["o2"], ln1_weight=ns["ln"][0],
+             ln1_bias=ns["ln"][1], ln2_weight=ns["ln"][2], ln2_bias=ns["ln"][3], task=1, dilation=1, eps=1e-5)
+    a.update(over)
+    return fused.residual_block(**a)
+
+
+def stack(fn_name, **over):
+    """conure.fused.multi_task_forward / stream_step_ on valid inputs, with overrides."""
+    from conure import fused
+    ns: Dict[str, object] = {"torch": torch}
+    exec(_BLOCK_SRC, ns)
+    if fn_name == "multi_task_forward":
+        a = dict(x=ns["xb"], wcols=ns["wc"], ln_params=ns["l4"], dilations=[1], kernel_size=3, eps=1e-5, out_len=1)
+    else:
+        a = dict(x=ns["xb"][:, 0], pos=torch.tensor([1, 0]), rings=ns["rings"], wcols=ns["wc"], ln_params=ns["l4"],
+                 dilations=[1], kernel_size=3, eps=1e-5)
+    a.update(over)
+    return getattr(fused, fn_name)(**a)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # THE TABLE
 
@@ -708,6 +753,98 @@ ROWS: List[Row] = [
         code=iso("k = P([torch.randn(10, device='meta')], [torch.ones(10, dtype=torch.uint8, device='meta')], 1, 0.5)"
                  "\nraise NoError(f'returned {k}')"), compiled_only=True),
 
+    # ---- conure.fused (the fused block, streaming step and multi-task forward) -----------------------------------
+    raises("fused.block.x_rank", "fused.residual_block", "x 2-D", ValueError,
+           "residual_block: x must be a 3-D tensor [B, L, C], got (6, 4)", lambda c: block(x=torch.randn(6, 4)),
+           fused=True),
+    raises("fused.block.x_int", "fused.residual_block", "x int64", TypeError,
+           "residual_block: x must be a floating tensor, got torch.int64",
+           lambda c: block(x=torch.ones(2, 6, 4, dtype=torch.long)), fused=True),
+    raises("fused.block.dtype_mismatch", "fused.residual_block", "x float64, weights float32", TypeError,
+           "w1 must have x's dtype torch.float64", lambda c: block(x=torch.randn(2, 6, 4, dtype=torch.float64)),
+           fused=True),
+    raises("fused.block.owner_dtype", "fused.residual_block", "owner1 int64", TypeError,
+           "owner1 must be a uint8 tensor, got torch.int64",
+           lambda c: block(owner1=torch.ones(3, 4, 3, dtype=torch.long)), fused=True),
+    raises("fused.block.w2_shape", "fused.residual_block", "w2 not [C, C_mid, K]", ValueError,
+           "w2 must be [C=4, C_mid=3, K=3] to follow w1 (3, 4, 3), got (4, 2, 3)",
+           lambda c: block(w2=torch.randn(4, 2, 3), owner2=torch.ones(4, 2, 3, dtype=torch.uint8)), fused=True),
+    raises("fused.block.ln_shape", "fused.residual_block", "ln1_weight of 5 for 4 channels", ValueError,
+           "ln1_weight must have shape [4], got (5,)", lambda c: block(ln1_weight=torch.ones(5)), fused=True),
+    raises("fused.block.eps", "fused.residual_block", "eps 0", ValueError, "eps must be a positive number, got 0.0",
+           lambda c: block(eps=0.0), fused=True),
+    raises("fused.block.task_256", "fused.residual_block", "task 256", ValueError,
+           "task must be an int in [0, 255]", lambda c: block(task=256), fused=True),
+    behaves("fused.block.huge_dilation", "fused.residual_block", "dilation 2**62", "same as any dilation >= L",
+            lambda c: (block(dilation=2 ** 62), block(dilation=1000)), _close_pair, fused=True),
+    behaves("fused.block.length_zero", "fused.residual_block", "L = 0", "returns [B, 0, C]",
+            lambda c: block(x=torch.randn(2, 0, 4)), lambda y, c: y.shape == (2, 0, 4) or pytest.fail(str(y.shape)),
+            fused=True),
+    behaves("fused.block.nan_x", "fused.residual_block", "NaN in x[0, 2]",
+            "NaN propagates like the reference composition (causally, within row 0)",
+            lambda c: block(x=_nan_at((2, 6, 4), (0, 2, 1))),
+            lambda y, c: torch.equal(y.isnan().any(-1), torch.tensor([[False, False, True, True, True, True],
+                                                                      [False] * 6])) or pytest.fail("pattern"),
+            fused=True),
+    raises("fused.multi.out_len", "fused.multi_task_forward", "out_len 7 > L = 6", ValueError,
+           "out_len must be an int in [1, L=6], got 7", lambda c: stack("multi_task_forward", out_len=7), fused=True),
+    raises("fused.multi.no_blocks", "fused.multi_task_forward", "dilations []", ValueError,
+           "need at least one block (dilations is empty)", lambda c: stack("multi_task_forward", dilations=[]),
+           fused=True),
+    raises("fused.multi.dilation_zero", "fused.multi_task_forward", "a dilation 0", ValueError,
+           "every dilation must be an int >= 1, got 0", lambda c: stack("multi_task_forward", dilations=[0]),
+           fused=True),
+    raises("fused.multi.weight_count", "fused.multi_task_forward", "1 weight for 1 block (needs 2)", ValueError,
+           "need 2 weights and 4 LayerNorm vectors per block (1 blocks), got 1 and 4",
+           lambda c: stack("multi_task_forward", wcols=[torch.randn(1, 12, 4)]), fused=True),
+    raises("fused.multi.weight_shape", "fused.multi_task_forward", "a weight [1, 11, 4] (K * C_in = 12)", ValueError,
+           "weight 0 must be [T=1, K*C_in=12, C_out], got (1, 11, 4)",
+           lambda c: stack("multi_task_forward", wcols=[torch.randn(1, 11, 4), torch.randn(1, 12, 4)]), fused=True),
+    raises("fused.stream.pos_negative", "fused.stream_step_", "pos -1", RuntimeError,
+           "stream_step_: pos must be >= 0, got -1", lambda c: stack("stream_step_", pos=torch.tensor([-1, 0])),
+           fused=True),
+    raises("fused.stream.pos_dtype", "fused.stream_step_", "pos int32", ValueError,
+           "pos must be an int64 tensor [2] on cpu, got (2,) torch.int32",
+           lambda c: stack("stream_step_", pos=torch.tensor([1, 0], dtype=torch.int32)), fused=True),
+    raises("fused.stream.ring_shape", "fused.stream_step_", "ring 1 [1, 2, 3, 4] (needs (K-1)*2*dilation = 4 slots)",
+           ValueError, "ring 1 must be a contiguous (1, 2, 4, 4) tensor of torch.float32 on cpu, got (1, 2, 3, 4)",
+           lambda c: stack("stream_step_", rings=[torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 3, 4)]), fused=True),
+    raises("fused.stream.ring_noncontiguous", "fused.stream_step_", "a non-contiguous ring (written in place)",
+           ValueError, "ring 1 must be a contiguous (1, 2, 4, 4) tensor",
+           lambda c: stack("stream_step_", rings=[torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 4, 8)[..., ::2]]),
+           fused=True),
+    behaves("raw.block.eps_zero", "torch.ops.conure.residual_block", "eps 0 (the wrapper rejects it)",
+            "not checked: a constant row gives NaN (0 / sqrt(0))",
+            code=iso_fused("y = RB(torch.zeros(2, 5, 4), w1, o1, w2, o2, *ln, 1, 1, 0.0)[0]\nassert y.isnan().any()"),
+            compiled_only=True, fused=True),
+    raises("raw.block_bwd.stats_shape", "torch.ops.conure.residual_block_backward", "stats of the wrong shape",
+           RuntimeError, "residual_block_backward: stats must be [2, 2, 2, 6] of Float, got [2, 2, 1, 6]",
+           code=iso_fused("y, h, st = RB(xb, w1, o1, w2, o2, *ln, 1, 1, 1e-5)\n"
+                          "RBW(torch.randn(2, 6, 4), xb, h, st[:, :, :1], w1, o1, w2, o2, *ln, 1, 1, [True] * 7)"),
+           compiled_only=True, fused=True),
+    bug("raw.block.meta_mixed", "torch.ops.conure.residual_block", "ln1_weight on meta, the rest on cpu",
+        "returns uninitialised CPU tensors (the fake kernel in conure/fused.py runs as the Meta kernel for mixed "
+        "meta+cpu inputs)", "an error naming the device", error=Exception, fragment="device",
+        code=iso_fused("y = RB(xb, w1, o1, w2, o2, ln[0].to('meta'), *ln[1:], 1, 1, 1e-5)\n"
+                       "raise NoError(str([t.device.type for t in y]))"), compiled_only=True, fused=True),
+    bug("raw.block_bwd.meta_mixed", "torch.ops.conure.residual_block_backward", "grad_y on meta, the rest on cpu",
+        "returns uninitialised CPU gradients (fake kernel as Meta kernel)", "an error naming the device",
+        error=Exception, fragment="device",
+        code=iso_fused("y, h, st = RB(xb, w1, o1, w2, o2, *ln, 1, 1, 1e-5)\n"
+                       "g = RBW(torch.randn(2, 6, 4, device='meta'), xb, h, st, w1, o1, w2, o2, *ln, 1, 1, [True] * 7)"
+                       "\nraise NoError(str([None if t is None else t.device.type for t in g]))"),
+        compiled_only=True, fused=True),
+    bug("raw.multi.meta_mixed", "torch.ops.conure.multi_task_forward", "one weight on meta, the rest on cpu",
+        "returns an uninitialised CPU tensor (fake kernel as Meta kernel)", "an error naming the device",
+        error=Exception, fragment="device",
+        code=iso_fused("y = MT(xb, [wc[0].to('meta'), wc[1]], l4, [1], 3, 1e-5, 1)\nraise NoError(y.device.type)"),
+        compiled_only=True, fused=True),
+    bug("raw.stream.meta_mixed", "torch.ops.conure.stream_step_", "ring 0 on meta, the rest on cpu",
+        "returns an uninitialised CPU tensor and leaves the CPU rings unchanged (fake kernel as Meta kernel)",
+        "an error naming the device", error=Exception, fragment="device",
+        code=iso_fused("y = SS(xb[:, 0], torch.tensor([3, 1]), [rings[0].to('meta'), rings[1]], wc, l4, [1], 3, 1e-5)"
+                       "\nraise NoError(y.device.type)"), compiled_only=True, fused=True),
+
     # ---- layers: conure.nn ------------------------------------------------------------------------------------------
     raises("nn.conv.ctor_kernel_zero", "nn.MaskedCausalConv1d(...)", "kernel_size 0", ValueError,
            "channels, kernel_size and dilation must be >= 1", lambda c: conure.MaskedCausalConv1d(4, 3, 0)),
@@ -778,6 +915,15 @@ ROWS: List[Row] = [
             lambda c: (lambda n, i: (n(i, 5), n(i, 1)))(
                 (lambda n: (n.claim_free_(1), n)[1])(_net()), torch.ones(2, 5, dtype=torch.long)),
             _expect_equal_pair),
+    behaves("net.nan_embedding", "NextItNet.forward", "a NaN in item 3's embedding, item 3 at position 1 of row 0",
+            "NaN propagates to row 0 at positions 1 .. 1 + receptive field - 1 (1..4 for K = 2, dilations 1, 2), "
+            "nowhere else",
+            lambda c: (lambda n: (n.embedding.weight.data[3].fill_(math.nan), n(torch.tensor([[1, 3, 1, 1, 1, 1, 1],
+                                                                                                [1] * 7]), 1))[1])(
+                _net()),
+            lambda y, c: torch.equal(y.isnan().any(-1), torch.tensor([[False, True, True, True, True, False, False],
+                                                                      [False] * 7])) or pytest.fail(
+                str(y.isnan().any(-1)))),
     raises("net.prune_task_zero", "NextItNet.prune_", "task 0", ValueError, "NextItNet.prune_: task id must be",
            lambda c: _net().prune_(0, 0.5)),
     raises("net.prune_keep", "NextItNet.prune_", "keep_ratio 2", ValueError, "keep_ratio must be a number in [0, 1]",
@@ -1140,9 +1286,18 @@ def run_isolated(cases, timeout=240.0):
     return results
 
 
+def _fused_available() -> bool:
+    try:
+        from conure import fused
+    except ImportError:
+        return False
+    return fused.available()
+
+
 @pytest.fixture(scope="module")
 def isolated_results():
-    rows = [r for r in ROWS if r.isolated and not (r.compiled_only and conure.backend() != "compiled")]
+    rows = [r for r in ROWS if r.isolated and not (r.compiled_only and conure.backend() != "compiled")
+            and not (r.fused and not _fused_available())]
     return run_isolated([(r.id, r.code) for r in rows])
 
 
@@ -1177,6 +1332,8 @@ def _params():
             marks.append(pytest.mark.xfail(strict=True, reason=f"BUG: {row.now}"))
         if row.compiled_only:
             marks.append(pytest.mark.skipif(conure.backend() != "compiled", reason="needs the compiled extension"))
+        if row.fused:
+            marks.append(pytest.mark.skipif(not _fused_available(), reason="needs the compiled fused operators"))
         yield pytest.param(row, id=row.id, marks=marks)
 
 
