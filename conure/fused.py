@@ -23,7 +23,7 @@ import torch
 
 from conure import ops, reference
 
-__all__ = ["available", "residual_block", "stream_step_", "multi_task_forward", "conv_cols"]
+__all__ = ["available", "autocast_dtype", "residual_block", "stream_step_", "multi_task_forward", "conv_cols"]
 
 _FUSED = ops.backend() == "compiled" and hasattr(torch.ops.conure, "residual_block")
 
@@ -132,6 +132,16 @@ def _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps) -> int
 # --------------------------------------------------------------------------------------------------------------
 # residual_block
 
+def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype :func:`residual_block` runs in for ``x`` under an enabled autocast of x's device type, else None
+    (float32/float64 only: other dtypes are taken as they come)."""
+    device_type = x.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    dtype = torch.get_autocast_dtype(device_type)
+    return dtype if dtype in (torch.bfloat16, torch.float16) and x.dtype in (torch.float32, dtype) else None
+
+
 def residual_block(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -163,7 +173,17 @@ def residual_block(
 
     Returns:
         y: [B, L, C], equal to :func:`conure.reference.residual_block`. All float inputs are differentiable.
+
+    Under ``torch.autocast`` (bfloat16 on CPU, float16/bfloat16 on CUDA) the float inputs are cast to the autocast
+    dtype and y comes back in it (LayerNorm statistics and sums are kept in float32 inside the kernels).
     """
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and autocast_dtype(x) is not None:
+        # Under autocast the block runs in the autocast dtype (GEMMs included; statistics stay float32). Float inputs
+        # are cast here, before the checks; autograd carries the gradients back through the casts.
+        dtype = autocast_dtype(x)
+        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = (
+            t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            for t in (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias))
     _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps)
     if not _FUSED:
         return reference.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,

@@ -161,8 +161,8 @@ class ResidualBlock(nn.Module):
     def _fusable(self, x, task) -> bool:
         # Anything unusual (bias, odd inputs: their errors come from the layers) takes the composition.
         w = self.conv1.weight
-        return (fused.available() and isinstance(x, torch.Tensor) and x.dim() == 3 and x.dtype == w.dtype
-                and x.device == w.device and isinstance(task, int) and not isinstance(task, bool)
+        return (fused.available() and isinstance(x, torch.Tensor) and x.dim() == 3 and x.device == w.device
+                and (x.dtype == w.dtype or (x.is_floating_point() and fused.autocast_dtype(x) is not None)) and isinstance(task, int) and not isinstance(task, bool)
                 and 0 <= task <= MAX_TASK and self.conv1.bias is None and self.conv2.bias is None
                 and self.conv2.dilation == 2 * self.conv1.dilation and self.ln1.eps == self.ln2.eps
                 and self.ln1.weight is not None and self.ln2.weight is not None

@@ -187,8 +187,8 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
   const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
   const int64_t K1 = K - j01, K2 = K - j02;
   at::Tensor G1, G2;  // grads of the row-layout weights: [Cm, K1*C], [C, K2*Cm]
-  if (need_w1) G1 = at::zeros({Cm, K1 * C}, opts);
-  if (need_w2) G2 = at::zeros({C, K2 * Cm}, opts);
+  if (need_w1) G1 = at::empty({Cm, K1 * C}, opts);
+  if (need_w2) G2 = at::empty({C, K2 * Cm}, opts);
   if (need_x) gx = at::empty({B, L, C}, opts);
 
   if (B * L > 0 && (need_w2 || need_h)) {
@@ -222,7 +222,7 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
       // conv2: grad of its weights from the recomputed relu(LN2(h)) col, then the col's gradient in its place.
       if (need_w2) {
         k.ln_relu_im2col(hc, ga2, be2, 0.0, K, j02, d2, false, m2, r2, col2, none);
-        gemm(G2, g2d.t(), col2.view({n, K2 * Cm}), true);
+        gemm(G2, g2d.t(), col2.view({n, K2 * Cm}), /*accumulate=*/b0 > 0);
       }
       if (!need_h) continue;
       gemm(col2.view({n, K2 * Cm}), g2d, W2, false);
@@ -233,7 +233,7 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
       at::Tensor col1 = prefix(col, {bc, L, K1 * C});
       if (need_w1) {
         k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, m1, r1, col1, none);
-        gemm(G1, gh2d.t(), col1.view({n, K1 * C}), true);
+        gemm(G1, gh2d.t(), col1.view({n, K1 * C}), /*accumulate=*/b0 > 0);
       }
       if (need_x || need_ln1) {
         gemm(col1.view({n, K1 * C}), gh2d, W1, false);
@@ -246,8 +246,9 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
     gx->copy_(grad_y_in);  // empty batch: nothing to do but the (empty) residual path
   }
   const auto scatter = [&](const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner, int64_t j0) {
-    at::Tensor out = at::zeros(w.sizes(), opts);
-    if (task >= 1) k.scatter_rows(G, owner.contiguous(), task, j0, out);
+    if (task == 0 || B * L == 0) return at::zeros(w.sizes(), opts);  // owner 0 (free) is never active
+    at::Tensor out = at::empty(w.sizes(), opts);  // scatter_rows writes every entry
+    k.scatter_rows(G, owner.contiguous(), task, j0, out);
     return out;
   };
   if (need_w1) gw1 = scatter(G1, w1_in, owner1_in, j01);
