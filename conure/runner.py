@@ -546,6 +546,15 @@ class Run:
 
     # --- main ---------------------------------------------------------------------------------------------------
     def execute(self) -> Dict[str, Any]:
+        """Run every method on the task sequence; returns what results.json holds."""
+        threads = torch.get_num_threads()
+        try:
+            return self._execute()
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    def _execute(self) -> Dict[str, Any]:
         cfg = self.cfg
         t_start = time.perf_counter()
         resuming = self._prepare_dir()          # checks only: nothing is written before the data loads
