@@ -225,7 +225,8 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
         raise CheckpointError(f"{path}: corrupt checkpoint metadata (not JSON)") from None
     if kind is not None and meta.get("kind") != kind:
         what = {"run": "a training run's checkpoint", "export": "an exported task model"}
-        raise CheckpointError(f"{path}: expected {what.get(kind, kind)}, found {what.get(meta.get('kind'), 'another kind')}"
+        found = what.get(meta.get("kind"), "another kind")
+        raise CheckpointError(f"{path}: expected {what.get(kind, kind)}, found {found}"
                               + (" (use the run's checkpoint, not an export)" if kind == "run" else ""))
     return tensors, meta
 
@@ -402,7 +403,8 @@ def _module_cfg(m: nn.Module) -> Dict[str, Any]:
 
 
 def export_task(learner: ContinualLearner, task: int, path: PathLike, vocab: Mapping[str, Any], *,
-                max_len: Optional[int] = None, extra: Optional[Mapping[str, Any]] = None) -> Tuple[Path, InferenceModel]:
+                max_len: Optional[int] = None,
+                extra: Optional[Mapping[str, Any]] = None) -> Tuple[Path, InferenceModel]:
     """Write task ``task``'s inference model to ``path`` (kind ``"export"``); returns (path, the model)."""
     model = inference_model(learner, task, vocab, max_len=max_len, extra=extra)
     tensors = {f"backbone/{k}": v for k, v in model.backbone.state_dict().items()}

@@ -21,7 +21,6 @@ model.channels=128``, ``--set method.compare=[sinmoall]`` or ``--set method.comp
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import inspect
 import os

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 __all__ = ["plot_accuracy_matrix", "plot_capacity", "plot_learning_curves", "plot_run"]
 

@@ -475,7 +475,8 @@ def format_capacity(capacity: Mapping[str, Any], names: Sequence[str]) -> str:
         name = names[t - 1] if t <= len(names) else ""
         lines.append(f"{t:>4} {name[:13]:<14}{int(row['weights']):>14,}{row['share']:>8.1%}{int(row['bytes']):>12,}")
     free = capacity.get("free", 0.0)
-    lines.append(f"{'':>4} {'free':<14}{int(round(free * total)):>14,}{free:>8.1%}{int(capacity.get('free_bytes', 0)):>12,}")
+    free_bytes = int(capacity.get("free_bytes", 0))
+    lines.append(f"{'':>4} {'free':<14}{int(round(free * total)):>14,}{free:>8.1%}{free_bytes:>12,}")
     return "\n".join(lines)
 
 
