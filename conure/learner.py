@@ -284,6 +284,9 @@ class ContinualLearner:
         if data.train.targets.dim() != want or data.test.targets.dim() != 1 or data.valid.targets.dim() != 1:
             raise ValueError(f"task {data.name!r} ({data.kind}): train targets must be {want}-D and valid/test "
                              f"targets 1-D (see conure.data.types)")
+        if config is not None and not isinstance(config, TaskConfig):
+            raise TypeError(f"{type(self).__name__}.learn: config must be a TaskConfig or None, got "
+                            f"{type(config).__name__} (build one with TaskConfig(**options))")
         cfg = config if config is not None else TaskConfig()
         metric = cfg.metric or ("acc" if data.kind == "profile" else f"mrr@{cfg.eval_ks[0]}")
         self._check_new_task(task_id)
@@ -390,6 +393,9 @@ class ContinualLearner:
         return self._user_vectors(task_id, items)
 
     def _user_vectors(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
+        if not isinstance(items, torch.Tensor) or items.dtype != torch.int64:
+            raise ValueError(f"items must be an int64 tensor [B, L] of item ids, got {type(items).__name__}"
+                             f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
         items = items.to(self.device)
         return gather_last(self._encode(task_id, items), items)
 
@@ -415,6 +421,8 @@ class ContinualLearner:
         else:
             if split not in ("train", "valid", "test"):
                 raise ValueError(f"evaluate: split must be 'train', 'valid', 'test' or a Split, got {split!r}")
+            if data is not None and not isinstance(data, TaskData):
+                raise TypeError(f"evaluate: data must be a conure.data.types.TaskData, got {type(data).__name__}")
             source = data if data is not None else self._data.get(task_id)
             if source is None:
                 raise ValueError(f"evaluate: no data attached for task {task_id}; pass data= or call attach_data()")
@@ -518,6 +526,9 @@ class ContinualLearner:
             raise ValueError(f"from_state: unknown method {meta.get('method')!r} (known: {sorted(_METHODS)})")
         if cls is not ContinualLearner and not issubclass(klass, cls):
             raise ValueError(f"from_state: state holds method {meta['method']!r}, not {cls.method!r}")
+        missing = [key for key in ("seed", "modules", "tasks", "results") if key not in meta]
+        if missing:
+            raise ValueError(f"from_state: meta lacks the key(s) {missing}: not a complete conure learner state")
         modules = {name: _build_module(c) for name, c in meta["modules"].items()}
         learner = klass(modules.pop("backbone"), seed=int(meta["seed"]), **meta.get("options", {}))
         for name, m in modules.items():

@@ -58,6 +58,13 @@ class NextItNet(nn.Module):
             raise ValueError("NextItNet.forward: items must be an int64 tensor [B, L], got "
                              f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}"
                              f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
+        if items.numel():
+            # One host sync, worth it: nn.Embedding's own error names neither the id nor the vocabulary (and on
+            # CUDA it is a device-side assert that poisons the context).
+            lo, hi = (int(v) for v in torch.aminmax(items))
+            if lo < 0 or hi >= self.num_items:
+                raise ValueError(f"NextItNet.forward: item ids must be in [0, num_items={self.num_items}) "
+                                 f"(0 = padding), got ids from {lo} to {hi}")
         if patches is not None and len(patches) != len(self.blocks):
             raise ValueError(f"NextItNet.forward: need one patch per block ({len(self.blocks)}), got {len(patches)}")
         x = self.embedding(items)

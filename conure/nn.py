@@ -54,8 +54,10 @@ def last_positions(items: torch.Tensor) -> torch.Tensor:
 
     With left padding this is ``L - 1`` for every non-empty history. An all-padding row gets ``L - 1``.
     """
-    nonpad = items != 0
     length = items.shape[1]
+    if length == 0:
+        raise ValueError("user vector: the histories are empty (L = 0): there is no position to read it from")
+    nonpad = items != 0
     last = length - 1 - nonpad.flip(1).to(torch.uint8).argmax(dim=1)
     return torch.where(nonpad.any(dim=1), last, torch.full_like(last, length - 1))
 

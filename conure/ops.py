@@ -97,10 +97,12 @@ def _check_conv_inputs(x, weight, owner, task, bias, dilation) -> None:
     if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
         raise ValueError("masked_causal_conv1d: weight must be a 3-D tensor [C_out, C_in, K], got "
                          f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    if not isinstance(owner, torch.Tensor):
+        raise TypeError(f"masked_causal_conv1d: owner must be a uint8 tensor, got {type(owner).__name__}")
     if x.shape[2] != weight.shape[1]:
         raise ValueError(f"masked_causal_conv1d: x has {x.shape[2]} channels but weight expects C_in="
                          f"{weight.shape[1]} (x {tuple(x.shape)}, weight {tuple(weight.shape)})")
-    if weight.shape[2] < 1 or weight.shape[0] < 1:
+    if min(weight.shape) < 1:
         raise ValueError(f"masked_causal_conv1d: weight {tuple(weight.shape)} has an empty dimension")
     if not x.is_floating_point() or x.dtype != weight.dtype:
         raise TypeError(f"masked_causal_conv1d: x and weight must share one floating dtype, got {x.dtype} "
@@ -137,7 +139,12 @@ def _check_prune_inputs(weights, owners, task, keep_ratio, where: str) -> None:
     _check_task(task, where)
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 <= keep_ratio <= 1.0:
         raise ValueError(f"{where}: keep_ratio must be a number in [0, 1], got {keep_ratio!r}")
+    for n, (w, o) in enumerate(zip(weights, owners)):
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+            raise TypeError(f"{where}: weight {n} must be a floating tensor")
     device = weights[0].device
+    if device.type == "meta":
+        raise ValueError(f"{where}: meta tensors carry no data, so which weights to keep cannot be computed")
     for n, (w, o) in enumerate(zip(weights, owners)):
         if not isinstance(w, torch.Tensor) or not w.is_floating_point():
             raise TypeError(f"{where}: weight {n} must be a floating tensor")
@@ -220,12 +227,20 @@ def magnitude_prune_many_(
 
 if _COMPILED:
 
+    # These also serve as the Meta kernels, so they check what the compiled kernels would (devices).
+    def _one_device(where: str, *tensors) -> None:
+        devices = {t.device for t in tensors if t is not None}
+        if len(devices) > 1:
+            raise ValueError(f"{where}: all tensors must be on one device, got {sorted(map(str, devices))}")
+
     @torch.library.register_fake("conure::masked_causal_conv1d")
     def _conv_fake(x, weight, owner, task, bias=None, dilation=1):
+        _one_device("masked_causal_conv1d", x, weight, owner, bias)
         return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
 
     @torch.library.register_fake("conure::masked_causal_conv1d_backward")
     def _conv_backward_fake(grad_y, x, weight, owner, task, dilation, output_mask):
+        _one_device("masked_causal_conv1d_backward", grad_y, x, weight, owner)
         gx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None
         gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else None
         gb = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
@@ -233,6 +248,10 @@ if _COMPILED:
 
     @torch.library.register_fake("conure::magnitude_prune_many_")
     def _prune_fake(weights, owners, task, keep_ratio):
+        _one_device("magnitude_prune_", *weights, *owners)
+        if any(t.device.type == "meta" for t in (*weights, *owners)):
+            raise ValueError("magnitude_prune_: meta tensors carry no data, so which weights to keep cannot be "
+                             "computed")
         # The count kept, as a 0-dim int64 CPU tensor (an int return would be data-dependent under tracing).
         return torch.empty((), dtype=torch.int64, device="cpu")
 

@@ -32,9 +32,14 @@ def masked_causal_conv1d(
     """
     active = active_mask(owner, task)
     trainable = owner == task
-    # Frozen weights (owner in 1..task-1) take part in the forward but receive no gradient.
-    w = torch.where(trainable, weight, weight.detach()) * active.to(weight.dtype)
+    # Frozen weights (owner in 1..task-1) take part in the forward but receive no gradient; inactive ones are
+    # selected away (not multiplied by 0), so a NaN in a free or later task's weight cannot reach this task.
+    w = torch.where(active, torch.where(trainable, weight, weight.detach()), torch.zeros((), dtype=weight.dtype))
+    batch, length, _ = x.shape
+    if length == 0:
+        return F.linear(x, w[:, :, -1], bias)  # empty [B, 0, C_out], still attached to autograd
     k = weight.shape[-1]
+    dilation = min(dilation, length)  # a tap reaching past the start reads only zeros: same answer, no huge pad
     xt = F.pad(x.transpose(1, 2), ((k - 1) * dilation, 0))
     y = F.conv1d(xt, w, bias, dilation=dilation)
     return y.transpose(1, 2)

@@ -6,6 +6,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cfenv>
 #include <cmath>
 
@@ -52,7 +53,8 @@ void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Te
   TORCH_CHECK(weight.dim() == 3, "masked_causal_conv1d: weight must be [C_out, C_in, K], got ", weight.sizes());
   TORCH_CHECK(x.size(2) == weight.size(1), "masked_causal_conv1d: x has ", x.size(2),
               " channels, weight expects ", weight.size(1));
-  TORCH_CHECK(weight.size(0) > 0 && weight.size(2) > 0, "masked_causal_conv1d: weight ", weight.sizes(),
+  TORCH_CHECK(weight.size(0) > 0 && weight.size(1) > 0 && weight.size(2) > 0, "masked_causal_conv1d: weight ",
+              weight.sizes(),
               " has an empty dimension");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type() && at::isFloatingType(x.scalar_type()),
               "masked_causal_conv1d: x and weight must share one floating dtype, got ", x.scalar_type(), " and ",
@@ -107,6 +109,7 @@ at::Tensor masked_conv_forward(const ConvKernels& kernels, const at::Tensor& x_i
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), owner = owner_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), C_in = x.size(2), C_out = weight.size(0), K = weight.size(2);
   const int64_t N = B * L;
+  dilation = std::min(dilation, std::max<int64_t>(L, 1));  // taps past the start read zeros; avoids overflow
   at::Tensor y = at::empty({B, L, C_out}, x.options());
   if (N == 0) return y;
   at::Tensor taps = at::empty({K, C_in, C_out}, weight.options());
@@ -138,6 +141,9 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), owner = owner_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), C_in = x.size(2), C_out = weight.size(0), K = weight.size(2);
   const int64_t N = B * L;
+  dilation = std::min(dilation, std::max<int64_t>(L, 1));  // as in the forward
+  TORCH_CHECK(grad_y_in.device() == x.device(), "masked_causal_conv1d_backward: grad_y is on ", grad_y_in.device(),
+              " but x is on ", x.device(), ": all tensors must be on one device");
   TORCH_CHECK(grad_y_in.dim() == 3 && grad_y_in.size(0) == B && grad_y_in.size(1) == L &&
                   grad_y_in.size(2) == C_out && grad_y_in.scalar_type() == x.scalar_type(),
               "masked_causal_conv1d_backward: grad_y must be [", B, ", ", L, ", ", C_out, "] of x's dtype, got ",

@@ -74,6 +74,13 @@ def behaves(id, entry, bad, fragment, run=None, check=None, code=None, **kw) -> 
     return Row(id, entry, bad, "behaves", fragment=fragment, run=run, check=check, code=code, **kw)
 
 
+def fixed(id, entry, bad, now, want, run=None, error=None, fragment="", check=None, code=None, **kw) -> Row:
+    """A former bug row, now fixed: it asserts the outcome its ``bug`` row wanted (``now`` is kept as history)."""
+    if error is not None:
+        return Row(id, entry, bad, "raises", error=error, fragment=fragment or want, run=run, code=code, **kw)
+    return Row(id, entry, bad, "behaves", fragment=want, run=run, check=check, code=code, **kw)
+
+
 def bug(id, entry, bad, now, want, run=None, error=None, fragment="", check=None, code=None, **kw) -> Row:
     """``want`` describes the wanted outcome for the doc; ``error``+``fragment`` or ``check`` assert it."""
     return Row(id, entry, bad, "bug", error=error, fragment=fragment or want, run=run, check=check, code=code,
@@ -476,7 +483,7 @@ ROWS: List[Row] = [
            lambda c: conv(weight=torch.randn(0, 4, 3), owner=torch.ones(0, 4, 3, dtype=torch.uint8))),
     raises("op.conv.k_zero", "ops.masked_causal_conv1d", "weight K = 0", ValueError, "has an empty dimension",
            lambda c: conv(weight=torch.randn(3, 4, 0), owner=torch.ones(3, 4, 0, dtype=torch.uint8))),
-    bug("op.conv.c_in_zero", "ops.masked_causal_conv1d", "C_in = 0 (x [2, 5, 0], weight [3, 0, 3])",
+    fixed("op.conv.c_in_zero", "ops.masked_causal_conv1d", "C_in = 0 (x [2, 5, 0], weight [3, 0, 3])",
         "accepted: the compiled op returns zeros [2, 5, 3] but the reference returns a [2, 5, 0] tensor (backends "
         "disagree)", "ValueError like the other empty dimensions", error=ValueError, fragment="empty dimension",
         run=lambda c: conv(x=torch.randn(2, 5, 0), weight=torch.randn(3, 0, 3),
@@ -493,7 +500,7 @@ ROWS: List[Row] = [
            lambda c: conv(owner=torch.ones(3, 4, 3, dtype=torch.long))),
     raises("op.conv.owner_bool", "ops.masked_causal_conv1d", "owner bool", TypeError, "owner must be uint8",
            lambda c: conv(owner=torch.ones(3, 4, 3, dtype=torch.bool))),
-    bug("op.conv.owner_none", "ops.masked_causal_conv1d", "owner None (not a tensor)",
+    fixed("op.conv.owner_none", "ops.masked_causal_conv1d", "owner None (not a tensor)",
         "AttributeError: 'NoneType' object has no attribute 'device' (conure/ops.py _check_conv_inputs)",
         "TypeError 'owner must be uint8'", error=TypeError, fragment="owner must be", run=lambda c: conv(owner=None)),
     raises("op.conv.owner_shape", "ops.masked_causal_conv1d", "owner shape != weight shape", ValueError,
@@ -518,14 +525,14 @@ ROWS: List[Row] = [
     behaves("op.conv.dilation_beyond_L", "ops.masked_causal_conv1d", "dilation 10**9 (> L)",
             "returns x @ weight[:, :, -1].T: taps before the sequence start see zeros", _last_tap, _close_pair,
             compiled_only=True),
-    bug("ref.conv.dilation_beyond_L", "reference.masked_causal_conv1d (the CONURE_FORCE_REFERENCE backend)",
+    fixed("ref.conv.dilation_beyond_L", "reference.masked_causal_conv1d (the CONURE_FORCE_REFERENCE backend)",
         "dilation 10**12 (> L)", "RuntimeError \"can't allocate memory\": F.pad allocates (K-1)*dilation zeros per "
         "row (with 10**9: 64 GB, which succeeds slowly on a big machine)",
         "the last-tap result, like the compiled op (clamp dilation to L: the same answer)",
         code="x = torch.randn(2, 5, 4); w = torch.randn(3, 4, 3); o = torch.ones(3, 4, 3, dtype=torch.uint8)\n"
              "torch.testing.assert_close(reference.masked_causal_conv1d(x, w, o, 1, None, 10 ** 12), "
              "x @ w[:, :, -1].T)"),
-    bug("op.conv.dilation_int64_overflow", "ops.masked_causal_conv1d", "dilation 2**62 with K = 3 (K-1)*dilation "
+    fixed("op.conv.dilation_int64_overflow", "ops.masked_causal_conv1d", "dilation 2**62 with K = 3 (K-1)*dilation "
         "overflows int64", "RuntimeError 'narrow(): length must be non-negative' (csrc/masked_conv.cpp: "
         "s = (K-1-j) * dilation overflows)", "the same result as any dilation >= L (last tap only)",
         code=iso("y = C(x, w, o, 1, None, 2 ** 62)\n"
@@ -553,7 +560,7 @@ ROWS: List[Row] = [
             lambda c: conv(weight=_nan_at((3, 4, 3), (0, 0, 0)),
                            owner=torch.tensor([0] + [1] * 35, dtype=torch.uint8).view(3, 4, 3)),
             lambda y, c: y.isfinite().all() or pytest.fail("NaN leaked"), compiled_only=True),
-    bug("ref.conv.nan_inactive_weight", "reference.masked_causal_conv1d (the CONURE_FORCE_REFERENCE backend)",
+    fixed("ref.conv.nan_inactive_weight", "reference.masked_causal_conv1d (the CONURE_FORCE_REFERENCE backend)",
         "NaN in a free (owner 0) weight", "y all NaN: w * active gives NaN * 0 = NaN (conure/reference.py), so a "
         "diverged later task poisons earlier tasks' outputs on the reference backend",
         "finite y, like the compiled op", check=lambda y, c: y.isfinite().all() or pytest.fail("NaN"),
@@ -565,7 +572,7 @@ ROWS: List[Row] = [
     behaves("op.conv.length_zero", "ops.masked_causal_conv1d", "L = 0 (forward and backward)",
             "returns [B, 0, C_out]; weight and bias gradients are zeros", _conv_l0_grads, _check_l0,
             compiled_only=True),
-    bug("ref.conv.length_zero", "reference.masked_causal_conv1d (the CONURE_FORCE_REFERENCE backend)", "L = 0",
+    fixed("ref.conv.length_zero", "reference.masked_causal_conv1d (the CONURE_FORCE_REFERENCE backend)", "L = 0",
         "RuntimeError 'Kernel size can't be greater than actual input size' (F.conv1d on the padded input)",
         "an empty [B, 0, C_out] like the compiled op",
         check=lambda y, c: y.shape == (2, 0, 3) or pytest.fail(str(y.shape)),
@@ -603,7 +610,7 @@ ROWS: List[Row] = [
            lambda c: prune(owners=[torch.ones(6, 4, dtype=torch.uint8).T])),
     raises("op.prune.int_weight", "ops.magnitude_prune_many_", "weight int64", TypeError,
            "weight 0 must be a floating tensor", lambda c: prune(weights=[torch.ones(4, 6, dtype=torch.long)])),
-    bug("op.prune.weight_not_tensor", "ops.magnitude_prune_", "weight a list of floats",
+    fixed("op.prune.weight_not_tensor", "ops.magnitude_prune_", "weight a list of floats",
         "AttributeError: 'list' object has no attribute 'device' (conure/ops.py _check_prune_inputs reads "
         "weights[0].device before the type checks)", "TypeError 'weight 0 must be a floating tensor'",
         error=TypeError, fragment="must be a floating tensor",
@@ -645,7 +652,7 @@ ROWS: List[Row] = [
             lambda c: (lambda w, o: (ops.magnitude_prune_many_(w, o, 1, 0.5), o))(
                 torch.arange(12.0).view(3, 4), torch.ones(3, 4, dtype=torch.uint8)),
             lambda r, c: (r[0] == 6 and r[1].flatten().tolist() == [0] * 6 + [1] * 6) or pytest.fail(str(r))),
-    bug("op.prune.meta", "ops.magnitude_prune_", "meta tensors (no data)",
+    fixed("op.prune.meta", "ops.magnitude_prune_", "meta tensors (no data)",
         "returns a garbage count: the fake kernel (conure/ops.py _prune_fake) also serves as the Meta kernel and "
         "returns an uninitialised CPU tensor", "an error saying pruning needs real data",
         error=Exception, fragment="meta", code=iso(
@@ -703,7 +710,7 @@ ROWS: List[Row] = [
             "returns a meta [B, L, C_out] (the fake kernel; it does not validate dtypes)",
             code=iso("y = C(x.to('meta'), w.to('meta'), o.to('meta'), 1, None, 1)\n"
                      "assert y.device.type == 'meta' and y.shape == (2, 5, 3)"), compiled_only=True),
-    bug("raw.conv.bias_meta", "torch.ops.conure.masked_causal_conv1d", "x, weight, owner on cpu, bias on meta",
+    fixed("raw.conv.bias_meta", "torch.ops.conure.masked_causal_conv1d", "x, weight, owner on cpu, bias on meta",
         "returns an uninitialised CPU tensor (the Meta/fake kernel runs for mixed meta+cpu inputs and checks "
         "nothing)", "an error like 'bias must match weight's dtype and device'", error=Exception,
         fragment="device", code=iso("y = C(x, w, o, 1, torch.zeros(3, device='meta'), 1)\n"
@@ -715,7 +722,7 @@ ROWS: List[Row] = [
            "grad_y must be [2, 5, 3] of x's dtype",
            code=iso("BW(torch.randn(2, 5, 3, dtype=torch.float64), x, w, o, 1, 1, [True, True, True])"),
            compiled_only=True),
-    bug("raw.bwd.grad_meta", "torch.ops.conure.masked_causal_conv1d_backward", "grad_y on meta, the rest on cpu",
+    fixed("raw.bwd.grad_meta", "torch.ops.conure.masked_causal_conv1d_backward", "grad_y on meta, the rest on cpu",
         "returns uninitialised CPU gradients (the Meta/fake kernel runs; csrc/masked_conv.cpp never checks "
         "grad_y's device either)", "an error naming the device", error=Exception, fragment="device",
         code=iso("g = BW(torch.randn(2, 5, 3, device='meta'), x, w, o, 1, 1, [True, True, True])\n"
@@ -747,7 +754,7 @@ ROWS: List[Row] = [
            "weight and owner expanded (stride 0) to 2**40 elements", RuntimeError, "owner 0 must be contiguous",
            code=iso("P([torch.randn(1).expand(2 ** 40)], [torch.ones(1, dtype=torch.uint8).expand(2 ** 40)], 1, 0.5)"),
            compiled_only=True),
-    bug("raw.prune.meta", "torch.ops.conure.magnitude_prune_many_", "meta tensors",
+    fixed("raw.prune.meta", "torch.ops.conure.magnitude_prune_many_", "meta tensors",
         "returns an uninitialised 0-dim CPU tensor as the count (the fake kernel serves as the Meta kernel)",
         "an error: the count needs the data", error=Exception, fragment="meta",
         code=iso("k = P([torch.randn(10, device='meta')], [torch.ones(10, dtype=torch.uint8, device='meta')], 1, 0.5)"
@@ -889,17 +896,17 @@ ROWS: List[Row] = [
            lambda c: _net()(torch.ones(2, 5, dtype=torch.long), 256)),
     raises("net.task_str", "NextItNet.user_vector", "task '1'", ValueError, "task id must be an int in [1, 255]",
            lambda c: _net().user_vector(torch.ones(2, 5, dtype=torch.long), "1")),
-    bug("net.item_id_too_large", "NextItNet.forward", "an item id == num_items (out of vocabulary)",
+    fixed("net.item_id_too_large", "NextItNet.forward", "an item id == num_items (out of vocabulary)",
         "IndexError 'index out of range in self' from nn.Embedding, naming neither the id nor num_items (on CUDA: a "
         "device-side assert that poisons the CUDA context)", "ValueError naming num_items",
         error=ValueError, fragment="num_items", run=lambda c: _net(31)(torch.full((2, 5), 31), 1)),
-    bug("net.item_id_negative", "NextItNet.forward", "a negative item id", "IndexError 'index out of range in self' "
+    fixed("net.item_id_negative", "NextItNet.forward", "a negative item id", "IndexError 'index out of range in self' "
         "(CUDA: device-side assert)", "ValueError naming the valid id range", error=ValueError, fragment="num_items",
         run=lambda c: _net(31)(torch.full((2, 5), -1), 1)),
     behaves("net.length_zero_forward", "NextItNet.forward", "items [B, 0]", "returns [B, 0, C]",
             lambda c: _net()(torch.ones(2, 0, dtype=torch.long), 1),
             lambda y, c: y.shape == (2, 0, 8) or pytest.fail(str(y.shape)), compiled_only=True),
-    bug("net.length_zero_user_vector", "NextItNet.user_vector", "items [B, 0]",
+    fixed("net.length_zero_user_vector", "NextItNet.user_vector", "items [B, 0]",
         "IndexError 'argmax(): Expected reduction dim 1 to have non-zero size' (conure/nn.py last_positions)",
         "ValueError saying the histories are empty (L = 0)", error=ValueError, fragment="L = 0",
         run=lambda c: _net().user_vector(torch.ones(2, 0, dtype=torch.long), 1)),
@@ -961,7 +968,7 @@ ROWS: List[Row] = [
            _learn_bad_targets),
     raises("learner.learn.capacity", "ConureLearner.learn", "no free weight left (task 1 kept everything)",
            conure.CapacityError, "no free weights left", _capacity),
-    bug("learner.learn.config_dict", "ConureLearner.learn", "config a dict instead of TaskConfig",
+    fixed("learner.learn.config_dict", "ConureLearner.learn", "config a dict instead of TaskConfig",
         "AttributeError: 'dict' object has no attribute 'metric'", "TypeError naming TaskConfig",
         error=TypeError, fragment="TaskConfig",
         run=_learn_raises_unchanged(lambda c, lr: lr.learn(c.tasks[1], 2, {"epochs": 1}))),
@@ -981,7 +988,7 @@ ROWS: List[Row] = [
     raises("learner.evaluate.wrong_taskdata", "ConureLearner.evaluate", "data= of another task (profile labels "
            "for a ranking task)", ValueError, "target_ranks: targets must lie in [1, 30]",
            lambda c: c.learner.evaluate(1, data=c.tasks[2])),
-    bug("learner.evaluate.data_not_taskdata", "ConureLearner.evaluate", "data= not a TaskData",
+    fixed("learner.evaluate.data_not_taskdata", "ConureLearner.evaluate", "data= not a TaskData",
         "AttributeError: 'object' object has no attribute 'test'", "TypeError naming TaskData", error=TypeError,
         fragment="TaskData", run=lambda c: c.learner.evaluate(1, data=object())),
     raises("learner.evaluate.no_data", "ConureLearner.evaluate", "after from_state, no data attached", ValueError,
@@ -995,14 +1002,14 @@ ROWS: List[Row] = [
            "task id must be an int in [1, 255]", lambda c: c.learner.predict(True, c.items)),
     raises("learner.predict.int32", "ConureLearner.predict", "items int32", ValueError,
            "items must be an int64 tensor [B, L]", lambda c: c.learner.predict(1, c.items.int())),
-    bug("learner.predict.list", "ConureLearner.predict", "items a Python list",
+    fixed("learner.predict.list", "ConureLearner.predict", "items a Python list",
         "AttributeError: 'list' object has no attribute 'to'", "ValueError 'items must be an int64 tensor'",
         error=ValueError, fragment="items must be an int64 tensor",
         run=lambda c: c.learner.predict(1, c.items.tolist())),
-    bug("learner.predict.out_of_vocabulary", "ConureLearner.predict", "item ids >= num_items",
+    fixed("learner.predict.out_of_vocabulary", "ConureLearner.predict", "item ids >= num_items",
         "IndexError 'index out of range in self' (see net.item_id_too_large)", "ValueError naming num_items",
         error=ValueError, fragment="num_items", run=lambda c: c.learner.predict(1, c.items + 1000)),
-    bug("learner.predict.length_zero", "ConureLearner.predict", "items [B, 0]",
+    fixed("learner.predict.length_zero", "ConureLearner.predict", "items [B, 0]",
         "IndexError 'argmax(): Expected reduction dim 1 to have non-zero size' (see net.length_zero_user_vector)",
         "ValueError saying the histories are empty (L = 0)", error=ValueError, fragment="L = 0",
         run=lambda c: c.learner.predict(1, c.items[:, :0])),
@@ -1017,7 +1024,7 @@ ROWS: List[Row] = [
            "unknown method None", _from_state_without_meta("method")),
     raises("learner.from_state.method_mismatch", "ConureLearner.from_state", "a state of another method (sinmo)",
            ValueError, "state holds method 'sinmo', not 'conure'", _method_mismatch),
-    *[bug(f"learner.from_state.no_{key}", "ContinualLearner.from_state", f"meta without '{key}'",
+    *[fixed(f"learner.from_state.no_{key}", "ContinualLearner.from_state", f"meta without '{key}'",
           f"KeyError: '{key}'", f"ValueError naming the missing key '{key}'", error=ValueError, fragment=key,
           run=_from_state_without_meta(key)) for key in ("seed", "modules", "tasks", "results")],
     raises("learner.from_state.missing_tensor", "ContinualLearner.from_state", "a tensor missing", RuntimeError,
