@@ -539,7 +539,13 @@ class ContinualLearner:
         learner.tasks = {int(t["task"]): {k: v for k, v in t.items() if k != "task"} for t in meta["tasks"]}
         learner.results = [list(r) for r in meta["results"]]
         learner.history = copy.deepcopy(list(meta.get("history", [])))
+        if isinstance(learner, ConureLearner):
+            learner.frozen_digests = {t: learner.task_digest(t) for t in learner.learned_tasks}
         return learner
+
+
+class FrozenWeightsError(RuntimeError):
+    """A finished task's weights changed while a later task was learned."""
 
 
 class ConureLearner(ContinualLearner):
@@ -563,6 +569,7 @@ class ConureLearner(ContinualLearner):
             raise ValueError(f"ConureLearner: keep_ratios must be in [0, 1], got {keep_ratios!r}")
         self.keep_ratios = ratios
         self._snapshots = None    # during a phase: (weight, not-owned-by-the-task mask, values at phase start)
+        self.frozen_digests: Dict[int, str] = {}   # task -> task_digest() when it was frozen, checked every phase
 
     def learn(self, task_data: TaskData, task_id: int, config: Optional[TaskConfig] = None) -> Dict[str, object]:
         """Learn a task: claim the free weights -> train -> prune -> retrain -> freeze (then evaluate all tasks)."""
@@ -570,12 +577,39 @@ class ConureLearner(ContinualLearner):
         with self._undo_on_error(task_id):
             claimed = self.backbone.claim_free_(task_id)       # every free conv weight now belongs to task_id
             self._fit(task_id, cfg.epochs, cfg, "train")       # tasks 1..task_id-1 used but frozen
+            self._verify_frozen(f"task {task_id}: after training")
             kept = self.backbone.prune_(task_id, self.keep_ratio(task_id, cfg))   # the rest is free again
             self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
             self._verify_replicas(f"task {task_id}: after pruning")   # DDP: same owner maps on every rank
             if sum(kept.values()) < sum(claimed.values()):
                 self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses pruned weights
-        return self._end(task_id)                              # freeze; a row of the accuracy matrix
+                self._verify_frozen(f"task {task_id}: after retraining")
+        summary = self._end(task_id)                           # freeze; a row of the accuracy matrix
+        self.frozen_digests[task_id] = self.task_digest(task_id)
+        return summary
+
+    @torch.no_grad()
+    def task_digest(self, task_id: int) -> str:
+        """sha256 of everything task ``task_id``'s outputs depend on that it owns: its conv entries (positions and
+        values), its head, and for task 1 the embedding and LayerNorms."""
+        digest = hashlib.sha256()
+        tensors = []
+        for _, layer in self.backbone.conv_layers():
+            owned = layer.owner == task_id
+            tensors += [owned, layer.weight[owned]]
+        tensors += list(self.head(task_id).state_dict().values())
+        if task_id == 1:
+            tensors += list(self.backbone.shared_parameters())
+        for t in tensors:
+            digest.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def _verify_frozen(self, where: str) -> None:
+        """Raise :class:`FrozenWeightsError` if a finished task's weights changed (the no-forgetting guarantee)."""
+        for t, expected in self.frozen_digests.items():
+            if self.task_digest(t) != expected:
+                raise FrozenWeightsError(f"{where}: the frozen weights of task {t} changed; its outputs would no "
+                                         f"longer be those it was evaluated with")
 
     def keep_ratio(self, task_id: int, cfg: Optional[TaskConfig] = None) -> float:
         if cfg is not None and cfg.keep_ratio is not None:

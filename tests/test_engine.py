@@ -17,7 +17,7 @@ from conure import metrics as M
 from conure import reference
 from conure.baselines import METHODS, make_method
 from conure.data import make_synthetic_tasks
-from conure.learner import ConureLearner, ContinualLearner, TaskConfig
+from conure.learner import FrozenWeightsError, ConureLearner, ContinualLearner, TaskConfig
 from conure.models import NextItNet
 from conure.nn import CapacityError, MaskedCausalConv1d, ResidualBlock, last_positions
 
@@ -236,14 +236,23 @@ def test_earlier_tasks_stay_bit_identical(which, request):
 
 
 def test_without_the_restore_adamw_moves_frozen_weights(tasks, probe, monkeypatch):
-    """The negative control: the exactness above is the learner's doing, not luck."""
+    """The negative control: the exactness above is the learner's doing, not luck; and the run-time guard
+    (a digest of every finished task, checked after each phase) catches the violation."""
     monkeypatch.setattr(ConureLearner, "_after_step", lambda self, task_id: None)
     learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=0.3, seed=0)
     cfg = TaskConfig(epochs=1, retrain_epochs=1, batch_size=64, optimizer="adamw", weight_decay=0.5, lr=5e-3)
     learner.learn(tasks[0], 1, cfg)
     before, pred = task_hash(learner, 1), learner.predict(1, probe)
-    learner.learn(tasks[1], 2, cfg)
+    with pytest.raises(FrozenWeightsError, match="task 2: after training: the frozen weights of task 1 changed"):
+        learner.learn(tasks[1], 2, cfg)
     assert task_hash(learner, 1) != before and not torch.equal(learner.predict(1, probe), pred)
+    assert learner.learned_tasks == [1]   # the failed task was undone
+
+
+def test_frozen_digests_survive_a_state_round_trip(conure_adam):
+    learner, _ = conure_adam
+    again = ContinualLearner.from_state(learner.state_tensors(), learner.state_meta())
+    assert again.frozen_digests == learner.frozen_digests and len(learner.frozen_digests) == 4
 
 
 def test_pruning_keeps_requested_counts(conure_adam):
