@@ -3,7 +3,7 @@ from conure import ops, reference  # ops first: it loads the compiled extension 
 from conure import metrics
 from conure.baselines import METHODS, make_method
 from conure.heads import ItemHead, NextItemHead, ProfileHead
-from conure.learner import ContinualLearner, ConureLearner, TaskConfig
+from conure.learner import ContinualLearner, ConureLearner, FrozenWeightsError, TaskConfig
 from conure.models import NextItNet
 from conure.nn import BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock
 from conure.ops import backend
@@ -13,5 +13,5 @@ __all__ = [
     "ops", "reference", "metrics", "backend", "__version__",
     "MaskedCausalConv1d", "ResidualBlock", "BottleneckPatch", "CapacityError", "NextItNet",
     "NextItemHead", "ItemHead", "ProfileHead",
-    "ContinualLearner", "ConureLearner", "TaskConfig", "METHODS", "make_method",
+    "ContinualLearner", "ConureLearner", "FrozenWeightsError", "TaskConfig", "METHODS", "make_method",
 ]
