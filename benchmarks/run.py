@@ -1,10 +1,18 @@
 """Ratio table of conure's operators against the pure-torch reference, measured in one run.
 
-    python benchmarks/run.py [--suite ops] [--repeats 15] [--threads 2] [--json FILE] [--no-memory]
+    python benchmarks/run.py [--suite ops|model|all] [--repeats 15] [--threads 2] [--clock wall|cpu] [--json FILE]
+                             [--no-memory] [--filter TEXT]
+
+Suites: ``ops`` (the conv and prune operators), ``model`` (benchmarks/model_cases.py: fused block, training step at the
+paper shape, streaming step, multi-task serving, bfloat16 autocast).
 
 Each row: median milliseconds of ours and of the reference (interleaved repeats, so drift hits both), their ratio
 (reference / ours: > 1 means ours is faster) and peak memory of each. CPU peak memory is the growth of the
 process's maximum resident set while the case runs, measured in a fresh subprocess per case.
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared with other jobs it
+does not count time spent waiting for a core (use it with ``--threads 1``: with more threads, idle OpenMP workers
+spinning at a barrier are counted too).
 """
 from __future__ import annotations
 
@@ -80,15 +88,15 @@ def cases(suite):
     return out
 
 
-def time_pair(ours, ref, repeats):
+def time_pair(ours, ref, repeats, clock=time.perf_counter):
     for _ in range(2):
         ours(), ref()
     t_ours, t_ref = [], []
     for _ in range(repeats):
         for fn, acc in ((ours, t_ours), (ref, t_ref)):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            acc.append((time.perf_counter() - start) * 1e3)
+            acc.append((clock() - start) * 1e3)
     return statistics.median(t_ours), statistics.median(t_ref)
 
 
@@ -118,18 +126,22 @@ def main(argv=None):
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall clock (default) or process CPU time (robust on a shared machine with --threads 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     rows = []
     print(f"torch {torch.__version__}, conure backend {ops.backend()}, threads {args.threads}, "
-          f"cpu gemm {torch.ops.conure.cpu_gemm_backend() if ops.backend() == 'compiled' else '-'}")
+          f"cpu gemm {torch.ops.conure.cpu_gemm_backend() if ops.backend() == 'compiled' else '-'}, "
+          f"clock {args.clock}, load average {_load()}")
     print("| case | ours ms | reference ms | ratio | ours peak MiB | reference peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, factory in cases(args.suite).items():
         if args.filter not in name:
             continue
         ours, ref = factory()
-        t_ours, t_ref = time_pair(ours, ref, args.repeats)
+        t_ours, t_ref = time_pair(ours, ref, args.repeats, clock)
         row = {"name": name, "ours_ms": round(t_ours, 3), "reference_ms": round(t_ref, 3),
                "ratio": round(t_ref / t_ours, 3)}
         if not args.no_memory:
@@ -138,9 +150,17 @@ def main(argv=None):
         rows.append(row)
         print(f"| {name} | {row['ours_ms']:.2f} | {row['reference_ms']:.2f} | {row['ratio']:.2f} | "
               f"{row.get('ours_peak_mib', '-')} | {row.get('reference_peak_mib', '-')} |", flush=True)
+    print(f"load average at the end {_load()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def _load() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
 
 
 if __name__ == "__main__":
