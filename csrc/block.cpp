@@ -364,7 +364,7 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
 
 // Backbone output at the last out_len positions for T tasks: [T, B, out_len, C]. Each block computes only the
 // positions later blocks need (the receptive field of the last out_len outputs), the first conv's LayerNorm +
-// im2col is shared by the tasks, and sequences go a chunk at a time.
+// im2col is shared by the tasks, and sequences go a chunk at a time, each chunk task by task through the blocks.
 at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::TensorList wcols, at::TensorList ln,
                               at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len) {
   TORCH_CHECK(x_in.dim() == 3 && at::isFloatingType(x_in.scalar_type()),
@@ -389,34 +389,45 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
   at::Tensor none;
   std::vector<at::Tensor> g(4 * nb);
   for (int64_t v = 0; v < 4 * nb; ++v) g[v] = ln[v].contiguous();
+  // Scratch: block 0's first col (shared by the tasks) and one col buffer reused by every other conv.
+  const int64_t j0_first = first_tap(K, dil[0], need[0]);
+  const int64_t shared_numel = Bc * m1[0] * (K - j0_first) * C;
+  int64_t col_numel = 0;
+  for (int64_t l = 0; l < nb; ++l)
+    col_numel = std::max({col_numel, Bc * m1[l] * K * C, Bc * need[l + 1] * K * wcols[2 * l].size(2)});
+  at::Tensor work = scratch(shared_numel + col_numel, x.options());
+  at::Tensor shared_buf = work.narrow(0, 0, shared_numel), col_buf = work.narrow(0, shared_numel, col_numel);
   for (int64_t b0 = 0; b0 < B; b0 += Bc) {
     const int64_t bc = std::min(Bc, B - b0);
-    at::Tensor z = x.narrow(0, b0, bc).narrow(1, L - need[0], need[0]).contiguous().unsqueeze(0);
-    for (int64_t l = 0; l < nb; ++l) {
-      const int64_t d = dil[l], Lin = need[l], M1 = m1[l], Nout = need[l + 1];
-      const at::Tensor &w1 = wcols[2 * l], &w2 = wcols[2 * l + 1];
-      const int64_t Cm = w1.size(2), Tz = z.size(0);
-      // conv1 over the last M1 positions of the Lin-long input.
-      const int64_t j01 = first_tap(K, d, Lin), K1 = K - j01;
-      at::Tensor h = at::empty({T, bc, M1, Cm}, x.options());
-      at::Tensor col1 = at::empty({bc, M1, K1 * C}, x.options());
-      for (int64_t t = 0; t < T; ++t) {
-        if (t == 0 || Tz > 1) k.ln_relu_im2col(z[Tz > 1 ? t : 0], g[4 * l], g[4 * l + 1], eps, K, j01, d, true,
-                                               none, none, col1, none);
-        gemm(h[t].view({bc * M1, Cm}), col1.view({bc * M1, K1 * C}), w1[t].narrow(0, j01 * C, K1 * C), false);
+    const at::Tensor xin = x.narrow(0, b0, bc).narrow(1, L - need[0], need[0]).contiguous();
+    at::Tensor shared = prefix(shared_buf, {bc, m1[0], (K - j0_first) * C});
+    k.ln_relu_im2col(xin, g[0], g[1], eps, K, j0_first, dil[0], true, none, none, shared, none);
+    // Task by task through the blocks (one task's activations live at a time).
+    for (int64_t t = 0; t < T; ++t) {
+      at::Tensor z = xin;
+      for (int64_t l = 0; l < nb; ++l) {
+        const int64_t d = dil[l], Lin = need[l], M1 = m1[l], Nout = need[l + 1];
+        const at::Tensor &w1 = wcols[2 * l], &w2 = wcols[2 * l + 1];
+        const int64_t Cm = w1.size(2);
+        // conv1 over the last M1 positions of the Lin-long input.
+        const int64_t j01 = first_tap(K, d, Lin), K1 = K - j01;
+        at::Tensor col1 = shared;
+        if (l > 0) {
+          col1 = prefix(col_buf, {bc, M1, K1 * C});
+          k.ln_relu_im2col(z, g[4 * l], g[4 * l + 1], eps, K, j01, d, true, none, none, col1, none);
+        }
+        at::Tensor h = at::empty({bc, M1, Cm}, x.options());
+        gemm(h.view({bc * M1, Cm}), col1.view({bc * M1, K1 * C}), w1[t].narrow(0, j01 * C, K1 * C), false);
+        // conv2 over the last Nout positions of h, plus the residual.
+        const int64_t j02 = first_tap(K, 2 * d, M1), K2 = K - j02;
+        at::Tensor col2 = prefix(col_buf, {bc, Nout, K2 * Cm});
+        k.ln_relu_im2col(h, g[4 * l + 2], g[4 * l + 3], eps, K, j02, 2 * d, true, none, none, col2, none);
+        at::Tensor y = l == nb - 1 ? out[t].narrow(0, b0, bc) : at::empty({bc, Nout, C}, x.options());
+        y.copy_(z.narrow(1, Lin - Nout, Nout));
+        gemm(y.view({bc * Nout, C}), col2.view({bc * Nout, K2 * Cm}), w2[t].narrow(0, j02 * Cm, K2 * Cm), true);
+        z = y;
       }
-      // conv2 over the last Nout positions of h, plus the residual.
-      const int64_t j02 = first_tap(K, 2 * d, M1), K2 = K - j02;
-      at::Tensor y = at::empty({T, bc, Nout, C}, x.options());
-      at::Tensor col2 = at::empty({bc, Nout, K2 * Cm}, x.options());
-      for (int64_t t = 0; t < T; ++t) {
-        k.ln_relu_im2col(h[t], g[4 * l + 2], g[4 * l + 3], eps, K, j02, 2 * d, true, none, none, col2, none);
-        y[t].copy_(z[Tz > 1 ? t : 0].narrow(1, Lin - Nout, Nout));
-        gemm(y[t].view({bc * Nout, C}), col2.view({bc * Nout, K2 * Cm}), w2[t].narrow(0, j02 * Cm, K2 * Cm), true);
-      }
-      z = y;
     }
-    out.narrow(1, b0, bc).copy_(z);
   }
   return out;
 }
