@@ -46,7 +46,8 @@ from conure.heads import TaskHead, head_from_config, make_head
 from conure.models import NextItNet
 from conure.nn import BottleneckPatch, check_task_id, gather_last
 
-__all__ = ["TaskConfig", "ContinualLearner", "ConureLearner", "PatchStack", "derive_seed"]
+__all__ = ["TaskConfig", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint", "ResumeError",
+           "derive_seed"]
 
 
 @dataclass
@@ -87,6 +88,29 @@ class TaskConfig:
         d = dataclasses.asdict(self)
         d["eval_ks"] = list(self.eval_ks)
         return d
+
+
+@dataclass
+class ResumePoint:
+    """A phase of a task as it was after its last completed epoch: what :attr:`ContinualLearner.resume_from`
+    continues from (:mod:`conure.runner` reads it from a checkpoint written by an ``on_epoch_end`` hook)."""
+
+    task: int
+    phase: str                              # "train" or "retrain"
+    epoch: int                              # the last completed epoch; training continues with epoch + 1
+    stopped: bool                           # early stopping had ended the phase after that epoch
+    best_value: float
+    best_epoch: int
+    history: List[Dict[str, object]]        # the learner's history then (earlier phases' records included)
+    model: Dict[str, torch.Tensor]          # learner.store.state_dict()
+    optimizer: Dict[str, object]            # the phase optimizer's state_dict()
+    generator: torch.Tensor                 # the phase generator's state (shuffling, negatives)
+    torch_rng: torch.Tensor                 # torch.get_rng_state()
+    best: List[torch.Tensor]                # the phase's best parameters so far, in the order _fit trains them
+
+
+class ResumeError(ValueError):
+    """A :class:`ResumePoint` that does not fit the learner or the task it is applied to."""
 
 
 def derive_seed(seed: int, *parts) -> int:
@@ -167,6 +191,8 @@ class ContinualLearner:
 
     method = "base"
     dist_context = None   # conure.distributed.DistContext; None: the initialized process group if any; False: never
+    on_epoch_end = None   # callable(state) after every epoch, see _fit; e.g. per-epoch logs and checkpoints
+    resume_from = None    # a ResumePoint: learning its task continues from there (see _fit); cleared once used
 
     def __init__(self, backbone: NextItNet, *, seed: int = 0) -> None:
         if not isinstance(backbone, NextItNet):
@@ -316,7 +342,16 @@ class ContinualLearner:
 
     def _fit(self, task_id: int, epochs: int, cfg: TaskConfig, phase: str) -> Dict[str, object]:
         """Train ``task_id``'s head and :meth:`_trainable` for up to ``epochs`` epochs with a fresh optimizer;
-        early-stop on the validation metric and end with the best weights of the phase (epoch 0 included)."""
+        early-stop on the validation metric and end with the best weights of the phase (epoch 0 included).
+
+        After every epoch's best/patience decision, :attr:`on_epoch_end` (if set) receives a dict: ``task``,
+        ``phase``, ``epoch``, ``epochs``, ``stopped``, ``best_value``, ``best_epoch``, ``record`` (the epoch's history
+        entry) and the live ``learner``, ``optimizer``, ``generator``, ``best`` (best parameters so far) and
+        ``params`` (the trained parameters). With :attr:`resume_from` on this task, a phase that had ended before it
+        is skipped (its saved result is returned) and the phase it names continues after its epoch (:meth:`_resume`)."""
+        point = self.resume_from if self.resume_from is not None and self.resume_from.task == task_id else None
+        if point is not None and point.phase != phase:
+            return self._ended_phase(point, phase)
         head = self.store[f"head_{task_id}"]
         params = list(self._trainable(task_id)) + list(head.parameters())
         for p in self.store.parameters():
@@ -326,12 +361,18 @@ class ContinualLearner:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, phase))
+        if point is not None:
+            best = self._resume(point, params, opt, gen)
+            best_value, best_epoch, stopped, first = point.best_value, point.best_epoch, point.stopped, point.epoch + 1
         step = self._train_step(task_id, cfg, phase, gen)
         self._phase_start(task_id)
-        best_value, best_epoch = self._valid_metric(task_id), 0
-        best = [p.detach().clone() for p in params]
+        if point is None:
+            best_value, best_epoch, stopped, first = self._valid_metric(task_id), 0, False, 1
+            best = [p.detach().clone() for p in params]
         self.store.train()
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first, epochs + 1):
+            if stopped:
+                break
             start, total, count = time.perf_counter(), torch.zeros(()), 0
             for items, targets in step.batches(epoch):
                 loss = step.loss(items, targets)
@@ -343,14 +384,19 @@ class ContinualLearner:
                 self._after_step(task_id)
                 total, count = total + loss.detach().cpu(), count + 1
             value = self._valid_metric(task_id)
-            self.history.append({"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
-                                 "loss": step.mean_loss(total, count), "valid": value,
-                                 "seconds": time.perf_counter() - start})
+            record = {"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
+                      "loss": step.mean_loss(total, count), "valid": value, "seconds": time.perf_counter() - start}
+            self.history.append(record)
             if value > best_value or math.isnan(best_value):
                 best_value, best_epoch = value, epoch
                 best = [p.detach().clone() for p in params]
             elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
-                break
+                stopped = True
+            if self.on_epoch_end is not None:
+                self.on_epoch_end({"task": task_id, "phase": phase, "epoch": epoch, "epochs": epochs,
+                                   "stopped": stopped, "best_value": best_value, "best_epoch": best_epoch,
+                                   "record": record, "learner": self, "optimizer": opt, "generator": gen,
+                                   "best": best, "params": params})
         with torch.no_grad():
             for p, b in zip(params, best):
                 p.copy_(b)
@@ -361,6 +407,37 @@ class ContinualLearner:
         self.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
                              "best_valid": best_value})
         return {"best_epoch": best_epoch, "best_valid": best_value}
+
+    def _resume(self, point: ResumePoint, params: List[nn.Parameter], opt: torch.optim.Optimizer,
+                gen: torch.Generator) -> List[torch.Tensor]:
+        """Put the phase back as it was after ``point.epoch`` (weights and owner maps, history, optimizer, random
+        streams) and clear :attr:`resume_from`; returns the phase's best parameters so far."""
+        where = f"cannot resume task {point.task} {point.phase}"
+        if len(point.best) != len(params) or any(b.shape != p.shape for b, p in zip(point.best, params)):
+            raise ResumeError(f"{where}: the saved early-stopping state does not match the model")
+        try:
+            self.store.load_state_dict(point.model, strict=True)
+            opt.load_state_dict(point.optimizer)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ResumeError(f"{where}: the saved state does not fit the model ({str(e).splitlines()[0][:200]})"
+                              ) from None
+        self.history = [dict(r) for r in point.history]
+        gen.set_state(point.generator)
+        torch.set_rng_state(point.torch_rng)
+        self.resume_from = None
+        return [b.to(p.device) for b, p in zip(point.best, params)]
+
+    def _ended_phase(self, point: ResumePoint, phase: str) -> Dict[str, object]:
+        """Resuming in a later phase of ``point.task``: this phase had ended; its weights come back with the later
+        phase's state, its result from the saved history."""
+        record = next((r for r in point.history if r.get("event") == "phase" and r.get("task") == point.task
+                       and r.get("phase") == phase), None)
+        if record is None:
+            raise ResumeError(f"cannot resume task {point.task}: the saved state is in phase {point.phase!r} but has "
+                              f"no record of phase {phase!r}")
+        for p in self.store.parameters():
+            p.requires_grad_(False)
+        return {"best_epoch": record["best_epoch"], "best_valid": record["best_valid"]}
 
     def _valid_metric(self, task_id: int) -> float:
         info = self._current if task_id not in self.tasks else self.tasks[task_id]

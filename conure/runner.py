@@ -16,13 +16,12 @@ Resuming (``resume=True``) restarts every method from its checkpoint: completed 
 progress continues after its last completed epoch with the same optimizer state and random streams, so the run
 ends with exactly the result of an uninterrupted one (same seed, same machine and thread count).
 
-How mid-task resume works with the engine: :meth:`conure.learner.ContinualLearner.learn` trains each phase
-with ``_fit``, which has no per-epoch hook. The run replaces a learner's ``_fit`` (instance attribute) with
-:class:`EpochLoop`, the same loop plus a callback after every epoch and the ability to start from a saved epoch.
-To resume, the learner is rebuilt as it was after its last completed task and ``learn`` is called again; the
-loop skips phases that had finished (``learn``'s own steps between phases, claim and prune, only change what
-the restore then overwrites, and their counts do not depend on weight values) and restores the saved state in the
-phase that was running. ``tests/test_checkpoint.py`` checks that the loop matches the engine's ``_fit`` bit for bit.
+How mid-task resume works with the engine: a run sets the learner's ``on_epoch_end`` hook
+(:meth:`conure.learner.ContinualLearner._fit`), which logs every epoch and checkpoints it (:func:`phase_tensors`). To
+resume, the learner is rebuilt as it was after its last completed task, its ``resume_from`` is set to the checkpoint's
+:class:`~conure.learner.ResumePoint` (:func:`resume_point`) and ``learn`` is called again: phases that had finished
+are skipped (``learn``'s own steps between phases, claim and prune, only change what the restore then overwrites, and
+their counts do not depend on weight values) and the phase that was running continues from its saved state.
 """
 from __future__ import annotations
 
@@ -34,7 +33,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -46,12 +44,12 @@ from conure.baselines import make_method
 from conure.config import ConfigError, RunConfig, config_to_dict, dump_config, identity_diff, parse_config
 from conure.data import DataError, build_task_sequence, load_dataset
 from conure.data.types import Split, TaskData
-from conure.learner import ContinualLearner, TaskConfig, derive_seed
+from conure.learner import ContinualLearner, ResumeError, ResumePoint, TaskConfig, derive_seed
 from conure.models import NextItNet
 
-__all__ = ["RunError", "Run", "build_tasks", "baselines", "new_learner", "EpochLoop", "select_device",
-           "read_sequences", "predict_rows", "evaluate_checkpoint", "describe_checkpoint", "format_matrix",
-           "format_capacity", "progress_enabled"]
+__all__ = ["RunError", "Run", "build_tasks", "baselines", "new_learner", "resume_point", "phase_tensors",
+           "select_device", "read_sequences", "predict_rows", "evaluate_checkpoint", "describe_checkpoint",
+           "format_matrix", "format_capacity", "progress_enabled"]
 
 
 class RunError(Exception):
@@ -139,7 +137,7 @@ def new_learner(cfg: RunConfig, method: str, num_items: int, device: torch.devic
     return make_method(method, net.to(device), **options)
 
 
-# ------------------------------------------------------------------------------------------------ epoch loop
+# ------------------------------------------------------------------------------------- progress, resume state
 class _ProgressSplit(Split):
     """A Split whose ``batches`` advances a progress bar (evaluation)."""
 
@@ -168,216 +166,66 @@ def _with_eval_progress(learner: ContinualLearner, label: str) -> None:
     learner._conure_eval_wrapped = True
 
 
-@dataclass
-class ResumePoint:
-    """Where a task was interrupted: the phase state saved after its last completed epoch."""
+class _ProgressStep:
+    """A phase's training step (``conure.learner._LocalStep`` or ``conure.distributed.DDPTrainStep``) with
+    progress bars: the phase's epochs, and each epoch's batches (this rank's count, ``step.num_batches()``)."""
 
-    task: int
-    phase: str
-    epoch: int
-    stopped: bool
-    best_value: float
-    best_epoch: int
-    history: List[Dict[str, Any]]
-    param_groups: List[Dict[str, Any]]
-    optim_scalars: Dict[str, Dict[str, Any]]
-    tensors: Dict[str, torch.Tensor]      # "phase/..." tensors of the checkpoint
+    def __init__(self, step: Any, desc: str, epochs: int) -> None:
+        self.step = step
+        self.bar = _bar(total=epochs, desc=desc, unit="epoch", leave=False)
 
-    @classmethod
-    def from_checkpoint(cls, tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> "ResumePoint":
-        return cls(task=int(info["task"]), phase=str(info["phase"]), epoch=int(info["epoch"]),
-                   stopped=bool(info["stopped"]), best_value=float(info["best_value"]),
-                   best_epoch=int(info["best_epoch"]), history=list(info["history"]),
-                   param_groups=list(info["param_groups"]), optim_scalars=dict(info.get("optim_scalars", {})),
-                   tensors={k: v for k, v in tensors.items() if k.startswith("phase/")})
-
-
-EpochCallback = Callable[[Dict[str, Any]], None]
-
-
-class _LocalStep:
-    """Batches and loss of one phase, for engine versions without ``ContinualLearner._train_step``."""
-
-    def __init__(self, learner: ContinualLearner, task_id: int, cfg: TaskConfig, generator: torch.Generator):
-        self.learner, self.task_id, self.cfg, self.generator = learner, task_id, cfg, generator
-        self.head = learner.store[f"head_{task_id}"]
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.step, name)
 
     def batches(self, epoch: int):
-        train, dev = self.learner._data[self.task_id].train, self.learner.device
-        for batch in train.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
-            yield batch.inputs.to(dev), batch.targets.to(dev)
+        self.bar.n = epoch - 1          # a resumed phase starts after its saved epoch
+        self.bar.refresh()
+        with _bar(total=self.step.num_batches(), desc=f"epoch {epoch}", unit="batch", leave=False) as bar:
+            for batch in self.step.batches(epoch):
+                yield batch
+                bar.update(1)
 
-    def loss(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.head.loss(self.learner._encode(self.task_id, items), items, targets, self.generator)
-
-    def mean_loss(self, total: torch.Tensor, count: int) -> float:
-        return float(total) / max(count, 1)
+    def epoch_done(self, state: Mapping[str, Any]) -> None:
+        """After an epoch (the learner's ``on_epoch_end`` state)."""
+        r = state["record"]
+        self.bar.set_postfix(loss=f"{r['loss']:.4f}", valid=f"{r['valid']:.4f}", refresh=False)
+        self.bar.total, self.bar.n = state["epochs"], state["epoch"]
+        self.bar.refresh()
 
     def close(self) -> None:
-        pass
+        self.bar.close()
+        self.step.close()
 
 
-def _fit_fingerprint(func: Callable) -> Optional[str]:
-    """A hash of a function's code (AST without docstring: formatting and comments do not count)."""
-    import ast
-    import hashlib
-    import inspect
-    import textwrap
+def resume_point(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> ResumePoint:
+    """The :class:`~conure.learner.ResumePoint` in a run checkpoint: its ``progress.in_task`` JSON and its
+    ``phase/`` tensors, as :func:`phase_tensors` wrote them."""
+    state: Dict[int, Dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("phase/optim/"):
+            idx, key = k[len("phase/optim/"):].split("/", 1)
+            state.setdefault(int(idx), {})[key] = v
+    for idx, scalars in dict(info.get("optim_scalars", {})).items():
+        state.setdefault(int(idx), {}).update(scalars)
+    best, i = [], 0
+    while f"phase/best/{i}" in tensors:
+        best.append(tensors[f"phase/best/{i}"])
+        i += 1
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    except (OSError, TypeError, SyntaxError):
-        return None
-    fn = tree.body[0]
-    body = fn.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-        fn.body = body[1:]
-    return hashlib.sha256(ast.dump(fn).encode()).hexdigest()[:16]
-
-
-# Versions of ContinualLearner._fit that EpochLoop reproduces step for step (tests/test_checkpoint.py checks it).
-KNOWN_FIT_VERSIONS = {"0277af5f6de87051", "979973408209b100"}
-
-
-def epoch_loop_supported(learner: ContinualLearner) -> bool:
-    """Whether :class:`EpochLoop` may stand in for this learner's ``_fit``: only when the engine's loop is one
-    that EpochLoop is known to reproduce (``CONURE_EPOCH_LOOP=0`` disables it)."""
-    if os.environ.get("CONURE_EPOCH_LOOP", "") in ("0", "false", "no"):
-        return False
-    fit = type(learner)._fit
-    return fit is ContinualLearner._fit and _fit_fingerprint(fit) in KNOWN_FIT_VERSIONS
-
-
-class EpochLoop:
-    """Drop-in for :meth:`ContinualLearner._fit` (same loop, same random streams, same result) that calls
-    ``on_epoch(state)`` after every epoch and can continue a phase from a :class:`ResumePoint`.
-
-    ``state`` holds: ``task``, ``phase``, ``epoch``, ``epochs``, ``stopped``, ``best_value``, ``best_epoch``,
-    ``record`` (the history entry of the epoch), and the live objects ``learner``, ``optimizer``, ``generator``,
-    ``best`` (the best parameters so far) needed to checkpoint it.
-    """
-
-    def __init__(self, learner: ContinualLearner, *, on_epoch: Optional[EpochCallback] = None,
-                 resume: Optional[ResumePoint] = None, label: str = "") -> None:
-        self.learner = learner
-        self.on_epoch = on_epoch
-        self.resume = resume
-        self.label = label or learner.method
-
-    def install(self) -> "EpochLoop":
-        self.learner._fit = self
-        return self
-
-    def _restore(self, point: ResumePoint, params, opt, gen) -> Tuple[List[torch.Tensor], int]:
-        L = self.learner
-        t = point.tensors
-        model = {k[len("phase/model/"):]: v for k, v in t.items() if k.startswith("phase/model/")}
-        try:
-            L.store.load_state_dict(model, strict=True)
-        except RuntimeError as e:
-            raise RunError(f"the checkpoint's task-{point.task} state does not fit the model the config builds "
-                           f"({str(e).splitlines()[0][:200]})") from None
-        L.history = [dict(r) for r in point.history]
-        state: Dict[int, Dict[str, Any]] = {}
-        for k, v in t.items():
-            if k.startswith("phase/optim/"):
-                idx, key = k[len("phase/optim/"):].split("/", 1)
-                state.setdefault(int(idx), {})[key] = v
-        for idx, scalars in point.optim_scalars.items():
-            state.setdefault(int(idx), {}).update(scalars)
-        opt.load_state_dict({"state": state, "param_groups": point.param_groups})
-        gen.set_state(t["phase/rng/generator"])
-        torch.set_rng_state(t["phase/rng/torch"])
-        best = [t[f"phase/best/{i}"].to(p.device) for i, p in enumerate(params)]
-        if len(best) != len(params) or any(b.shape != p.shape for b, p in zip(best, params)):
-            raise RunError("the checkpoint's early-stopping state does not match the model")
-        return best, point.epoch + 1
-
-    def __call__(self, task_id: int, epochs: int, cfg: TaskConfig, phase: str) -> Dict[str, object]:
-        L = self.learner
-        point = self.resume if (self.resume is not None and self.resume.task == task_id) else None
-        if point is not None and point.phase != phase:
-            # A phase that had finished before the interruption: its result is restored with the later phase.
-            record = next((r for r in point.history if r.get("event") == "phase" and r.get("task") == task_id
-                           and r.get("phase") == phase), None)
-            if record is None:
-                raise RunError(f"cannot resume task {task_id}: the checkpoint is in phase {point.phase!r} but has no "
-                               f"record of phase {phase!r}")
-            for p in L.store.parameters():
-                p.requires_grad_(False)
-            return {"best_epoch": record["best_epoch"], "best_valid": record["best_valid"]}
-        head = L.store[f"head_{task_id}"]
-        params = list(L._trainable(task_id)) + list(head.parameters())
-        for p in L.store.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(derive_seed(L.seed, task_id, phase))
-        step = L._train_step(task_id, cfg, phase, gen) if hasattr(L, "_train_step") else \
-            _LocalStep(L, task_id, cfg, gen)
-        stopped = False
-        if point is not None:
-            best, start = self._restore(point, params, opt, gen)
-            best_value, best_epoch, stopped = point.best_value, point.best_epoch, point.stopped
-            self.resume = None
-            L._phase_start(task_id)
-        else:
-            L._phase_start(task_id)
-            best_value, best_epoch = L._valid_metric(task_id), 0
-            best = [p.detach().clone() for p in params]
-            start = 1
-        L.store.train()
-        data = L._data[task_id]
-        nb = max(1, math.ceil(len(data.train) / cfg.batch_size))
-        with _bar(total=epochs, initial=min(start - 1, epochs), desc=f"{self.label} task {task_id} {data.name} "
-                  f"{phase}", unit="epoch", leave=False) as ebar:
-            for epoch in range(start, epochs + 1):
-                if stopped:
-                    break
-                t0, total, count = time.perf_counter(), torch.zeros(()), 0
-                with _bar(total=nb, desc=f"epoch {epoch}", unit="batch", leave=False) as bbar:
-                    for items, targets in step.batches(epoch):
-                        loss = step.loss(items, targets)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if cfg.max_grad_norm:
-                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                        opt.step()
-                        L._after_step(task_id)
-                        total, count = total + loss.detach().cpu(), count + 1
-                        bbar.update(1)
-                value = L._valid_metric(task_id)
-                record = {"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
-                          "loss": step.mean_loss(total, count), "valid": value,
-                          "seconds": time.perf_counter() - t0}
-                L.history.append(record)
-                if value > best_value or math.isnan(best_value):
-                    best_value, best_epoch = value, epoch
-                    best = [p.detach().clone() for p in params]
-                elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
-                    stopped = True
-                ebar.set_postfix(loss=f"{record['loss']:.4f}", valid=f"{value:.4f}")
-                ebar.update(1)
-                if self.on_epoch is not None:
-                    self.on_epoch({"task": task_id, "phase": phase, "epoch": epoch, "epochs": epochs,
-                                   "stopped": stopped, "best_value": best_value, "best_epoch": best_epoch,
-                                   "record": record, "learner": L, "optimizer": opt, "generator": gen,
-                                   "best": best, "params": params})
-        with torch.no_grad():
-            for p, b in zip(params, best):
-                p.copy_(b)
-        step.close()
-        for p in params:
-            p.requires_grad_(False)
-        getattr(L, "_phase_end", lambda task: None)(task_id)
-        L.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
-                          "best_valid": best_value})
-        return {"best_epoch": best_epoch, "best_valid": best_value}
+        return ResumePoint(
+            task=int(info["task"]), phase=str(info["phase"]), epoch=int(info["epoch"]), stopped=bool(info["stopped"]),
+            best_value=float(info["best_value"]), best_epoch=int(info["best_epoch"]),
+            history=[dict(r) for r in info["history"]],
+            model={k[len("phase/model/"):]: v for k, v in tensors.items() if k.startswith("phase/model/")},
+            optimizer={"state": state, "param_groups": list(info["param_groups"])},
+            generator=tensors["phase/rng/generator"], torch_rng=tensors["phase/rng/torch"], best=best)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"the checkpoint's mid-task state is incomplete ({type(e).__name__}: {e})") from None
 
 
 def phase_tensors(state: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """The tensors and JSON of an :class:`EpochLoop` callback state, for a checkpoint's ``phase/`` section."""
+    """The tensors and JSON of an ``on_epoch_end`` state (:meth:`conure.learner.ContinualLearner._fit`), for a
+    checkpoint's ``phase/`` section; :func:`resume_point` reads them back."""
     L: ContinualLearner = state["learner"]
     tensors = {f"phase/model/{k}": v.detach().clone() for k, v in L.store.state_dict().items()}
     sd = state["optimizer"].state_dict()
@@ -604,7 +452,7 @@ class Run:
     def _run_method(self, method: str, device: torch.device) -> None:
         cfg, tasks = self.cfg, self.tasks
         path = self._ckpt_path(method)
-        resume_point = None
+        point = None
         learner = None
         ckpt.remove_stale_temps(path)
         if self.resume and path.exists():
@@ -618,10 +466,10 @@ class Run:
             learner = ckpt.learner_from(tensors, meta["learner"], "learner/", device)
             info = meta.get("progress", {}).get("in_task")
             if info is not None:
-                resume_point = ResumePoint.from_checkpoint(tensors, info)
+                point = resume_point(tensors, info)
             done = len(learner.tasks)
-            where = f"after task {done}" if resume_point is None else \
-                f"task {resume_point.task} {resume_point.phase} epoch {resume_point.epoch}"
+            where = f"after task {done}" if point is None else \
+                f"task {point.task} {point.phase} epoch {point.epoch}"
             self.echo(f"[{method}] resuming from {path} ({where})")
         if learner is None:
             learner = new_learner(cfg, method, tasks[0].num_items, device)
@@ -630,36 +478,26 @@ class Run:
         self.learners[method] = learner
         _with_eval_progress(learner, method)
         self._base = (ckpt.learner_tensors(learner), learner.state_meta())
-        n_epochs = sum(1 for r in (resume_point.history if resume_point else learner.history)
+        n_epochs = sum(1 for r in (point.history if point else learner.history)
                        if r.get("event") == "epoch")
         tb = _TB(self.out / "tb" / method, cfg.output.tensorboard, n_epochs if self.resume else None, self.echo)
         self._step = n_epochs
         self._tb = tb
-        self._epoch_loop = epoch_loop_supported(learner)
-        loop = None
-        if self._epoch_loop:
-            loop = EpochLoop(learner, on_epoch=lambda s: self._on_epoch(method, s), resume=resume_point,
-                             label=method).install()
-        else:
-            self.echo(f"note: [{method}] the engine's training loop is not one conure.runner.EpochLoop reproduces: "
-                      f"checkpoints and logs per task only (a resumed task restarts from its beginning)")
-            if resume_point is not None:
-                self.echo(f"[{method}] task {resume_point.task} restarts from its beginning")
-                self._rebuild_log_from(method, learner.history)
+        self._progress: Optional[_ProgressStep] = None
+        learner.on_epoch_end = lambda state: self._on_epoch(method, state)
+        learner.resume_from = point
+        self._with_train_progress(learner, method)
         t_method = time.perf_counter()
         try:
             for t in range(len(learner.tasks) + 1, len(tasks) + 1):
                 if self.stop_after is not None and t > self.stop_after:
                     break
                 t0 = time.perf_counter()
-                summary = learner.learn(tasks[t - 1], t, self.task_cfgs[t - 1])
+                try:
+                    summary = learner.learn(tasks[t - 1], t, self.task_cfgs[t - 1])
+                except ResumeError as e:
+                    raise RunError(str(e)) from None
                 self._base = (ckpt.learner_tensors(learner), learner.state_meta())
-                if loop is None:  # no per-epoch callback: log the task's epochs now
-                    for r in learner.history:
-                        if r.get("event") == "epoch" and r.get("task") == t:
-                            self._on_epoch(method, {"task": t, "phase": r["phase"], "epoch": r["epoch"],
-                                                    "epochs": r["epoch"], "stopped": False, "record": r},
-                                           checkpoint=False)
                 self._save(method, learner, None)
                 self._task_report(method, learner, t, summary, time.perf_counter() - t0)
                 for j, v in enumerate(summary["row"], 1):
@@ -670,16 +508,30 @@ class Run:
                 self._write_results(complete=False)
         finally:
             tb.close()
-            if loop is not None:
-                loop.resume = None
+            learner.on_epoch_end = learner.resume_from = None
+            self._progress = None
         if not learner.tasks:  # e.g. stop_after=0
             self._save(method, learner, None)
         self.results[method] = self._method_result(method, learner, time.perf_counter() - t_method)
 
-    def _on_epoch(self, method: str, state: Mapping[str, Any], checkpoint: bool = True) -> None:
+    def _with_train_progress(self, learner: ContinualLearner, label: str) -> None:
+        """Progress bars over the epochs and batches of every phase (wraps the learner's ``_train_step``)."""
+        original = learner._train_step
+
+        def train_step(task_id, cfg, phase, generator):
+            epochs = cfg.epochs if phase == "train" else cfg.retrain_epochs
+            desc = f"{label} task {task_id} {self.names[task_id - 1]} {phase}"
+            self._progress = _ProgressStep(original(task_id, cfg, phase, generator), desc, epochs)
+            return self._progress
+
+        learner._train_step = train_step
+
+    def _on_epoch(self, method: str, state: Mapping[str, Any]) -> None:
         r = state["record"]
         t = state["task"]
         self._step += 1
+        if self._progress is not None:
+            self._progress.epoch_done(state)
         self._append_log(_log_rows(method, [r], self.names, self.metrics))
         self._tb.scalar(f"loss/{t}_{self.names[t - 1]}", r["loss"], self._step)
         self._tb.scalar(f"valid/{t}_{self.names[t - 1]}", r["valid"], self._step)
@@ -688,7 +540,7 @@ class Run:
             tqdm.write(f"[{method}] task {t} {self.names[t - 1]} {state['phase']} epoch {state['epoch']}/"
                        f"{state['epochs']}: loss {r['loss']:.4f}, valid {self.metrics[t - 1]} {r['valid']:.4f} "
                        f"({r['seconds']:.1f}s){' (early stop)' if state['stopped'] else ''}", file=sys.stdout)
-        if checkpoint and self.cfg.output.checkpoint_every_epoch:
+        if self.cfg.output.checkpoint_every_epoch:
             self._save(method, state["learner"], state)
 
     def _save(self, method: str, learner: ContinualLearner, state: Optional[Mapping[str, Any]]) -> None:
@@ -715,20 +567,6 @@ class Run:
                 w.writeheader()
             w.writerows(rows)
             f.flush()
-
-    def _rebuild_log_from(self, method: str, history: Sequence[Mapping[str, Any]]) -> None:
-        """Rewrite log.csv keeping other methods' rows and ``method``'s rows from ``history``."""
-        path = self.out / "log.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("method") != method]
-        rows += _log_rows(method, history, self.names, self.metrics)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\r\n")
-        w.writeheader()
-        w.writerows(rows)
-        ckpt.atomic_write_text(path, buf.getvalue())
 
     def _rebuild_log(self) -> None:
         """After an interruption, log.csv may hold epochs the checkpoints do not: rewrite it from their history."""

@@ -2,7 +2,8 @@
 
 * the container: round trip, refusal of truncated / tampered / foreign / newer files with a clear message, atomic
   writes, no unpickling;
-* the resumable epoch loop reproduces the engine's ``_fit`` bit for bit, and continues a phase from a checkpoint;
+* the engine's per-epoch hook (``on_epoch_end``) changes nothing, and ``resume_from`` continues a phase from a
+  checkpoint to the same result;
 * export: a task's inference model predicts exactly what the learner predicts;
 * a ``conure train`` run killed with SIGKILL at a random moment resumes to the same final result (subprocess).
 """
@@ -26,9 +27,9 @@ from conure import checkpoint as ckpt
 from conure.baselines import make_method
 from conure.config import load_config
 from conure.data import make_synthetic_tasks
-from conure.learner import TaskConfig
+from conure.learner import ResumeError, TaskConfig
 from conure.models import NextItNet
-from conure.runner import EpochLoop, ResumePoint, Run, epoch_loop_supported, phase_tensors
+from conure.runner import Run, phase_tensors, resume_point
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*compiled extension.*")
 
@@ -202,13 +203,6 @@ def strip_seconds(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
-def test_the_engine_loop_is_one_the_epoch_loop_reproduces(tiny_tasks):
-    learner = fresh("conure", tiny_tasks)
-    assert epoch_loop_supported(learner), (
-        "ContinualLearner._fit changed: update conure.runner.EpochLoop to match it and add its fingerprint to "
-        "KNOWN_FIT_VERSIONS (until then runs checkpoint per task only)")
-
-
 def engine_is_deterministic(method, tasks, n_tasks, reference):
     """Learn the same tasks once more with the plain engine: does it reproduce ``reference`` exactly?"""
     again = fresh(method, tasks)
@@ -229,17 +223,26 @@ def require_same(reference, other, method, tasks, n_tasks):
 
 
 @pytest.mark.parametrize("method", ["conure", "sinmoall"])
-def test_epoch_loop_matches_the_engine_bit_for_bit(tiny_tasks, method):
-    plain, looped = fresh(method, tiny_tasks), fresh(method, tiny_tasks)
+def test_the_epoch_hook_sees_every_epoch_and_changes_nothing(tiny_tasks, method):
+    plain, hooked = fresh(method, tiny_tasks), fresh(method, tiny_tasks)
     seen = []
-    EpochLoop(looped, on_epoch=lambda s: seen.append((s["task"], s["phase"], s["epoch"]))).install()
+    keys = {"task", "phase", "epoch", "epochs", "stopped", "best_value", "best_epoch", "record", "learner",
+            "optimizer", "generator", "best", "params"}
+
+    def hook(s):
+        assert set(s) == keys and s["learner"] is hooked and s["record"] is hooked.history[-1]
+        seen.append((s["task"], s["phase"], s["epoch"], s["stopped"]))
+
+    hooked.on_epoch_end = hook
     for t, task in enumerate(tiny_tasks[:3], 1):
         plain.learn(task, t, TC)
-        looped.learn(task, t, TC)
-    require_same(plain, looped, method, tiny_tasks, 3)
-    assert plain.results == looped.results
-    assert strip_seconds(plain.history) == strip_seconds(looped.history)
-    assert len(seen) == sum(1 for r in plain.history if r["event"] == "epoch") > 0
+        hooked.learn(task, t, TC)
+    require_same(plain, hooked, method, tiny_tasks, 3)
+    assert plain.results == hooked.results
+    assert strip_seconds(plain.history) == strip_seconds(hooked.history)
+    epochs = [(r["task"], r["phase"], r["epoch"]) for r in plain.history if r["event"] == "epoch"]
+    assert [s[:3] for s in seen] == epochs and epochs
+    assert any(stopped for *_, stopped in seen)          # patience 1 ends some phase early: the hook says so
 
 
 @pytest.mark.parametrize("stop_at", [("train", 2), ("retrain", 1)])
@@ -250,7 +253,6 @@ def test_a_phase_continues_from_its_checkpoint_to_the_same_result(tiny_tasks, st
         reference.learn(tiny_tasks[t - 1], t, TC)
 
     learner = fresh("conure", tiny_tasks)
-    EpochLoop(learner).install()
     learner.learn(tiny_tasks[0], 1, TC)
     base_tensors, base_meta = ckpt.learner_tensors(learner), learner.state_meta()
     saved = {}
@@ -263,7 +265,7 @@ def test_a_phase_continues_from_its_checkpoint_to_the_same_result(tiny_tasks, st
             saved["tensors"], saved["info"] = phase_tensors(state)
             raise Stop
 
-    EpochLoop(learner, on_epoch=on_epoch).install()
+    learner.on_epoch_end = on_epoch
     with pytest.raises(Stop):
         learner.learn(tiny_tasks[1], 2, TC)
     # Round trip through a real checkpoint file.
@@ -272,10 +274,16 @@ def test_a_phase_continues_from_its_checkpoint_to_the_same_result(tiny_tasks, st
                      {"kind": "run", "learner": base_meta, "progress": {"in_task": saved["info"]}})
     tensors, meta = ckpt.load(path, kind="run")
     path.unlink()
+    wrong = ckpt.learner_from(tensors, meta["learner"])      # a point that does not fit: a clear error
+    wrong.resume_from = resume_point(tensors, meta["progress"]["in_task"])
+    wrong.resume_from.best.pop()
+    with pytest.raises(ResumeError, match="early-stopping state does not match"):
+        wrong.learn(tiny_tasks[1], 2, TC)
     resumed = ckpt.learner_from(tensors, meta["learner"])
     resumed.attach_data(1, tiny_tasks[0])
-    EpochLoop(resumed, resume=ResumePoint.from_checkpoint(tensors, meta["progress"]["in_task"])).install()
+    resumed.resume_from = resume_point(tensors, meta["progress"]["in_task"])
     resumed.learn(tiny_tasks[1], 2, TC)
+    assert resumed.resume_from is None                   # used once
     require_same(reference, resumed, "conure", tiny_tasks, 2)
     assert reference.results == resumed.results
     assert strip_seconds(reference.history) == strip_seconds(resumed.history)
