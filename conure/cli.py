@@ -4,6 +4,7 @@ Commands::
 
     conure demo     [--out DIR] [--set key=value ...]
     conure train    --config FILE [--set key=value ...] [--out DIR] [--resume | --overwrite] [--print-config]
+    torchrun --nproc_per_node N -m conure train ...     (data-parallel: DDP, rank 0 writes)
     conure eval     --checkpoint CKPT [--task N] [--split test|valid] [--json]
     conure inspect  --checkpoint CKPT [--json]
     conure predict  --checkpoint CKPT --task N --input FILE [--top-k K] [--format tsv|json] [--output FILE]
@@ -158,6 +159,8 @@ def cmd_demo(args) -> int:
          f"NextItNet {cfg.model.channels} channels x {len(cfg.model.dilations)} blocks -> {out}")
     run = Run(cfg, out, overwrite=True, echo=_say)
     res = run.execute()
+    if not run.main:                        # torchrun: rank 0 reports
+        return 0
     beaten = []
     main = res["methods"].get(cfg.method.name, {})
     final = main.get("final") or []
@@ -181,10 +184,12 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     run = Run(cfg, out, resume=args.resume, overwrite=args.overwrite, echo=_say)
     try:
-        run.execute()
+        run.execute()                       # under torchrun: on every rank, rank 0 writes (conure.runner)
     except KeyboardInterrupt:
-        _err(f"{PROG}: interrupted; continue with: conure train --config {args.config} "
-             f"{' '.join('--set ' + s for s in args.sets)}{' ' if args.sets else ''}--out {out} --resume")
+        if run.main:
+            launch = "conure" if run.ctx is None else "torchrun <the same options> -m conure"
+            _err(f"{PROG}: interrupted; continue with: {launch} train --config {args.config} "
+                 f"{' '.join('--set ' + s for s in args.sets)}{' ' if args.sets else ''}--out {out} --resume")
         return 130
     return 0
 
@@ -355,6 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from conure.runner import RunError
         known = (UsageError, ConfigError, CheckpointError, DataError, RunError, CapacityError)
         msg = " ".join(str(e).split()) or type(e).__name__
+        if getattr(e, "reported_by_rank_0", False):     # torchrun: an error every rank met, printed by rank 0
+            return 2
         if isinstance(e, known):
             _err(f"{PROG}: error: {msg}")
             return 2

@@ -16,6 +16,10 @@ Resuming (``resume=True``) restarts every method from its checkpoint: completed 
 progress continues after its last completed epoch with the same optimizer state and random streams, so the run
 ends with exactly the result of an uninterrupted one (same seed, same machine and thread count).
 
+Launched by torchrun (``torchrun --nproc_per_node N -m conure train ...``), every rank runs the whole run and each
+phase trains with DDP (:mod:`conure.distributed`); rank 0 alone checks and writes the directory (the files above,
+progress bars, the report), every rank resumes from the same checkpoint.
+
 How mid-task resume works with the engine: a run sets the learner's ``on_epoch_end`` hook
 (:meth:`conure.learner.ContinualLearner._fit`), which logs every epoch and checkpoints it (:func:`phase_tensors`). To
 resume, the learner is rebuilt as it was after its last completed task, its ``resume_from`` is set to the checkpoint's
@@ -26,6 +30,7 @@ their counts do not depend on weight values) and the phase that was running cont
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -39,6 +44,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from conure import checkpoint as ckpt
+from conure import distributed as D
 from conure import metrics as M
 from conure.baselines import make_method
 from conure.config import ConfigError, RunConfig, config_to_dict, dump_config, identity_diff, parse_config
@@ -69,7 +75,7 @@ def progress_enabled() -> bool:
 
 def _bar(**kwargs):
     from tqdm.auto import tqdm
-    kwargs.setdefault("disable", not progress_enabled())
+    kwargs.setdefault("disable", not progress_enabled() or not D.is_main_process())
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(**kwargs)
@@ -81,6 +87,17 @@ def select_device(spec: str) -> torch.device:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"device {spec!r} requested but torch sees no CUDA device (use device: cpu or auto)")
     return torch.device(spec)
+
+
+def _dist_device(spec: str) -> Optional[str]:
+    """``init_distributed``'s device for a config's ``device``: None (auto: cuda:LOCAL_RANK if CUDA, else cpu), "cpu",
+    or "cuda" (cuda:LOCAL_RANK; a cuda index in the config is for single-process runs)."""
+    if spec == "cpu":
+        return "cpu"
+    if spec.startswith("cuda"):
+        select_device(spec)                 # no CUDA: the same error as a single-process run
+        return "cuda"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- data, learners
@@ -356,6 +373,9 @@ class Run:
         self.echo = echo
         self.stop_after = stop_after
         self.config_dict = config_to_dict(cfg)
+        self.ctx: Optional[D.DistContext] = None   # set by execute(): the torchrun job's context, if any
+        self.main = True                             # rank 0 (or no job): the rank that writes
+        self.training = False                        # a learner has started learning (ranks may be mid-collective)
 
     # --- directory handling ------------------------------------------------------------------------------------
     def _prepare_dir(self) -> bool:
@@ -395,32 +415,64 @@ class Run:
 
     # --- main ---------------------------------------------------------------------------------------------------
     def execute(self) -> Dict[str, Any]:
-        """Run every method on the task sequence; returns what results.json holds."""
+        """Run every method on the task sequence; returns what results.json holds. Launched by torchrun: joins the
+        job (:func:`conure.distributed.init_distributed`), runs on every rank, and leaves the process group at the
+        end (and after a failure that every rank met before training: the directory, the data)."""
         threads = torch.get_num_threads()
+        joined = not D.is_distributed()       # a process group made by the caller stays the caller's
+        self.ctx = D.init_distributed(device=_dist_device(self.cfg.device))
+        self.main = D.is_main_process()
+        self.training = False
         try:
-            return self._execute()
+            results = self._execute()
+        except BaseException:
+            if joined and self.ctx is not None and not self.training:
+                D.teardown()
+            raise
         finally:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
+        if joined:
+            D.teardown()
+        return results
+
+    def _agreed_dir(self) -> bool:
+        """:meth:`_prepare_dir` on rank 0, its answer (or its error) on every rank."""
+        answer: Tuple[bool, Optional[str]] = (False, None)
+        if self.main:
+            try:
+                answer = (self._prepare_dir(), None)
+            except RunError as e:
+                answer = (False, str(e))
+        resuming, error = D.broadcast_object(answer)
+        if error is not None:
+            err = RunError(error)
+            err.reported_by_rank_0 = not self.main      # the CLI prints it once
+            raise err
+        return resuming
 
     def _execute(self) -> Dict[str, Any]:
         cfg = self.cfg
         t_start = time.perf_counter()
-        resuming = self._prepare_dir()          # checks only: nothing is written before the data loads
+        if not self.main:
+            self.echo = lambda text: None
+        resuming = self._agreed_dir()           # checks only: nothing is written before the data loads
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        device = select_device(cfg.device)
+        device = self.ctx.device if self.ctx is not None else select_device(cfg.device)
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         tasks = build_tasks(cfg)
-        if not resuming:
-            if self.resume:
-                self.echo(f"nothing to resume in {self.out}: starting a new run")
-            if self.overwrite:
-                self._clear_dir()
-        self.out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(
-            cfg, header="resolved conure run config (every key); rerun with: conure train --config <this file>"))
+        if self.main:
+            if not resuming:
+                if self.resume:
+                    self.echo(f"nothing to resume in {self.out}: starting a new run")
+                if self.overwrite:
+                    self._clear_dir()
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.out / "config.yaml", dump_config(
+                cfg, header="resolved conure run config (every key); rerun with: conure train --config <this file>"))
+        D.barrier()                             # the directory is ready before any rank goes on
         self.tasks = tasks
         self.task_cfgs = cfg.task_configs()
         self.names = [t.name for t in tasks]
@@ -436,7 +488,7 @@ class Run:
                       f"{len(t.train):,}/{len(t.valid):,}/{len(t.test):,}): {b['name']} baseline "
                       f"{b['metric']} {b['value']:.4f}")
 
-        if resuming:
+        if resuming and self.main:
             self._rebuild_log()
         self.results: Dict[str, Dict[str, Any]] = {}
         self.learners: Dict[str, ContinualLearner] = {}
@@ -445,7 +497,7 @@ class Run:
         self.seconds = time.perf_counter() - t_start
         results = self._write_results(complete=True)
         self._report()
-        if cfg.output.plots:
+        if cfg.output.plots and self.main:
             self._plots()
         return results
 
@@ -454,9 +506,11 @@ class Run:
         path = self._ckpt_path(method)
         point = None
         learner = None
-        ckpt.remove_stale_temps(path)
-        if self.resume and path.exists():
+        if self.main:
+            ckpt.remove_stale_temps(path)
+        if self.resume and D.broadcast_object(path.exists()):     # rank 0 decides; every rank loads the file
             tensors, meta = ckpt.load(path, kind="run")
+            self._same_on_every_rank(path, meta)
             if meta.get("method") != method:
                 raise RunError(f"{path}: holds method {meta.get('method')!r}, expected {method!r}")
             saved_vocab = meta.get("vocab", {}).get("source")
@@ -480,7 +534,8 @@ class Run:
         self._base = (ckpt.learner_tensors(learner), learner.state_meta())
         n_epochs = sum(1 for r in (point.history if point else learner.history)
                        if r.get("event") == "epoch")
-        tb = _TB(self.out / "tb" / method, cfg.output.tensorboard, n_epochs if self.resume else None, self.echo)
+        tb = _TB(self.out / "tb" / method, cfg.output.tensorboard and self.main, n_epochs if self.resume else None,
+                 self.echo)
         self._step = n_epochs
         self._tb = tb
         self._progress: Optional[_ProgressStep] = None
@@ -493,6 +548,7 @@ class Run:
                 if self.stop_after is not None and t > self.stop_after:
                     break
                 t0 = time.perf_counter()
+                self.training = True
                 try:
                     summary = learner.learn(tasks[t - 1], t, self.task_cfgs[t - 1])
                 except ResumeError as e:
@@ -535,7 +591,7 @@ class Run:
         self._append_log(_log_rows(method, [r], self.names, self.metrics))
         self._tb.scalar(f"loss/{t}_{self.names[t - 1]}", r["loss"], self._step)
         self._tb.scalar(f"valid/{t}_{self.names[t - 1]}", r["valid"], self._step)
-        if self.cfg.output.verbose:
+        if self.cfg.output.verbose and self.main:
             from tqdm.auto import tqdm
             tqdm.write(f"[{method}] task {t} {self.names[t - 1]} {state['phase']} epoch {state['epoch']}/"
                        f"{state['epochs']}: loss {r['loss']:.4f}, valid {self.metrics[t - 1]} {r['valid']:.4f} "
@@ -543,7 +599,18 @@ class Run:
         if self.cfg.output.checkpoint_every_epoch:
             self._save(method, state["learner"], state)
 
+    def _same_on_every_rank(self, path: Path, meta: Mapping[str, Any]) -> None:
+        """Raise on every rank if the ranks read different checkpoints (another file, or one rewritten meanwhile)."""
+        digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
+        every = D.all_gather_object(digest)
+        if any(d != every[0] for d in every):
+            bad = [r for r, d in enumerate(every) if d != every[0]]
+            raise RunError(f"cannot resume: rank(s) {bad} read another {path} than rank 0 (every rank must see the "
+                           f"same run directory)")
+
     def _save(self, method: str, learner: ContinualLearner, state: Optional[Mapping[str, Any]]) -> None:
+        if not self.main:
+            return
         base_tensors, base_meta = self._base
         tensors = dict(base_tensors)
         in_task = None
@@ -559,6 +626,8 @@ class Run:
 
     # --- logs ---------------------------------------------------------------------------------------------------
     def _append_log(self, rows: List[Dict[str, Any]]) -> None:
+        if not self.main:
+            return
         path = self.out / "log.csv"
         new = not path.exists()
         with open(path, "a", newline="") as f:
@@ -604,7 +673,8 @@ class Run:
                "complete": complete and all(r["tasks_learned"] == len(self.tasks) for r in self.results.values()),
                "seconds": getattr(self, "seconds", None), "config": self.config_dict}
         res = ckpt.nan_to_none(res)
-        ckpt.atomic_write_text(self.out / "results.json", json.dumps(res, indent=1) + "\n")
+        if self.main:
+            ckpt.atomic_write_text(self.out / "results.json", json.dumps(res, indent=1) + "\n")
         return res
 
     def _task_report(self, method: str, learner: ContinualLearner, t: int, summary: Mapping[str, Any],

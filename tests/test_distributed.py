@@ -252,3 +252,92 @@ def test_sampled_softmax_peak_memory_measured():
     assert peak[256] < 1.5 * need_s + 8e6, (peak, need_s)
     assert 0.7 * need_f < peak[0] < 1.3 * need_f, (peak, need_f)
     assert peak[256] * 8 < peak[0]
+
+
+# ------------------------------------------------------------------------------------- conure train (the CLI)
+TRAIN_SETS = ["threads=1", "data.options.num_users=300", "data.options.num_items=60", "data.options.seq_len=12",
+              "data.options.num_target_items=30", "data.options.num_topics=4", "data.max_len=12",
+              "model.channels=16", "model.dilations=[1,2]", "train.epochs=2", "train.retrain_epochs=1",
+              "output.plots=false", "output.tensorboard=false"]
+
+
+def torchrun_train(out, *args, sets=(), timeout=90, **extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "conure", "train", "--config", "demo", "--out", str(out), *args]
+    for s in TRAIN_SETS + list(sets):
+        cmd += ["--set", s]
+    return subprocess.run(cmd, cwd=ROOT, env=env(CONURE_PROGRESS="0", **extra), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_files(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def test_torchrun_conure_train_writes_one_run_from_rank_0(tmp_path):
+    """``torchrun --nproc_per_node 2 -m conure train --config demo``: both methods, five tasks, DDP over gloo; rank 0
+    writes one set of files and prints one report; the checkpoint's owner maps are Conure's."""
+    from conure import checkpoint as ckpt
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    p = torchrun_train(out)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert time.perf_counter() - t0 < 60
+    assert run_files(out) == ["checkpoints/conure.safetensors", "checkpoints/sinmoall.safetensors", "config.yaml",
+                              "log.csv", "results.json"]
+    for text in ("data: synthetic", "accuracy matrix (conure)", "accuracy matrix (sinmoall)", "[conure] task 5/5"):
+        assert p.stdout.count(text) == 1, (text, p.stdout[-3000:])       # one report, rank 0's
+    res = json.loads((out / "results.json").read_text())
+    assert res["complete"] and res["tasks"] == ["next_item", "service2", "gender", "age", "later_items"]
+    for method in ("conure", "sinmoall"):
+        m = res["methods"][method]
+        assert m["tasks_learned"] == 5 and len(m["matrix"]) == 5
+        for i, row in enumerate(m["matrix"]):
+            assert all(isinstance(v, float) for v in row[:i + 1]) and all(v is None for v in row[i + 1:])
+    conure_m = res["methods"]["conure"]["matrix"]
+    assert all(conure_m[i][j] == conure_m[j][j] for j in range(5) for i in range(j, 5))   # frozen under DDP too
+    rows = [line for line in (out / "log.csv").read_text().splitlines()[1:] if line]
+    tensors, meta = ckpt.load(out / "checkpoints" / "conure.safetensors", kind="run")
+    history = meta["learner"]["history"]
+    epochs = sum(1 for r in history if r["event"] == "epoch")
+    sin_epochs = sum(1 for r in ckpt.load(out / "checkpoints" / "sinmoall.safetensors")[1]["learner"]["history"]
+                     if r["event"] == "epoch")
+    assert len(rows) == epochs + sin_epochs                              # every epoch once, not once per rank
+    assert meta["progress"] == {"completed": 5, "total": 5, "in_task": None}
+    # Owner maps: each task owns exactly what its prune kept, in every layer; the rest is free.
+    learner = ckpt.learner_from(tensors, meta["learner"])
+    prunes = {r["task"]: r for r in history if r["event"] == "prune"}
+    assert sorted(prunes) == [1, 2, 3, 4, 5]
+    for name, layer in learner.backbone.conv_layers():
+        owner = layer.owner
+        assert int(owner.max()) <= 5
+        for t, r in prunes.items():
+            assert int((owner == t).sum()) == r["kept"][name] == round(0.5 * r["claimed"][name]), (name, t)
+            free_before = owner.numel() - sum(prunes[u]["kept"][name] for u in range(1, t))
+            assert r["claimed"][name] == free_before, (name, t)            # task t claimed every free weight
+        assert int((owner == 0).sum()) == owner.numel() - sum(r["kept"][name] for r in prunes.values())
+
+
+def test_torchrun_conure_train_resumes_after_a_dead_rank_to_the_same_result(tmp_path):
+    """Rank 1 dies in task 2's second epoch: the job fails, rank 0's checkpoint holds task 2 epoch 1; ``--resume``
+    under torchrun (every rank loads that checkpoint) ends bit-identical to an uninterrupted run."""
+    from conure import checkpoint as ckpt
+    sets = ["method.compare=[]", "tasks=[{name: next_item, kind: next_item}, {name: service2, kind: item, split: "
+            "stream, stream: service2}, {name: gender, kind: profile, attribute: gender}]"]
+    ref = torchrun_train(tmp_path / "ref", sets=sets)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "run"
+    killed = torchrun_train(out, sets=sets, CONURE_DIST_FAULT="1:2:train:2")
+    assert killed.returncode != 0 and "fault injection" in killed.stderr
+    _, meta = ckpt.load(out / "checkpoints" / "conure.safetensors")
+    assert meta["progress"]["in_task"]["task"] == 2 and meta["progress"]["in_task"]["epoch"] == 1
+    resumed = torchrun_train(out, "--resume", sets=sets)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("[conure] resuming from") == 1 and "(task 2 train epoch 1)" in resumed.stdout
+    a, ma = ckpt.load(tmp_path / "ref" / "checkpoints" / "conure.safetensors")
+    b, mb = ckpt.load(out / "checkpoints" / "conure.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]   # noqa: E731
+    assert strip(ma["learner"]["history"]) == strip(mb["learner"]["history"])
+    log = lambda d: [line.split(",")[:8] for line in (d / "log.csv").read_text().splitlines()]   # noqa: E731
+    assert log(out) == log(tmp_path / "ref")
