@@ -385,7 +385,8 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
   at::Tensor out = at::empty({T, B, out_len, C}, x_in.options());
   if (B == 0) return out;
   const at::Tensor x = x_in.contiguous();
-  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / L));
+  // Half the block's chunk: two col buffers live at once here (block 0's shared one and the working one).
+  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / 2 / L));
   at::Tensor none;
   std::vector<at::Tensor> g(4 * nb);
   for (int64_t v = 0; v < 4 * nb; ++v) g[v] = ln[v].contiguous();
