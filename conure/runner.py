@@ -214,9 +214,10 @@ class _ProgressStep:
         self.step.close()
 
 
-def resume_point(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> ResumePoint:
+def resume_point(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any], rank: int = 0) -> ResumePoint:
     """The :class:`~conure.learner.ResumePoint` in a run checkpoint: its ``progress.in_task`` JSON and its
-    ``phase/`` tensors, as :func:`phase_tensors` wrote them."""
+    ``phase/`` tensors, as :func:`phase_tensors` wrote them; with the phase generator of ``rank`` when saved (DDP:
+    ranks draw different numbers of BPR negatives) and rank 0's otherwise."""
     state: Dict[int, Dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("phase/optim/"):
@@ -235,14 +236,16 @@ def resume_point(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -
             history=[dict(r) for r in info["history"]],
             model={k[len("phase/model/"):]: v for k, v in tensors.items() if k.startswith("phase/model/")},
             optimizer={"state": state, "param_groups": list(info["param_groups"])},
-            generator=tensors["phase/rng/generator"], torch_rng=tensors["phase/rng/torch"], best=best)
+            generator=tensors.get(f"phase/rng/rank/{rank}/generator", tensors["phase/rng/generator"]),
+            torch_rng=tensors["phase/rng/torch"], best=best)
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"the checkpoint's mid-task state is incomplete ({type(e).__name__}: {e})") from None
 
 
 def phase_tensors(state: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The tensors and JSON of an ``on_epoch_end`` state (:meth:`conure.learner.ContinualLearner._fit`), for a
-    checkpoint's ``phase/`` section; :func:`resume_point` reads them back."""
+    checkpoint's ``phase/`` section; :func:`resume_point` reads them back. ``state["rank_generators"]`` (optional):
+    every rank's generator state (DDP)."""
     L: ContinualLearner = state["learner"]
     tensors = {f"phase/model/{k}": v.detach().clone() for k, v in L.store.state_dict().items()}
     sd = state["optimizer"].state_dict()
@@ -256,6 +259,9 @@ def phase_tensors(state: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Di
     for i, b in enumerate(state["best"]):
         tensors[f"phase/best/{i}"] = b.detach().clone()
     tensors["phase/rng/generator"] = state["generator"].get_state()
+    ranks = state.get("rank_generators") or []
+    for r in range(1, len(ranks)):
+        tensors[f"phase/rng/rank/{r}/generator"] = ranks[r]
     tensors["phase/rng/torch"] = torch.get_rng_state()
     info = {"task": state["task"], "phase": state["phase"], "epoch": state["epoch"], "stopped": state["stopped"],
             "best_value": state["best_value"], "best_epoch": state["best_epoch"],
@@ -520,7 +526,7 @@ class Run:
             learner = ckpt.learner_from(tensors, meta["learner"], "learner/", device)
             info = meta.get("progress", {}).get("in_task")
             if info is not None:
-                point = resume_point(tensors, info)
+                point = resume_point(tensors, info, D.get_rank())
             done = len(learner.tasks)
             where = f"after task {done}" if point is None else \
                 f"task {point.task} {point.phase} epoch {point.epoch}"
@@ -597,7 +603,12 @@ class Run:
                        f"{state['epochs']}: loss {r['loss']:.4f}, valid {self.metrics[t - 1]} {r['valid']:.4f} "
                        f"({r['seconds']:.1f}s){' (early stop)' if state['stopped'] else ''}", file=sys.stdout)
         if self.cfg.output.checkpoint_every_epoch:
+            ddp = self.ctx is not None and self.ctx.world_size > 1
+            if ddp:         # collectives, on every rank: each rank's generator (BPR draws differ per rank)
+                state = dict(state, rank_generators=D.all_gather_object(state["generator"].get_state()))
             self._save(method, state["learner"], state)
+            if ddp:         # no rank starts the next epoch before the checkpoint is on disk: a crash then keeps it
+                D.barrier()
 
     def _same_on_every_rank(self, path: Path, meta: Mapping[str, Any]) -> None:
         """Raise on every rank if the ranks read different checkpoints (another file, or one rewritten meanwhile)."""

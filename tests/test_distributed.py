@@ -279,10 +279,8 @@ def test_torchrun_conure_train_writes_one_run_from_rank_0(tmp_path):
     writes one set of files and prints one report; the checkpoint's owner maps are Conure's."""
     from conure import checkpoint as ckpt
     out = tmp_path / "run"
-    t0 = time.perf_counter()
-    p = torchrun_train(out)
+    p = torchrun_train(out, timeout=90)          # ~15 s on 2 busy cores
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert time.perf_counter() - t0 < 60
     assert run_files(out) == ["checkpoints/conure.safetensors", "checkpoints/sinmoall.safetensors", "config.yaml",
                               "log.csv", "results.json"]
     for text in ("data: synthetic", "accuracy matrix (conure)", "accuracy matrix (sinmoall)", "[conure] task 5/5"):
@@ -320,10 +318,11 @@ def test_torchrun_conure_train_writes_one_run_from_rank_0(tmp_path):
 
 def test_torchrun_conure_train_resumes_after_a_dead_rank_to_the_same_result(tmp_path):
     """Rank 1 dies in task 2's second epoch: the job fails, rank 0's checkpoint holds task 2 epoch 1; ``--resume``
-    under torchrun (every rank loads that checkpoint) ends bit-identical to an uninterrupted run."""
+    under torchrun (every rank loads that checkpoint) ends bit-identical to an uninterrupted run. Task 2 uses BPR:
+    the ranks draw different numbers of negatives, so each needs its own saved generator state."""
     from conure import checkpoint as ckpt
-    sets = ["method.compare=[]", "tasks=[{name: next_item, kind: next_item}, {name: service2, kind: item, split: "
-            "stream, stream: service2}, {name: gender, kind: profile, attribute: gender}]"]
+    sets = ["method.compare=[]", "train.item_loss=bpr", "tasks=[{name: next_item, kind: next_item}, {name: service2, "
+            "kind: item, split: stream, stream: service2}, {name: gender, kind: profile, attribute: gender}]"]
     ref = torchrun_train(tmp_path / "ref", sets=sets)
     assert ref.returncode == 0, ref.stderr[-3000:]
     out = tmp_path / "run"
