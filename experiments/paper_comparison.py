@@ -259,7 +259,6 @@ def run_method(cfg, tasks, tcfgs, seed: int, name: str, split: str, shared: Opti
                log) -> Dict[str, Any]:
     """Learn the whole sequence with one method; metrics on ``split`` ("test", or "valid" when tuning)."""
     rec: Dict[str, Any] = {"method": name}
-    t_start = time.perf_counter()
     dense: Dict[int, Dict[str, float]] = {}
     first = 1
     if shared is not None and name != "conure":
@@ -276,21 +275,28 @@ def run_method(cfg, tasks, tcfgs, seed: int, name: str, split: str, shared: Opti
         if name == "conure":
             probe_dense_phase(learner, split, dense)
         trace, rows = [], []
+    spent = 0.0
     for t in range(first, len(tasks) + 1):
         tc = tcfgs[t - 1]
         if split != "test":
             tc = TaskConfig(**dict(tc.to_dict(), evaluate_all=False))   # tuning: no test evaluation of old tasks
         t0 = time.perf_counter()
         learner.learn(tasks[t - 1], t, tc)
-        trace.append(pick(learner.evaluate(1, split), tasks[0].kind))
-        if split == "test":   # a row of the accuracy matrix, every metric (the learner's holds one per task)
-            rows.append({tasks[j - 1].name: pick(learner.evaluate(j, split), tasks[j - 1].kind)
-                         for j in range(1, t + 1)})
+        spent += time.perf_counter() - t0
+        # test: a row of the accuracy matrix with every metric (the learner's holds one per task); valid: T1 and t
+        learned = range(1, t + 1) if split == "test" else sorted({1, t})
+        row = {tasks[j - 1].name: pick(learner.evaluate(j, split), tasks[j - 1].kind) for j in learned}
+        trace.append(row[tasks[0].name])
+        if split == "test":
+            rows.append(row)
         log(f"  seed {seed} {name:9s} task {t} ({tasks[t - 1].name}) {time.perf_counter() - t0:6.1f}s  "
-            f"{split} {primary(tasks[t - 1].kind)}={learner.evaluate(t, split)[primary(tasks[t - 1].kind)]:.4f}")
-    own = time.perf_counter() - t_start
-    rec["seconds"] = own + (shared["seconds"] if first == 2 else 0.0)
-    rec["final"] = {td.name: pick(learner.evaluate(i, split), td.kind) for i, td in enumerate(tasks, 1)}
+            f"{split} {primary(tasks[t - 1].kind)}={row[tasks[t - 1].name][primary(tasks[t - 1].kind)]:.4f}")
+    # wall time of learning (incl. the learner's own evaluations), not of this script's extra evaluations
+    rec["seconds"] = spent + (shared["seconds"] if first == 2 else 0.0)
+    if split == "test" and rows and len(rows[-1]) == len(tasks):
+        rec["final"] = dict(rows[-1])
+    else:
+        rec["final"] = {td.name: pick(learner.evaluate(i, split), td.kind) for i, td in enumerate(tasks, 1)}
     rec["task1_trace"] = trace            # task 1's metrics after each task
     rec["params_stored"] = int(learner.params_stored())
     rec["bytes_stored"] = int(learner.bytes_stored())
@@ -329,10 +335,11 @@ def train_shared_task1(cfg, tasks, tcfgs, seed: int, split: str, log) -> Dict[st
     tc = tcfgs[0] if split == "test" else TaskConfig(**dict(tcfgs[0].to_dict(), evaluate_all=False))
     learner.learn(tasks[0], 1, tc)
     seconds = time.perf_counter() - t0
+    metrics = pick(learner.evaluate(1, split), tasks[0].kind)
     log(f"  seed {seed} baselines task 1 (shared, dense) {seconds:6.1f}s  "
-        f"{split} {primary(tasks[0].kind)}={learner.evaluate(1, split)[primary(tasks[0].kind)]:.4f}")
+        f"{split} {primary(tasks[0].kind)}={metrics[primary(tasks[0].kind)]:.4f}")
     return {"tensors": learner.state_tensors(), "meta": learner.state_meta(), "seconds": seconds,
-            "task1_metrics": pick(learner.evaluate(1, split), tasks[0].kind)}
+            "task1_metrics": metrics}
 
 
 def run_seed(cfg, seed: int, methods: Sequence[str], split: str, log) -> Dict[str, Any]:
@@ -518,6 +525,9 @@ def markdown_report(result: Dict[str, Any]) -> str:
              f"({len(m['dilations'])} residual blocks); Conure keep_ratios {result['config']['conure']['keep_ratios']}"
              f"; PeterRec reduction {result['config']['peterrec']['reduction']}")
     L.append("")
+    L.append("* How the task sequence is built, how the hyper-parameters were chosen (validation users only) and how "
+             "to read these numbers: `experiments/README.md`.")
+    L.append("")
     L.append("## Tasks (seed %d)" % seeds[0])
     L.append("")
     L.append("| task | kind | targets / classes | users train / valid / test |")
@@ -701,7 +711,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: built-in defaults, synthetic data)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", required=True, help="output directory (results.json, RESULTS.md / tune.json, tune.md)")
+    p.add_argument("--out", help="output directory (results.json, RESULTS.md / tune.json, tune.md); required "
+                                 "unless --render")
     p.add_argument("--report", help="where to write the Markdown report (default: <out>/RESULTS.md)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (value parsed as YAML), e.g. --set model.channels=128")
@@ -710,12 +721,23 @@ def parse_args(argv=None):
     p.add_argument("--tune", action="store_true", help="validation search: metrics on VALID users only")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]",
                    help="with --tune: a key and the YAML list of values to try (grid over all --grid keys)")
+    p.add_argument("--render", metavar="RESULTS_JSON",
+                   help="only rewrite the Markdown report from an existing results.json (no training)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> Dict[str, Any]:
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as fh:
+            result = json.load(fh)
+        result["summary"] = summarise(result["runs"], result["methods"])
+        report = Path(args.report) if args.report else Path(args.render).with_name("RESULTS.md")
+        report.write_text(markdown_report(result))
+        return result
+    if not args.out:
+        raise SystemExit("--out is required (unless --render)")
     sets = list(args.sets) + (["data.kind=synthetic", "data.path=null"] if args.synthetic else [])
     cfg = load_config(args.config, sets)
     if args.methods:

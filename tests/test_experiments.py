@@ -25,8 +25,10 @@ TASKS = ["next_item", "later_items", "gender", "age", "occupation"]
 # A tiny model and one epoch per phase; everything else is the MovieLens config as committed.
 TINY = ["--set", "model.channels=8", "--set", "model.dilations=[1,2]", "--set", "data.max_len=12",
         "--set", "train.epochs=1", "--set", "train.retrain_epochs=1", "--set", "train.eval_batch_size=256",
+        "--set", "tasks.0.train.epochs=1", "--set", "tasks.0.train.retrain_epochs=1",   # T1 overrides the train section
         "--set", "data.synthetic={num_users: 160, num_items: 40, seq_len: 12, num_target_items: 20}",
-        "--quiet"]
+        # one thread: on a loaded machine, two OpenMP threads made these tiny ops 5-10x slower (barrier waits)
+        "--set", "threads=1", "--quiet"]
 
 
 def _load_script():
@@ -134,6 +136,9 @@ def test_same_config_runs_on_ml1m_files(tmp_path, script):
     assert tasks["occupation"]["classes"] is not None and len(tasks["occupation"]["classes"]) == 21
     assert tasks["age"]["classes"][0] == "Under 18"
     _check_table((tmp_path / "out" / "RESULTS.md").read_text(), [0])
+    # --render rewrites the same report from results.json alone
+    script.main(["--render", str(tmp_path / "out" / "results.json"), "--report", str(tmp_path / "again.md")])
+    assert (tmp_path / "again.md").read_text() == (tmp_path / "out" / "RESULTS.md").read_text()
 
 
 def test_tune_reports_validation_only(tmp_path, script):
