@@ -15,7 +15,7 @@ namespace conure {
 namespace block {
 namespace {
 
-// out = (accumulate ? out : 0) + a @ b.
+// out = (accumulate ? out : 0) + a @ b; 2-D, or 3-D batched (a's batch may be 1: broadcast).
 // CPU float32/bfloat16 GEMMs go to oneDNN when this torch exports at::native::mkldnn_matmul (MKL's sgemm takes its
 // AVX2 path on AMD processors; see masked_conv.cpp, which does the same for the conv). Looked up at run time.
 using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
@@ -39,6 +39,15 @@ void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumul
       fn(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
       return;
     }
+  }
+  if (out.dim() == 3) {  // batched: a is [T, M, K] or [1, M, K] (broadcast), b is [T, K, N]
+    const at::Tensor a3 = a.size(0) == out.size(0) ? a : a.expand({out.size(0), a.size(1), a.size(2)});
+    if (accumulate) {
+      out.baddbmm_(a3, b);
+    } else {
+      at::bmm_out(out, a3, b);
+    }
+    return;
   }
   if (accumulate) {
     out.addmm_(a, b);
@@ -364,7 +373,8 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
 
 // Backbone output at the last out_len positions for T tasks: [T, B, out_len, C]. Each block computes only the
 // positions later blocks need (the receptive field of the last out_len outputs), the first conv's LayerNorm +
-// im2col is shared by the tasks, and sequences go a chunk at a time, each chunk task by task through the blocks.
+// im2col is shared by the tasks, and sequences go a chunk at a time, all tasks together: each LN/im2col pass covers
+// every task's rows and each conv is one batched GEMM over the tasks' stacked weights.
 at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::TensorList wcols, at::TensorList ln,
                               at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len) {
   TORCH_CHECK(x_in.dim() == 3 && at::isFloatingType(x_in.scalar_type()),
@@ -385,50 +395,46 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
   at::Tensor out = at::empty({T, B, out_len, C}, x_in.options());
   if (B == 0) return out;
   const at::Tensor x = x_in.contiguous();
-  // Half the block's chunk: two col buffers live at once here (block 0's shared one and the working one).
-  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / 2 / L));
+  const auto opts = x.options();
+  // About chunk_rows() rows per chunk over all T tasks: the buffers below hold every task's rows.
+  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / (L * T)));
   at::Tensor none;
   std::vector<at::Tensor> g(4 * nb);
   for (int64_t v = 0; v < 4 * nb; ++v) g[v] = ln[v].contiguous();
-  // Scratch: block 0's first col (shared by the tasks) and one col buffer reused by every other conv.
-  const int64_t j0_first = first_tap(K, dil[0], need[0]);
-  const int64_t shared_numel = Bc * m1[0] * (K - j0_first) * C;
   int64_t col_numel = 0;
-  for (int64_t l = 0; l < nb; ++l)
-    col_numel = std::max({col_numel, Bc * m1[l] * K * C, Bc * need[l + 1] * K * wcols[2 * l].size(2)});
-  at::Tensor work = scratch(shared_numel + col_numel, x.options());
-  at::Tensor shared_buf = work.narrow(0, 0, shared_numel), col_buf = work.narrow(0, shared_numel, col_numel);
+  for (int64_t l = 0; l < nb; ++l) {  // conv1 reads C channels (one copy in block 0), conv2 C_mid
+    const int64_t Cm = wcols[2 * l].size(2);
+    col_numel = std::max({col_numel, (l == 0 ? 1 : T) * Bc * m1[l] * K * C, T * Bc * need[l + 1] * K * Cm});
+  }
+  at::Tensor col_buf = scratch(col_numel, opts);
   for (int64_t b0 = 0; b0 < B; b0 += Bc) {
     const int64_t bc = std::min(Bc, B - b0);
-    const at::Tensor xin = x.narrow(0, b0, bc).narrow(1, L - need[0], need[0]).contiguous();
-    at::Tensor shared = prefix(shared_buf, {bc, m1[0], (K - j0_first) * C});
-    k.ln_relu_im2col(xin, g[0], g[1], eps, K, j0_first, dil[0], true, none, none, shared, none);
-    // Task by task through the blocks (one task's activations live at a time).
-    for (int64_t t = 0; t < T; ++t) {
-      at::Tensor z = xin;
-      for (int64_t l = 0; l < nb; ++l) {
-        const int64_t d = dil[l], Lin = need[l], M1 = m1[l], Nout = need[l + 1];
-        const at::Tensor &w1 = wcols[2 * l], &w2 = wcols[2 * l + 1];
-        const int64_t Cm = w1.size(2);
-        // conv1 over the last M1 positions of the Lin-long input.
-        const int64_t j01 = first_tap(K, d, Lin), K1 = K - j01;
-        at::Tensor col1 = shared;
-        if (l > 0) {
-          col1 = prefix(col_buf, {bc, M1, K1 * C});
-          k.ln_relu_im2col(z, g[4 * l], g[4 * l + 1], eps, K, j01, d, true, none, none, col1, none);
-        }
-        at::Tensor h = at::empty({bc, M1, Cm}, x.options());
-        gemm(h.view({bc * M1, Cm}), col1.view({bc * M1, K1 * C}), w1[t].narrow(0, j01 * C, K1 * C), false);
-        // conv2 over the last Nout positions of h, plus the residual.
-        const int64_t j02 = first_tap(K, 2 * d, M1), K2 = K - j02;
-        at::Tensor col2 = prefix(col_buf, {bc, Nout, K2 * Cm});
-        k.ln_relu_im2col(h, g[4 * l + 2], g[4 * l + 3], eps, K, j02, 2 * d, true, none, none, col2, none);
-        at::Tensor y = l == nb - 1 ? out[t].narrow(0, b0, bc) : at::empty({bc, Nout, C}, x.options());
-        y.copy_(z.narrow(1, Lin - Nout, Nout));
-        gemm(y.view({bc * Nout, C}), col2.view({bc * Nout, K2 * Cm}), w2[t].narrow(0, j02 * Cm, K2 * Cm), true);
-        z = y;
-      }
+    // Block input [Tz, bc, Lin, C]: one copy (Tz = 1) until block 0's first conv, then one per task.
+    at::Tensor z = x.narrow(0, b0, bc).narrow(1, L - need[0], need[0]).contiguous().unsqueeze(0);
+    for (int64_t l = 0; l < nb; ++l) {
+      const int64_t d = dil[l], Lin = need[l], M1 = m1[l], Nout = need[l + 1], Tz = z.size(0);
+      const at::Tensor &w1 = wcols[2 * l], &w2 = wcols[2 * l + 1];
+      const int64_t Cm = w1.size(2);
+      // conv1 over the last M1 positions of the Lin-long input: one LN/im2col pass over all tasks' rows (also
+      // copying the residual into y), one batched GEMM (block 0: the shared col against every task's weights).
+      const int64_t j01 = first_tap(K, d, Lin), K1 = K - j01;
+      at::Tensor y = at::empty({T, bc, Nout, C}, opts);
+      at::Tensor col1 = prefix(col_buf, {Tz * bc, M1, K1 * C});
+      at::Tensor residual = Tz == T ? y.view({T * bc, Nout, C}) : at::Tensor();
+      k.ln_relu_im2col(z.view({Tz * bc, Lin, C}), g[4 * l], g[4 * l + 1], eps, K, j01, d, true, none, none, col1,
+                       residual);
+      if (Tz != T) y.copy_(z.narrow(2, Lin - Nout, Nout).expand({T, bc, Nout, C}));
+      at::Tensor h = at::empty({T, bc * M1, Cm}, opts);
+      gemm(h, col1.view({Tz, bc * M1, K1 * C}), w1.narrow(1, j01 * C, K1 * C), false);
+      // conv2 over the last Nout positions of h, added to the residual.
+      const int64_t j02 = first_tap(K, 2 * d, M1), K2 = K - j02;
+      at::Tensor col2 = prefix(col_buf, {T * bc, Nout, K2 * Cm});
+      k.ln_relu_im2col(h.view({T * bc, M1, Cm}), g[4 * l + 2], g[4 * l + 3], eps, K, j02, 2 * d, true, none, none,
+                       col2, none);
+      gemm(y.view({T, bc * Nout, C}), col2.view({T, bc * Nout, K2 * Cm}), w2.narrow(1, j02 * Cm, K2 * Cm), true);
+      z = y;
     }
+    out.narrow(1, b0, bc).copy_(z);
   }
   return out;
 }

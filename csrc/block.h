@@ -41,8 +41,8 @@ struct Kernels {
   //   a[s, p]  = relu(gamma * (in[s, p] - mean[s, p]) * rstd[s, p] + beta)
   //   col[s, r, (j-j0)*C + c] = a[s, L_in - L_out + r - (K-1-j)*dilation, c], or 0 where that index is < 0.
   // mean, rstd: [S * L_in]; written when compute_stats, else read (backward's recompute). Both may be undefined
-  // tensors when compute_stats (then the statistics are not stored). copy_out: undefined, or [S, L_in, C] that
-  // receives a copy of `in` in the same pass (the block's residual).
+  // tensors when compute_stats (then the statistics are not stored). copy_out: undefined, or [S, L_copy, C] with
+  // L_copy <= L_in that receives the last L_copy positions of `in` in the same pass (the block's residual).
   void (*ln_relu_im2col)(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
                          int64_t K, int64_t j0, int64_t dilation, bool compute_stats, at::Tensor& mean,
                          at::Tensor& rstd, at::Tensor& col, at::Tensor& copy_out);

@@ -172,6 +172,7 @@ struct Im2colArgs {
   int64_t Lin, Lout, C, K, j0, dil;
   double eps;
   bool compute_stats;
+  int64_t Lcopy;  // copy_out holds the last Lcopy positions of each sequence
 };
 
 template <typename scalar_t>
@@ -184,7 +185,8 @@ CONURE_CLONES void im2col_rows(const Im2colArgs<scalar_t>& a, int64_t begin, int
   for (int64_t n = begin; n < end; ++n) {
     const int64_t s = n / a.Lin, p = n % a.Lin;
     const scalar_t* x = a.X + n * C;
-    if (a.CP != nullptr) std::memcpy(a.CP + n * C, x, C * sizeof(scalar_t));
+    if (a.CP != nullptr && p >= a.Lin - a.Lcopy)
+      std::memcpy(a.CP + (s * a.Lcopy + p - (a.Lin - a.Lcopy)) * C, x, C * sizeof(scalar_t));
     // Output row p - shift: zeros in the taps that reach before the start of the sequence.
     const int64_t r0 = p - shift;
     if (r0 >= 0) {
@@ -230,7 +232,8 @@ void ln_relu_im2col_cpu(const at::Tensor& in, const at::Tensor& gamma, const at:
                            copy_out.defined() ? copy_out.data_ptr<scalar_t>() : nullptr,
                            mean.defined() ? mean.data_ptr<acc_t>() : nullptr,
                            rstd.defined() ? rstd.data_ptr<acc_t>() : nullptr,
-                           in.size(1), col.size(1), in.size(2), K, j0, dil, eps, compute_stats};
+                           in.size(1), col.size(1), in.size(2), K, j0, dil, eps, compute_stats,
+                           copy_out.defined() ? copy_out.size(1) : 0};
     TORCH_INTERNAL_ASSERT(compute_stats || (a.M != nullptr && a.R != nullptr));
     at::parallel_for(0, in.size(0) * in.size(1), 16,
                      [&](int64_t begin, int64_t end) { im2col_rows<scalar_t>(a, begin, end); });

@@ -118,7 +118,8 @@ __global__ void __launch_bounds__(kRowThreads)
     ln_relu_im2col_kernel(const T* __restrict__ in, const T* __restrict__ gamma, const T* __restrict__ beta,
                           double eps, int64_t S, int64_t Lin, int64_t Lout, int64_t C, int64_t K, int64_t j0,
                           int64_t dil, bool compute_stats, typename AccOf<T>::type* __restrict__ mean,
-                          typename AccOf<T>::type* __restrict__ rstd, T* __restrict__ col, T* __restrict__ copy_out) {
+                          typename AccOf<T>::type* __restrict__ rstd, T* __restrict__ col, T* __restrict__ copy_out,
+                          int64_t Lcopy) {
   using A = typename AccOf<T>::type;
   const int lane = threadIdx.x & 31;
   const int64_t Kp = K - j0, shift = Lin - Lout, width = Kp * C, rows = S * Lin;
@@ -130,8 +131,10 @@ __global__ void __launch_bounds__(kRowThreads)
        n += int64_t(gridDim.x) * kWarpsPerBlock) {
     const int64_t s = n / Lin, p = n % Lin;
     const T* x = in + n * C;
-    if (copy_out != nullptr)
-      for (int64_t c = lane; c < C; c += 32) copy_out[n * C + c] = x[c];
+    if (copy_out != nullptr && p >= Lin - Lcopy) {
+      T* dst = copy_out + (s * Lcopy + p - (Lin - Lcopy)) * C;
+      for (int64_t c = lane; c < C; c += 32) dst[c] = x[c];
+    }
     const int64_t r0 = p - shift;
     if (r0 >= 0) {
       for (int64_t jj = 0; jj < Kp && p - (K - 1 - j0 - jj) * dil < 0; ++jj) {
@@ -319,7 +322,7 @@ cudaError_t scatter_rows(DType dtype, const void* grows, const uint8_t* owner, i
 
 cudaError_t ln_relu_im2col(DType dtype, const void* in, const void* gamma, const void* beta, double eps, int64_t S,
                            int64_t L_in, int64_t L_out, int64_t C, int64_t K, int64_t j0, int64_t dilation,
-                           bool compute_stats, void* mean, void* rstd, void* col, void* copy_out,
+                           bool compute_stats, void* mean, void* rstd, void* col, void* copy_out, int64_t L_copy,
                            cudaStream_t stream) {
   const int64_t rows = S * L_in;
   if (rows == 0 || C == 0) return cudaSuccess;
@@ -330,7 +333,7 @@ cudaError_t ln_relu_im2col(DType dtype, const void* in, const void* gamma, const
     ln_relu_im2col_kernel<T><<<blocks, kRowThreads, 0, stream>>>(
         static_cast<const T*>(in), static_cast<const T*>(gamma), static_cast<const T*>(beta), eps, S, L_in, L_out, C,
         K, j0, dilation, compute_stats, static_cast<A*>(mean), static_cast<A*>(rstd), static_cast<T*>(col),
-        static_cast<T*>(copy_out));
+        static_cast<T*>(copy_out), L_copy);
     return cudaGetLastError();
   });
 }

@@ -23,10 +23,11 @@ cudaError_t scatter_rows(DType dtype, const void* grows, const uint8_t* owner, i
                          int64_t K, int64_t j0, void* grad_w, cudaStream_t stream);
 
 // LayerNorm + ReLU + im2col of in [S, L_in, C] into col [S, L_out, (K - j0) * C] (see block.h). mean, rstd: [S*L_in]
-// (written when compute_stats; may then be null; read otherwise). copy_out: null or [S, L_in, C] (gets `in`).
+// (written when compute_stats; may then be null; read otherwise). copy_out: null or [S, L_copy, C] (gets the last
+// L_copy positions of `in`, L_copy <= L_in).
 cudaError_t ln_relu_im2col(DType dtype, const void* in, const void* gamma, const void* beta, double eps, int64_t S,
                            int64_t L_in, int64_t L_out, int64_t C, int64_t K, int64_t j0, int64_t dilation,
-                           bool compute_stats, void* mean, void* rstd, void* col, void* copy_out,
+                           bool compute_stats, void* mean, void* rstd, void* col, void* copy_out, int64_t L_copy,
                            cudaStream_t stream);
 
 // Backward of ln_relu_im2col with L_in == L_out == L (see block.h). residual, grad_in, dgamma, dbeta may be null;

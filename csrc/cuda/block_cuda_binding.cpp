@@ -50,7 +50,7 @@ void ln_relu_im2col_cuda(const at::Tensor& in, const at::Tensor& gamma, const at
   C10_CUDA_CHECK(block_cuda::ln_relu_im2col(
       dtype_of(in.scalar_type(), "ln_relu_im2col"), in.data_ptr(), gamma.data_ptr(), beta.data_ptr(), eps, in.size(0),
       in.size(1), col.size(1), in.size(2), K, j0, dil, compute_stats, ptr_or_null(mean), ptr_or_null(rstd),
-      col.data_ptr(), ptr_or_null(copy_out), stream()));
+      col.data_ptr(), ptr_or_null(copy_out), copy_out.defined() ? copy_out.size(1) : 0, stream()));
 }
 
 void ln_relu_col2im_backward_cuda(const at::Tensor& gcol, const at::Tensor& in, const at::Tensor& mean,
