@@ -11,7 +11,8 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
 * ``stream step``: one streaming step (conure.streaming.StreamingState.step: every user's newest item) against
   recomputing the user vector from the whole L=100 history with our backbone (``user_vector``).
 * ``serve 5 tasks``: the user vectors of all 5 tasks in one call (conure.serving.MultiTaskServer) against a loop of
-  ``user_vector`` over the tasks (our backbone).
+  ``user_vector`` over the tasks (our backbone); ``serve 5 tasks streaming step``: one streaming state holding all 5
+  tasks (``step_all``) against 5 single-task states stepped in a loop.
 * ``bf16``: the training step under CPU bfloat16 autocast, ours against float32 ours (and the reference under the same
   autocast against it) -- optional rows, only where the CPU has native bfloat16 (AVX512-BF16).
 """
@@ -159,6 +160,27 @@ def serve_case(batch: int, length: int, tasks: int = 5):
     return ours, ref
 
 
+def serve_stream_case(batch: int, length: int, tasks: int = 5):
+    """Streaming serving: one StreamingState for all tasks (step_all) against one state per task stepped in a loop."""
+    net = paper_net(tasks=tasks).eval()
+    items = histories(batch, length)
+    task_ids = tuple(range(1, tasks + 1))
+    together = StreamingState(net, batch, task_ids)
+    together.run(items)
+    apart = [StreamingState(net, batch, t) for t in task_ids]
+    for state in apart:
+        state.run(items)
+    new = torch.randint(1, NUM_ITEMS, (batch,), generator=torch.Generator().manual_seed(1))
+
+    def ours():
+        return together.step_all(new)
+
+    def ref():
+        return torch.stack([state.step(new) for state in apart])
+
+    return ours, ref
+
+
 def _has_bf16() -> bool:
     try:
         return "avx512_bf16" in open("/proc/cpuinfo").read()
@@ -178,6 +200,8 @@ def cases() -> Dict[str, Factory]:
         out[f"stream step vs full L=100 B={batch}"] = (lambda b=batch: stream_case(b, 100))
     for batch, length in ((32, 50), (32, 100), (256, 50)):
         out[f"serve 5 tasks vs loop B={batch} L={length}"] = (lambda b=batch, l=length: serve_case(b, l))
+    for batch in (32, 256):
+        out[f"serve 5 tasks streaming step vs loop B={batch}"] = (lambda b=batch: serve_stream_case(b, 100))
     if _has_bf16():
         out["bf16 autocast train step B=256 L=50 (ours bf16 vs ours f32)"] = lambda: bf16_vs_f32_case(256, 50)
         out["bf16 autocast train step B=256 L=50 (ours vs reference, both bf16)"] = \

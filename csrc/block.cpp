@@ -364,7 +364,7 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
       k.stream_gather(in, ln[2 * c].contiguous(), ln[2 * c + 1].contiguous(), eps, ring, p, K, dil, col);
       at::Tensor out = at::empty({T, B, co}, x.options());
       if (half == 1) out.copy_(z.expand({T, B, co}));
-      for (int64_t t = 0; t < T; ++t) gemm(out[t], col[tr == 1 ? 0 : t], w[t], half == 1);
+      gemm(out, col, w, half == 1);  // one batched GEMM over the tasks (col broadcast when shared)
       (half == 0 ? h : z) = out;
     }
   }
