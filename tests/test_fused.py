@@ -163,9 +163,13 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, b)
 
 
-def test_backbone_uses_fused_block_and_matches_reference_composition():
+@pytest.mark.parametrize("fused_training", [True, False])
+def test_backbone_uses_fused_block_and_matches_reference_composition(fused_training):
+    """Inference always takes the fused block; training only when the block opts in (fused_training)."""
     torch.manual_seed(0)
     net = NextItNet(40, 12, 3, (1, 4, 2))
+    for block in net.blocks:
+        block.fused_training = fused_training
     g = torch.Generator().manual_seed(1)
     for _, conv in net.conv_layers():
         conv.owner.copy_(torch.randint(0, 4, conv.owner.shape, generator=g, dtype=torch.uint8))
@@ -179,10 +183,13 @@ def test_backbone_uses_fused_block_and_matches_reference_composition():
     original = fused.residual_block
     try:
         fused.residual_block = lambda *a, **k: calls.append(1) or original(*a, **k)
+        with torch.no_grad():
+            net(items, 3)
+        assert len(calls) == len(net.blocks)
         out = net(items, 3)
     finally:
         fused.residual_block = original
-    assert len(calls) == len(net.blocks)
+    assert len(calls) == len(net.blocks) * (2 if fused_training else 1)
     # The same network from the reference composition.
     x = net.embedding(items)
     for block in net.blocks:
