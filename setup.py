@@ -52,7 +52,12 @@ def want_cuda():
 def extension():
     groups = read_sources()
     sources = groups["common"] + groups["cpu"]
-    cxx = ["-O3"]
+    cxx, link = ["-O3"], []
+    # ATen's at::parallel_for is header-inline over OpenMP: code compiled without -fopenmp runs every CPU kernel on
+    # one thread. The link flag adds libgomp.so.1, which resolves to the copy torch has already loaded (same soname).
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
@@ -60,9 +65,10 @@ def extension():
             "conure._C", sources + groups["cuda"],
             define_macros=[("CONURE_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_link_args=link,
             py_limited_api=False,
         )
-    return CppExtension("conure._C", sources, extra_compile_args={"cxx": cxx})
+    return CppExtension("conure._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
 
 class Build(BuildExtension):

@@ -283,3 +283,31 @@ def test_block_bfloat16_autocast():
     fused.residual_block(*ref, 2, 2).sum().backward()
     for a, b in zip(floats, [t for t in ref if t.is_floating_point()]):
         assert (a.grad - b.grad).abs().max() <= 0.05 * b.grad.abs().max() + 0.05
+
+
+def test_block_bitwise_reproducible():
+    """Same inputs, same bits: across calls (with other shapes in between, so buffers land at other addresses) and
+    across thread counts. (FMA contraction used to differ between vectorized and peeled iterations, whose split
+    depends on buffer alignment: 1-ulp differences from call to call.)"""
+    inputs = make_block(13, 9, 8, 8, 3, 4)  # C = 8: rows 32 bytes apart, odd alignments
+    grad = torch.randn(13, 9, 8, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+
+    def run():
+        args = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+        y = fused.residual_block(*args, 2, 2)
+        y.backward(grad)
+        return [y.detach()] + [a.grad for a in args if a.is_floating_point()]
+
+    want = run()
+    try:
+        for n in range(6):
+            torch.set_num_threads(1 + n % 2)
+            junk = [torch.empty(1 + 7 * n + k) for k in range(5)]  # shift where the next buffers land
+            fused.residual_block(*make_block(1 + n, 5 + n, 4 + n % 3, 5, 3, n), 1, 1)
+            got = run()
+            del junk
+            for name, a, b in zip(["y"] + GRAD_NAMES, got, want):
+                assert torch.equal(a, b), f"{name} differs on repeat {n} ({1 + n % 2} threads)"
+    finally:
+        torch.set_num_threads(threads)

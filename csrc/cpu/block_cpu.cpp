@@ -12,6 +12,16 @@
 
 #include "../block.h"
 
+// Floating-point contraction (a*b+c fused into one FMA) off for this file's kernels: with it on, the vectorized body
+// and the scalar peel/remainder iterations of a loop may contract differently, and which elements take which path
+// depends on the run-time alignment of the buffers -- results then changed by an ulp from call to call and across
+// threads. Off, every path computes the same IEEE operations in program order: bitwise reproducible results.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#elif defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
 namespace conure {
 namespace block {
 namespace {
@@ -309,17 +319,22 @@ void ln_relu_col2im_backward_cpu(const at::Tensor& gcol, const at::Tensor& in, c
                            grad_in.defined() ? grad_in.data_ptr<scalar_t>() : nullptr,
                            in.size(1), C, K, j0, dil};
     const bool params = dgamma.defined() || dbeta.defined();
-    const int threads = at::get_num_threads();
-    std::vector<acc_t> partial(params ? static_cast<size_t>(threads) * 2 * C : 0, acc_t(0));
-    at::parallel_for(0, in.size(0) * in.size(1), 16, [&](int64_t begin, int64_t end) {
-      acc_t* pg = params ? partial.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C : nullptr;
-      col2im_rows<scalar_t>(a, begin, end, pg);
+    // dgamma/dbeta: partial sums over fixed blocks of rows, added in block order, so the result does not depend on
+    // how many threads ran or how the rows were split between them.
+    constexpr int64_t kParamRows = 64;
+    const int64_t rows = in.size(0) * in.size(1), blocks = (rows + kParamRows - 1) / kParamRows;
+    std::vector<acc_t> partial(params ? static_cast<size_t>(blocks) * 2 * C : 0, acc_t(0));
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        acc_t* pg = params ? partial.data() + static_cast<size_t>(blk) * 2 * C : nullptr;
+        col2im_rows<scalar_t>(a, blk * kParamRows, std::min(rows, (blk + 1) * kParamRows), pg);
+      }
     });
     if (params) {
       acc_t* dg = dgamma.defined() ? dgamma.data_ptr<acc_t>() : nullptr;
       acc_t* db = dbeta.defined() ? dbeta.data_ptr<acc_t>() : nullptr;
-      for (int t = 0; t < threads; ++t) {
-        const acc_t* pg = partial.data() + static_cast<size_t>(t) * 2 * C;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const acc_t* pg = partial.data() + static_cast<size_t>(blk) * 2 * C;
         for (int64_t c = 0; c < C; ++c) {
           if (dg != nullptr) dg[c] += pg[c];
           if (db != nullptr) db[c] += pg[C + c];

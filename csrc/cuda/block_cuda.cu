@@ -184,6 +184,9 @@ __device__ __forceinline__ A relu_ln_dz(const T* __restrict__ gcol, const T* __r
   return z > A(0) ? ga : A(0);
 }
 
+// One warp per row (rows dealt to warps round-robin by global warp index). The LayerNorm parameter gradients are
+// deterministic: each warp adds its rows' terms into its own slice of `partial` ([warps, 2, C], lane-exclusive
+// channels, so no atomics), and reduce_partials_kernel sums the slices in warp order.
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
     ln_relu_col2im_backward_kernel(const T* __restrict__ gcol, const T* __restrict__ in,
@@ -191,20 +194,14 @@ __global__ void __launch_bounds__(kRowThreads)
                                    const typename AccOf<T>::type* __restrict__ rstd, const T* __restrict__ gamma,
                                    const T* __restrict__ beta, int64_t S, int64_t L, int64_t C, int64_t K, int64_t j0,
                                    int64_t dil, const T* __restrict__ residual, T* __restrict__ grad_in,
-                                   typename AccOf<T>::type* __restrict__ dgamma,
-                                   typename AccOf<T>::type* __restrict__ dbeta, bool shared_params) {
+                                   typename AccOf<T>::type* __restrict__ partial) {
   using A = typename AccOf<T>::type;
-  extern __shared__ unsigned char smem_raw[];
-  A* sh = reinterpret_cast<A*>(smem_raw);  // [2 * C] when shared_params: dgamma then dbeta partials of this block
-  const bool params = dgamma != nullptr || dbeta != nullptr;
-  if (params && shared_params) {
-    for (int64_t c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = A(0);
-    __syncthreads();
-  }
   const int lane = threadIdx.x & 31;
   const int64_t rows = S * L;
-  for (int64_t n = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); n < rows;
-       n += int64_t(gridDim.x) * kWarpsPerBlock) {
+  const int64_t warp = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5);
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  A* pg = partial != nullptr ? partial + warp * 2 * C : nullptr;
+  for (int64_t n = warp; n < rows; n += warps) {
     const int64_t s = n / L, p = n % L;
     const T* x = in + n * C;
     const A mu = mean[n], rs = rstd[n];
@@ -215,14 +212,9 @@ __global__ void __launch_bounds__(kRowThreads)
       const A dg = d * to_acc(gamma[c]);
       s1 += dg;
       s2 += dg * xhat;
-      if (params) {
-        if (shared_params) {
-          if (dgamma != nullptr) atomicAdd(sh + c, d * xhat);
-          if (dbeta != nullptr) atomicAdd(sh + C + c, d);
-        } else {
-          if (dgamma != nullptr) atomicAdd(dgamma + c, d * xhat);
-          if (dbeta != nullptr) atomicAdd(dbeta + c, d);
-        }
+      if (pg != nullptr) {
+        pg[c] += d * xhat;
+        pg[C + c] += d;
       }
     }
     if (grad_in == nullptr) continue;
@@ -235,12 +227,18 @@ __global__ void __launch_bounds__(kRowThreads)
       grad_in[n * C + c] = from_acc<T>(v);
     }
   }
-  if (params && shared_params) {
-    __syncthreads();
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      if (dgamma != nullptr) atomicAdd(dgamma + c, sh[c]);
-      if (dbeta != nullptr) atomicAdd(dbeta + c, sh[C + c]);
-    }
+}
+
+// dgamma[c] += sum_w partial[w, 0, c]; dbeta[c] += sum_w partial[w, 1, c] (in warp order: deterministic).
+template <typename A>
+__global__ void reduce_partials_kernel(const A* __restrict__ partial, int64_t warps, int64_t C, A* __restrict__ dgamma,
+                                       A* __restrict__ dbeta) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < 2 * C; c += int64_t(gridDim.x) * blockDim.x) {
+    A* out = c < C ? dgamma : dbeta;
+    if (out == nullptr) continue;
+    A sum = 0;
+    for (int64_t w = 0; w < warps; ++w) sum += partial[w * 2 * C + c];
+    out[c < C ? c : c - C] += sum;
   }
 }
 
@@ -338,26 +336,43 @@ cudaError_t ln_relu_im2col(DType dtype, const void* in, const void* gamma, const
   });
 }
 
+// Blocks of the backward kernel (fixed for a device, so the reduction order is too).
+unsigned col2im_blocks(int64_t rows) { return row_blocks(rows, int64_t(sm_count()) * 2); }
+
+size_t ln_relu_col2im_workspace_bytes(DType dtype, int64_t S, int64_t L, int64_t C) {
+  const int64_t warps = int64_t(col2im_blocks(S * L)) * kWarpsPerBlock;
+  return static_cast<size_t>(warps) * 2 * static_cast<size_t>(C) * (dtype == DType::kFloat64 ? 8 : 4);
+}
+
 cudaError_t ln_relu_col2im_backward(DType dtype, const void* gcol, const void* in, const void* mean, const void* rstd,
                                     const void* gamma, const void* beta, int64_t S, int64_t L, int64_t C, int64_t K,
                                     int64_t j0, int64_t dilation, const void* residual, void* grad_in, void* dgamma,
-                                    void* dbeta, cudaStream_t stream) {
+                                    void* dbeta, void* workspace, cudaStream_t stream) {
   const int64_t rows = S * L;
   if (rows == 0 || C == 0) return cudaSuccess;
-  // Few blocks (each folds many rows into its shared-memory partial sums), so few global atomics.
-  const unsigned blocks = row_blocks(rows, int64_t(sm_count()) * 4);
+  const unsigned blocks = col2im_blocks(rows);
+  const int64_t warps = int64_t(blocks) * kWarpsPerBlock;
+  const bool params = dgamma != nullptr || dbeta != nullptr;
+  if (params) {
+    if (workspace == nullptr) return cudaErrorInvalidValue;
+    CONURE_RETURN_IF_ERROR(
+        cudaMemsetAsync(workspace, 0, ln_relu_col2im_workspace_bytes(dtype, S, L, C), stream));
+  }
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = typename AccOf<T>::type;
-    const size_t bytes = 2 * static_cast<size_t>(C) * sizeof(A);
-    const bool params = dgamma != nullptr || dbeta != nullptr;
-    const bool shared_params = params && bytes <= 48 * 1024;
-    ln_relu_col2im_backward_kernel<T><<<blocks, kRowThreads, shared_params ? bytes : 0, stream>>>(
+    A* partial = params ? static_cast<A*>(workspace) : nullptr;
+    ln_relu_col2im_backward_kernel<T><<<blocks, kRowThreads, 0, stream>>>(
         static_cast<const T*>(gcol), static_cast<const T*>(in), static_cast<const A*>(mean),
         static_cast<const A*>(rstd), static_cast<const T*>(gamma), static_cast<const T*>(beta), S, L, C, K, j0,
-        dilation, static_cast<const T*>(residual), static_cast<T*>(grad_in), static_cast<A*>(dgamma),
-        static_cast<A*>(dbeta), shared_params);
-    return cudaGetLastError();
+        dilation, static_cast<const T*>(residual), static_cast<T*>(grad_in), partial);
+    CONURE_RETURN_IF_ERROR(cudaGetLastError());
+    if (params) {
+      reduce_partials_kernel<A><<<flat_blocks(2 * C), 256, 0, stream>>>(partial, warps, C, static_cast<A*>(dgamma),
+                                                                       static_cast<A*>(dbeta));
+      CONURE_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    return cudaSuccess;
   });
 }
 

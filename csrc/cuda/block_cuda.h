@@ -31,11 +31,14 @@ cudaError_t ln_relu_im2col(DType dtype, const void* in, const void* gamma, const
                            cudaStream_t stream);
 
 // Backward of ln_relu_im2col with L_in == L_out == L (see block.h). residual, grad_in, dgamma, dbeta may be null;
-// dgamma and dbeta ([C], stats dtype) are accumulated into.
+// dgamma and dbeta ([C], stats dtype) are accumulated into, deterministically (per-warp partial sums in `workspace`,
+// added in a fixed order): `workspace` needs ln_relu_col2im_workspace_bytes(...) bytes when dgamma or dbeta is given
+// (contents need no initialization), else it may be null.
+size_t ln_relu_col2im_workspace_bytes(DType dtype, int64_t S, int64_t L, int64_t C);
 cudaError_t ln_relu_col2im_backward(DType dtype, const void* gcol, const void* in, const void* mean, const void* rstd,
                                     const void* gamma, const void* beta, int64_t S, int64_t L, int64_t C, int64_t K,
                                     int64_t j0, int64_t dilation, const void* residual, void* grad_in, void* dgamma,
-                                    void* dbeta, cudaStream_t stream);
+                                    void* dbeta, void* workspace, cudaStream_t stream);
 
 // One streaming step of one conv's input side (see block.h): in [T_in, B, C] (T_in is 1 or T_r), ring
 // [T_r, B, R, C], pos [B] int64 (>= 0), col [T_r, B, K * C].

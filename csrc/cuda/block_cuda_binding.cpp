@@ -57,10 +57,16 @@ void ln_relu_col2im_backward_cuda(const at::Tensor& gcol, const at::Tensor& in, 
                                   const at::Tensor& rstd, const at::Tensor& gamma, const at::Tensor& beta, int64_t K,
                                   int64_t j0, int64_t dil, const at::Tensor& residual, at::Tensor& grad_in,
                                   at::Tensor& dgamma, at::Tensor& dbeta) {
+  const auto dtype = dtype_of(in.scalar_type(), "residual_block_backward");
+  at::Tensor workspace;  // per-warp partial sums of the LayerNorm parameter gradients (deterministic reduction)
+  if (dgamma.defined() || dbeta.defined()) {
+    const size_t bytes = block_cuda::ln_relu_col2im_workspace_bytes(dtype, in.size(0), in.size(1), in.size(2));
+    workspace = at::empty({static_cast<int64_t>(bytes)}, in.options().dtype(at::kByte));
+  }
   C10_CUDA_CHECK(block_cuda::ln_relu_col2im_backward(
-      dtype_of(in.scalar_type(), "residual_block_backward"), gcol.data_ptr(), in.data_ptr(), mean.data_ptr(),
-      rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(), in.size(0), in.size(1), in.size(2), K, j0, dil,
-      ptr_or_null(residual), ptr_or_null(grad_in), ptr_or_null(dgamma), ptr_or_null(dbeta), stream()));
+      dtype, gcol.data_ptr(), in.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+      in.size(0), in.size(1), in.size(2), K, j0, dil, ptr_or_null(residual), ptr_or_null(grad_in),
+      ptr_or_null(dgamma), ptr_or_null(dbeta), ptr_or_null(workspace), stream()));
 }
 
 void stream_gather_cuda(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
