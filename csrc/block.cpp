@@ -1,11 +1,9 @@
 // Schemas of the fused residual block, streaming step and multi-task forward, and their device-generic
 // orchestration (GEMMs on im2col buffers; see block.h). Backend kernels: csrc/cpu/block_cpu.cpp, csrc/cuda/block_*.
 #include "block.h"
+#include "masked_conv.h"
 
-#include <ATen/ops/empty_native.h>
 #include <torch/library.h>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -15,46 +13,8 @@ namespace conure {
 namespace block {
 namespace {
 
-// out = (accumulate ? out : 0) + a @ b; 2-D, or 3-D batched (a's batch may be 1: broadcast).
-// CPU float32/bfloat16 GEMMs go to oneDNN when this torch exports at::native::mkldnn_matmul (MKL's sgemm takes its
-// AVX2 path on AMD processors; see masked_conv.cpp, which does the same for the conv). Looked up at run time.
-using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
-
-MkldnnMatmul onednn_matmul() {
-  static const MkldnnMatmul fn = []() -> MkldnnMatmul {
-    Dl_info info;
-    if (dladdr(reinterpret_cast<void*>(&at::native::empty_cpu), &info) == 0 || info.dli_fname == nullptr)
-      return nullptr;
-    void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
-    if (lib == nullptr) return nullptr;
-    return reinterpret_cast<MkldnnMatmul>(dlsym(lib, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
-  }();
-  return fn;
-}
-
-void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  const auto dtype = out.scalar_type();
-  if (out.is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16) && out.is_contiguous()) {
-    if (MkldnnMatmul fn = onednn_matmul()) {
-      fn(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
-      return;
-    }
-  }
-  if (out.dim() == 3) {  // batched: a is [T, M, K] or [1, M, K] (broadcast), b is [T, K, N]
-    const at::Tensor a3 = a.size(0) == out.size(0) ? a : a.expand({out.size(0), a.size(1), a.size(2)});
-    if (accumulate) {
-      out.baddbmm_(a3, b);
-    } else {
-      at::bmm_out(out, a3, b);
-    }
-    return;
-  }
-  if (accumulate) {
-    out.addmm_(a, b);
-  } else {
-    at::mm_out(out, a, b);
-  }
-}
+// GEMMs: conure::gemm (masked_conv.h), oneDNN on CPU where torch exports it.
+using conure::gemm;
 
 // Rows (sequences * positions) per chunk of the block: the col buffer of a chunk is rows * K * C elements.
 int64_t chunk_rows() {

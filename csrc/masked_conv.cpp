@@ -12,7 +12,7 @@
 
 namespace conure {
 
-// out = beta * out + a @ b.
+// out = (accumulate ? out : 0) + a @ b; 2-D, or 3-D batched (a's batch may be 1: broadcast).
 //
 // On CPU, float32/bfloat16 GEMMs go to oneDNN when this torch exports at::native::mkldnn_matmul: MKL's sgemm
 // takes its AVX2 path on AMD processors and ran about 3x slower than oneDNN at the conv's shapes here (same
@@ -39,6 +39,15 @@ void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumul
       fn(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
       return;
     }
+  }
+  if (out.dim() == 3) {  // batched: a is [T, M, K] or [1, M, K] (broadcast), b is [T, K, N]
+    const at::Tensor a3 = a.size(0) == out.size(0) ? a : a.expand({out.size(0), a.size(1), a.size(2)});
+    if (accumulate) {
+      out.baddbmm_(a3, b);
+    } else {
+      at::bmm_out(out, a3, b);
+    }
+    return;
   }
   if (accumulate) {
     out.addmm_(a, b);

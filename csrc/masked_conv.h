@@ -21,6 +21,10 @@ struct ConvKernels {
   void (*scatter_grad)(const at::Tensor& grad_taps, const at::Tensor& owner, int64_t task, at::Tensor& grad_weight);
 };
 
+// out = (accumulate ? out : 0) + a @ b; 2-D, or 3-D batched (a's batch may be 1: broadcast). CPU float32/bfloat16
+// go to oneDNN when this torch exports at::native::mkldnn_matmul (see masked_conv.cpp); else at::mm/bmm.
+void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
+
 // Argument checks shared by every backend (the Python wrapper checks first with friendlier messages).
 void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& owner, int64_t task,
                      const std::optional<at::Tensor>& bias, int64_t dilation);
