@@ -488,6 +488,10 @@ def machine_info() -> Dict[str, Any]:
     try:
         info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                             text=True, timeout=10).stdout.strip() or None
+        # uncommitted changes to the engine (package, kernels) in the working tree at start
+        info["engine_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--", "conure", "csrc",
+                                                    "setup.py"], cwd=REPO, capture_output=True, text=True,
+                                                   timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
     return info
@@ -511,7 +515,10 @@ def markdown_report(result: Dict[str, Any]) -> str:
     mi = result["machine"]
     L.append(f"* Machine: {mi['cpu']}, {mi['cores']} cores ({mi['threads']} torch threads), "
              f"{'CUDA' if mi['cuda'] else 'no GPU'}; Python {mi['python']}, torch {mi['torch']}, conure "
-             f"{mi['conure']} ({mi['backend']} ops), commit {mi.get('git_commit')}")
+             f"{mi['conure']} ({mi['backend']} ops), commit {mi.get('git_commit')}"
+             + (" with uncommitted engine changes" if mi.get("engine_dirty") else ""))
+    if mi.get("note"):
+        L.append(f"* Note: {mi['note']}")
     L.append(f"* Date: {result['date']}; wall time {result['wall_seconds']:.0f} s "
              f"({result['wall_seconds'] / 60:.1f} min) for {len(seeds)} seed(s) {seeds}; CPU time "
              f"{result['cpu_seconds']:.0f} s (the cores are shared: wall / (CPU / threads) = "
@@ -754,6 +761,7 @@ def main(argv=None) -> Dict[str, Any]:
                                    list(sys.argv[1:] if argv is None else argv))
     date = _dt.datetime.now().astimezone().strftime("%a %d %b %Y %H:%M:%S %Z")
     t0, c0 = time.perf_counter(), _cpu_seconds()
+    machine = machine_info()   # at the start: the commit whose code this process imports
     if args.tune:
         grid = [parse_assignment(g) for g in args.grid]
         for k, v in grid:
@@ -770,7 +778,7 @@ def main(argv=None) -> Dict[str, Any]:
             points.append({"point": point, "runs": runs})
         sel = {spec["name"]: (tc.metric or primary(spec["kind"]))
                for spec, tc in zip(task_specs(cfg), task_configs(cfg))}
-        result = {"command": command, "date": date, "machine": machine_info(), "config": cfg, "seeds": args.seeds,
+        result = {"command": command, "date": date, "machine": machine, "config": cfg, "seeds": args.seeds,
                   "points": points, "wall_seconds": time.perf_counter() - t0, "split": "valid",
                   "selection_metrics": sel}
         write_json(out / "tune.json", result)
@@ -782,7 +790,7 @@ def main(argv=None) -> Dict[str, Any]:
     for s in args.seeds:
         log(f"seed {s}")
         runs.append(run_seed(cfg, s, methods, "test", log))
-    result = {"command": command, "date": date, "machine": machine_info(), "config": cfg, "seeds": args.seeds,
+    result = {"command": command, "date": date, "machine": machine, "config": cfg, "seeds": args.seeds,
               "methods": methods, "runs": runs, "wall_seconds": time.perf_counter() - t0, "split": "test",
               "cpu_seconds": _cpu_seconds() - c0}
     result["summary"] = summarise(runs, methods)
