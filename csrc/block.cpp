@@ -3,6 +3,7 @@
 #include "block.h"
 #include "masked_conv.h"
 
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,7 +22,7 @@ int64_t chunk_rows() {
   static const int64_t rows = [] {
     const char* env = std::getenv("CONURE_BLOCK_CHUNK_ROWS");
     const int64_t v = env ? std::atoll(env) : 0;
-    return v > 0 ? v : int64_t(2048);
+    return v > 0 ? v : int64_t(1024);
   }();
   return rows;
 }
@@ -39,6 +40,36 @@ at::Tensor scratch(int64_t numel, const at::TensorOptions& opts) {
     cache = at::empty({(bytes + 63) / 64 * 64}, opts.dtype(at::kByte));
   }
   return cache.narrow(0, 0, bytes).view(c10::typeMetaToScalarType(opts.dtype())).narrow(0, 0, numel);
+}
+
+// B sequences in n chunks of nearly equal size (they differ by at most one sequence). n depends on B and L only --
+// never on the thread count -- so every result is the same for any number of threads.
+struct Split {
+  int64_t B, n;
+  int64_t begin(int64_t i) const { return i * B / n; }
+  int64_t size(int64_t i) const { return (i + 1) * B / n - i * B / n; }
+  int64_t max_size() const { return (B + n - 1) / n; }
+};
+
+Split split_batch(int64_t B, int64_t rows_per_sequence) {
+  const int64_t target = chunk_rows();
+  int64_t n = std::max<int64_t>(1, (B * rows_per_sequence + target / 2) / std::max<int64_t>(target, 1));
+  if (n > 1 && n % 2 == 1) ++n;  // an even count shares evenly between two (or four) threads
+  return {B, std::max<int64_t>(1, std::min(n, B))};
+}
+
+// fn(i) for every chunk i. On the CPU the chunks go to the threads in ONE parallel region (each thread runs whole
+// chunks: its GEMMs and kernels run single-threaded inside the region). Few regions matter on a shared machine:
+// every region waits for all its threads to get a core. Elsewhere (CUDA) the chunks run in order.
+template <typename F>
+void for_chunks(bool cpu, int64_t n, const F& fn) {
+  if (cpu && n > 1) {
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) fn(i);
+    });
+  } else {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  }
 }
 
 // A [rows, cols] view of the first rows*cols elements of a flat buffer.
@@ -114,13 +145,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
   const at::Tensor g1 = ln1_weight.contiguous(), b1 = ln1_bias.contiguous();
   const at::Tensor g2 = ln2_weight.contiguous(), b2 = ln2_bias.contiguous();
 
-  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / L));
+  const Split sp = split_batch(B, L);
   const int64_t width = std::max((K - j01) * C, (K - j02) * Cm);
-  at::Tensor col = scratch(Bc * L * width, x.options());
-  at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
-  at::Tensor none;
-  for (int64_t b0 = 0; b0 < B; b0 += Bc) {
-    const int64_t bc = std::min(Bc, B - b0), n = bc * L;
+  const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
+  for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
+    const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
+    at::Tensor col = scratch(n * width, x.options());
+    at::Tensor none;
     const at::Tensor xc = x.narrow(0, b0, bc);
     at::Tensor hc = h.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
     at::Tensor m1 = mean1.narrow(0, b0, bc).view({n}), r1 = rstd1.narrow(0, b0, bc).view({n});
@@ -131,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
     at::Tensor col2 = prefix(col, {bc, L, (K - j02) * Cm});
     k.ln_relu_im2col(hc, g2, b2, eps, K, j02, d2, true, m2, r2, col2, none);
     gemm(yc.view({n, C}), col2.view({n, (K - j02) * Cm}), W2.t(), true);
-  }
+  });
   return {y, h, stats};
 }
 
@@ -162,17 +193,19 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
   const auto opts = x_in.options();
 
   std::optional<at::Tensor> gx, gw1, gw2, gg1, gb1, gg2, gb2;
-  at::Tensor dg1, db1, dg2, db2;  // accumulators in the stats dtype
-  if (mask[3]) dg1 = at::zeros({C}, opts.dtype(sdt));
-  if (mask[4]) db1 = at::zeros({C}, opts.dtype(sdt));
-  if (mask[5]) dg2 = at::zeros({Cm}, opts.dtype(sdt));
-  if (mask[6]) db2 = at::zeros({Cm}, opts.dtype(sdt));
   const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
   const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
   const int64_t K1 = K - j01, K2 = K - j02;
-  at::Tensor G1, G2;  // grads of the row-layout weights: [Cm, K1*C], [C, K2*Cm]
-  if (need_w1) G1 = at::empty({Cm, K1 * C}, opts);
-  if (need_w2) G2 = at::empty({C, K2 * Cm}, opts);
+  const Split sp = split_batch(B, L);
+  // Per-chunk partial sums, added in chunk order at the end (deterministic): the row-layout weight gradients
+  // [Cm, K1*C], [C, K2*Cm] and the LayerNorm parameter gradients (stats dtype).
+  at::Tensor G1p, G2p, dg1p, db1p, dg2p, db2p;
+  if (need_w1) G1p = at::empty({sp.n, Cm, K1 * C}, opts);
+  if (need_w2) G2p = at::empty({sp.n, C, K2 * Cm}, opts);
+  if (mask[3]) dg1p = at::zeros({sp.n, C}, opts.dtype(sdt));
+  if (mask[4]) db1p = at::zeros({sp.n, C}, opts.dtype(sdt));
+  if (mask[5]) dg2p = at::zeros({sp.n, Cm}, opts.dtype(sdt));
+  if (mask[6]) db2p = at::zeros({sp.n, Cm}, opts.dtype(sdt));
   if (need_x) gx = at::empty({B, L, C}, opts);
 
   if (B * L > 0 && (need_w2 || need_h)) {
@@ -191,46 +224,55 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
       W2 = at::empty({C, K2 * Cm}, opts);
       k.mask_rows(w2, o2, task, j02, W2);
     }
-    const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / L));
-    const int64_t col_numel = Bc * L * std::max(K1 * C, K2 * Cm);
-    at::Tensor work = scratch(col_numel + (need_stage1 ? Bc * L * Cm : 0), opts);
-    at::Tensor col = work.narrow(0, 0, col_numel);
-    at::Tensor gh_buf = need_stage1 ? work.narrow(0, col_numel, Bc * L * Cm) : at::Tensor();
     const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
-    at::Tensor none;
-    for (int64_t b0 = 0; b0 < B; b0 += Bc) {
-      const int64_t bc = std::min(Bc, B - b0), n = bc * L;
+    const auto part = [](const at::Tensor& parts, int64_t i) { return parts.defined() ? parts[i] : at::Tensor(); };
+    for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
+      const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
+      const int64_t col_numel = n * std::max(K1 * C, K2 * Cm);
+      at::Tensor work = scratch(col_numel + (need_stage1 ? n * Cm : 0), opts);
+      at::Tensor none;
       const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc), hc = h.narrow(0, b0, bc);
       at::Tensor m1 = mean1.narrow(0, b0, bc).reshape({n}), r1 = rstd1.narrow(0, b0, bc).reshape({n});
       at::Tensor m2 = mean2.narrow(0, b0, bc).reshape({n}), r2 = rstd2.narrow(0, b0, bc).reshape({n});
       const at::Tensor g2d = gc.view({n, C});
-      at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
+      at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
       // conv2: grad of its weights from the recomputed relu(LN2(h)) col, then the col's gradient in its place.
       if (need_w2) {
         k.ln_relu_im2col(hc, ga2, be2, 0.0, K, j02, d2, false, m2, r2, col2, none);
-        gemm(G2, g2d.t(), col2.view({n, K2 * Cm}), /*accumulate=*/b0 > 0);
+        gemm(G2p[i], g2d.t(), col2.view({n, K2 * Cm}), false);
       }
-      if (!need_h) continue;
+      if (!need_h) return;
       gemm(col2.view({n, K2 * Cm}), g2d, W2, false);
-      at::Tensor ghc = need_stage1 ? prefix(gh_buf, {bc, L, Cm}) : at::Tensor();
-      k.ln_relu_col2im_backward(col2, hc, m2, r2, ga2, be2, K, j02, d2, none, ghc, dg2, db2);
-      if (!need_stage1) continue;
+      at::Tensor ghc = need_stage1 ? work.narrow(0, col_numel, n * Cm).view({bc, L, Cm}) : at::Tensor();
+      at::Tensor dg2c = part(dg2p, i), db2c = part(db2p, i);
+      k.ln_relu_col2im_backward(col2, hc, m2, r2, ga2, be2, K, j02, d2, none, ghc, dg2c, db2c);
+      if (!need_stage1) return;
       const at::Tensor gh2d = ghc.view({n, Cm});
-      at::Tensor col1 = prefix(col, {bc, L, K1 * C});
+      at::Tensor col1 = prefix(work, {bc, L, K1 * C});
       if (need_w1) {
         k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, m1, r1, col1, none);
-        gemm(G1, gh2d.t(), col1.view({n, K1 * C}), /*accumulate=*/b0 > 0);
+        gemm(G1p[i], gh2d.t(), col1.view({n, K1 * C}), false);
       }
       if (need_x || need_ln1) {
         gemm(col1.view({n, K1 * C}), gh2d, W1, false);
         at::Tensor gxc = need_x ? gx->narrow(0, b0, bc) : at::Tensor();
         const at::Tensor residual = need_x ? gc : at::Tensor();
-        k.ln_relu_col2im_backward(col1, xc, m1, r1, ga1, be1, K, j01, d1, residual, gxc, dg1, db1);
+        at::Tensor dg1c = part(dg1p, i), db1c = part(db1p, i);
+        k.ln_relu_col2im_backward(col1, xc, m1, r1, ga1, be1, K, j01, d1, residual, gxc, dg1c, db1c);
       }
-    }
+    });
   } else if (need_x) {
     gx->copy_(grad_y_in);  // empty batch: nothing to do but the (empty) residual path
   }
+  // The chunks' partial sums, added in chunk order.
+  const auto total = [&](const at::Tensor& parts) {
+    if (parts.size(0) == 1) return parts[0];
+    at::Tensor out = at::empty(parts.sizes().slice(1), parts.options());
+    at::Tensor flat = out.view({-1});
+    k.sum_parts(parts.view({parts.size(0), -1}), flat);
+    return out;
+  };
+  at::Tensor G1 = need_w1 ? total(G1p) : at::Tensor(), G2 = need_w2 ? total(G2p) : at::Tensor();
   const auto scatter = [&](const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner, int64_t j0) {
     if (task == 0 || B * L == 0) return at::zeros(w.sizes(), opts);  // owner 0 (free) is never active
     at::Tensor out = at::empty(w.sizes(), opts);  // scatter_rows writes every entry
@@ -239,11 +281,11 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
   };
   if (need_w1) gw1 = scatter(G1, w1_in, owner1_in, j01);
   if (need_w2) gw2 = scatter(G2, w2_in, owner2_in, j02);
-  const auto param = [&](const at::Tensor& acc) { return acc.to(x_in.scalar_type()); };
-  if (mask[3]) gg1 = param(dg1);
-  if (mask[4]) gb1 = param(db1);
-  if (mask[5]) gg2 = param(dg2);
-  if (mask[6]) gb2 = param(db2);
+  const auto param = [&](const at::Tensor& parts) { return total(parts).to(x_in.scalar_type()); };
+  if (mask[3]) gg1 = param(dg1p);
+  if (mask[4]) gb1 = param(db1p);
+  if (mask[5]) gg2 = param(dg2p);
+  if (mask[6]) gb2 = param(db2p);
   return {gx, gw1, gw2, gg1, gb1, gg2, gb2};
 }
 
@@ -356,19 +398,17 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
   if (B == 0) return out;
   const at::Tensor x = x_in.contiguous();
   const auto opts = x.options();
-  // About chunk_rows() rows per chunk over all T tasks: the buffers below hold every task's rows.
-  const int64_t Bc = std::min(B, std::max<int64_t>(1, chunk_rows() / (L * T)));
-  at::Tensor none;
+  // Chunks of about chunk_rows() rows over all T tasks (the buffers below hold every task's rows).
+  const Split sp = split_batch(B, L * T);
   std::vector<at::Tensor> g(4 * nb);
   for (int64_t v = 0; v < 4 * nb; ++v) g[v] = ln[v].contiguous();
-  int64_t col_numel = 0;
-  for (int64_t l = 0; l < nb; ++l) {  // conv1 reads C channels (one copy in block 0), conv2 C_mid
-    const int64_t Cm = wcols[2 * l].size(2);
-    col_numel = std::max({col_numel, (l == 0 ? 1 : T) * Bc * m1[l] * K * C, T * Bc * need[l + 1] * K * Cm});
-  }
-  at::Tensor col_buf = scratch(col_numel, opts);
-  for (int64_t b0 = 0; b0 < B; b0 += Bc) {
-    const int64_t bc = std::min(Bc, B - b0);
+  int64_t col_rows = 0;  // per sequence: conv1 reads C channels (one copy in block 0), conv2 C_mid
+  for (int64_t l = 0; l < nb; ++l)
+    col_rows = std::max({col_rows, (l == 0 ? 1 : T) * m1[l] * K * C, T * need[l + 1] * K * wcols[2 * l].size(2)});
+  for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
+    const int64_t b0 = sp.begin(i), bc = sp.size(i);
+    at::Tensor col_buf = scratch(bc * col_rows, opts);
+    at::Tensor none;
     // Block input [Tz, bc, Lin, C]: one copy (Tz = 1) until block 0's first conv, then one per task.
     at::Tensor z = x.narrow(0, b0, bc).narrow(1, L - need[0], need[0]).contiguous().unsqueeze(0);
     for (int64_t l = 0; l < nb; ++l) {
@@ -395,7 +435,7 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
       z = y;
     }
     out.narrow(1, b0, bc).copy_(z);
-  }
+  });
   return out;
 }
 

@@ -58,6 +58,10 @@ struct Kernels {
                                   int64_t K, int64_t j0, int64_t dilation, const at::Tensor& residual,
                                   at::Tensor& grad_in, at::Tensor& dgamma, at::Tensor& dbeta);
 
+  // out[m] = sum_{i < n} parts[i, m], added in order i = 0, 1, ... (deterministic). parts: [n, M]; out: [M]; any
+  // floating dtype (both the same).
+  void (*sum_parts)(const at::Tensor& parts, at::Tensor& out);
+
   // One streaming step of one conv's input side, for T_r task states of B users:
   //   a[t, b] = relu(LN(in[t_in, b])) with t_in = t if in has T_r rows else 0 (in: [T_in, B, C], T_in in {1, T_r})
   //   col[t, b, j*C : (j+1)*C] = ring[t, b, (pos[b] - s_j) mod R]  for j < K-1,   col[t, b, (K-1)*C ...] = a[t, b]

@@ -344,6 +344,22 @@ void ln_relu_col2im_backward_cpu(const at::Tensor& gcol, const at::Tensor& in, c
   });
 }
 
+void sum_parts_cpu(const at::Tensor& parts, at::Tensor& out) {
+  const int64_t n = parts.size(0), M = parts.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sum_parts_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* src = parts.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, M, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        acc_t sum = static_cast<acc_t>(src[m]);
+        for (int64_t i = 1; i < n; ++i) sum += static_cast<acc_t>(src[i * M + m]);
+        dst[m] = static_cast<scalar_t>(sum);
+      }
+    });
+  });
+}
+
 template <typename scalar_t>
 void stream_gather_impl(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
                         at::Tensor& ring, const at::Tensor& pos, int64_t K, int64_t dil, at::Tensor& col) {
@@ -384,8 +400,8 @@ void stream_gather_cpu(const at::Tensor& in, const at::Tensor& gamma, const at::
   });
 }
 
-const Kernels kCpu{mask_rows_cpu, scatter_rows_cpu, ln_relu_im2col_cpu, ln_relu_col2im_backward_cpu,
-                   stream_gather_cpu};
+const Kernels kCpu{mask_rows_cpu,  scatter_rows_cpu, ln_relu_im2col_cpu, ln_relu_col2im_backward_cpu,
+                   sum_parts_cpu, stream_gather_cpu};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block_cpu(
     const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,

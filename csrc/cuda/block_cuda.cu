@@ -242,6 +242,16 @@ __global__ void reduce_partials_kernel(const A* __restrict__ partial, int64_t wa
   }
 }
 
+template <typename T>
+__global__ void sum_parts_kernel(const T* __restrict__ parts, int64_t n, int64_t M, T* __restrict__ out) {
+  using A = typename AccOf<T>::type;
+  for (int64_t m = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; m < M; m += int64_t(gridDim.x) * blockDim.x) {
+    A sum = to_acc(parts[m]);
+    for (int64_t i = 1; i < n; ++i) sum += to_acc(parts[i * M + m]);
+    out[m] = from_acc<T>(sum);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Streaming: one warp per (task state, user).
 
@@ -373,6 +383,15 @@ cudaError_t ln_relu_col2im_backward(DType dtype, const void* gcol, const void* i
       CONURE_RETURN_IF_ERROR(cudaGetLastError());
     }
     return cudaSuccess;
+  });
+}
+
+cudaError_t sum_parts(DType dtype, const void* parts, int64_t n, int64_t M, void* out, cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  return dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    sum_parts_kernel<T><<<flat_blocks(M), 256, 0, stream>>>(static_cast<const T*>(parts), n, M, static_cast<T*>(out));
+    return cudaGetLastError();
   });
 }
 

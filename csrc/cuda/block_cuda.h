@@ -40,6 +40,9 @@ cudaError_t ln_relu_col2im_backward(DType dtype, const void* gcol, const void* i
                                     int64_t j0, int64_t dilation, const void* residual, void* grad_in, void* dgamma,
                                     void* dbeta, void* workspace, cudaStream_t stream);
 
+// out[m] = sum_{i < n} parts[i, m], added in order (deterministic). parts: [n, M]; out: [M].
+cudaError_t sum_parts(DType dtype, const void* parts, int64_t n, int64_t M, void* out, cudaStream_t stream);
+
 // One streaming step of one conv's input side (see block.h): in [T_in, B, C] (T_in is 1 or T_r), ring
 // [T_r, B, R, C], pos [B] int64 (>= 0), col [T_r, B, K * C].
 cudaError_t stream_gather(DType dtype, const void* in, int64_t T_in, const void* gamma, const void* beta, double eps,

@@ -69,6 +69,11 @@ void ln_relu_col2im_backward_cuda(const at::Tensor& gcol, const at::Tensor& in, 
       ptr_or_null(dgamma), ptr_or_null(dbeta), ptr_or_null(workspace), stream()));
 }
 
+void sum_parts_cuda(const at::Tensor& parts, at::Tensor& out) {
+  C10_CUDA_CHECK(block_cuda::sum_parts(dtype_of(out.scalar_type(), "residual_block_backward"), parts.data_ptr(),
+                                       parts.size(0), parts.size(1), out.data_ptr(), stream()));
+}
+
 void stream_gather_cuda(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
                         at::Tensor& ring, const at::Tensor& pos, int64_t K, int64_t dil, at::Tensor& col) {
   C10_CUDA_CHECK(block_cuda::stream_gather(dtype_of(in.scalar_type(), "stream_step_"), in.data_ptr(), in.size(0),
@@ -77,8 +82,8 @@ void stream_gather_cuda(const at::Tensor& in, const at::Tensor& gamma, const at:
                                            col.data_ptr(), stream()));
 }
 
-const Kernels kCuda{mask_rows_cuda, scatter_rows_cuda, ln_relu_im2col_cuda, ln_relu_col2im_backward_cuda,
-                    stream_gather_cuda};
+const Kernels kCuda{mask_rows_cuda,     scatter_rows_cuda, ln_relu_im2col_cuda, ln_relu_col2im_backward_cuda,
+                    sum_parts_cuda, stream_gather_cuda};
 
 void check_cuda(const at::Tensor& t, const char* where) {
   TORCH_CHECK(t.is_cuda(), where, ": expected CUDA tensors, got one on ", t.device());
