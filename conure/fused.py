@@ -284,10 +284,22 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _one_device(where: str, *tensors) -> None:
+    """The fake kernels also serve as Meta kernels: with meta and real tensors mixed, the dispatcher picks them, and
+    they must refuse rather than hand back uninitialised tensors."""
+    flat = []
+    for t in tensors:
+        flat.extend(t if isinstance(t, (list, tuple)) else [t])
+    devices = {t.device for t in flat if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise RuntimeError(f"{where}: all tensors must be on one device, got {sorted(str(d) for d in devices)}")
+
+
 if _FUSED:
 
     @torch.library.register_fake("conure::residual_block")
     def _block_fake(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps):
+        _one_device("residual_block", x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
         b, length, c = x.shape
         y = x.new_empty((b, length, c))
         h = x.new_empty((b, length, w1.shape[0]))
@@ -297,16 +309,20 @@ if _FUSED:
     @torch.library.register_fake("conure::residual_block_backward")
     def _block_backward_fake(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
                              task, dilation, output_mask):
+        _one_device("residual_block_backward", grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias,
+                    ln2_weight, ln2_bias)
         like = (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
         return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
                      for t, m in zip(like, output_mask))
 
     @torch.library.register_fake("conure::stream_step_")
     def _stream_step_fake(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps):
+        _one_device("stream_step_", x, pos, rings, wcols, ln_params)
         return x.new_empty((wcols[0].shape[0], x.shape[0], x.shape[1]))
 
     @torch.library.register_fake("conure::multi_task_forward")
     def _multi_task_fake(x, wcols, ln_params, dilations, kernel_size, eps, out_len):
+        _one_device("multi_task_forward", x, wcols, ln_params)
         return x.new_empty((wcols[0].shape[0], x.shape[0], out_len, x.shape[2]))
 
     def _block_setup_context(ctx, inputs, output):

@@ -829,24 +829,24 @@ ROWS: List[Row] = [
            code=iso_fused("y, h, st = RB(xb, w1, o1, w2, o2, *ln, 1, 1, 1e-5)\n"
                           "RBW(torch.randn(2, 6, 4), xb, h, st[:, :, :1], w1, o1, w2, o2, *ln, 1, 1, [True] * 7)"),
            compiled_only=True, fused=True),
-    bug("raw.block.meta_mixed", "torch.ops.conure.residual_block", "ln1_weight on meta, the rest on cpu",
+    fixed("raw.block.meta_mixed", "torch.ops.conure.residual_block", "ln1_weight on meta, the rest on cpu",
         "returns uninitialised CPU tensors (the fake kernel in conure/fused.py runs as the Meta kernel for mixed "
         "meta+cpu inputs)", "an error naming the device", error=Exception, fragment="device",
         code=iso_fused("y = RB(xb, w1, o1, w2, o2, ln[0].to('meta'), *ln[1:], 1, 1, 1e-5)\n"
                        "raise NoError(str([t.device.type for t in y]))"), compiled_only=True, fused=True),
-    bug("raw.block_bwd.meta_mixed", "torch.ops.conure.residual_block_backward", "grad_y on meta, the rest on cpu",
+    fixed("raw.block_bwd.meta_mixed", "torch.ops.conure.residual_block_backward", "grad_y on meta, the rest on cpu",
         "returns uninitialised CPU gradients (fake kernel as Meta kernel)", "an error naming the device",
         error=Exception, fragment="device",
         code=iso_fused("y, h, st = RB(xb, w1, o1, w2, o2, *ln, 1, 1, 1e-5)\n"
                        "g = RBW(torch.randn(2, 6, 4, device='meta'), xb, h, st, w1, o1, w2, o2, *ln, 1, 1, [True] * 7)"
                        "\nraise NoError(str([None if t is None else t.device.type for t in g]))"),
         compiled_only=True, fused=True),
-    bug("raw.multi.meta_mixed", "torch.ops.conure.multi_task_forward", "one weight on meta, the rest on cpu",
+    fixed("raw.multi.meta_mixed", "torch.ops.conure.multi_task_forward", "one weight on meta, the rest on cpu",
         "returns an uninitialised CPU tensor (fake kernel as Meta kernel)", "an error naming the device",
         error=Exception, fragment="device",
         code=iso_fused("y = MT(xb, [wc[0].to('meta'), wc[1]], l4, [1], 3, 1e-5, 1)\nraise NoError(y.device.type)"),
         compiled_only=True, fused=True),
-    bug("raw.stream.meta_mixed", "torch.ops.conure.stream_step_", "ring 0 on meta, the rest on cpu",
+    fixed("raw.stream.meta_mixed", "torch.ops.conure.stream_step_", "ring 0 on meta, the rest on cpu",
         "returns an uninitialised CPU tensor and leaves the CPU rings unchanged (fake kernel as Meta kernel)",
         "an error naming the device", error=Exception, fragment="device",
         code=iso_fused("y = SS(xb[:, 0], torch.tensor([3, 1]), [rings[0].to('meta'), rings[1]], wc, l4, [1], 3, 1e-5)"
