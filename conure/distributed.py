@@ -217,9 +217,19 @@ def context(explicit: Union[None, bool, DistContext] = None) -> Optional[DistCon
 
 
 def teardown() -> None:
-    """Leave the process group (if any). Call on every rank at the end of a successful run."""
+    """Leave the process group (if any). Call on every rank at the end of a successful run.
+
+    Why more than ``destroy_process_group``: gloo's worker threads free a finished collective's tensors after waking
+    the caller, and freeing a tensor that Python already let go needs the GIL. A worker still waiting for it when the
+    interpreter shuts down aborts the process ("terminate called without an active exception"). So: a barrier (every
+    earlier collective finished, the GIL given up while waiting), a collection (DDP wrappers in reference cycles hold
+    the group), then ``destroy_process_group``, which joins the worker threads once the group's last reference goes.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
     _STATE.clear()
 
 
