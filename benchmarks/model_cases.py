@@ -11,7 +11,8 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
 * ``stream step``: one streaming step (conure.streaming.StreamingState.step: every user's newest item) against
   recomputing the user vector from the whole L=100 history with our backbone (``user_vector``).
 * ``serve 5 tasks``: the user vectors of all 5 tasks in one call (conure.serving.MultiTaskServer) against a loop of
-  ``user_vector`` over the tasks (our backbone); ``serve 5 tasks streaming step``: one streaming state holding all 5
+  ``user_vector`` over the tasks (our backbone: what sharing across tasks buys), and against a loop over the tasks of
+  the pure-torch reference backbone (``vs reference loop``); ``serve 5 tasks streaming step``: one streaming state holding all 5
   tasks (``step_all``) against 5 single-task states stepped in a loop.
 * ``bf16``: the training step under CPU bfloat16 autocast, ours against float32 ours (and the reference under the same
   autocast against it) -- optional rows, only where the CPU has native bfloat16 (AVX512-BF16).
@@ -25,6 +26,7 @@ import torch
 
 from conure import reference
 from conure.models import NextItNet
+from conure.nn import gather_last
 from conure.serving import MultiTaskServer
 from conure.streaming import StreamingState
 
@@ -160,6 +162,22 @@ def serve_case(batch: int, length: int, tasks: int = 5):
     return ours, ref
 
 
+def serve_reference_case(batch: int, length: int, tasks: int = 5):
+    """All tasks in one call (ours) against a loop over the tasks of the pure-torch reference backbone."""
+    net = paper_net(tasks=tasks).eval()
+    items = histories(batch, length)
+    server = MultiTaskServer(net, tuple(range(1, tasks + 1)))
+
+    def ours():
+        return server(items)
+
+    def ref():
+        with torch.no_grad():
+            return torch.stack([gather_last(reference_backbone(net, items, t), items) for t in range(1, tasks + 1)])
+
+    return ours, ref
+
+
 def serve_stream_case(batch: int, length: int, tasks: int = 5):
     """Streaming serving: one StreamingState for all tasks (step_all) against one state per task stepped in a loop."""
     net = paper_net(tasks=tasks).eval()
@@ -200,6 +218,9 @@ def cases() -> Dict[str, Factory]:
         out[f"stream step vs full L=100 B={batch}"] = (lambda b=batch: stream_case(b, 100))
     for batch, length in ((32, 50), (32, 100), (256, 50)):
         out[f"serve 5 tasks vs loop B={batch} L={length}"] = (lambda b=batch, l=length: serve_case(b, l))
+    for batch, length in ((32, 50), (256, 50)):
+        out[f"serve 5 tasks vs reference loop B={batch} L={length}"] = \
+            (lambda b=batch, l=length: serve_reference_case(b, l))
     for batch in (32, 256):
         out[f"serve 5 tasks streaming step vs loop B={batch}"] = (lambda b=batch: serve_stream_case(b, 100))
     if _has_bf16():

@@ -1,7 +1,11 @@
 """Ratio table of conure's operators against the pure-torch reference, measured in one run.
 
     python benchmarks/run.py [--suite ops|model|all] [--repeats 15] [--threads 2] [--clock wall|cpu] [--json FILE]
-                             [--no-memory] [--filter TEXT]
+                             [--no-memory] [--filter TEXT] [--quick]
+
+``--quick``: a few cases of each family (batch 32, dilations 1 and 4, prune), 3 repeats, about a minute for
+``--suite all``. ``--json FILE`` writes the rows as ``[{"name", "ours_ms", "reference_ms", "ratio", ...}]``.
+End to end (one epoch of task 1 on MovieLens-100K, when ../shared holds it): benchmarks/e2e_ml100k.py.
 
 Suites: ``ops`` (the conv and prune operators), ``model`` (benchmarks/model_cases.py: fused block, training step at the
 paper shape, streaming step, multi-task serving, bfloat16 autocast).
@@ -88,6 +92,13 @@ def cases(suite):
     return out
 
 
+def quick_case(name: str) -> bool:
+    """The --quick subset: batch 32 (dilations 1 and 4 where a case has one) and the prune case."""
+    if name.startswith("prune"):
+        return True
+    return "B=32 " in name + " " and not any(f"d={d}" in name for d in (2, 8))
+
+
 def time_pair(ours, ref, repeats, clock=time.perf_counter):
     for _ in range(2):
         ours(), ref()
@@ -125,14 +136,17 @@ def peak_rss_mib(suite, name, which, threads):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="ops", choices=["ops", "model", "all"])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 15, --quick 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="wall clock (default) or process CPU time (robust on a shared machine with --threads 1)")
+    parser.add_argument("--quick", action="store_true", help="a few cases per family, 3 repeats")
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 15
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     rows = []
@@ -142,7 +156,7 @@ def main(argv=None):
     print("| case | ours ms | reference ms | ratio | ours peak MiB | reference peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, factory in cases(args.suite).items():
-        if args.filter not in name:
+        if args.filter not in name or (args.quick and not quick_case(name)):
             continue
         ours, ref = factory()
         t_ours, t_ref = time_pair(ours, ref, args.repeats, clock)

@@ -1,0 +1,69 @@
+"""The benchmark scripts run and write the rows they promise (timings are never checked: they do not gate tests)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conure import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"name", "ours_ms", "reference_ms", "ratio"}
+
+
+def run(*args, timeout=300):
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return res.stdout
+
+
+def check_rows(path: Path, names):
+    rows = json.loads(path.read_text())
+    assert [r["name"] for r in rows] == list(names)
+    for r in rows:
+        assert KEYS <= set(r), r
+        assert r["ours_ms"] > 0 and r["reference_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["reference_ms"] / r["ours_ms"], rel=2e-2, abs=2e-3)
+    return rows
+
+
+@pytest.mark.skipif(ops.backend() != "compiled", reason="the benchmarks compare the compiled ops")
+def test_run_py_writes_the_ratio_rows(tmp_path):
+    out = tmp_path / "rows.json"
+    text = run("benchmarks/run.py", "--suite", "all", "--repeats", "1", "--threads", "1", "--json", str(out),
+               "--filter", "B=32 L=50 d=4")
+    names = ["conv fwd B=32 L=50 d=4", "conv fwd+bwd B=32 L=50 d=4", "block fwd+bwd B=32 L=50 d=4"]
+    rows = check_rows(out, names)
+    assert all(r["ours_peak_mib"] >= 0 and r["reference_peak_mib"] >= 0 for r in rows)
+    assert "| conv fwd B=32 L=50 d=4 |" in text
+
+
+def test_quick_subset():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run import cases, quick_case
+    quick = [n for n in cases("all") if quick_case(n)]
+    assert "prune 16x256x256x3 keep=0.3" in quick and "train step paper B=32 L=50" in quick
+    assert not any("B=256" in n or "d=2" in n or "d=8" in n for n in quick)
+    # one case of every model family
+    for family in ("block", "train step", "stream step", "serve 5 tasks vs loop", "serve 5 tasks vs reference",
+                   "serve 5 tasks streaming"):
+        assert any(n.startswith(family) for n in quick), family
+
+
+def test_e2e_skips_without_data(tmp_path):
+    text = run("benchmarks/e2e_ml100k.py", "--data", str(tmp_path / "absent"))
+    assert "skipped, no MovieLens-100K" in text
+
+
+@pytest.mark.skipif(ops.backend() != "compiled", reason="the e2e benchmark compares the compiled ops")
+def test_e2e_runs_both_backends_on_a_small_movielens_file(tmp_path):
+    """A made-up u.data (60 users, 20 events each) in the ML-100K format: both sides run, one row written."""
+    lines = [f"{u}\t{1 + (u * 7 + k * 3) % 40}\t4\t{1000 * u + k}" for u in range(1, 61) for k in range(20)]
+    data = tmp_path / "ml-100k"
+    data.mkdir()
+    (data / "u.data").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "e2e.json"
+    text = run("benchmarks/e2e_ml100k.py", "--data", str(data), "--repeats", "1", "--json", str(out))
+    rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
+    assert rows[0]["name"].startswith("e2e ML-100K task 1, one epoch") and "| e2e ML-100K" in text
