@@ -47,7 +47,7 @@ from conure.models import NextItNet
 from conure.nn import BottleneckPatch, check_task_id, gather_last
 
 __all__ = ["TaskConfig", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint", "ResumeError",
-           "derive_seed"]
+           "derive_seed", "check_state_dtypes"]
 
 
 @dataclass
@@ -193,6 +193,7 @@ class ContinualLearner:
     dist_context = None   # conure.distributed.DistContext; None: the initialized process group if any; False: never
     on_epoch_end = None   # callable(state) after every epoch, see _fit; e.g. per-epoch logs and checkpoints
     resume_from = None    # a ResumePoint: learning its task continues from there (see _fit); cleared once used
+    on_phase_end = None   # callable(state) after every phase (train, retrain), its best parameters restored, see _fit
 
     def __init__(self, backbone: NextItNet, *, seed: int = 0) -> None:
         if not isinstance(backbone, NextItNet):
@@ -406,6 +407,13 @@ class ContinualLearner:
         self._phase_end(task_id)
         self.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
                              "best_valid": best_value})
+        if self.on_phase_end is not None:
+            # e.g. Conure's task metrics before pruning (phase "train"); evaluation is read-only: no RNG, no change.
+            info = self._current
+            self.on_phase_end({"task": task_id, "phase": phase, "best_epoch": best_epoch, "best_valid": best_value,
+                               "learner": self,
+                               "evaluate": lambda split="test": dict(self._evaluate(
+                                   task_id, getattr(self._data[task_id], split), info))})
         return {"best_epoch": best_epoch, "best_valid": best_value}
 
     def _resume(self, point: ResumePoint, params: List[nn.Parameter], opt: torch.optim.Optimizer,
@@ -606,11 +614,19 @@ class ContinualLearner:
         missing = [key for key in ("seed", "modules", "tasks", "results") if key not in meta]
         if missing:
             raise ValueError(f"from_state: meta lacks the key(s) {missing}: not a complete conure learner state")
+        ids = [int(t["task"]) for t in meta["tasks"]]
+        if ids != list(range(1, len(ids) + 1)):
+            raise ValueError(f"from_state: the learned task ids must be 1, 2, ... in order, got {ids}")
         modules = {name: _build_module(c) for name, c in meta["modules"].items()}
         learner = klass(modules.pop("backbone"), seed=int(meta["seed"]), **meta.get("options", {}))
         for name, m in modules.items():
             learner.store[name] = m
+        check_state_dtypes(learner.store.state_dict(), tensors, "from_state")
         learner.store.load_state_dict(tensors, strict=True)
+        for name, owner in learner.store.state_dict().items():
+            if name.endswith(".owner") and owner.numel() and int(owner.max()) > len(ids):
+                raise ValueError(f"from_state: the owner map {name} holds task id {int(owner.max())}, but the state "
+                                 f"has learned tasks {ids or 'none'} only")
         for p in learner.store.parameters():
             p.requires_grad_(False)
         learner.tasks = {int(t["task"]): {k: v for k, v in t.items() if k != "task"} for t in meta["tasks"]}
@@ -619,6 +635,20 @@ class ContinualLearner:
         if isinstance(learner, ConureLearner):
             learner.frozen_digests = {t: learner.task_digest(t) for t in learner.learned_tasks}
         return learner
+
+
+def check_state_dtypes(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor], where: str) -> None:
+    """Refuse tensors that ``load_state_dict`` would silently cast into another kind of value: an integer or bool
+    tensor (an owner map: uint8) of another dtype (int64 256 would wrap to 0), a floating tensor given as a
+    non-floating one. Floating tensors of another floating dtype are cast to the module's dtype, as by
+    ``load_state_dict``."""
+    for name, want in expected.items():
+        got = given.get(name)
+        if not isinstance(got, torch.Tensor) or got.dtype == want.dtype:
+            continue
+        if want.is_floating_point() and got.is_floating_point():
+            continue
+        raise ValueError(f"{where}: tensor {name} has dtype {got.dtype}, the model needs {want.dtype}")
 
 
 class FrozenWeightsError(RuntimeError):

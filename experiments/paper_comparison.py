@@ -238,21 +238,18 @@ def method_options(cfg: Dict[str, Any], name: str, seed: int) -> Dict[str, Any]:
 
 
 def probe_dense_phase(learner: ContinualLearner, split: str, sink: Dict[int, Dict[str, float]]) -> None:
-    """Record each task's metrics at the end of Conure's dense ``train`` phase, i.e. before pruning.
+    """Record each task's metrics at the end of Conure's dense ``train`` phase, i.e. before pruning, through the
+    engine's ``on_phase_end`` hook (its ``evaluate`` is read-only: no RNG, no parameter change, so training is
+    unaffected). The engine itself keeps only the phase's best *validation* metric in ``history``."""
+    previous = learner.on_phase_end
 
-    The engine keeps only the phase's best *validation* metric in ``history``; this wraps the instance's
-    ``_fit`` (the learner's private training loop) to evaluate the task on ``split`` between the phases.
-    Evaluation is read-only (no RNG, no parameter change), so training is unaffected."""
-    fit = learner._fit
+    def probe(state):
+        if state["phase"] == "train":
+            sink[state["task"]] = state["evaluate"](split)
+        if previous is not None:
+            previous(state)
 
-    def probed(task_id, epochs, cfg, phase):
-        out = fit(task_id, epochs, cfg, phase)
-        if phase == "train":
-            info = learner._current
-            sink[task_id] = dict(learner._evaluate(task_id, getattr(learner._data[task_id], split), info))
-        return out
-
-    learner._fit = probed  # instance attribute: nothing global changes
+    learner.on_phase_end = probe
 
 
 def run_method(cfg, tasks, tcfgs, seed: int, name: str, split: str, shared: Optional[Dict[str, Any]],

@@ -368,6 +368,31 @@ def test_deterministic_from_seed(tasks):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_phase_hook_sees_each_phase_with_its_best_weights_and_changes_nothing(tasks):
+    """on_phase_end: once per phase, in order, after the best parameters are restored; its evaluate() gives the
+    dense (pre-prune) metrics that differ from the final ones, and a run with the hook ends bit-identical."""
+    def run(hook):
+        learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=0.3, seed=0)
+        learner.on_phase_end = hook
+        learner.learn(tasks[0], 1, TaskConfig(epochs=2, retrain_epochs=1, batch_size=64))
+        return learner
+
+    seen = []
+
+    def hook(state):
+        assert state["learner"] is not None and state["best_epoch"] >= 1
+        seen.append((state["task"], state["phase"], state["best_epoch"], state["evaluate"]("test"),
+                     state["evaluate"]("test")))
+
+    hooked, plain = run(hook), run(None)
+    assert [(t, ph) for t, ph, *_ in seen] == [(1, "train"), (1, "retrain")]
+    assert seen[0][3] == seen[0][4]            # read-only: evaluating twice gives the same metrics
+    assert seen[0][3] != hooked.evaluate(1, "test")          # dense (before pruning) differs from final
+    assert seen[1][3] == hooked.evaluate(1, "test")          # the retrain phase's best weights are the final ones
+    a, b = hooked.state_tensors(), plain.state_tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_early_stopping_ends_with_the_best_weights(tasks):
     learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=1.0)
     learner.learn(tasks[0], 1, TaskConfig(epochs=40, retrain_epochs=0, patience=1, lr=0.05, batch_size=64))
