@@ -155,8 +155,9 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     cfg, _ = _load_cfg(str(builtin_configs()["demo"]), args.sets)
     out = Path(args.out)
-    _say(f"conure demo: {len(cfg.tasks)} tasks on synthetic data, methods {', '.join(cfg.method.names)}, "
-         f"NextItNet {cfg.model.channels} channels x {len(cfg.model.dilations)} blocks -> {out}")
+    if os.environ.get("RANK", "0") == "0":     # under torchrun the process group is not joined yet: rank 0 only
+        _say(f"conure demo: {len(cfg.tasks)} tasks on synthetic data, methods {', '.join(cfg.method.names)}, "
+             f"NextItNet {cfg.model.channels} channels x {len(cfg.model.dilations)} blocks -> {out}")
     run = Run(cfg, out, overwrite=True, echo=_say)
     res = run.execute()
     if not run.main:                        # torchrun: rank 0 reports
@@ -365,7 +366,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(e, known):
             _err(f"{PROG}: error: {msg}")
             return 2
-        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        if isinstance(e, OSError) and e.errno is not None and e.filename is not None:
+            # a file that cannot be read or written (missing, no permission, a directory, disk full...)
             _err(f"{PROG}: error: {e.strerror or msg}: {e.filename}")
             return 2
         _err(f"{PROG}: error: {type(e).__name__}: {msg} (this looks like a bug; rerun with --debug for the traceback)")
