@@ -24,6 +24,7 @@ Two kinds of checkpoint share the container:
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ import torch.nn as nn
 
 import conure
 from conure.heads import head_from_config
-from conure.learner import ContinualLearner, PatchStack
+from conure.learner import ContinualLearner, PatchStack, check_state_dtypes
 from conure.models import NextItNet
 from conure.nn import gather_last
 
@@ -91,22 +92,34 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``."""
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
+
+    On failure (disk full, no permission...) the temp file is removed, ``path`` is left as it was, and the
+    ``OSError`` names ``path`` (not the temp file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:     # a file where a directory is needed
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)   # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
     return path
@@ -175,7 +188,8 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if len(data) < 8:
-        raise CheckpointError(f"{path}: truncated checkpoint ({len(data)} bytes; not even a header)")
+        raise CheckpointError(f"{path}: truncated checkpoint ({len(data)} byte{'' if len(data) == 1 else 's'}; not "
+                              f"even a header)")
     n = int.from_bytes(data[:8], "little")
     if n > len(data) - 8:
         if n > 1 << 30:
@@ -277,9 +291,17 @@ def learner_from(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], p
     try:
         learner = ContinualLearner.from_state(state, dict(meta))
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint does not hold a usable learner: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint does not hold a usable learner: {_reason(e)}") from None
     learner.store.to(device)
     return learner
+
+
+def _reason(e: BaseException, limit: int = 500) -> str:
+    """An exception as one line (``load_state_dict`` puts the missing / unexpected keys on its later lines)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, KeyError):
+        text = f"missing {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _raw(x: Any) -> Optional[str]:
@@ -441,12 +463,13 @@ def load_inference(path: PathLike, device: Union[str, torch.device] = "cpu") -> 
                 continue
             module = _build(meta["modules"][key])
             state = {k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(key + "/")}
+            check_state_dtypes(module.state_dict(), state, key)
             module.load_state_dict(state, strict=True)
             parts[key] = module
         info = {k: v for k, v in meta.items() if k not in ("modules", "owners")}
         model = InferenceModel(parts["backbone"], parts["head"], parts.get("patch"), int(meta["forward_task"]), info)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: export does not hold a usable model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: export does not hold a usable model: {_reason(e)}") from None
     return model.to(device)
 
 

@@ -224,7 +224,7 @@ def _type_name(tp) -> str:
     if origin in (list, tuple, typing.List, typing.Tuple, Sequence, typing.Sequence) or \
             origin is __import__("collections.abc").abc.Sequence:
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return f"a list of {_type_name(args[0])}s" if args else "a list"
+        return f"a list of {re.sub(r'^an? ', '', _type_name(args[0]))}s" if args else "a list"
     if origin in (dict, typing.Dict, Mapping) or tp is dict:
         return "a mapping"
     if is_dataclass(tp):
@@ -532,6 +532,27 @@ def apply_sets(raw: Optional[Mapping[str, Any]], sets: Sequence[str]) -> Dict[st
     return out
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":    # '<<: *base': its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:       # an unhashable key: the base class reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first on line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> Any:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -542,7 +563,7 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)

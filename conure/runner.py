@@ -372,7 +372,9 @@ class Run:
 
     def __init__(self, cfg: RunConfig, out_dir: os.PathLike, *, resume: bool = False, overwrite: bool = False,
                  echo: Callable[[str], None] = print, stop_after: Optional[int] = None) -> None:
-        self.cfg = cfg
+        # A RunConfig built in Python skips load_config's checks and defaults (tasks: [] = the data kind's
+        # sequence, unique task names, task 1 a next_item task...): resolve it as a config file would be.
+        self.cfg = cfg = parse_config(config_to_dict(cfg))
         self.out = Path(out_dir)
         self.resume = resume
         self.overwrite = overwrite

@@ -17,16 +17,23 @@ child is the expected result there.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import errno
+import io
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -283,13 +290,6 @@ def _owner_too_high(t):
     t[name] = torch.full_like(t[name], 9)
 
 
-def _check_owner_loaded(learner, ctx):
-    owners = [m.owner for _, m in learner.backbone.conv_layers()]
-    assert any(bool((o == 9).all()) for o in owners)
-    # task 1 still predicts (the weights of "task 9" are simply inactive for it)
-    assert learner.predict(1, ctx.items).shape[0] == 4
-
-
 def _replace_split(task, name, **fields):
     from conure.data.types import Split
     old = getattr(task, name)
@@ -464,6 +464,459 @@ def stack(fn_name, **over):
                  dilations=[1], kernel_size=3, eps=1e-5)
     a.update(over)
     return getattr(fused, fn_name)(**a)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The command line, configs, runs and checkpoints
+
+# A run that takes about a second: no epochs (claim, prune, evaluate), one block of 8 channels, synthetic data.
+RUN_CFG = {
+    "seed": 3, "threads": 1,
+    "data": {"kind": "synthetic", "max_len": 8,
+             "options": {"num_users": 200, "num_items": 30, "seq_len": 8, "num_target_items": 20, "num_topics": 3}},
+    "tasks": [{"name": "next_item", "kind": "next_item"},
+              {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
+              {"name": "gender", "kind": "profile", "attribute": "gender"}],
+    "model": {"channels": 8, "dilations": [1]},
+    "method": {"name": "conure", "keep_ratios": [0.5]},
+    "train": {"epochs": 0, "retrain_epochs": 0, "batch_size": 64},
+    "output": {"plots": False, "tensorboard": False},
+}
+CKPT = "run/checkpoints/conure.safetensors"     # the run's checkpoint, relative to the row's directory
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _in_dir(ctx, fn):
+    with _cwd(ctx.tmp):
+        return fn()
+
+
+def _config_error():
+    from conure.config import ConfigError
+    return ConfigError
+
+
+def _ckpt_error():
+    from conure.checkpoint import CheckpointError
+    return CheckpointError
+
+
+def _shared_run(method: str) -> Path:
+    """A real run directory of RUN_CFG with ``method`` that stopped after task 1 (built once per test session)."""
+    key = f"run/{method}"
+    if key not in Ctx._shared:
+        from conure.config import parse_config
+        from conure.runner import Run
+        root = Path(tempfile.mkdtemp(prefix="conure-bad-inputs-"))
+        atexit.register(shutil.rmtree, root, True)
+        cfg = parse_config({**RUN_CFG, "method": {**RUN_CFG["method"], "name": method}})
+        Run(cfg, root / "run", echo=lambda text: None, stop_after=1).execute()
+        Ctx._shared[key] = root / "run"
+    return Ctx._shared[key]
+
+
+def _copy_run(ctx, method: str = "conure") -> Path:
+    """The shared run, copied into the row's directory as ``run`` (with its config file as ``run.yaml``)."""
+    import yaml
+    shutil.copytree(_shared_run(method), ctx.tmp / "run")
+    ctx.write("run.yaml", yaml.safe_dump({**RUN_CFG, "method": {**RUN_CFG["method"], "name": method}}))
+    return ctx.tmp / "run"
+
+
+def cli(ctx, *argv):
+    """``conure.cli.main(argv)`` in this process, in the row's directory: (exit code, stdout, stderr)."""
+    from conure.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with _cwd(ctx.tmp), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def cli_process(ctx, *argv):
+    """``python -m conure argv`` in a child process, in the row's directory: (exit code, stdout, stderr)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), CONURE_PROGRESS="0")
+    r = subprocess.run([sys.executable, "-m", "conure", *map(str, argv)], cwd=ctx.tmp, env=env, capture_output=True,
+                       text=True, timeout=180)
+    return r.returncode, r.stdout, r.stderr
+
+
+def _exit_text(message: str, code: int = 2) -> str:
+    return f"exit {code}, one stderr line `conure: error: ...{message}...`"
+
+
+def _exit_check(message: str, code: int = 2):
+    def check(res, ctx):
+        rc, out, err = res
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc == code, f"exit {rc}, wanted {code}; stderr: {err[-2000:]}"
+        assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("conure: error: "), err[-2000:]
+        assert message in lines[0], f"{message!r} not in {lines[0]!r}"
+    return check
+
+
+def exits(id, entry, bad, message, run, code=2, **kw) -> Row:
+    """A command-line row: ``run(ctx)`` gives (exit code, stdout, stderr); the command exits with ``code`` after one
+    stderr line ``conure: error: ...`` holding ``message`` (no traceback)."""
+    return behaves(id, entry, bad, _exit_text(message, code), run, _exit_check(message, code), **kw)
+
+
+def _succeeds(*fragments):
+    def check(res, ctx):
+        rc, out, err = res
+        assert rc == 0, f"exit {rc}; stderr: {err[-2000:]}"
+        for f in fragments:
+            assert f in out, f"{f!r} not in the output {out[-2000:]!r}"
+    return check
+
+
+def _config(text: str, *sets: str, name: str = "bad.yaml"):
+    """run(ctx): write ``text`` as the config file ``name`` and load it (with ``--set`` overrides ``sets``)."""
+    def run(ctx):
+        from conure.config import load_config
+        path = ctx.write(name, text) if isinstance(text, str) else ctx.write(name, text, binary=True)
+        with _cwd(ctx.tmp):
+            return load_config(path.name, list(sets))
+    return run
+
+
+def _check_defaults(res, ctx):
+    from conure.config import ModelConfig
+    from conure.data import default_specs
+    cfg, _ = res
+    assert cfg.data.kind == "synthetic" and cfg.model == ModelConfig() and cfg.method.name == "conure"
+    assert cfg.tasks == default_specs("synthetic"), cfg.tasks
+
+
+def _runner(**over):
+    """run(ctx): a Run (task 1 only) of RUN_CFG as a RunConfig object built in Python, its fields ``over`` replaced
+    after validation (as a program that builds its config would); returns (Run, results)."""
+    def run(ctx):
+        from conure.config import parse_config
+        from conure.runner import Run
+        cfg = parse_config(RUN_CFG)
+        for key, value in over.items():
+            setattr(cfg, key, value)
+        r = Run(cfg, ctx.tmp / "out", echo=lambda text: None, stop_after=1)
+        return r, r.execute()
+    return run
+
+
+def _check_default_tasks(res, ctx):
+    from conure.data import default_specs
+    run, results = res
+    assert results["tasks"] == [s["name"] for s in default_specs("synthetic")], results["tasks"]
+
+
+def _load_learner(path):
+    """What the commands that read a run checkpoint do (conure.runner._load_run): load, verify, rebuild the learner."""
+    from conure import checkpoint as ckpt
+    tensors, meta = ckpt.load(path, kind="run")
+    return ckpt.learner_from(tensors, meta["learner"])
+
+
+def _load_file(make):
+    """run(ctx): write ``make(ctx)`` (bytes) as ``c.safetensors`` and load it as a run checkpoint."""
+    def run(ctx):
+        ctx.write("c.safetensors", make(ctx), binary=True)
+        with _cwd(ctx.tmp):
+            return _load_learner("c.safetensors")
+    return run
+
+
+def _ckpt_bytes(ctx) -> bytes:
+    return (_shared_run("conure") / "checkpoints" / "conure.safetensors").read_bytes()
+
+
+def _torch_save_bytes(ctx) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"learner/backbone.embedding.weight": torch.zeros(31, 8)}, buf)
+    return buf.getvalue()
+
+
+def _plain_safetensors_bytes(ctx) -> bytes:
+    from safetensors.torch import save
+    return save({"w": torch.ones(2)})
+
+
+def _with_header(edit):
+    """run(ctx): the run's checkpoint with its safetensors header metadata edited (format, version: fields outside
+    the checksum), loaded."""
+    def make(ctx):
+        data = _ckpt_bytes(ctx)
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        edit(header["__metadata__"])
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
+    return _load_file(make)
+
+
+def _flip_bit(ctx) -> bytes:
+    data = bytearray(_ckpt_bytes(ctx))
+    data[-5] ^= 0x01                    # a bit of the last tensor
+    return bytes(data)
+
+
+def _resaved(ctx, tensors=None, meta=None, name="c.safetensors") -> Path:
+    """The run's checkpoint loaded, edited by ``tensors(dict)`` / ``meta(dict)`` and written again with
+    ``checkpoint.save`` (so with a valid checksum: what a writer with that defect would produce)."""
+    from conure import checkpoint as ckpt
+    t, m = ckpt.load(_shared_run("conure") / "checkpoints" / "conure.safetensors")
+    if tensors is not None:
+        tensors(t)
+    if meta is not None:
+        meta(m)
+    return ckpt.save(ctx.tmp / name, t, m)
+
+
+def _load_resaved(tensors=None, meta=None):
+    def run(ctx):
+        path = _resaved(ctx, tensors, meta)
+        with _cwd(ctx.tmp):
+            return _load_learner(path.name)
+    return run
+
+
+OWNER = "learner/backbone.blocks.0.conv1.owner"
+EMBEDDING = "learner/backbone.embedding.weight"
+
+
+def _set(name, fn):
+    """A tensors-edit: replace tensor ``name`` by ``fn(tensor)``."""
+    def edit(t):
+        t[name] = fn(t[name])
+    return edit
+
+
+def _owner_9(owner):
+    return torch.where(owner == 0, torch.full_like(owner, 9), owner)    # the free weights "owned by task 9"
+
+
+def _probe_items():
+    return torch.randint(1, 31, (6, 8), generator=torch.Generator().manual_seed(4))
+
+
+def _load_pair(tensors=None, meta=None):
+    """run(ctx): (the re-saved checkpoint's learner, the original's learner)."""
+    def run(ctx):
+        return _load_resaved(tensors, meta)(ctx), _load_learner(_shared_run("conure") / "checkpoints" /
+                                                                "conure.safetensors")
+    return run
+
+
+def _check_same_learner(pair, ctx):
+    got, want = pair
+    a, b = got.state_tensors(), want.state_tensors()
+    assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(got.predict(1, _probe_items()), want.predict(1, _probe_items()))
+
+
+def _export_owner_int64(ctx):
+    from conure import checkpoint as ckpt
+    learner = _load_learner(_shared_run("conure") / "checkpoints" / "conure.safetensors")
+    _, meta = ckpt.load(_shared_run("conure") / "checkpoints" / "conure.safetensors")
+    with _cwd(ctx.tmp):
+        ckpt.export_task(learner, 1, "e.safetensors", meta["vocab"])
+        tensors, emeta = ckpt.load("e.safetensors", kind="export")
+        name = "backbone/blocks.0.conv1.owner"
+        tensors[name] = tensors[name].long()
+        ckpt.save("e.safetensors", tensors, emeta)
+        return ckpt.load_inference("e.safetensors")
+
+
+def _export_as_run(ctx):
+    from conure import checkpoint as ckpt
+    learner = _load_learner(_shared_run("conure") / "checkpoints" / "conure.safetensors")
+    _, meta = ckpt.load(_shared_run("conure") / "checkpoints" / "conure.safetensors")
+    with _cwd(ctx.tmp):
+        ckpt.export_task(learner, 1, "e.safetensors", meta["vocab"])
+        return _load_learner("e.safetensors")
+
+
+class _DiskFull:
+    """A file whose write stores half the data and then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+    def write(self, data):
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+@contextlib.contextmanager
+def _disk_full():
+    """Every file that conure.checkpoint writes (atomic_write_bytes: os.fdopen) hits a full disk half-way."""
+    from conure import checkpoint as ckpt
+    real = os.fdopen
+    with mock.patch.object(ckpt.os, "fdopen", lambda *a, **k: _DiskFull(real(*a, **k))):
+        yield
+
+
+def _save_disk_full(ctx):
+    """Overwrite the run's checkpoint on a full disk: the old file must stay as it was, no partial file left."""
+    from conure import checkpoint as ckpt
+    _copy_run(ctx)
+    folder = ctx.tmp / "run" / "checkpoints"
+    before = (folder / "conure.safetensors").read_bytes()
+    tensors, meta = ckpt.load(folder / "conure.safetensors")
+    meta["progress"]["completed"] = 2
+    try:
+        with _cwd(ctx.tmp), _disk_full():
+            return ckpt.save(CKPT, tensors, meta)
+    finally:
+        assert (folder / "conure.safetensors").read_bytes() == before, "the previous checkpoint changed"
+        assert [p.name for p in folder.iterdir()] == ["conure.safetensors"], "a partial or temp file was left"
+        _load_learner(folder / "conure.safetensors")
+
+
+def _export_disk_full(ctx):
+    _copy_run(ctx)
+    try:
+        with _disk_full():
+            return cli(ctx, "export", "--checkpoint", "run", "--task", "1", "--out", "e.safetensors")
+    finally:
+        assert not [p.name for p in ctx.tmp.iterdir() if p.name.startswith(("e.", ".e."))], "a file was left"
+
+
+def _save_to(rel, prepare=None):
+    """run(ctx): checkpoint.save to ``rel`` (relative to the row's directory) after ``prepare(ctx)``."""
+    def run(ctx):
+        from conure import checkpoint as ckpt
+        if prepare is not None:
+            prepare(ctx)
+        with _cwd(ctx.tmp):
+            return ckpt.save(rel, {"w": torch.ones(3)}, {"kind": "run"})
+    return run
+
+
+def _a_file(ctx):
+    ctx.write("afile", "not a directory\n")
+
+
+def _a_dir(ctx):
+    (ctx.tmp / "adir").mkdir()
+
+
+def _save_no_permission(ctx):
+    """A directory the user may not write to. Simulated (the tests may run as root, whom chmod does not stop):
+    creating the temp file fails with EACCES, as the kernel answers a user without write permission."""
+    from conure import checkpoint as ckpt
+    (ctx.tmp / "ro").mkdir()
+    denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(ctx.tmp / "ro" / ".c.safetensors.x.tmp"))
+    with _cwd(ctx.tmp), mock.patch.object(ckpt.tempfile, "mkstemp", side_effect=denied):
+        try:
+            return ckpt.save("ro/c.safetensors", {"w": torch.ones(3)}, {"kind": "run"})
+        finally:
+            assert not list((ctx.tmp / "ro").iterdir())
+
+
+def _cuda_run(ctx) -> Path:
+    """The run as a ``device: cuda`` run writes it: its config.yaml and its checkpoint's config say cuda; the tensors
+    are the same CPU bytes (checkpoint.save copies every tensor to the CPU; the file records no device)."""
+    import yaml
+    from conure import checkpoint as ckpt
+    run = _copy_run(ctx)
+    ctx.write("cuda.yaml", yaml.safe_dump({**RUN_CFG, "device": "cuda"}))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "device": "cuda"}))
+    tensors, meta = ckpt.load(run / "checkpoints" / "conure.safetensors")
+    meta["config"]["device"] = "cuda"
+    ckpt.save(run / "checkpoints" / "conure.safetensors", tensors, meta)
+    data = (run / "checkpoints" / "conure.safetensors").read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    assert not any("device" in k for v in header.values() if isinstance(v, dict) and "dtype" in v for k in v)
+    return run
+
+
+def _no_cuda():
+    """This machine as one without CUDA."""
+    return mock.patch.object(torch.cuda, "is_available", lambda: False)
+
+
+def _cuda_cli(*argv):
+    def run(ctx):
+        _cuda_run(ctx)
+        with _no_cuda():
+            return cli(ctx, *argv)
+    return run
+
+
+def _resume(*sets, prepare=None, config="run.yaml"):
+    """run(ctx): ``conure train --config run.yaml --out run --resume`` on a copy of the shared run (task 1 learned),
+    after ``prepare(ctx)``."""
+    def run(ctx):
+        _copy_run(ctx)
+        if prepare is not None:
+            prepare(ctx)
+        args = ["train", "--config", config, "--out", "run", "--resume"]
+        for s in sets:
+            args += ["--set", s]
+        return cli(ctx, *args)
+    return run
+
+
+def _put_other_method_checkpoint(ctx):
+    shutil.copy(_shared_run("sinmoall") / "checkpoints" / "sinmoall.safetensors", ctx.tmp / CKPT)
+
+
+def _put_export_as_checkpoint(ctx):
+    from conure import checkpoint as ckpt
+    tensors, meta = ckpt.load(ctx.tmp / CKPT)
+    ckpt.export_task(ckpt.learner_from(tensors, meta["learner"]), 1, ctx.tmp / CKPT, meta["vocab"])
+
+
+def _truncate_checkpoint(ctx):
+    data = (ctx.tmp / CKPT).read_bytes()
+    (ctx.tmp / CKPT).write_bytes(data[:len(data) // 2])
+
+
+def _break_saved_config(ctx):
+    (ctx.tmp / "run" / "config.yaml").write_text("model: {channels: [8\n")
+
+
+def _learner_task_ids(ids):
+    def edit(meta):
+        tasks = meta["learner"]["tasks"]
+        meta["learner"]["tasks"] = [dict(tasks[0], task=t) for t in ids]
+    return edit
+
+
+def _runner_resume_gap(ctx):
+    """Run(resume=True) on a run whose checkpoint's learner lists task 2 but not task 1."""
+    from conure.config import parse_config
+    from conure.runner import Run
+    _copy_run(ctx)
+    _resaved(ctx, meta=_learner_task_ids([2]), name=CKPT)
+    with _cwd(ctx.tmp):
+        return Run(parse_config(RUN_CFG), "run", resume=True, echo=lambda text: None).execute()
+
+
+def _resume_empty_dir(ctx):
+    import yaml
+    ctx.write("run.yaml", yaml.safe_dump(RUN_CFG))
+    (ctx.tmp / "fresh").mkdir()
+    return cli(ctx, "train", "--config", "run.yaml", "--out", "fresh", "--resume")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1033,10 +1486,12 @@ ROWS: List[Row] = [
            "Unexpected key(s) in state_dict", _from_state_tensors(lambda t: t.update(extra=torch.zeros(1)))),
     raises("learner.from_state.shape", "ContinualLearner.from_state", "a tensor of the wrong shape", RuntimeError,
            "size mismatch for backbone.embedding.weight", _from_state_tensors(_shrink_embedding)),
-    behaves("learner.from_state.owner_beyond_learned", "ContinualLearner.from_state",
-            "an owner map holding task 9 when only task 1 was learned",
-            "accepted as is (no validation); those weights are inactive for task 1",
-            _from_state_tensors(_owner_too_high), _check_owner_loaded),
+    fixed("learner.from_state.owner_beyond_learned", "ContinualLearner.from_state",
+        "an owner map holding task 9 when only task 1 was learned",
+        "accepted as is (no validation): the weights of the phantom task 9 stayed inactive and out of every later "
+        "task's reach, and capacity() listed a task 9", "ValueError naming the owner map and the task id",
+        error=ValueError, fragment="holds task id 9, but the state has learned tasks [1] only",
+        run=_from_state_tensors(_owner_too_high)),
 
     # ---- data: readers (every DataError starts with path[:line]:) ------------------------------------------------
     raises("data.ml100k.missing", "read_ml100k", "path does not exist", _d("DataError"),
@@ -1163,30 +1618,302 @@ ROWS: List[Row] = [
     raises("data.specs.fractions", "build_task_sequence", "valid_frac + test_frac >= 1", ValueError,
            "need 0 <= valid_frac, test_frac and valid_frac + test_frac < 1",
            _specs([{"name": "a", "kind": "next_item"}], valid_frac=0.6, test_frac=0.5)),
+
+
+    # ---- the command line: conure.cli (`python -m conure ...`) ---------------------------------------------------
+    exits("cli.unknown_subcommand", "python -m conure", "an unknown subcommand (frobnicate)",
+          "argument COMMAND: invalid choice: 'frobnicate' (choose from 'demo', 'train', 'eval', 'inspect', 'predict', "
+          "'export', 'config')", lambda c: cli_process(c, "frobnicate")),
+    behaves("cli.no_subcommand", "conure.cli.main", "no subcommand at all", "exit 2 after printing the usage (stdout)",
+            lambda c: cli(c), lambda r, c: (r[0] == 2 and r[1].startswith("usage: conure") and not r[2].strip())
+            or pytest.fail(str(r))),
+    exits("cli.missing_required_option", "python -m conure", "train without --config",
+          "the following arguments are required: --config (see 'conure train --help')",
+          lambda c: cli_process(c, "train")),
+    exits("cli.unknown_option", "conure.cli.main", "train with an option it does not have (--epochs 3)",
+          "unrecognized arguments: --epochs 3", lambda c: cli(c, "train", "--config", "demo", "--epochs", "3")),
+    exits("cli.option_without_value", "conure.cli.main", "eval --checkpoint with no value",
+          "argument --checkpoint: expected one argument", lambda c: cli(c, "eval", "--checkpoint")),
+    exits("cli.config_missing", "conure.cli.main", "train --config of a file that does not exist",
+          "config file not found: nope.yaml (shipped examples: demo, ml100k, ml1m_paper)",
+          lambda c: cli(c, "train", "--config", "nope.yaml", "--out", "out")),
+    exits("cli.config_directory", "conure.cli.main", "train --config of a directory",
+          "config path is a directory, not a YAML file: cfgdir",
+          lambda c: ((c.tmp / "cfgdir").mkdir(), cli(c, "train", "--config", "cfgdir", "--out", "out"))[1]),
+    exits("cli.checkpoint_dir_without_checkpoint", "conure.cli.main", "eval --checkpoint of a directory without one",
+          "empty: no checkpoint in this directory (looked for *.safetensors)",
+          lambda c: ((c.tmp / "empty").mkdir(), cli(c, "eval", "--checkpoint", "empty"))[1]),
+    fixed("cli.export_parent_is_file", "conure.cli.main", "export --out below a regular file (afile/e.safetensors)",
+        "exit 1, 'FileExistsError: [Errno 17] File exists: ... (this looks like a bug ...)'",
+        _exit_text("Not a directory: afile"), check=_exit_check("Not a directory: afile"),
+        run=lambda c: (_copy_run(c), _a_file(c),
+                       cli(c, "export", "--checkpoint", "run", "--task", "1", "--out", "afile/e.safetensors"))[2]),
+    fixed("cli.export_disk_full", "conure.cli.main", "export on a full disk (ENOSPC half-way through the write)",
+        "exit 1, 'OSError: [Errno 28] No space left on device (this looks like a bug ...)', no file name",
+        _exit_text("No space left on device: e.safetensors") + "; no file left behind",
+        check=_exit_check("No space left on device: e.safetensors"), run=_export_disk_full),
+
+    # ---- the config loader: conure.config.load_config (YAML file + --set) ------------------------------------------
+    raises("config.yaml_syntax", "config.load_config", "a YAML syntax error (an unclosed [)", _config_error(),
+           "bad.yaml:3:1: invalid YAML: expected ',' or ']', but got '<stream end>'",
+           _config("model:\n  channels: [16\n")),
+    raises("config.yaml_tab", "config.load_config", "a tab in the indentation", _config_error(),
+           "bad.yaml:2:1: invalid YAML: found character '\\t' that cannot start any token",
+           _config("model:\n\tchannels: 16\n")),
+    fixed("config.yaml_duplicate_key", "config.load_config", "a key given twice (two train: sections)",
+        "accepted: PyYAML keeps the last one, the first section is silently ignored", "ConfigError with file:line",
+        error=_config_error(), fragment="bad.yaml:3:1: invalid YAML: duplicate key 'train' (first on line 1)",
+        run=_config("train: {epochs: 3}\nseed: 1\ntrain: {lr: 0.1}\n")),
+    raises("config.not_a_mapping", "config.load_config", "a YAML list instead of a mapping", _config_error(),
+           "bad.yaml: a config must be a mapping of keys to values, got [1, 2] (list)", _config("- 1\n- 2\n")),
+    raises("config.not_utf8", "config.load_config", "binary bytes (not UTF-8)", _config_error(),
+           "cannot read config file bad.yaml: 'utf-8' codec can't decode byte 0x80", _config(bytes(range(256)))),
+    behaves("config.empty_file", "config.load_config", "an empty file (no dataset, tasks or model key)",
+            "every key is optional: all defaults (synthetic data, its default task sequence, the default model)",
+            _config(""), _check_defaults),
+    raises("config.section_null", "config.load_config", "a section left empty (`model:` with nothing below)",
+           _config_error(), "model: expected a mapping, got None (null)", _config("model:\nseed: 1\n")),
+    raises("config.data_path_missing", "config.load_config", "data kind ml-1m without data.path", _config_error(),
+           "data: data kind 'ml-1m' needs data.path (the file or directory to read)", _config("data: {kind: ml-1m}\n")),
+    raises("config.task_missing_kind", "config.load_config", "a task without kind", _config_error(),
+           "tasks[0]: missing 'kind'", _config("tasks: [{name: a}]\n")),
+    raises("config.task_missing_name", "config.load_config", "a task without name", _config_error(),
+           "tasks[0]: missing 'name'", _config("tasks: [{kind: next_item}]\n")),
+    raises("config.task_missing_attribute", "config.load_config", "a profile task without attribute", _config_error(),
+           "tasks[1]: task spec 'g': a profile task needs 'attribute'",
+           _config("tasks: [{name: a, kind: next_item}, {name: g, kind: profile}]\n")),
+    raises("config.model_no_blocks", "config.load_config", "model.dilations []", _config_error(),
+           "model: dilations must be a non-empty list of positive ints", _config("model: {dilations: []}\n")),
+    raises("config.unknown_key", "config.load_config", "an unknown top-level key (colour)", _config_error(),
+           "unknown config key 'colour' (known keys: seed, device, threads, data, tasks, model, method, train, output)",
+           _config("colour: red\n")),
+    raises("config.misspelt_key", "config.load_config", "a misspelt section (modle)", _config_error(),
+           "unknown config key 'modle' (did you mean 'model'?)", _config("modle: {channels: 8}\n")),
+    raises("config.misspelt_nested_key", "config.load_config", "a misspelt key in a section (train.epoch)",
+           _config_error(), "unknown config key 'train.epoch' (did you mean 'train.epochs'?)",
+           _config("train: {epoch: 3}\n")),
+    raises("config.misspelt_task_key", "config.load_config", "a misspelt task key (atribute)", _config_error(),
+           "unknown config key 'tasks[1].atribute' (did you mean 'tasks[1].attribute'?)",
+           _config("tasks: [{name: a, kind: next_item}, {name: g, kind: profile, atribute: gender}]\n")),
+    raises("config.set_misspelt_key", "config.load_config", "--set model.chanels=8", _config_error(),
+           "unknown config key 'model.chanels' (did you mean 'model.channels'?)", _config("", "model.chanels=8")),
+    raises("config.string_for_int", "config.load_config", "model.channels: lots", _config_error(),
+           "model.channels: expected an integer, got 'lots' (string)", _config("model: {channels: lots}\n")),
+    raises("config.quoted_int", "config.load_config", "model.channels: '16' (a quoted number)", _config_error(),
+           "model.channels: expected an integer, got '16' (string)", _config("model: {channels: '16'}\n")),
+    raises("config.float_for_int", "config.load_config", "model.channels: 16.5", _config_error(),
+           "model.channels: expected an integer, got 16.5 (number)", _config("model: {channels: 16.5}\n")),
+    raises("config.bool_for_int", "config.load_config", "train.epochs: true", _config_error(),
+           "train.epochs: expected an integer, got True (boolean)", _config("train: {epochs: true}\n")),
+    raises("config.list_for_float", "config.load_config", "train.lr: [0.1]", _config_error(),
+           "train.lr: expected a number, got [0.1] (list)", _config("train: {lr: [0.1]}\n")),
+    fixed("config.scalar_for_list", "config.load_config", "method.keep_ratios: 0.5 (a number, not a list)",
+        "the message said 'expected a list of a numbers'", "ConfigError 'expected a list of numbers'",
+        error=_config_error(), fragment="method.keep_ratios: expected a list of numbers, got 0.5 (number)",
+        run=_config("method: {keep_ratios: 0.5}\n")),
+    raises("config.keep_ratio_above_1", "config.load_config", "method.keep_ratios: [1.5]", _config_error(),
+           "method: keep_ratios must be a non-empty list of values in [0, 1]",
+           _config("method: {keep_ratios: [1.5]}\n")),
+    raises("config.keep_ratio_negative", "config.load_config", "method.keep_ratios: [0.5, -0.1]", _config_error(),
+           "method: keep_ratios must be a non-empty list of values in [0, 1]",
+           _config("method: {keep_ratios: [0.5, -0.1]}\n")),
+    raises("config.keep_ratio_nan", "config.load_config", "method.keep_ratios: [.nan]", _config_error(),
+           "method: keep_ratios must be a non-empty list of values in [0, 1]",
+           _config("method: {keep_ratios: [.nan]}\n")),
+    raises("config.train_keep_ratio", "config.load_config", "train.keep_ratio: 2", _config_error(),
+           "train: TaskConfig.keep_ratio must be in [0, 1], got 2.0", _config("train: {keep_ratio: 2}\n")),
+    raises("config.task_train_keep_ratio", "config.load_config", "a task's train.keep_ratio: -1", _config_error(),
+           "tasks[0].train: TaskConfig.keep_ratio must be in [0, 1], got -1.0",
+           _config("tasks: [{name: a, kind: next_item, train: {keep_ratio: -1}}]\n")),
+
+    # ---- the task sequence: config.load_config and conure.runner.Run ------------------------------------------------
+    behaves("config.tasks_empty", "config.load_config", "tasks: [] (an empty task list)",
+            "documented: the data kind's default task sequence", _config("tasks: []\n"), _check_defaults),
+    fixed("runner.tasks_empty", "runner.Run(RunConfig built in Python)", "cfg.tasks = []",
+        "ConfigError 'tasks: build_task_sequence needs at least one task spec' (RunConfig() itself has tasks [], "
+        "documented as the default sequence)", "the default task sequence, as from a config file",
+        run=_runner(tasks=[]), check=_check_default_tasks),
+    raises("config.task_names_duplicate", "config.load_config", "two tasks named a", _config_error(),
+           "tasks: task names must be unique, repeated: ['a']",
+           _config("tasks: [{name: a, kind: next_item}, {name: a, kind: profile, attribute: gender}]\n")),
+    raises("runner.task_names_duplicate", "runner.Run(RunConfig built in Python)", "two tasks named a",
+           _config_error(), "tasks: task names must be unique",
+           _runner(tasks=[{"name": "a", "kind": "next_item"},
+                          {"name": "a", "kind": "profile", "attribute": "gender"}])),
+    raises("config.first_task_not_next_item", "config.load_config", "task 1 a profile task", _config_error(),
+           "tasks[0] ('g'): task 1 must be a next_item task", _config("tasks: [{name: g, kind: profile, "
+                                                                       "attribute: gender}]\n")),
+    fixed("runner.first_task_not_next_item", "runner.Run(RunConfig built in Python)", "task 1 a profile task",
+        "accepted: the run learned a profile task first (the loader's checks were skipped)",
+        "ConfigError like the loader's", error=_config_error(), fragment="task 1 must be a next_item task",
+        run=_runner(tasks=[{"name": "g", "kind": "profile", "attribute": "gender"}])),
+    fixed("runner.resume_task_ids_out_of_order", "runner.Run(resume=True)",
+        "a checkpoint whose learner lists task 2 but not task 1",
+        "CheckpointError \"checkpoint does not hold a usable learner: 'head_2'\"",
+        "CheckpointError naming the task ids", error=_ckpt_error(),
+        fragment="the learned task ids must be 1, 2, ... in order, got [2]", run=_runner_resume_gap),
+
+    # ---- checkpoint save: conure.checkpoint.save (atomic_write_bytes) --------------------------------------------
+    fixed("checkpoint.save_parent_is_file", "checkpoint.save", "a path below a regular file (afile/c.safetensors)",
+        "FileExistsError '[Errno 17] File exists: ...afile' (the CLI called it a bug)",
+        "NotADirectoryError naming the file", error=NotADirectoryError, fragment="[Errno 20] Not a directory: 'afile'",
+        run=_save_to("afile/c.safetensors", _a_file)),
+    raises("checkpoint.save_grandparent_is_file", "checkpoint.save", "a path two levels below a regular file",
+           NotADirectoryError, "[Errno 20] Not a directory: 'afile/sub'", _save_to("afile/sub/c.safetensors", _a_file)),
+    fixed("checkpoint.save_over_directory", "checkpoint.save", "the path of an existing directory",
+        "IsADirectoryError \"[Errno 21] Is a directory: '/.../.adir.k2x9.tmp' -> 'adir'\" (the temp file first)",
+        "IsADirectoryError naming the directory", error=IsADirectoryError,
+        fragment="[Errno 21] Is a directory: 'adir'", run=_save_to("adir", _a_dir)),
+    fixed("checkpoint.save_no_permission", "checkpoint.save",
+        "a directory without write permission (simulated: the temp file's creation fails with EACCES; the tests "
+        "may run as root, whom chmod does not stop)",
+        "PermissionError naming the temp file (/.../ro/.c.safetensors.x.tmp)",
+        "PermissionError naming the checkpoint; nothing written", error=PermissionError,
+        fragment="[Errno 13] Permission denied: 'ro/c.safetensors'", run=_save_no_permission),
+    fixed("checkpoint.save_disk_full", "checkpoint.save",
+        "a full disk: ENOSPC half-way through overwriting the run's checkpoint",
+        "OSError '[Errno 28] No space left on device' without the file name (old file intact, temp file removed)",
+        "OSError naming the checkpoint; the old checkpoint intact and loadable, no partial or temp file left",
+        error=OSError, fragment=f"[Errno 28] No space left on device: '{CKPT}'", run=_save_disk_full),
+
+    # ---- checkpoint load: conure.checkpoint.load (+ learner_from, as every command that reads a run does) --------
+    raises("checkpoint.load_missing", "checkpoint.load", "a file that does not exist", _ckpt_error(),
+           "checkpoint not found: nope.safetensors",
+           lambda c: _in_dir(c, lambda: _load_learner("nope.safetensors"))),
+    raises("checkpoint.load_directory", "checkpoint.load", "a directory", _ckpt_error(),
+           "cdir is a directory, not a checkpoint file",
+           lambda c: ((c.tmp / "cdir").mkdir(), _in_dir(c, lambda: _load_learner("cdir")))[1]),
+    raises("checkpoint.truncated_half", "checkpoint.load", "the run's checkpoint cut at 50%", _ckpt_error(),
+           "c.safetensors: truncated checkpoint (",
+           _load_file(lambda c: _ckpt_bytes(c)[:len(_ckpt_bytes(c)) // 2])),
+    fixed("checkpoint.truncated_1_byte", "checkpoint.load", "the run's checkpoint cut to 1 byte",
+        "the message said '(1 bytes; ...'", "CheckpointError 'truncated'", error=_ckpt_error(),
+        fragment="c.safetensors: truncated checkpoint (1 byte; not even a header)",
+        run=_load_file(lambda c: _ckpt_bytes(c)[:1])),
+    raises("checkpoint.truncated_last_byte", "checkpoint.load", "the run's checkpoint without its last byte",
+           _ckpt_error(), "c.safetensors: truncated checkpoint (", _load_file(lambda c: _ckpt_bytes(c)[:-1])),
+    raises("checkpoint.trailing_bytes", "checkpoint.load", "the run's checkpoint with 16 bytes appended",
+           _ckpt_error(), "corrupt checkpoint (16 unexpected bytes after the data)",
+           _load_file(lambda c: _ckpt_bytes(c) + b"\0" * 16)),
+    raises("checkpoint.flipped_bit", "checkpoint.load", "one bit of a tensor flipped", _ckpt_error(),
+           "checksum mismatch: the checkpoint was modified or corrupted after it was written", _load_file(_flip_bit)),
+    raises("checkpoint.empty_file", "checkpoint.load", "an empty file", _ckpt_error(),
+           "c.safetensors: truncated checkpoint (0 bytes; not even a header)", _load_file(lambda c: b"")),
+    raises("checkpoint.random_bytes", "checkpoint.load", "4 KiB of random bytes", _ckpt_error(),
+           "c.safetensors: not a conure checkpoint (no safetensors header)",
+           _load_file(lambda c: np.random.default_rng(0).bytes(4096))),
+    raises("checkpoint.json_file", "checkpoint.load", "a JSON file", _ckpt_error(),
+           "c.safetensors: not a conure checkpoint (no safetensors header)",
+           _load_file(lambda c: json.dumps({"kind": "run", "learner": {"format": "conure.learner"}}).encode())),
+    raises("checkpoint.torch_save_file", "checkpoint.load", "a torch.save (pickle) file", _ckpt_error(),
+           "c.safetensors: not a conure checkpoint (no safetensors header)", _load_file(_torch_save_bytes)),
+    raises("checkpoint.plain_safetensors", "checkpoint.load", "a safetensors file that is not conure's", _ckpt_error(),
+           "not a conure checkpoint (a safetensors file without conure's metadata)",
+           _load_file(_plain_safetensors_bytes)),
+    raises("checkpoint.format_other", "checkpoint.load", "header format field 'other.checkpoint'", _ckpt_error(),
+           "not a conure checkpoint (a safetensors file without conure's metadata)",
+           _with_header(lambda m: m.update(format="other.checkpoint"))),
+    raises("checkpoint.version_newer", "checkpoint.load", "format version 2 (newer than this code)", _ckpt_error(),
+           "checkpoint format version 2 was written by a newer conure", _with_header(lambda m: m.update(version="2"))),
+    raises("checkpoint.version_zero", "checkpoint.load", "format version 0", _ckpt_error(),
+           "unsupported checkpoint format version 0 (this conure reads version 1)",
+           _with_header(lambda m: m.update(version="0"))),
+    raises("checkpoint.version_not_int", "checkpoint.load", "format version 'one'", _ckpt_error(),
+           "unreadable checkpoint format version 'one'", _with_header(lambda m: m.update(version="one"))),
+    raises("checkpoint.version_missing", "checkpoint.load", "no version field", _ckpt_error(),
+           "unreadable checkpoint format version None", _with_header(lambda m: m.pop("version"))),
+    raises("checkpoint.export_for_run", "checkpoint.load(kind='run')", "an exported task model", _ckpt_error(),
+           "e.safetensors: expected a training run's checkpoint, found an exported task model (use the run's "
+           "checkpoint, not an export)", _export_as_run),
+    raises("checkpoint.learner_format", "checkpoint.learner_from", "learner state format 'x' (re-saved)",
+           _ckpt_error(), "checkpoint does not hold a usable learner: from_state: meta is not a conure learner state",
+           _load_resaved(meta=lambda m: m["learner"].update(format="x"))),
+    fixed("checkpoint.tensor_missing", "checkpoint.learner_from", "the embedding tensor missing (re-saved)",
+        "CheckpointError cut to 'Error(s) in loading state_dict for ModuleDict:' (the key was on the next line)",
+        "CheckpointError naming the key", error=_ckpt_error(),
+        fragment="Missing key(s) in state_dict: \"backbone.embedding.weight\"",
+        run=_load_resaved(tensors=lambda t: t.pop(EMBEDDING))),
+    fixed("checkpoint.tensor_unexpected", "checkpoint.learner_from", "an unexpected tensor (re-saved)",
+        "CheckpointError cut to 'Error(s) in loading state_dict for ModuleDict:'", "CheckpointError naming the key",
+        error=_ckpt_error(), fragment="Unexpected key(s) in state_dict: \"extra\"",
+        run=_load_resaved(tensors=lambda t: t.update({"learner/extra": torch.zeros(1)}))),
+    fixed("checkpoint.tensor_shape", "checkpoint.learner_from", "the embedding with 3 of 31 rows (re-saved)",
+        "CheckpointError cut to 'Error(s) in loading state_dict for ModuleDict:'",
+        "CheckpointError naming the tensor and both shapes", error=_ckpt_error(),
+        fragment="size mismatch for backbone.embedding.weight: copying a param with shape torch.Size([3, 8])",
+        run=_load_resaved(tensors=_set(EMBEDDING, lambda x: x[:3]))),
+    fixed("checkpoint.owner_int64", "checkpoint.learner_from", "an owner map stored as int64 (re-saved)",
+        "accepted: load_state_dict cast it to uint8 silently (a stored 256 became task 0)",
+        "CheckpointError naming the tensor and the dtypes", error=_ckpt_error(),
+        fragment="tensor backbone.blocks.0.conv1.owner has dtype torch.int64, the model needs torch.uint8",
+        run=_load_resaved(tensors=_set(OWNER, lambda o: o.long()))),
+    fixed("checkpoint.owner_float", "checkpoint.learner_from", "an owner map stored as float32 (re-saved)",
+        "accepted: cast to uint8 silently (1.7 became task 1)", "CheckpointError naming the tensor and the dtypes",
+        error=_ckpt_error(),
+        fragment="tensor backbone.blocks.0.conv1.owner has dtype torch.float32, the model needs torch.uint8",
+        run=_load_resaved(tensors=_set(OWNER, lambda o: o.float() + 0.7))),
+    fixed("checkpoint.weight_int64", "checkpoint.learner_from", "the embedding stored as int64 (re-saved)",
+        "accepted: cast to float32 silently", "CheckpointError naming the tensor and the dtypes", error=_ckpt_error(),
+        fragment="tensor backbone.embedding.weight has dtype torch.int64, the model needs torch.float32",
+        run=_load_resaved(tensors=_set(EMBEDDING, lambda w: w.long()))),
+    behaves("checkpoint.weight_float64", "checkpoint.learner_from", "the embedding stored as float64 (re-saved)",
+            "accepted: floating tensors are cast to the model's dtype (float32), the learner is the original's",
+            _load_pair(tensors=_set(EMBEDDING, lambda w: w.double())), _check_same_learner),
+    fixed("checkpoint.export_owner_int64", "checkpoint.load_inference", "an export whose owner map is int64",
+        "accepted: cast to uint8 silently", "CheckpointError naming the tensor and the dtypes", error=_ckpt_error(),
+        fragment="export does not hold a usable model: backbone: tensor blocks.0.conv1.owner has dtype torch.int64",
+        run=_export_owner_int64),
+    fixed("checkpoint.owner_beyond_learned", "checkpoint.learner_from",
+        "an owner map holding task 9 when only task 1 was learned (re-saved)",
+        "accepted (see learner.from_state.owner_beyond_learned)", "CheckpointError naming the map and the task id",
+        error=_ckpt_error(), fragment="the owner map backbone.blocks.0.conv1.owner holds task id 9, but the state "
+                                      "has learned tasks [1] only",
+        run=_load_resaved(tensors=_set(OWNER, _owner_9))),
+    behaves("checkpoint.other_torch_version", "checkpoint.load + learner_from",
+            "written by another torch and conure (meta torch_version 1.13.1, conure_version 0.0.1)",
+            "accepted: the versions are recorded, not checked (safetensors + JSON do not depend on them); the learner "
+            "is the original's", _load_pair(meta=lambda m: m.update(torch_version="1.13.1", conure_version="0.0.1")),
+            _check_same_learner),
+    behaves("checkpoint.cuda_run_on_cpu", "conure.cli.main (eval)",
+            "the checkpoint of a device: cuda run, on a machine without CUDA",
+            "works: checkpoint.save copies every tensor to the CPU and the file records no device; eval, inspect, "
+            "predict and export load on the CPU whatever the config's device",
+            _cuda_cli("eval", "--checkpoint", "run"), _succeeds("method conure, test split", "next_item")),
+
+    # ---- resuming: conure train --resume (conure.cli.main -> conure.runner.Run) -----------------------------------
+    exits("resume.other_config", "conure.cli.main (train --resume)", "the run's config with train.epochs changed",
+          "cannot resume run: the config differs from the run's: train.epochs (0 in the run, 1 now)",
+          _resume("train.epochs=1")),
+    exits("resume.other_method", "conure.cli.main (train --resume)", "the run's config with another method.name",
+          "the config differs from the run's: method.name (conure in the run, sinmoall now)",
+          _resume("method.name=sinmoall")),
+    exits("resume.checkpoint_of_other_method", "conure.cli.main (train --resume)",
+          "checkpoints/conure.safetensors replaced by a sinmoall run's checkpoint (same config otherwise)",
+          f"{CKPT}: holds method 'sinmoall', expected 'conure'", _resume(prepare=_put_other_method_checkpoint)),
+    exits("resume.export_as_checkpoint", "conure.cli.main (train --resume)",
+          "an export of task 1 in place of the run's checkpoint",
+          f"{CKPT}: expected a training run's checkpoint, found an exported task model",
+          _resume(prepare=_put_export_as_checkpoint)),
+    exits("resume.truncated_checkpoint", "conure.cli.main (train --resume)", "the run's checkpoint cut at 50%",
+          f"{CKPT}: truncated checkpoint", _resume(prepare=_truncate_checkpoint)),
+    exits("resume.saved_config_broken", "conure.cli.main (train --resume)", "the run's config.yaml not valid YAML",
+          "cannot resume: run/config.yaml is not a valid config", _resume(prepare=_break_saved_config)),
+    exits("resume.cuda_run_on_cpu_machine", "conure.cli.main (train --resume)",
+          "a device: cuda run resumed with its config on a machine without CUDA",
+          "device 'cuda' requested but torch sees no CUDA device (use device: cpu or auto)",
+          _cuda_cli("train", "--config", "cuda.yaml", "--out", "run", "--resume")),
+    behaves("resume.cuda_run_with_device_cpu", "conure.cli.main (train --resume)",
+            "a device: cuda run resumed with --set device=cpu on a machine without CUDA",
+            "resumes on the CPU (device is not part of a run's identity) and completes the run",
+            _cuda_cli("train", "--config", "cuda.yaml", "--set", "device=cpu", "--out", "run", "--resume"),
+            _succeeds(f"[conure] resuming from {CKPT} (after task 1)", "[conure] task 3/3 gender")),
+    behaves("resume.nothing_to_resume", "conure.cli.main (train --resume)", "--resume with an --out holding no run",
+            "starts a new run, saying so ('nothing to resume in fresh: starting a new run')", _resume_empty_dir,
+            _succeeds("nothing to resume in fresh: starting a new run", "[conure] task 3/3 gender")),
 ]
 
 ROW_BY_ID = {r.id: r for r in ROWS}
 assert len(ROW_BY_ID) == len(ROWS), "duplicate row ids"
-
-TODO_ROWS = [
-    # (entry point, bad input): rows to add once conure/cli.py, config.py, runner.py and checkpoint.py land.
-    ("conure CLI (`python -m conure ...`)", "unknown subcommand / missing required option"),
-    ("conure CLI", "config file that does not exist / is a directory"),
-    ("config loader (conure/config.py)", "YAML syntax error (want: file:line in the message)"),
-    ("config loader", "missing required key (dataset, tasks, model)"),
-    ("config loader", "unknown key / misspelt key"),
-    ("config loader", "wrong type (string for an int, list for a float), keep_ratio outside [0, 1]"),
-    ("runner (conure/runner.py)", "task list empty / task names not unique / out-of-order ids"),
-    ("checkpoint save (conure/checkpoint.py)", "directory not writable, disk full mid-write (atomic write?)"),
-    ("checkpoint load", "file does not exist"),
-    ("checkpoint load", "truncated file (cut at 50% and at 1 byte)"),
-    ("checkpoint load", "not a checkpoint (random bytes, an empty file, a JSON file)"),
-    ("checkpoint load", "wrong format/version field"),
-    ("checkpoint load", "tensor missing / unexpected tensor / wrong shape / wrong dtype (owner map not uint8)"),
-    ("checkpoint load", "owner map holding task ids beyond the learned tasks"),
-    ("checkpoint load", "built with another torch / on another device (cuda checkpoint on a cpu machine)"),
-    ("CLI resume", "resume from a checkpoint of another config / method"),
-]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1218,11 +1945,6 @@ def render_table() -> str:
     head = ["| id | entry point | bad input | outcome | message fragment / behaviour |",
             "|---|---|---|---|---|"]
     return "\n".join(head + [render_row(r) for r in ROWS])
-
-
-def render_todo() -> str:
-    head = ["| TODO | entry point | bad input |", "|---|---|---|"]
-    return "\n".join(head + [f"| TODO | {_cell(e)} | {_cell(b)} |" for e, b in TODO_ROWS])
 
 
 def write_doc() -> None:
@@ -1366,15 +2088,11 @@ def test_doc_matches_table():
     in_doc = re.findall(r"^\| `([^`]+)` \|", doc, re.M)
     assert sorted(in_doc) == sorted(ROW_BY_ID), "rows in the doc that the table does not have: " \
                                                 f"{sorted(set(in_doc) - set(ROW_BY_ID))}"
-    for entry, bad in TODO_ROWS:
-        assert f"| TODO | {_cell(entry)} | {_cell(bad)} |" in doc
 
 
 if __name__ == "__main__":
     if "--write-doc" in sys.argv:
         write_doc()
         print(f"wrote {len(ROWS)} rows into {DOC}")
-    elif "--todo" in sys.argv:
-        print(render_todo())
     else:
         print(render_table())
