@@ -368,6 +368,27 @@ def test_deterministic_from_seed(tasks):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_training_is_the_same_bits_for_one_and_two_threads():
+    """Run-to-run and thread-count independent training: the fused block deals fixed chunks of sequences to the
+    threads and sums their partial gradients in chunk order (B*L = 128*20 rows make four chunks here)."""
+    tasks = make_synthetic_tasks(num_users=800, num_items=80, seq_len=20, num_target_items=40, num_topics=6, seed=1)
+
+    def run(threads):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            learner = ConureLearner(fresh_backbone(tasks[0].num_items, seed=3), keep_ratios=0.5, seed=0)
+            for i, task in enumerate(tasks[:2], 1):
+                learner.learn(task, i, TaskConfig(epochs=1, retrain_epochs=1, batch_size=128, lr=3e-3))
+            return learner.state_tensors()
+        finally:
+            torch.set_num_threads(before)
+
+    one, two, again = run(1), run(2), run(2)
+    for k in one:
+        assert torch.equal(one[k], two[k]) and torch.equal(two[k], again[k]), k
+
+
 def test_phase_hook_sees_each_phase_with_its_best_weights_and_changes_nothing(tasks):
     """on_phase_end: once per phase, in order, after the best parameters are restored; its evaluate() gives the
     dense (pre-prune) metrics that differ from the final ones, and a run with the hook ends bit-identical."""
