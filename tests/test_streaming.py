@@ -63,6 +63,18 @@ def test_stream_long_history_matches_full_forward(k, dilations, device):
     assert state.pos.tolist() == [160] * 5
 
 
+@pytest.mark.parametrize("batch,tasks", [(1000, (1, 2, 3)), (1500, (3, 1, 2))])
+def test_stream_many_users_goes_in_task_groups(batch, tasks, device):
+    """Many users: stream_step_ takes the tasks in groups (working rows of about 1 MiB at a time: groups of 2 then 1
+    at B=1000, C=32, K=3; one task at a time at B=1500); every group matches the full forward, tasks given in any
+    order."""
+    net = make_net(channels=32, dilations=(1, 2), device=device)
+    starts = torch.randint(0, 20, (batch,), generator=torch.Generator().manual_seed(batch)).tolist()
+    items = left_padded(batch, 24, 60, starts, seed=batch, device=device)
+    err, _ = stream_errors(net, items, tasks)
+    assert err <= TOL
+
+
 def test_stream_dilations_larger_than_history(device):
     net = make_net(dilations=(16, 32), device=device)
     items = left_padded(4, 12, 60, [0, 2, 5, 11], device=device)
