@@ -147,33 +147,22 @@ def stream_case(batch: int, length: int):
     return ours, ref
 
 
-def serve_case(batch: int, length: int, tasks: int = 5):
+def serve_case(batch: int, length: int, tasks: int = 5, reference: bool = False):
+    """All tasks in one call (ours) against a loop over the tasks of our backbone, or (``reference``) of the
+    pure-torch reference backbone."""
     net = paper_net(tasks=tasks).eval()
     items = histories(batch, length)
     server = MultiTaskServer(net, tuple(range(1, tasks + 1)))
+
+    def one_task(t):
+        return gather_last(reference_backbone(net, items, t), items) if reference else net.user_vector(items, t)
 
     def ours():
         return server(items)
 
     def ref():
         with torch.no_grad():
-            return torch.stack([net.user_vector(items, t) for t in range(1, tasks + 1)])
-
-    return ours, ref
-
-
-def serve_reference_case(batch: int, length: int, tasks: int = 5):
-    """All tasks in one call (ours) against a loop over the tasks of the pure-torch reference backbone."""
-    net = paper_net(tasks=tasks).eval()
-    items = histories(batch, length)
-    server = MultiTaskServer(net, tuple(range(1, tasks + 1)))
-
-    def ours():
-        return server(items)
-
-    def ref():
-        with torch.no_grad():
-            return torch.stack([gather_last(reference_backbone(net, items, t), items) for t in range(1, tasks + 1)])
+            return torch.stack([one_task(t) for t in range(1, tasks + 1)])
 
     return ours, ref
 
@@ -220,7 +209,7 @@ def cases() -> Dict[str, Factory]:
         out[f"serve 5 tasks vs loop B={batch} L={length}"] = (lambda b=batch, l=length: serve_case(b, l))
     for batch, length in ((32, 50), (256, 50)):
         out[f"serve 5 tasks vs reference loop B={batch} L={length}"] = \
-            (lambda b=batch, l=length: serve_reference_case(b, l))
+            (lambda b=batch, l=length: serve_case(b, l, reference=True))
     for batch in (32, 256):
         out[f"serve 5 tasks streaming step vs loop B={batch}"] = (lambda b=batch: serve_stream_case(b, 100))
     if _has_bf16():
