@@ -435,7 +435,7 @@ class Run:
             results = self._execute()
         except BaseException:
             if joined and self.ctx is not None and not self.training:
-                D.teardown()
+                D.teardown(sync=False)
             raise
         finally:
             if torch.get_num_threads() != threads:
