@@ -4,7 +4,8 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
 (pytest-benchmark). Shapes follow the Conure paper: C=256, K=3, 8 blocks with dilations (1, 4) * 4, L=50.
 
 * ``block``: the fused residual block (conure.fused.residual_block) forward+backward against the composition of
-  reference ops (conure.reference.residual_block: LayerNorm, ReLU, masked conv via F.conv1d with pad/transpose).
+  reference ops (conure.reference.residual_block: LayerNorm, ReLU, masked conv via F.conv1d with pad/transpose);
+  ``post-LN block``: the same for conure.fused.residual_block_post_ln (the original NextItNet block).
 * ``train step``: one training step (forward, loss, backward, Adam step) of our backbone (conure.models.NextItNet,
   which runs the fused block) against a pure-torch model of the same architecture and parameters built from
   conure.reference.
@@ -69,7 +70,7 @@ def reference_backbone(net: NextItNet, items: torch.Tensor, task: int) -> torch.
 
 # ----------------------------------------------------------------------------------------------------------------
 
-def block_case(batch: int, length: int, dilation: int):
+def block_case(batch: int, length: int, dilation: int, post_ln: bool = False):
     from conure import fused
     g = torch.Generator().manual_seed(batch + dilation)
     x = torch.randn(batch, length, C, generator=g, requires_grad=True)
@@ -89,6 +90,8 @@ def block_case(batch: int, length: int, dilation: int):
             fn(x, w1, o1, w2, o2, *ln, 2, dilation).backward(grad)
         return run
 
+    if post_ln:
+        return make(fused.residual_block_post_ln), make(reference.residual_block_post_ln)
     return make(fused.residual_block), make(reference.residual_block)
 
 
@@ -201,6 +204,8 @@ def cases() -> Dict[str, Factory]:
         for dilation in (1, 4):
             out[f"block fwd+bwd B={batch} L=50 d={dilation}"] = \
                 (lambda b=batch, d=dilation: block_case(b, 50, d))
+    for batch in (32, 256):
+        out[f"post-LN block fwd+bwd B={batch} L=50 d=1"] = (lambda b=batch: block_case(b, 50, 1, post_ln=True))
     for batch in (32, 256):
         out[f"train step paper B={batch} L=50"] = (lambda b=batch: train_step_case(b, 50))
     for batch in (32, 256):

@@ -7,6 +7,8 @@ Operators (namespace ``torch.ops.conure``; schemas and orchestration in ``csrc/b
   -> (y, h, stats)``: the pre-LN residual block in one pass per conv (``h``, ``stats`` are kept for backward).
 * ``residual_block_backward(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
   ln2_bias, task, dilation, output_mask) -> (gx, gw1, gw2, g_ln1_weight, g_ln1_bias, g_ln2_weight, g_ln2_bias)``
+* ``residual_block_post_ln`` / ``residual_block_post_ln_backward``: the same signatures for the post-LN block
+  ``x + relu(LN2(conv2(relu(LN1(conv1(x))))))`` (``h`` is conv1's output; ln1 over C_mid, ln2 over C).
 * ``stream_step_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps) -> out``: one item per user through
   every block for T task states, updating the per-conv ring buffers in place (see :mod:`conure.streaming`).
 * ``multi_task_forward(x, wcols, ln_params, dilations, kernel_size, eps, out_len) -> out``: every block for T tasks
@@ -23,9 +25,11 @@ import torch
 
 from conure import ops, reference
 
-__all__ = ["available", "autocast_dtype", "residual_block", "stream_step_", "multi_task_forward", "conv_cols"]
+__all__ = ["available", "autocast_dtype", "residual_block", "residual_block_post_ln", "stream_step_",
+           "multi_task_forward", "conv_cols"]
 
 _FUSED = ops.backend() == "compiled" and hasattr(torch.ops.conure, "residual_block")
+_FUSED_POST = _FUSED and hasattr(torch.ops.conure, "residual_block_post_ln")
 
 
 def available() -> bool:
@@ -54,8 +58,8 @@ def _check_eps(eps, where: str) -> None:
 
 
 def _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
-                        eps) -> None:
-    where = "residual_block"
+                        eps, post_ln: bool = False) -> None:
+    where = "residual_block_post_ln" if post_ln else "residual_block"
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(f"{where}: x must be a 3-D tensor [B, L, C], got {_shape(x)}")
     if not x.is_floating_point():
@@ -78,8 +82,9 @@ def _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_wei
                             f"{o.dtype if isinstance(o, torch.Tensor) else type(o).__name__}")
         if o.shape != w.shape:
             raise ValueError(f"{where}: {name} shape {tuple(o.shape)} != its weight's shape {tuple(w.shape)}")
-    for name, v, n in (("ln1_weight", ln1_weight, c), ("ln1_bias", ln1_bias, c), ("ln2_weight", ln2_weight, c_mid),
-                       ("ln2_bias", ln2_bias, c_mid)):
+    n1, n2 = (c_mid, c) if post_ln else (c, c_mid)   # post-LN normalizes conv1's output, then conv2's
+    for name, v, n in (("ln1_weight", ln1_weight, n1), ("ln1_bias", ln1_bias, n1), ("ln2_weight", ln2_weight, n2),
+                       ("ln2_bias", ln2_bias, n2)):
         if not isinstance(v, torch.Tensor) or tuple(v.shape) != (n,):
             raise ValueError(f"{where}: {name} must have shape [{n}], got {_shape(v)}")
     for name, t in (("w1", w1), ("w2", w2), ("ln1_weight", ln1_weight), ("ln1_bias", ln1_bias),
@@ -192,6 +197,41 @@ def residual_block(
                                            task, dilation, float(eps))[0]
 
 
+def residual_block_post_ln(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    owner1: torch.Tensor,
+    w2: torch.Tensor,
+    owner2: torch.Tensor,
+    ln1_weight: torch.Tensor,
+    ln1_bias: torch.Tensor,
+    ln2_weight: torch.Tensor,
+    ln2_bias: torch.Tensor,
+    task: int,
+    dilation: int = 1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Post-LN residual block ``x + relu(LN2(conv2(relu(LN1(conv1(x))))))`` over the weights of tasks 1..``task``.
+
+    Args as :func:`residual_block`, except the LayerNorms: ln1_weight, ln1_bias: [C_mid], after conv1;
+    ln2_weight, ln2_bias: [C], after conv2. Returns y: [B, L, C], equal to
+    :func:`conure.reference.residual_block_post_ln`; conv weights get gradient only where ``owner == task``.
+    Autocast as in :func:`residual_block`.
+    """
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and autocast_dtype(x) is not None:
+        dtype = autocast_dtype(x)
+        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = (
+            t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            for t in (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias))
+    _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps,
+                        post_ln=True)
+    if not _FUSED_POST:
+        return reference.residual_block_post_ln(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
+                                                ln2_bias, task, dilation, eps)
+    return torch.ops.conure.residual_block_post_ln(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
+                                                   ln2_bias, task, dilation, float(eps))[0]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # stream_step_ and multi_task_forward (inference: no autograd)
 
@@ -297,23 +337,32 @@ def _one_device(where: str, *tensors) -> None:
 
 if _FUSED:
 
-    @torch.library.register_fake("conure::residual_block")
-    def _block_fake(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps):
-        _one_device("residual_block", x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
-        b, length, c = x.shape
-        y = x.new_empty((b, length, c))
-        h = x.new_empty((b, length, w1.shape[0]))
-        stats = x.new_empty((2, 2, b, length), dtype=_stats_dtype(x.dtype))
-        return y, h, stats
+    # The pre-LN and post-LN blocks share signatures, fake kernels and autograd: only the op names differ.
+    _BLOCK_OPS = ("residual_block", "residual_block_post_ln") if _FUSED_POST else ("residual_block",)
 
-    @torch.library.register_fake("conure::residual_block_backward")
-    def _block_backward_fake(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
-                             task, dilation, output_mask):
-        _one_device("residual_block_backward", grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias,
-                    ln2_weight, ln2_bias)
-        like = (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
-        return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
-                     for t, m in zip(like, output_mask))
+    def _block_fake_for(name):
+        def fake(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps):
+            _one_device(name, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
+            b, length, c = x.shape
+            y = x.new_empty((b, length, c))
+            h = x.new_empty((b, length, w1.shape[0]))
+            stats = x.new_empty((2, 2, b, length), dtype=_stats_dtype(x.dtype))
+            return y, h, stats
+        return fake
+
+    def _block_backward_fake_for(name):
+        def fake(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                 dilation, output_mask):
+            _one_device(name, grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
+                        ln2_bias)
+            like = (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
+            return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
+                         for t, m in zip(like, output_mask))
+        return fake
+
+    for _name in _BLOCK_OPS:
+        torch.library.register_fake(f"conure::{_name}")(_block_fake_for(_name))
+        torch.library.register_fake(f"conure::{_name}_backward")(_block_backward_fake_for(f"{_name}_backward"))
 
     @torch.library.register_fake("conure::stream_step_")
     def _stream_step_fake(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps):
@@ -333,14 +382,19 @@ if _FUSED:
         ctx.mark_non_differentiable(h, stats)
         ctx.set_materialize_grads(False)
 
-    def _block_backward(ctx, grad_y, grad_h, grad_stats):
-        if grad_y is None:
-            return (None,) * 12
-        x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2 = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = [need[0], need[1], need[3], need[5], need[6], need[7], need[8]]
-        gx, gw1, gw2, gg1, gb1, gg2, gb2 = torch.ops.conure.residual_block_backward(
-            grad_y, x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2, ctx.task, ctx.dilation, mask)
-        return gx, gw1, None, gw2, None, gg1, gb1, gg2, gb2, None, None, None
+    def _block_backward_for(backward_op):
+        def backward(ctx, grad_y, grad_h, grad_stats):
+            if grad_y is None:
+                return (None,) * 12
+            x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2 = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            mask = [need[0], need[1], need[3], need[5], need[6], need[7], need[8]]
+            gx, gw1, gw2, gg1, gb1, gg2, gb2 = backward_op(
+                grad_y, x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2, ctx.task, ctx.dilation, mask)
+            return gx, gw1, None, gw2, None, gg1, gb1, gg2, gb2, None, None, None
+        return backward
 
-    torch.library.register_autograd("conure::residual_block", _block_backward, setup_context=_block_setup_context)
+    for _name in _BLOCK_OPS:
+        torch.library.register_autograd(f"conure::{_name}",
+                                        _block_backward_for(getattr(torch.ops.conure, f"{_name}_backward")),
+                                        setup_context=_block_setup_context)

@@ -150,11 +150,12 @@ class ResidualBlock(nn.Module):
         if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] != self.conv1.in_channels:
             raise ValueError(f"ResidualBlock: x has {x.shape[-1]} channels but the block has "
                              f"{self.conv1.in_channels} (x {tuple(x.shape)})")
-        if self.pre_ln and patch is None and self._fusable(x, task):
+        if patch is None and self._fusable(x, task):
             # One compiled op for the whole block (conure.fused); same result as the composition below.
-            return fused.residual_block(x, self.conv1.weight, self.conv1.owner, self.conv2.weight, self.conv2.owner,
-                                        self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias, task,
-                                        self.conv1.dilation, self.ln1.eps)
+            block = fused.residual_block if self.pre_ln else fused.residual_block_post_ln
+            return block(x, self.conv1.weight, self.conv1.owner, self.conv2.weight, self.conv2.owner,
+                         self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias, task, self.conv1.dilation,
+                         self.ln1.eps)
         if self.pre_ln:
             h = self.conv1(F.relu(self.ln1(x)), task)
             h = self.conv2(F.relu(self.ln2(h)), task)

@@ -104,6 +104,31 @@ def residual_block(
     return x + masked_causal_conv1d(a2, w2, owner2, task, None, 2 * dilation)
 
 
+def residual_block_post_ln(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    owner1: torch.Tensor,
+    w2: torch.Tensor,
+    owner2: torch.Tensor,
+    ln1_weight: torch.Tensor,
+    ln1_bias: torch.Tensor,
+    ln2_weight: torch.Tensor,
+    ln2_bias: torch.Tensor,
+    task: int,
+    dilation: int = 1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Post-LN residual block ``x + relu(LN2(conv2(relu(LN1(conv1(x))))))``; conv2 at twice conv1's dilation.
+
+    x: [B, L, C]; w1, owner1: [C_mid, C, K]; w2, owner2: [C, C_mid, K] (owners uint8); ln1_*: [C_mid]; ln2_*: [C].
+    Returns [B, L, C]. Conv weights get gradient only where ``owner == task``.
+    """
+    h = masked_causal_conv1d(x, w1, owner1, task, None, dilation)
+    a1 = F.relu(F.layer_norm(h, (h.shape[-1],), ln1_weight, ln1_bias, eps))
+    h2 = masked_causal_conv1d(a1, w2, owner2, task, None, 2 * dilation)
+    return x + F.relu(F.layer_norm(h2, (h2.shape[-1],), ln2_weight, ln2_bias, eps))
+
+
 def conv_cols(weight: torch.Tensor, owner: torch.Tensor, task: int) -> torch.Tensor:
     """Task ``task``'s masked conv weights in the layout the streaming/serving ops multiply by.
 

@@ -87,7 +87,8 @@ void check_vector(const at::Tensor& v, int64_t n, const at::Tensor& x, const cha
 
 void check_block_args(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
                       const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
-                      const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation) {
+                      const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation,
+                      bool post_ln = false) {
   TORCH_CHECK(x.dim() == 3, "residual_block: x must be [B, L, C], got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "residual_block: x must be floating, got ", x.scalar_type());
   TORCH_CHECK(w1.dim() == 3 && w2.dim() == 3, "residual_block: weights must be [C_out, C_in, K], got ", w1.sizes(),
@@ -106,10 +107,11 @@ void check_block_args(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
               "residual_block: owner maps must have their weight's shape");
   TORCH_CHECK(owner1.device() == x.device() && owner2.device() == x.device(),
               "residual_block: owner maps must be on x's device");
-  check_vector(ln1_weight, C, x, "ln1_weight");
-  check_vector(ln1_bias, C, x, "ln1_bias");
-  check_vector(ln2_weight, Cm, x, "ln2_weight");
-  check_vector(ln2_bias, Cm, x, "ln2_bias");
+  // Pre-LN normalizes the block input (C) then conv1's output (C_mid); post-LN conv1's output then conv2's (C).
+  check_vector(ln1_weight, post_ln ? Cm : C, x, "ln1_weight");
+  check_vector(ln1_bias, post_ln ? Cm : C, x, "ln1_bias");
+  check_vector(ln2_weight, post_ln ? C : Cm, x, "ln2_weight");
+  check_vector(ln2_bias, post_ln ? C : Cm, x, "ln2_bias");
   TORCH_CHECK(task >= 0 && task <= 255, "residual_block: task must be in [0, 255], got ", task);
   TORCH_CHECK(dilation >= 1, "residual_block: dilation must be >= 1, got ", dilation);
 }
@@ -119,6 +121,72 @@ void check_block_args(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
 at::ScalarType stats_dtype(at::ScalarType activation) {
   return activation == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+namespace {
+
+void check_saved(const char* where, const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
+                 const at::Tensor& stats, int64_t Cm) {
+  const int64_t B = x.size(0), L = x.size(1);
+  const auto sdt = stats_dtype(x.scalar_type());
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.device() == x.device(),
+              where, ": grad_y must be like x ", x.sizes(), ", got ", grad_y.sizes(), " ", grad_y.scalar_type());
+  TORCH_CHECK(h.dim() == 3 && h.size(0) == B && h.size(1) == L && h.size(2) == Cm &&
+                  h.scalar_type() == x.scalar_type() && h.device() == x.device(),
+              where, ": h must be [", B, ", ", L, ", ", Cm, "] like x, got ", h.sizes());
+  TORCH_CHECK(stats.dim() == 4 && stats.size(0) == 2 && stats.size(1) == 2 && stats.size(2) == B &&
+                  stats.size(3) == L && stats.scalar_type() == sdt && stats.device() == x.device(),
+              where, ": stats must be [2, 2, ", B, ", ", L, "] of ", sdt, ", got ", stats.sizes(), " ",
+              stats.scalar_type());
+}
+
+// Per-chunk partial gradients, added in chunk order at the end (deterministic): the row-layout weight gradients
+// and the LayerNorm parameter gradients (stats dtype). Undefined where the output mask does not ask for them.
+struct Partials {
+  at::Tensor G1, G2, dg1, db1, dg2, db2;
+  static Partials make(int64_t n, const std::array<bool, 7>& mask, int64_t g1_rows, int64_t g1_cols,
+                       int64_t g2_rows, int64_t g2_cols, int64_t ln1, int64_t ln2, const at::TensorOptions& opts,
+                       at::ScalarType sdt) {
+    Partials p;
+    if (mask[1]) p.G1 = at::empty({n, g1_rows, g1_cols}, opts);
+    if (mask[2]) p.G2 = at::empty({n, g2_rows, g2_cols}, opts);
+    if (mask[3]) p.dg1 = at::zeros({n, ln1}, opts.dtype(sdt));
+    if (mask[4]) p.db1 = at::zeros({n, ln1}, opts.dtype(sdt));
+    if (mask[5]) p.dg2 = at::zeros({n, ln2}, opts.dtype(sdt));
+    if (mask[6]) p.db2 = at::zeros({n, ln2}, opts.dtype(sdt));
+    return p;
+  }
+  static at::Tensor at(const at::Tensor& parts, int64_t i) { return parts.defined() ? parts[i] : at::Tensor(); }
+};
+
+// The chunks' partial sums added in chunk order, weight gradients scattered back to [C_out, C_in, K] where
+// owner == task, LayerNorm gradients cast to the activation dtype.
+BlockGrads finish_grads(const Kernels& k, const Partials& p, std::optional<at::Tensor> gx, const at::Tensor& w1,
+                        const at::Tensor& owner1, const at::Tensor& w2, const at::Tensor& owner2, int64_t task,
+                        int64_t j01, int64_t j02, int64_t rows, at::ScalarType dtype) {
+  const auto total = [&](const at::Tensor& parts) {
+    if (parts.size(0) == 1) return parts[0];
+    at::Tensor out = at::empty(parts.sizes().slice(1), parts.options());
+    at::Tensor flat = out.view({-1});
+    k.sum_parts(parts.view({parts.size(0), -1}), flat);
+    return out;
+  };
+  const auto scatter = [&](const at::Tensor& parts, const at::Tensor& w, const at::Tensor& owner, int64_t j0) {
+    if (task == 0 || rows == 0) return at::zeros(w.sizes(), w.options());  // owner 0 (free) is never active
+    at::Tensor out = at::empty(w.sizes(), w.options());  // scatter_rows writes every entry
+    k.scatter_rows(total(parts), owner.contiguous(), task, j0, out);
+    return out;
+  };
+  const auto param = [&](const at::Tensor& parts) -> std::optional<at::Tensor> {
+    if (!parts.defined()) return std::nullopt;
+    return total(parts).to(dtype);
+  };
+  std::optional<at::Tensor> gw1, gw2;
+  if (p.G1.defined()) gw1 = scatter(p.G1, w1, owner1, j01);
+  if (p.G2.defined()) gw2 = scatter(p.G2, w2, owner2, j02);
+  return {gx, gw1, gw2, param(p.dg1), param(p.db1), param(p.dg2), param(p.db2)};
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fused pre-LN residual block.
@@ -175,37 +243,20 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
                    dilation);
   const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
   const auto sdt = stats_dtype(x_in.scalar_type());
-  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes() && grad_y_in.scalar_type() == x_in.scalar_type() &&
-                  grad_y_in.device() == x_in.device(),
-              "residual_block_backward: grad_y must be like x ", x_in.sizes(), ", got ", grad_y_in.sizes(), " ",
-              grad_y_in.scalar_type());
-  TORCH_CHECK(h_in.dim() == 3 && h_in.size(0) == B && h_in.size(1) == L && h_in.size(2) == Cm &&
-                  h_in.scalar_type() == x_in.scalar_type() && h_in.device() == x_in.device(),
-              "residual_block_backward: h must be [", B, ", ", L, ", ", Cm, "] like x, got ", h_in.sizes());
-  TORCH_CHECK(stats_in.dim() == 4 && stats_in.size(0) == 2 && stats_in.size(1) == 2 && stats_in.size(2) == B &&
-                  stats_in.size(3) == L && stats_in.scalar_type() == sdt && stats_in.device() == x_in.device(),
-              "residual_block_backward: stats must be [2, 2, ", B, ", ", L, "] of ", sdt, ", got ", stats_in.sizes(),
-              " ", stats_in.scalar_type());
+  check_saved("residual_block_backward", grad_y_in, x_in, h_in, stats_in, Cm);
   const bool need_x = mask[0], need_w1 = mask[1], need_w2 = mask[2];
   const bool need_ln1 = mask[3] || mask[4], need_ln2 = mask[5] || mask[6];
   const bool need_stage1 = need_x || need_w1 || need_ln1;   // gradient of conv1's input side
   const bool need_h = need_stage1 || need_ln2;              // gradient of h
   const auto opts = x_in.options();
 
-  std::optional<at::Tensor> gx, gw1, gw2, gg1, gb1, gg2, gb2;
+  std::optional<at::Tensor> gx;
   const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
   const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
   const int64_t K1 = K - j01, K2 = K - j02;
   const Split sp = split_batch(B, L);
-  // Per-chunk partial sums, added in chunk order at the end (deterministic): the row-layout weight gradients
-  // [Cm, K1*C], [C, K2*Cm] and the LayerNorm parameter gradients (stats dtype).
-  at::Tensor G1p, G2p, dg1p, db1p, dg2p, db2p;
-  if (need_w1) G1p = at::empty({sp.n, Cm, K1 * C}, opts);
-  if (need_w2) G2p = at::empty({sp.n, C, K2 * Cm}, opts);
-  if (mask[3]) dg1p = at::zeros({sp.n, C}, opts.dtype(sdt));
-  if (mask[4]) db1p = at::zeros({sp.n, C}, opts.dtype(sdt));
-  if (mask[5]) dg2p = at::zeros({sp.n, Cm}, opts.dtype(sdt));
-  if (mask[6]) db2p = at::zeros({sp.n, Cm}, opts.dtype(sdt));
+  // Row-layout weight gradients [Cm, K1*C], [C, K2*Cm]; LayerNorm 1 over C, LayerNorm 2 over Cm.
+  Partials parts = Partials::make(sp.n, mask, Cm, K1 * C, C, K2 * Cm, C, Cm, opts, sdt);
   if (need_x) gx = at::empty({B, L, C}, opts);
 
   if (B * L > 0 && (need_w2 || need_h)) {
@@ -225,7 +276,6 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
       k.mask_rows(w2, o2, task, j02, W2);
     }
     const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
-    const auto part = [](const at::Tensor& parts, int64_t i) { return parts.defined() ? parts[i] : at::Tensor(); };
     for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
       const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
       const int64_t col_numel = n * std::max(K1 * C, K2 * Cm);
@@ -239,54 +289,188 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
       // conv2: grad of its weights from the recomputed relu(LN2(h)) col, then the col's gradient in its place.
       if (need_w2) {
         k.ln_relu_im2col(hc, ga2, be2, 0.0, K, j02, d2, false, m2, r2, col2, none);
-        gemm(G2p[i], g2d.t(), col2.view({n, K2 * Cm}), false);
+        gemm(parts.G2[i], g2d.t(), col2.view({n, K2 * Cm}), false);
       }
       if (!need_h) return;
       gemm(col2.view({n, K2 * Cm}), g2d, W2, false);
       at::Tensor ghc = need_stage1 ? work.narrow(0, col_numel, n * Cm).view({bc, L, Cm}) : at::Tensor();
-      at::Tensor dg2c = part(dg2p, i), db2c = part(db2p, i);
+      at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
       k.ln_relu_col2im_backward(col2, hc, m2, r2, ga2, be2, K, j02, d2, none, ghc, dg2c, db2c);
       if (!need_stage1) return;
       const at::Tensor gh2d = ghc.view({n, Cm});
       at::Tensor col1 = prefix(work, {bc, L, K1 * C});
       if (need_w1) {
         k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, m1, r1, col1, none);
-        gemm(G1p[i], gh2d.t(), col1.view({n, K1 * C}), false);
+        gemm(parts.G1[i], gh2d.t(), col1.view({n, K1 * C}), false);
       }
       if (need_x || need_ln1) {
         gemm(col1.view({n, K1 * C}), gh2d, W1, false);
         at::Tensor gxc = need_x ? gx->narrow(0, b0, bc) : at::Tensor();
         const at::Tensor residual = need_x ? gc : at::Tensor();
-        at::Tensor dg1c = part(dg1p, i), db1c = part(db1p, i);
+        at::Tensor dg1c = Partials::at(parts.dg1, i), db1c = Partials::at(parts.db1, i);
         k.ln_relu_col2im_backward(col1, xc, m1, r1, ga1, be1, K, j01, d1, residual, gxc, dg1c, db1c);
       }
     });
   } else if (need_x) {
     gx->copy_(grad_y_in);  // empty batch: nothing to do but the (empty) residual path
   }
-  // The chunks' partial sums, added in chunk order.
-  const auto total = [&](const at::Tensor& parts) {
-    if (parts.size(0) == 1) return parts[0];
-    at::Tensor out = at::empty(parts.sizes().slice(1), parts.options());
-    at::Tensor flat = out.view({-1});
-    k.sum_parts(parts.view({parts.size(0), -1}), flat);
-    return out;
-  };
-  at::Tensor G1 = need_w1 ? total(G1p) : at::Tensor(), G2 = need_w2 ? total(G2p) : at::Tensor();
-  const auto scatter = [&](const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner, int64_t j0) {
-    if (task == 0 || B * L == 0) return at::zeros(w.sizes(), opts);  // owner 0 (free) is never active
-    at::Tensor out = at::empty(w.sizes(), opts);  // scatter_rows writes every entry
-    k.scatter_rows(G, owner.contiguous(), task, j0, out);
-    return out;
-  };
-  if (need_w1) gw1 = scatter(G1, w1_in, owner1_in, j01);
-  if (need_w2) gw2 = scatter(G2, w2_in, owner2_in, j02);
-  const auto param = [&](const at::Tensor& parts) { return total(parts).to(x_in.scalar_type()); };
-  if (mask[3]) gg1 = param(dg1p);
-  if (mask[4]) gb1 = param(db1p);
-  if (mask[5]) gg2 = param(dg2p);
-  if (mask[6]) gb2 = param(db2p);
-  return {gx, gw1, gw2, gg1, gb1, gg2, gb2};
+  return finish_grads(k, parts, gx, w1_in, owner1_in, w2_in, owner2_in, task, j01, j02, B * L, x_in.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused post-LN residual block: h1 = conv1(x), h2 = conv2(relu(LN1(h1))), y = x + relu(LN2(h2)).
+// Same chunking as the pre-LN block. conv1 reads x itself, so its im2col is a plain shifted copy (ATen copies per
+// tap, no kernel of its own); LN2 + ReLU is the K = 1 case of ln_relu_im2col. Saved for backward: h1 and the
+// statistics of both LayerNorms; backward recomputes relu(LN1(h1)) and h2 (one GEMM) instead of storing them.
+
+namespace {
+
+// col[s, t, (j-j0)*C + c] = in[s, t - (K-1-j)*dil, c] (0 at negative time), j in [j0, K). in: [S, L, C].
+void plain_im2col(const at::Tensor& in, int64_t K, int64_t j0, int64_t dil, at::Tensor& col) {
+  const int64_t L = in.size(1), C = in.size(2);
+  for (int64_t j = j0; j < K; ++j) {
+    const int64_t shift = (K - 1 - j) * dil;  // < L for j >= j0
+    at::Tensor tap = col.narrow(2, (j - j0) * C, C);
+    if (shift > 0) tap.narrow(1, 0, shift).zero_();
+    tap.narrow(1, shift, L - shift).copy_(in.narrow(1, 0, L - shift));
+  }
+}
+
+// out[s, t - shift_j, c] += gcol[s, t, (j-j0)*C + c] for t >= shift_j, taps added in order j = j0, j0+1, ...
+void plain_col2im_add(const at::Tensor& gcol, int64_t K, int64_t j0, int64_t dil, at::Tensor& out) {
+  const int64_t L = out.size(1), C = out.size(2);
+  for (int64_t j = j0; j < K; ++j) {
+    const int64_t shift = (K - 1 - j) * dil;
+    out.narrow(1, 0, L - shift).add_(gcol.narrow(2, (j - j0) * C, C).narrow(1, shift, L - shift));
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
+    const Kernels& k, const at::Tensor& x_in, const at::Tensor& w1_in, const at::Tensor& owner1_in,
+    const at::Tensor& w2_in, const at::Tensor& owner2_in, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
+    const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
+  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                   dilation, true);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), L = x.size(1), C = x.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
+  at::Tensor y = at::empty({B, L, C}, x.options());
+  at::Tensor h = at::empty({B, L, Cm}, x.options());
+  at::Tensor stats = at::empty({2, 2, B, L}, x.options().dtype(stats_dtype(x.scalar_type())));
+  if (B * L == 0) return {y, h, stats};
+
+  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
+  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L), K1 = K - j01, K2 = K - j02;
+  at::Tensor W1 = at::empty({Cm, K1 * C}, x.options());
+  at::Tensor W2 = at::empty({C, K2 * Cm}, x.options());
+  k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
+  k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
+  const at::Tensor g1 = ln1_weight.contiguous(), b1 = ln1_bias.contiguous();
+  const at::Tensor g2 = ln2_weight.contiguous(), b2 = ln2_bias.contiguous();
+
+  const Split sp = split_batch(B, L);
+  const int64_t width = std::max(K1 * C, K2 * Cm);
+  const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
+  for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
+    const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
+    at::Tensor work = scratch(n * (width + C), x.options());
+    at::Tensor none;
+    const at::Tensor xc = x.narrow(0, b0, bc);
+    at::Tensor hc = h.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
+    at::Tensor m1 = mean1.narrow(0, b0, bc).view({n}), r1 = rstd1.narrow(0, b0, bc).view({n});
+    at::Tensor m2 = mean2.narrow(0, b0, bc).view({n}), r2 = rstd2.narrow(0, b0, bc).view({n});
+    at::Tensor col1 = prefix(work, {bc, L, K1 * C});
+    plain_im2col(xc, K, j01, d1, col1);
+    gemm(hc.view({n, Cm}), col1.view({n, K1 * C}), W1.t(), false);
+    at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
+    k.ln_relu_im2col(hc, g1, b1, eps, K, j02, d2, true, m1, r1, col2, none);
+    at::Tensor h2 = work.narrow(0, n * width, n * C).view({bc, L, C});
+    gemm(h2.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), false);
+    k.ln_relu_im2col(h2, g2, b2, eps, 1, 0, 1, true, m2, r2, yc, none);  // y := relu(LN2(h2))
+    yc.add_(xc);
+  });
+  return {y, h, stats};
+}
+
+BlockGrads post_block_backward(const Kernels& k, const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                               const at::Tensor& h_in, const at::Tensor& stats_in, const at::Tensor& w1_in,
+                               const at::Tensor& owner1_in, const at::Tensor& w2_in, const at::Tensor& owner2_in,
+                               const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                               const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> mask) {
+  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                   dilation, true);
+  const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
+  check_saved("residual_block_post_ln_backward", grad_y_in, x_in, h_in, stats_in, Cm);
+  const auto sdt = stats_dtype(x_in.scalar_type());
+  const bool need_x = mask[0], need_w1 = mask[1], need_w2 = mask[2];
+  const bool need_ln1 = mask[3] || mask[4];
+  const bool need_gh1 = need_x || need_w1;              // gradient of h1 (conv1's output)
+  const bool need_stage1 = need_gh1 || need_ln1;        // through LN1
+  const bool need_gh2 = need_stage1 || need_w2;         // gradient of h2 (conv2's output)
+  const auto opts = x_in.options();
+
+  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
+  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L), K1 = K - j01, K2 = K - j02;
+  const Split sp = split_batch(B, L);
+  Partials parts = Partials::make(sp.n, mask, Cm, K1 * C, C, K2 * Cm, Cm, C, opts, sdt);
+  std::optional<at::Tensor> gx;
+  if (need_x) gx = at::empty({B, L, C}, opts);
+
+  if (B * L > 0) {
+    const at::Tensor g = grad_y_in.contiguous(), x = x_in.contiguous(), h = h_in.contiguous();
+    const at::Tensor stats = stats_in.contiguous();
+    const at::Tensor ga1 = ln1_weight.contiguous(), be1 = ln1_bias.contiguous();
+    const at::Tensor ga2 = ln2_weight.contiguous(), be2 = ln2_bias.contiguous();
+    at::Tensor W1 = at::empty({Cm, K1 * C}, opts), W2 = at::empty({C, K2 * Cm}, opts);
+    if (need_gh1) k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
+    k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);  // h2's recompute needs it
+    const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
+    const int64_t width = std::max(K1 * C, K2 * Cm);
+    for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
+      const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
+      at::Tensor work = scratch(n * (width + 2 * C + Cm), opts);
+      at::Tensor none;
+      const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc), hc = h.narrow(0, b0, bc);
+      at::Tensor m1 = mean1.narrow(0, b0, bc).reshape({n}), r1 = rstd1.narrow(0, b0, bc).reshape({n});
+      at::Tensor m2 = mean2.narrow(0, b0, bc).reshape({n}), r2 = rstd2.narrow(0, b0, bc).reshape({n});
+      at::Tensor col = work.narrow(0, 0, n * width);
+      at::Tensor h2 = work.narrow(0, n * width, n * C).view({bc, L, C});
+      at::Tensor gh2 = work.narrow(0, n * (width + C), n * C).view({bc, L, C});
+      at::Tensor gh1 = work.narrow(0, n * (width + 2 * C), n * Cm).view({bc, L, Cm});
+      // Recompute relu(LN1(h1)) as conv2's col and h2 from it, then back through LN2 + ReLU.
+      at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
+      k.ln_relu_im2col(hc, ga1, be1, 0.0, K, j02, d2, false, m1, r1, col2, none);
+      gemm(h2.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), false);
+      at::Tensor gh2_out = need_gh2 ? gh2 : at::Tensor();
+      at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
+      k.ln_relu_col2im_backward(gc, h2, m2, r2, ga2, be2, 1, 0, 1, none, gh2_out, dg2c, db2c);
+      if (!need_gh2) return;
+      const at::Tensor gh2d = gh2.view({n, C});
+      if (need_w2) gemm(parts.G2[i], gh2d.t(), col2.view({n, K2 * Cm}), false);
+      if (!need_stage1) return;
+      gemm(col2.view({n, K2 * Cm}), gh2d, W2, false);  // the col's gradient in its place
+      at::Tensor gh1_out = need_gh1 ? gh1 : at::Tensor();
+      at::Tensor dg1c = Partials::at(parts.dg1, i), db1c = Partials::at(parts.db1, i);
+      k.ln_relu_col2im_backward(col2, hc, m1, r1, ga1, be1, K, j02, d2, none, gh1_out, dg1c, db1c);
+      if (!need_gh1) return;
+      const at::Tensor gh1d = gh1.view({n, Cm});
+      at::Tensor col1 = prefix(col, {bc, L, K1 * C});
+      if (need_w1) {
+        plain_im2col(xc, K, j01, d1, col1);
+        gemm(parts.G1[i], gh1d.t(), col1.view({n, K1 * C}), false);
+      }
+      if (need_x) {
+        gemm(col1.view({n, K1 * C}), gh1d, W1, false);
+        at::Tensor gxc = gx->narrow(0, b0, bc);
+        gxc.copy_(gc);  // the residual
+        plain_col2im_add(col1, K, j01, d1, gxc);
+      }
+    });
+  } else if (need_x) {
+    gx->copy_(grad_y_in);
+  }
+  return finish_grads(k, parts, gx, w1_in, owner1_in, w2_in, owner2_in, task, j01, j02, B * L, x_in.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -464,6 +648,12 @@ TORCH_LIBRARY_FRAGMENT(conure, m) {
         "Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, int dilation, float eps) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("residual_block_backward(Tensor grad_y, Tensor x, Tensor h, Tensor stats, Tensor w1, Tensor owner1, "
+        "Tensor w2, Tensor owner2, Tensor ln1_weight, Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, "
+        "int dilation, bool[7] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)");
+  m.def("residual_block_post_ln(Tensor x, Tensor w1, Tensor owner1, Tensor w2, Tensor owner2, Tensor ln1_weight, "
+        "Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, int dilation, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("residual_block_post_ln_backward(Tensor grad_y, Tensor x, Tensor h, Tensor stats, Tensor w1, Tensor owner1, "
         "Tensor w2, Tensor owner2, Tensor ln1_weight, Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, "
         "int dilation, bool[7] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)");
   m.def("stream_step_(Tensor x, Tensor pos, Tensor(a!)[] rings, Tensor[] wcols, Tensor[] ln_params, int[] dilations, "

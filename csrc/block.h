@@ -100,6 +100,20 @@ BlockGrads block_backward(
     const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
     const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> output_mask);
 
+// Post-LN block (conure.nn.ResidualBlock, pre_ln=False): h = conv1(x), y = x + relu(LN2(conv2(relu(LN1(h))))).
+// ln1_*: [C_mid] (over h), ln2_*: [C] (over conv2's output). Returns (y, h, stats) like block_forward; the backward
+// takes the same arguments and output mask as block_backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
+    const Kernels& k, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
+    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps);
+
+BlockGrads post_block_backward(
+    const Kernels& k, const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& stats,
+    const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2, const at::Tensor& owner2,
+    const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> output_mask);
+
 at::Tensor stream_step(const Kernels& k, const at::Tensor& x, const at::Tensor& pos, at::TensorList rings,
                        at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size,
                        double eps);

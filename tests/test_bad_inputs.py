@@ -452,6 +452,17 @@ def block(**over):
     return fused.residual_block(**a)
 
 
+def post_block(**over):
+    """conure.fused.residual_block_post_ln on valid inputs (LayerNorms [C_mid = 3] then [C = 4]), with overrides."""
+    from conure import fused
+    ns: Dict[str, object] = {"torch": torch}
+    exec(_BLOCK_SRC, ns)
+    a = dict(x=ns["xb"], w1=ns["w1"], owner1=ns["o1"], w2=ns["w2"], owner2=ns["o2"], ln1_weight=torch.ones(3),
+             ln1_bias=torch.zeros(3), ln2_weight=torch.ones(4), ln2_bias=torch.zeros(4), task=1, dilation=1, eps=1e-5)
+    a.update(over)
+    return fused.residual_block_post_ln(**a)
+
+
 def stack(fn_name, **over):
     """conure.fused.multi_task_forward / stream_step_ on valid inputs, with overrides."""
     from conure import fused
@@ -1243,6 +1254,24 @@ ROWS: List[Row] = [
     behaves("fused.block.nan_x", "fused.residual_block", "NaN in x[0, 2]",
             "NaN propagates like the reference composition (causally, within row 0)",
             lambda c: block(x=_nan_at((2, 6, 4), (0, 2, 1))),
+            lambda y, c: torch.equal(y.isnan().any(-1), torch.tensor([[False, False, True, True, True, True],
+                                                                      [False] * 6])) or pytest.fail("pattern"),
+            fused=True),
+    raises("fused.post.ln_pre_sizes", "fused.residual_block_post_ln", "LayerNorms sized as for pre-LN ([C], [C_mid])",
+           ValueError, "residual_block_post_ln: ln1_weight must have shape [3], got (4,)",
+           lambda c: post_block(ln1_weight=torch.ones(4), ln1_bias=torch.zeros(4), ln2_weight=torch.ones(3),
+                                ln2_bias=torch.zeros(3)), fused=True),
+    raises("fused.post.owner_shape", "fused.residual_block_post_ln", "owner2 of w1's shape", ValueError,
+           "owner2 shape (3, 4, 3) != its weight's shape (4, 3, 3)",
+           lambda c: post_block(owner2=torch.ones(3, 4, 3, dtype=torch.uint8)), fused=True),
+    raises("fused.post.device", "fused.residual_block_post_ln", "x on the meta device, weights on the CPU", ValueError,
+           "w1 is on cpu but x is on meta", lambda c: post_block(x=torch.randn(2, 6, 4, device="meta")), fused=True),
+    behaves("fused.post.length_zero", "fused.residual_block_post_ln", "L = 0", "returns [B, 0, C]",
+            lambda c: post_block(x=torch.randn(2, 0, 4)),
+            lambda y, c: y.shape == (2, 0, 4) or pytest.fail(str(y.shape)), fused=True),
+    behaves("fused.post.nan_x", "fused.residual_block_post_ln", "NaN in x[0, 2]",
+            "NaN propagates like the reference composition (causally, within row 0)",
+            lambda c: post_block(x=_nan_at((2, 6, 4), (0, 2, 1))),
             lambda y, c: torch.equal(y.isnan().any(-1), torch.tensor([[False, False, True, True, True, True],
                                                                       [False] * 6])) or pytest.fail("pattern"),
             fused=True),

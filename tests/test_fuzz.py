@@ -410,9 +410,12 @@ def block_cases(draw):
 
 
 @requires_fused
+@pytest.mark.parametrize("post_ln", [False, True], ids=["pre_ln", "post_ln"])
 @given(block_cases())
-def test_fused_residual_block_matches_reference(case):
+def test_fused_residual_block_matches_reference(post_ln, case):
     note(repr(case))
+    fused_op = _fused.residual_block_post_ln if post_ln else _fused.residual_block
+    reference_op = reference.residual_block_post_ln if post_ln else reference.residual_block
     g = _gen(case["seed"])
     dtype, c, c_mid, k, task = case["dtype"], case["c"], case["c_mid"], case["k"], case["task"]
     x_leaf, x_view = _leaf_and_view((case["batch"], case["length"], c), case["x_layout"], "normal", dtype, g)
@@ -422,7 +425,7 @@ def test_fused_residual_block_matches_reference(case):
     o2 = torch.randint(0, case["max_owner"] + 1, w2.shape, generator=g, dtype=torch.uint8)
     ln = [1 + 0.1 * torch.randn(n, generator=g, dtype=dtype) if i % 2 == 0 else 0.1 * torch.randn(n, generator=g,
                                                                                                    dtype=dtype)
-          for i, n in enumerate((c, c, c_mid, c_mid))]
+          for i, n in enumerate((c_mid, c_mid, c, c) if post_ln else (c, c, c_mid, c_mid))]
     grad = torch.randn(case["batch"], case["length"], c, generator=g, dtype=dtype)
 
     def run(fn, as_dtype):
@@ -432,7 +435,7 @@ def test_fused_residual_block_matches_reference(case):
         y.backward(grad.to(as_dtype))
         return [y.detach()] + [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves]
 
-    got = run(_fused.residual_block, dtype)
+    got = run(fused_op, dtype)
     assert got[0].shape == (case["batch"], case["length"], c)
     assert torch.all(got[2][o1 != task] == 0) and torch.all(got[3][o2 != task] == 0)
     if case["length"] == 0 or case["batch"] == 0:
@@ -440,13 +443,21 @@ def test_fused_residual_block_matches_reference(case):
     # Against the reference in float64 (the same values): the fused op must be about as accurate as the reference
     # composition of torch ops run in the op's dtype. (LayerNorm over few channels is ill-conditioned: with C = 1
     # its input gradient is 0 * 1/sqrt(eps) and float32 lands anywhere near 1e-3; a fixed tolerance cannot tell.)
-    exact = run(reference.residual_block, torch.float64)
-    same_dtype = run(reference.residual_block, dtype)
+    exact = run(reference_op, torch.float64)
+    same_dtype = run(reference_op, dtype)
     # ...so the tolerance grows with 1/sqrt(var + eps) of the rows the two LayerNorms normalise.
     x64, ln64 = x_view(x_leaf.double()), [v.double() for v in ln]
-    h64 = reference.masked_causal_conv1d(torch.relu(torch.nn.functional.layer_norm(x64, (c,), ln64[0], ln64[1], 1e-5)),
-                                         w1.double(), o1, task, None, case["dilation"])
-    cond = max(1.0, *(float((t.var(-1, unbiased=False) + 1e-5).rsqrt().max()) for t in (x64, h64)))
+    layer_norm = torch.nn.functional.layer_norm
+    if post_ln:
+        h64 = reference.masked_causal_conv1d(x64, w1.double(), o1, task, None, case["dilation"])
+        h2 = reference.masked_causal_conv1d(torch.relu(layer_norm(h64, (c_mid,), ln64[0], ln64[1], 1e-5)),
+                                            w2.double(), o2, task, None, 2 * case["dilation"])
+        normalised = (h64, h2)
+    else:
+        h64 = reference.masked_causal_conv1d(torch.relu(layer_norm(x64, (c,), ln64[0], ln64[1], 1e-5)),
+                                             w1.double(), o1, task, None, case["dilation"])
+        normalised = (x64, h64)
+    cond = max(1.0, *(float((t.var(-1, unbiased=False) + 1e-5).rsqrt().max()) for t in normalised))
     names = ["y", "grad x", "grad w1", "grad w2", "grad ln1_weight", "grad ln1_bias", "grad ln2_weight",
              "grad ln2_bias"]
     for name, a, e, r in zip(names, got, exact, same_dtype):

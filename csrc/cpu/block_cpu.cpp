@@ -421,6 +421,25 @@ BlockGrads residual_block_backward_cpu(const at::Tensor& grad_y, const at::Tenso
                         ln2_bias, task, dilation, output_mask);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block_post_ln_cpu(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
+    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
+  return post_block_forward(kCpu, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                            dilation, eps);
+}
+
+BlockGrads residual_block_post_ln_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
+                                               const at::Tensor& stats, const at::Tensor& w1,
+                                               const at::Tensor& owner1, const at::Tensor& w2,
+                                               const at::Tensor& owner2, const at::Tensor& ln1_weight,
+                                               const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                                               const at::Tensor& ln2_bias, int64_t task, int64_t dilation,
+                                               std::array<bool, 7> output_mask) {
+  return post_block_backward(kCpu, grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
+                             ln2_bias, task, dilation, output_mask);
+}
+
 at::Tensor stream_step_cpu(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings, at::TensorList wcols,
                            at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size, double eps) {
   return stream_step(kCpu, x, pos, rings, wcols, ln, dilations, kernel_size, eps);
@@ -438,6 +457,8 @@ at::Tensor multi_task_forward_cpu(const at::Tensor& x, at::TensorList wcols, at:
 TORCH_LIBRARY_IMPL(conure, CPU, m) {
   m.impl("residual_block", &conure::block::residual_block_cpu);
   m.impl("residual_block_backward", &conure::block::residual_block_backward_cpu);
+  m.impl("residual_block_post_ln", &conure::block::residual_block_post_ln_cpu);
+  m.impl("residual_block_post_ln_backward", &conure::block::residual_block_post_ln_backward_cpu);
   m.impl("stream_step_", &conure::block::stream_step_cpu);
   m.impl("multi_task_forward", &conure::block::multi_task_forward_cpu);
 }

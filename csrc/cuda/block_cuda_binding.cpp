@@ -112,6 +112,29 @@ BlockGrads residual_block_backward_cuda(const at::Tensor& grad_y, const at::Tens
                         ln2_bias, task, dilation, output_mask);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block_post_ln_cuda(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
+    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
+  check_cuda(x, "residual_block_post_ln");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return post_block_forward(kCuda, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                            dilation, eps);
+}
+
+BlockGrads residual_block_post_ln_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
+                                                const at::Tensor& stats, const at::Tensor& w1,
+                                                const at::Tensor& owner1, const at::Tensor& w2,
+                                                const at::Tensor& owner2, const at::Tensor& ln1_weight,
+                                                const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                                                const at::Tensor& ln2_bias, int64_t task, int64_t dilation,
+                                                std::array<bool, 7> output_mask) {
+  check_cuda(x, "residual_block_post_ln_backward");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return post_block_backward(kCuda, grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
+                             ln2_bias, task, dilation, output_mask);
+}
+
 at::Tensor stream_step_cuda(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings, at::TensorList wcols,
                             at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size, double eps) {
   check_cuda(x, "stream_step_");
@@ -133,6 +156,8 @@ at::Tensor multi_task_forward_cuda(const at::Tensor& x, at::TensorList wcols, at
 TORCH_LIBRARY_IMPL(conure, CUDA, m) {
   m.impl("residual_block", &conure::block::residual_block_cuda);
   m.impl("residual_block_backward", &conure::block::residual_block_backward_cuda);
+  m.impl("residual_block_post_ln", &conure::block::residual_block_post_ln_cuda);
+  m.impl("residual_block_post_ln_backward", &conure::block::residual_block_post_ln_backward_cuda);
   m.impl("stream_step_", &conure::block::stream_step_cuda);
   m.impl("multi_task_forward", &conure::block::multi_task_forward_cuda);
 }
