@@ -169,3 +169,19 @@ def test_post_ln_block_same_bits_for_one_and_two_threads():
     for y, grads in results[1:]:
         assert torch.equal(y, results[0][0])
         assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+
+
+def test_post_ln_backbone_keeps_task_1_bit_identical_after_task_2():
+    """Conure on a post-LN backbone (trained through the fused op): task 1's outputs do not move in task 2."""
+    from conure.data import make_synthetic_tasks
+    from conure.learner import ConureLearner, TaskConfig
+    from conure.models import NextItNet
+    tasks = make_synthetic_tasks(num_users=400, num_items=50, seq_len=12, num_target_items=30, num_topics=4, seed=2)
+    torch.manual_seed(0)
+    learner = ConureLearner(NextItNet(tasks[0].num_items, 16, 3, (1, 4), pre_ln=False), keep_ratios=0.5, seed=0)
+    probe = tasks[0].test.inputs[:32]
+    learner.learn(tasks[0], 1, TaskConfig(epochs=2, retrain_epochs=1, batch_size=64))
+    before = learner.user_vectors(1, probe)
+    learner.learn(tasks[1], 2, TaskConfig(epochs=2, retrain_epochs=1, batch_size=64))
+    assert torch.equal(learner.user_vectors(1, probe), before)
+    assert not torch.equal(learner.user_vectors(2, probe), before)
