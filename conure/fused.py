@@ -147,6 +147,15 @@ def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     return dtype if dtype in (torch.bfloat16, torch.float16) and x.dtype in (torch.float32, dtype) else None
 
 
+def _autocast_inputs(x, *others):
+    """Under autocast a block runs in the autocast dtype (GEMMs included; statistics stay float32): x and the other
+    float inputs are cast here, before the checks; autograd carries the gradients back through the casts."""
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and autocast_dtype(x) is not None):
+        return (x, *others)
+    dtype = autocast_dtype(x)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (x, *others))
+
+
 def residual_block(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -182,13 +191,8 @@ def residual_block(
     Under ``torch.autocast`` (bfloat16 on CPU, float16/bfloat16 on CUDA) the float inputs are cast to the autocast
     dtype and y comes back in it (LayerNorm statistics and sums are kept in float32 inside the kernels).
     """
-    if isinstance(x, torch.Tensor) and x.is_floating_point() and autocast_dtype(x) is not None:
-        # Under autocast the block runs in the autocast dtype (GEMMs included; statistics stay float32). Float inputs
-        # are cast here, before the checks; autograd carries the gradients back through the casts.
-        dtype = autocast_dtype(x)
-        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = (
-            t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-            for t in (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias))
+    x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = _autocast_inputs(
+        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
     _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps)
     if not _FUSED:
         return reference.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
@@ -218,11 +222,8 @@ def residual_block_post_ln(
     :func:`conure.reference.residual_block_post_ln`; conv weights get gradient only where ``owner == task``.
     Autocast as in :func:`residual_block`.
     """
-    if isinstance(x, torch.Tensor) and x.is_floating_point() and autocast_dtype(x) is not None:
-        dtype = autocast_dtype(x)
-        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = (
-            t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-            for t in (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias))
+    x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = _autocast_inputs(
+        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
     _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps,
                         post_ln=True)
     if not _FUSED_POST:
