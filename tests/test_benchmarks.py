@@ -67,3 +67,10 @@ def test_e2e_runs_both_backends_on_a_small_movielens_file(tmp_path):
     text = run("benchmarks/e2e_ml100k.py", "--data", str(data), "--repeats", "1", "--json", str(out))
     rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
     assert rows[0]["name"].startswith("e2e ML-100K task 1, one epoch") and "| e2e ML-100K" in text
+
+
+@pytest.mark.skipif(ops.backend() != "compiled", reason="compares the compiled ops with the reference")
+def test_shape_memory_prints_both_backends():
+    text = run("benchmarks/shape_memory.py", "--sizes", "10")
+    rows = [line for line in text.splitlines() if line.startswith("| compiled |") or line.startswith("| reference |")]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) >= 0 for r in rows), text
