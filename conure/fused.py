@@ -8,7 +8,8 @@ Operators (namespace ``torch.ops.conure``; schemas and orchestration in ``csrc/b
 * ``residual_block_backward(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
   ln2_bias, task, dilation, output_mask) -> (gx, gw1, gw2, g_ln1_weight, g_ln1_bias, g_ln2_weight, g_ln2_bias)``
 * ``residual_block_post_ln`` / ``residual_block_post_ln_backward``: the same signatures for the post-LN block
-  ``x + relu(LN2(conv2(relu(LN1(conv1(x))))))`` (``h`` is conv1's output; ln1 over C_mid, ln2 over C).
+  ``x + relu(LN2(conv2(relu(LN1(conv1(x))))))`` (ln1 over C_mid, ln2 over C; ``h`` [B, L, C_mid + C] holds conv1's
+  output then conv2's, flat one after the other).
 * ``stream_step_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps) -> out``: one item per user through
   every block for T task states, updating the per-conv ring buffers in place (see :mod:`conure.streaming`).
 * ``multi_task_forward(x, wcols, ln_params, dilations, kernel_size, eps, out_len) -> out``: every block for T tasks
@@ -346,7 +347,8 @@ if _FUSED:
             _one_device(name, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
             b, length, c = x.shape
             y = x.new_empty((b, length, c))
-            h = x.new_empty((b, length, w1.shape[0]))
+            # post-LN saves conv1's and conv2's outputs one after the other: [B, L, C_mid + C]
+            h = x.new_empty((b, length, w1.shape[0] + (c if name == "residual_block_post_ln" else 0)))
             stats = x.new_empty((2, 2, b, length), dtype=_stats_dtype(x.dtype))
             return y, h, stats
         return fake

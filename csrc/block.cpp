@@ -320,8 +320,9 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
 // ---------------------------------------------------------------------------------------------------------------
 // Fused post-LN residual block: h1 = conv1(x), h2 = conv2(relu(LN1(h1))), y = x + relu(LN2(h2)).
 // Same chunking as the pre-LN block. conv1 reads x itself, so its im2col is a plain shifted copy (ATen copies per
-// tap, no kernel of its own); LN2 + ReLU is the K = 1 case of ln_relu_im2col. Saved for backward: h1 and the
-// statistics of both LayerNorms; backward recomputes relu(LN1(h1)) and h2 (one GEMM) instead of storing them.
+// tap, no kernel of its own); LN2 + ReLU is the K = 1 case of ln_relu_im2col. Saved for backward: h1 and h2 (in
+// one tensor "h" [B, L, Cm + C]: h1's elements, then h2's) and the statistics of both LayerNorms; backward
+// recomputes relu(LN1(h1)) (a cheap pass, no GEMM).
 
 namespace {
 
@@ -356,9 +357,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
   const at::Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), C = x.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
   at::Tensor y = at::empty({B, L, C}, x.options());
-  at::Tensor h = at::empty({B, L, Cm}, x.options());
+  // Saved for backward: conv1's output [B, L, Cm] and conv2's [B, L, C], one after the other in one tensor.
+  at::Tensor h = at::empty({B, L, Cm + C}, x.options());
   at::Tensor stats = at::empty({2, 2, B, L}, x.options().dtype(stats_dtype(x.scalar_type())));
   if (B * L == 0) return {y, h, stats};
+  const at::Tensor h1 = h.view({-1}).narrow(0, 0, B * L * Cm).view({B, L, Cm});
+  const at::Tensor h2all = h.view({-1}).narrow(0, B * L * Cm, B * L * C).view({B, L, C});
 
   const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
   const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L), K1 = K - j01, K2 = K - j02;
@@ -374,10 +378,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
   const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
   for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
     const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
-    at::Tensor work = scratch(n * (width + C), x.options());
+    at::Tensor work = scratch(n * width, x.options());
     at::Tensor none;
     const at::Tensor xc = x.narrow(0, b0, bc);
-    at::Tensor hc = h.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
+    at::Tensor hc = h1.narrow(0, b0, bc), h2 = h2all.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
     at::Tensor m1 = mean1.narrow(0, b0, bc).view({n}), r1 = rstd1.narrow(0, b0, bc).view({n});
     at::Tensor m2 = mean2.narrow(0, b0, bc).view({n}), r2 = rstd2.narrow(0, b0, bc).view({n});
     at::Tensor col1 = prefix(work, {bc, L, K1 * C});
@@ -385,7 +389,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
     gemm(hc.view({n, Cm}), col1.view({n, K1 * C}), W1.t(), false);
     at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
     k.ln_relu_im2col(hc, g1, b1, eps, K, j02, d2, true, m1, r1, col2, none);
-    at::Tensor h2 = work.narrow(0, n * width, n * C).view({bc, L, C});
     gemm(h2.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), false);
     k.ln_relu_im2col(h2, g2, b2, eps, 1, 0, 1, true, m2, r2, yc, none);  // y := relu(LN2(h2))
     yc.add_(xc);
@@ -401,7 +404,7 @@ BlockGrads post_block_backward(const Kernels& k, const at::Tensor& grad_y_in, co
   check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
                    dilation, true);
   const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
-  check_saved("residual_block_post_ln_backward", grad_y_in, x_in, h_in, stats_in, Cm);
+  check_saved("residual_block_post_ln_backward", grad_y_in, x_in, h_in, stats_in, Cm + C);
   const auto sdt = stats_dtype(x_in.scalar_type());
   const bool need_x = mask[0], need_w1 = mask[1], need_w2 = mask[2];
   const bool need_ln1 = mask[3] || mask[4];
@@ -422,32 +425,35 @@ BlockGrads post_block_backward(const Kernels& k, const at::Tensor& grad_y_in, co
     const at::Tensor stats = stats_in.contiguous();
     const at::Tensor ga1 = ln1_weight.contiguous(), be1 = ln1_bias.contiguous();
     const at::Tensor ga2 = ln2_weight.contiguous(), be2 = ln2_bias.contiguous();
+    const at::Tensor h1 = h.view({-1}).narrow(0, 0, B * L * Cm).view({B, L, Cm});
+    const at::Tensor h2all = h.view({-1}).narrow(0, B * L * Cm, B * L * C).view({B, L, C});
     at::Tensor W1 = at::empty({Cm, K1 * C}, opts), W2 = at::empty({C, K2 * Cm}, opts);
     if (need_gh1) k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
-    k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);  // h2's recompute needs it
+    if (need_stage1) k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
     const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
     const int64_t width = std::max(K1 * C, K2 * Cm);
     for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
       const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
-      at::Tensor work = scratch(n * (width + 2 * C + Cm), opts);
+      at::Tensor work = scratch(n * (width + C + Cm), opts);
       at::Tensor none;
-      const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc), hc = h.narrow(0, b0, bc);
+      const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc);
+      const at::Tensor hc = h1.narrow(0, b0, bc), h2 = h2all.narrow(0, b0, bc);
       at::Tensor m1 = mean1.narrow(0, b0, bc).reshape({n}), r1 = rstd1.narrow(0, b0, bc).reshape({n});
       at::Tensor m2 = mean2.narrow(0, b0, bc).reshape({n}), r2 = rstd2.narrow(0, b0, bc).reshape({n});
       at::Tensor col = work.narrow(0, 0, n * width);
-      at::Tensor h2 = work.narrow(0, n * width, n * C).view({bc, L, C});
-      at::Tensor gh2 = work.narrow(0, n * (width + C), n * C).view({bc, L, C});
-      at::Tensor gh1 = work.narrow(0, n * (width + 2 * C), n * Cm).view({bc, L, Cm});
-      // Recompute relu(LN1(h1)) as conv2's col and h2 from it, then back through LN2 + ReLU.
-      at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
-      k.ln_relu_im2col(hc, ga1, be1, 0.0, K, j02, d2, false, m1, r1, col2, none);
-      gemm(h2.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), false);
+      at::Tensor gh2 = work.narrow(0, n * width, n * C).view({bc, L, C});
+      at::Tensor gh1 = work.narrow(0, n * (width + C), n * Cm).view({bc, L, Cm});
+      // Back through LN2 + ReLU (h2 saved), then conv2: its weights' gradient from the recomputed relu(LN1(h1)).
       at::Tensor gh2_out = need_gh2 ? gh2 : at::Tensor();
       at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
       k.ln_relu_col2im_backward(gc, h2, m2, r2, ga2, be2, 1, 0, 1, none, gh2_out, dg2c, db2c);
       if (!need_gh2) return;
       const at::Tensor gh2d = gh2.view({n, C});
-      if (need_w2) gemm(parts.G2[i], gh2d.t(), col2.view({n, K2 * Cm}), false);
+      at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
+      if (need_w2) {
+        k.ln_relu_im2col(hc, ga1, be1, 0.0, K, j02, d2, false, m1, r1, col2, none);
+        gemm(parts.G2[i], gh2d.t(), col2.view({n, K2 * Cm}), false);
+      }
       if (!need_stage1) return;
       gemm(col2.view({n, K2 * Cm}), gh2d, W2, false);  // the col's gradient in its place
       at::Tensor gh1_out = need_gh1 ? gh1 : at::Tensor();

@@ -101,8 +101,9 @@ BlockGrads block_backward(
     const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> output_mask);
 
 // Post-LN block (conure.nn.ResidualBlock, pre_ln=False): h = conv1(x), y = x + relu(LN2(conv2(relu(LN1(h))))).
-// ln1_*: [C_mid] (over h), ln2_*: [C] (over conv2's output). Returns (y, h, stats) like block_forward; the backward
-// takes the same arguments and output mask as block_backward.
+// ln1_*: [C_mid] (over h), ln2_*: [C] (over conv2's output). Returns (y, h, stats) like block_forward, except that
+// h is [B, L, C_mid + C]: conv1's output [B, L, C_mid] then conv2's [B, L, C], stored one after the other (flat).
+// The backward takes the same arguments and output mask as block_backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
     const Kernels& k, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
     const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
