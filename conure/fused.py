@@ -192,14 +192,8 @@ def residual_block(
     Under ``torch.autocast`` (bfloat16 on CPU, float16/bfloat16 on CUDA) the float inputs are cast to the autocast
     dtype and y comes back in it (LayerNorm statistics and sums are kept in float32 inside the kernels).
     """
-    x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = _autocast_inputs(
-        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
-    _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps)
-    if not _FUSED:
-        return reference.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                                        dilation, eps)
-    return torch.ops.conure.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
-                                           task, dilation, float(eps))[0]
+    return _run_block(False, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
+                      eps)
 
 
 def residual_block_post_ln(
@@ -223,15 +217,23 @@ def residual_block_post_ln(
     :func:`conure.reference.residual_block_post_ln`; conv weights get gradient only where ``owner == task``.
     Autocast as in :func:`residual_block`.
     """
+    return _run_block(True, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
+                      eps)
+
+
+def _run_block(post_ln, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps):
+    """The body of :func:`residual_block` / :func:`residual_block_post_ln`: autocast, checks, then the compiled op
+    or (without it) the reference twin of the same name."""
     x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = _autocast_inputs(
         x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
     _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps,
-                        post_ln=True)
-    if not _FUSED_POST:
-        return reference.residual_block_post_ln(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
-                                                ln2_bias, task, dilation, eps)
-    return torch.ops.conure.residual_block_post_ln(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
-                                                   ln2_bias, task, dilation, float(eps))[0]
+                        post_ln=post_ln)
+    name = "residual_block_post_ln" if post_ln else "residual_block"
+    if not (_FUSED_POST if post_ln else _FUSED):
+        return getattr(reference, name)(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
+                                        dilation, eps)
+    return getattr(torch.ops.conure, name)(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
+                                           task, dilation, float(eps))[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -139,6 +139,28 @@ void check_saved(const char* where, const at::Tensor& grad_y, const at::Tensor& 
               stats.scalar_type());
 }
 
+// The two convs' effective dilations (clamped to L), first reachable taps and tap counts.
+struct Taps {
+  int64_t d1, d2, j01, j02, K1, K2;
+};
+
+Taps block_taps(int64_t K, int64_t dilation, int64_t L) {
+  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
+  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
+  return {d1, d2, j01, j02, K - j01, K - j02};
+}
+
+// The LayerNorm statistics of sequences [b0, b0 + bc) as flat [bc * L] views of stats [2, 2, B, L] (contiguous):
+// m1, r1 of the first LayerNorm, m2, r2 of the second.
+struct ChunkStats {
+  at::Tensor m1, r1, m2, r2;
+  ChunkStats(const at::Tensor& stats, int64_t b0, int64_t bc) {
+    const int64_t n = bc * stats.size(3);
+    const auto part = [&](int64_t ln, int64_t which) { return stats[ln][which].narrow(0, b0, bc).view({n}); };
+    m1 = part(0, 0), r1 = part(0, 1), m2 = part(1, 0), r2 = part(1, 1);
+  }
+};
+
 // Per-chunk partial gradients, added in chunk order at the end (deterministic): the row-layout weight gradients
 // and the LayerNorm parameter gradients (stats dtype). Undefined where the output mask does not ask for them.
 struct Partials {
@@ -204,32 +226,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
   at::Tensor stats = at::empty({2, 2, B, L}, x.options().dtype(stats_dtype(x.scalar_type())));
   if (B * L == 0) return {y, h, stats};
 
-  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
-  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
-  at::Tensor W1 = at::empty({Cm, (K - j01) * C}, x.options());
-  at::Tensor W2 = at::empty({C, (K - j02) * Cm}, x.options());
+  const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
+  at::Tensor W1 = at::empty({Cm, K1 * C}, x.options());
+  at::Tensor W2 = at::empty({C, K2 * Cm}, x.options());
   k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
   k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
   const at::Tensor g1 = ln1_weight.contiguous(), b1 = ln1_bias.contiguous();
   const at::Tensor g2 = ln2_weight.contiguous(), b2 = ln2_bias.contiguous();
 
   const Split sp = split_batch(B, L);
-  const int64_t width = std::max((K - j01) * C, (K - j02) * Cm);
-  const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
+  const int64_t width = std::max(K1 * C, K2 * Cm);
   for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
     const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
     at::Tensor col = scratch(n * width, x.options());
     at::Tensor none;
     const at::Tensor xc = x.narrow(0, b0, bc);
     at::Tensor hc = h.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
-    at::Tensor m1 = mean1.narrow(0, b0, bc).view({n}), r1 = rstd1.narrow(0, b0, bc).view({n});
-    at::Tensor m2 = mean2.narrow(0, b0, bc).view({n}), r2 = rstd2.narrow(0, b0, bc).view({n});
-    at::Tensor col1 = prefix(col, {bc, L, (K - j01) * C});
-    k.ln_relu_im2col(xc, g1, b1, eps, K, j01, d1, true, m1, r1, col1, yc);  // and y := x
-    gemm(hc.view({n, Cm}), col1.view({n, (K - j01) * C}), W1.t(), false);
-    at::Tensor col2 = prefix(col, {bc, L, (K - j02) * Cm});
-    k.ln_relu_im2col(hc, g2, b2, eps, K, j02, d2, true, m2, r2, col2, none);
-    gemm(yc.view({n, C}), col2.view({n, (K - j02) * Cm}), W2.t(), true);
+    ChunkStats st(stats, b0, bc);
+    at::Tensor col1 = prefix(col, {bc, L, K1 * C});
+    k.ln_relu_im2col(xc, g1, b1, eps, K, j01, d1, true, st.m1, st.r1, col1, yc);  // and y := x
+    gemm(hc.view({n, Cm}), col1.view({n, K1 * C}), W1.t(), false);
+    at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
+    k.ln_relu_im2col(hc, g2, b2, eps, K, j02, d2, true, st.m2, st.r2, col2, none);
+    gemm(yc.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), true);
   });
   return {y, h, stats};
 }
@@ -251,9 +270,7 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
   const auto opts = x_in.options();
 
   std::optional<at::Tensor> gx;
-  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
-  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L);
-  const int64_t K1 = K - j01, K2 = K - j02;
+  const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
   const Split sp = split_batch(B, L);
   // Row-layout weight gradients [Cm, K1*C], [C, K2*Cm]; LayerNorm 1 over C, LayerNorm 2 over Cm.
   Partials parts = Partials::make(sp.n, mask, Cm, K1 * C, C, K2 * Cm, C, Cm, opts, sdt);
@@ -275,32 +292,30 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
       W2 = at::empty({C, K2 * Cm}, opts);
       k.mask_rows(w2, o2, task, j02, W2);
     }
-    const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
-    for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
+      for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
       const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
       const int64_t col_numel = n * std::max(K1 * C, K2 * Cm);
       at::Tensor work = scratch(col_numel + (need_stage1 ? n * Cm : 0), opts);
       at::Tensor none;
       const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc), hc = h.narrow(0, b0, bc);
-      at::Tensor m1 = mean1.narrow(0, b0, bc).reshape({n}), r1 = rstd1.narrow(0, b0, bc).reshape({n});
-      at::Tensor m2 = mean2.narrow(0, b0, bc).reshape({n}), r2 = rstd2.narrow(0, b0, bc).reshape({n});
+      ChunkStats st(stats, b0, bc);
       const at::Tensor g2d = gc.view({n, C});
       at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
       // conv2: grad of its weights from the recomputed relu(LN2(h)) col, then the col's gradient in its place.
       if (need_w2) {
-        k.ln_relu_im2col(hc, ga2, be2, 0.0, K, j02, d2, false, m2, r2, col2, none);
+        k.ln_relu_im2col(hc, ga2, be2, 0.0, K, j02, d2, false, st.m2, st.r2, col2, none);
         gemm(parts.G2[i], g2d.t(), col2.view({n, K2 * Cm}), false);
       }
       if (!need_h) return;
       gemm(col2.view({n, K2 * Cm}), g2d, W2, false);
       at::Tensor ghc = need_stage1 ? work.narrow(0, col_numel, n * Cm).view({bc, L, Cm}) : at::Tensor();
       at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
-      k.ln_relu_col2im_backward(col2, hc, m2, r2, ga2, be2, K, j02, d2, none, ghc, dg2c, db2c);
+      k.ln_relu_col2im_backward(col2, hc, st.m2, st.r2, ga2, be2, K, j02, d2, none, ghc, dg2c, db2c);
       if (!need_stage1) return;
       const at::Tensor gh2d = ghc.view({n, Cm});
       at::Tensor col1 = prefix(work, {bc, L, K1 * C});
       if (need_w1) {
-        k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, m1, r1, col1, none);
+        k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, st.m1, st.r1, col1, none);
         gemm(parts.G1[i], gh2d.t(), col1.view({n, K1 * C}), false);
       }
       if (need_x || need_ln1) {
@@ -308,7 +323,7 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
         at::Tensor gxc = need_x ? gx->narrow(0, b0, bc) : at::Tensor();
         const at::Tensor residual = need_x ? gc : at::Tensor();
         at::Tensor dg1c = Partials::at(parts.dg1, i), db1c = Partials::at(parts.db1, i);
-        k.ln_relu_col2im_backward(col1, xc, m1, r1, ga1, be1, K, j01, d1, residual, gxc, dg1c, db1c);
+        k.ln_relu_col2im_backward(col1, xc, st.m1, st.r1, ga1, be1, K, j01, d1, residual, gxc, dg1c, db1c);
       }
     });
   } else if (need_x) {
@@ -364,8 +379,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
   const at::Tensor h1 = h.view({-1}).narrow(0, 0, B * L * Cm).view({B, L, Cm});
   const at::Tensor h2all = h.view({-1}).narrow(0, B * L * Cm, B * L * C).view({B, L, C});
 
-  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
-  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L), K1 = K - j01, K2 = K - j02;
+  const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
   at::Tensor W1 = at::empty({Cm, K1 * C}, x.options());
   at::Tensor W2 = at::empty({C, K2 * Cm}, x.options());
   k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
@@ -375,22 +389,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
 
   const Split sp = split_batch(B, L);
   const int64_t width = std::max(K1 * C, K2 * Cm);
-  const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
   for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
     const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
     at::Tensor work = scratch(n * width, x.options());
     at::Tensor none;
     const at::Tensor xc = x.narrow(0, b0, bc);
     at::Tensor hc = h1.narrow(0, b0, bc), h2 = h2all.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
-    at::Tensor m1 = mean1.narrow(0, b0, bc).view({n}), r1 = rstd1.narrow(0, b0, bc).view({n});
-    at::Tensor m2 = mean2.narrow(0, b0, bc).view({n}), r2 = rstd2.narrow(0, b0, bc).view({n});
+    ChunkStats st(stats, b0, bc);
     at::Tensor col1 = prefix(work, {bc, L, K1 * C});
     plain_im2col(xc, K, j01, d1, col1);
     gemm(hc.view({n, Cm}), col1.view({n, K1 * C}), W1.t(), false);
     at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
-    k.ln_relu_im2col(hc, g1, b1, eps, K, j02, d2, true, m1, r1, col2, none);
+    k.ln_relu_im2col(hc, g1, b1, eps, K, j02, d2, true, st.m1, st.r1, col2, none);
     gemm(h2.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), false);
-    k.ln_relu_im2col(h2, g2, b2, eps, 1, 0, 1, true, m2, r2, yc, none);  // y := relu(LN2(h2))
+    k.ln_relu_im2col(h2, g2, b2, eps, 1, 0, 1, true, st.m2, st.r2, yc, none);  // y := relu(LN2(h2))
     yc.add_(xc);
   });
   return {y, h, stats};
@@ -413,8 +425,7 @@ BlockGrads post_block_backward(const Kernels& k, const at::Tensor& grad_y_in, co
   const bool need_gh2 = need_stage1 || need_w2;         // gradient of h2 (conv2's output)
   const auto opts = x_in.options();
 
-  const int64_t d1 = clamp_dilation(dilation, L), d2 = clamp_dilation(2 * d1, L);
-  const int64_t j01 = first_tap(K, d1, L), j02 = first_tap(K, d2, L), K1 = K - j01, K2 = K - j02;
+  const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
   const Split sp = split_batch(B, L);
   Partials parts = Partials::make(sp.n, mask, Cm, K1 * C, C, K2 * Cm, Cm, C, opts, sdt);
   std::optional<at::Tensor> gx;
@@ -430,35 +441,33 @@ BlockGrads post_block_backward(const Kernels& k, const at::Tensor& grad_y_in, co
     at::Tensor W1 = at::empty({Cm, K1 * C}, opts), W2 = at::empty({C, K2 * Cm}, opts);
     if (need_gh1) k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
     if (need_stage1) k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
-    const at::Tensor mean1 = stats[0][0], rstd1 = stats[0][1], mean2 = stats[1][0], rstd2 = stats[1][1];
-    const int64_t width = std::max(K1 * C, K2 * Cm);
+      const int64_t width = std::max(K1 * C, K2 * Cm);
     for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
       const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
       at::Tensor work = scratch(n * (width + C + Cm), opts);
       at::Tensor none;
       const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc);
       const at::Tensor hc = h1.narrow(0, b0, bc), h2 = h2all.narrow(0, b0, bc);
-      at::Tensor m1 = mean1.narrow(0, b0, bc).reshape({n}), r1 = rstd1.narrow(0, b0, bc).reshape({n});
-      at::Tensor m2 = mean2.narrow(0, b0, bc).reshape({n}), r2 = rstd2.narrow(0, b0, bc).reshape({n});
+      ChunkStats st(stats, b0, bc);
       at::Tensor col = work.narrow(0, 0, n * width);
       at::Tensor gh2 = work.narrow(0, n * width, n * C).view({bc, L, C});
       at::Tensor gh1 = work.narrow(0, n * (width + C), n * Cm).view({bc, L, Cm});
       // Back through LN2 + ReLU (h2 saved), then conv2: its weights' gradient from the recomputed relu(LN1(h1)).
       at::Tensor gh2_out = need_gh2 ? gh2 : at::Tensor();
       at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
-      k.ln_relu_col2im_backward(gc, h2, m2, r2, ga2, be2, 1, 0, 1, none, gh2_out, dg2c, db2c);
+      k.ln_relu_col2im_backward(gc, h2, st.m2, st.r2, ga2, be2, 1, 0, 1, none, gh2_out, dg2c, db2c);
       if (!need_gh2) return;
       const at::Tensor gh2d = gh2.view({n, C});
       at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
       if (need_w2) {
-        k.ln_relu_im2col(hc, ga1, be1, 0.0, K, j02, d2, false, m1, r1, col2, none);
+        k.ln_relu_im2col(hc, ga1, be1, 0.0, K, j02, d2, false, st.m1, st.r1, col2, none);
         gemm(parts.G2[i], gh2d.t(), col2.view({n, K2 * Cm}), false);
       }
       if (!need_stage1) return;
       gemm(col2.view({n, K2 * Cm}), gh2d, W2, false);  // the col's gradient in its place
       at::Tensor gh1_out = need_gh1 ? gh1 : at::Tensor();
       at::Tensor dg1c = Partials::at(parts.dg1, i), db1c = Partials::at(parts.db1, i);
-      k.ln_relu_col2im_backward(col2, hc, m1, r1, ga1, be1, K, j02, d2, none, gh1_out, dg1c, db1c);
+      k.ln_relu_col2im_backward(col2, hc, st.m1, st.r1, ga1, be1, K, j02, d2, none, gh1_out, dg1c, db1c);
       if (!need_gh1) return;
       const at::Tensor gh1d = gh1.view({n, Cm});
       at::Tensor col1 = prefix(col, {bc, L, K1 * C});
