@@ -223,18 +223,16 @@ def teardown(sync: bool = True) -> None:
     Why more than ``destroy_process_group``: gloo's worker threads free a finished collective's tensors after waking
     the caller, and freeing a tensor that Python already let go needs the GIL. A worker still waiting for it when the
     interpreter shuts down aborts the process ("terminate called without an active exception"; 7 of 10 runs of the
-    2-rank demo did). So: a barrier (every earlier collective finished, the GIL given up while waiting; without sync a
-    short sleep gives it up instead), a collection (DDP wrappers in reference cycles hold the group), then
-    ``destroy_process_group``.
+    2-rank demo did). So first a barrier: every earlier collective has finished, and the GIL is given up while
+    waiting, so the workers can free what they hold (without sync a short sleep gives the GIL up instead). The worker
+    threads themselves outlive ``destroy_process_group`` (DDP's reducer still holds the group).
     """
     if dist.is_available() and dist.is_initialized():
         if sync:
             dist.barrier()
         else:
             time.sleep(0.1)
-        gc.collect()
         dist.destroy_process_group()
-        gc.collect()
     _STATE.clear()
 
 
