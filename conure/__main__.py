@@ -1,7 +1,5 @@
 """``python -m conure``: the same as the ``conure`` command."""
-import sys
-
-from conure.cli import main
+from conure.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 PROG = "conure"
 
@@ -374,5 +374,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
+def entry() -> NoReturn:
+    """The ``conure`` command and ``python -m conure``: :func:`main`, then exit with its code; a process that ran a
+    process group (torchrun) ends through :func:`conure.distributed.exit_process` (why: its docstring)."""
+    code = main()
+    dist_module = sys.modules.get("conure.distributed")      # imported only by runs that may use a process group
+    if dist_module is not None and dist_module.ran_process_group():
+        dist_module.exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

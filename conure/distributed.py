@@ -48,6 +48,7 @@ per copy (~99 GB with backward), sampled 157 MB + 14 MB + 26 MB; the table's wei
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import datetime
 import gc
@@ -57,10 +58,11 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -73,11 +75,12 @@ from conure.data.types import Split
 __all__ = ["DistContext", "DistributedError", "ReplicaMismatchError", "init_distributed", "context", "teardown",
            "is_distributed", "is_main_process", "get_rank", "get_world_size", "barrier", "all_gather_object",
            "broadcast_object", "gather_rows", "fingerprint", "verify_replicas", "TaskModel", "DDPTrainStep",
-           "eval_shard", "loss_terms", "head_memory", "main"]
+           "eval_shard", "loss_terms", "head_memory", "main", "ran_process_group", "exit_process"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 FAULT_ENV = "CONURE_DIST_FAULT"       # testing: "RANK:TASK[:PHASE[:EPOCH]]" -> that rank os._exit(17)s there
 _STATE: Dict[str, Any] = {}
+_JOINED = [False]                     # init_distributed joined a job in this process (see exit_process)
 
 
 class DistributedError(RuntimeError):
@@ -197,6 +200,7 @@ def init_distributed(backend: Optional[str] = None, timeout: Union[None, float, 
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
                             timeout=_timeout(timeout))
     _STATE["device"] = dev
+    _JOINED[0] = True
     return context()
 
 
@@ -220,12 +224,8 @@ def teardown(sync: bool = True) -> None:
     """Leave the process group (if any). Call on every rank at the end of a successful run (``sync=False`` after a
     failure: no barrier, since the other ranks may be elsewhere and a barrier would wait for them until the timeout).
 
-    Why more than ``destroy_process_group``: gloo's worker threads free a finished collective's tensors after waking
-    the caller, and freeing a tensor that Python already let go needs the GIL. A worker still waiting for it when the
-    interpreter shuts down aborts the process ("terminate called without an active exception"; 7 of 10 runs of the
-    2-rank demo did). So first a barrier: every earlier collective has finished, and the GIL is given up while
-    waiting, so the workers can free what they hold (without sync a short sleep gives the GIL up instead). The worker
-    threads themselves outlive ``destroy_process_group`` (DDP's reducer still holds the group).
+    The barrier first makes every rank's earlier collectives finish. It does not make the process safe to end the
+    usual way: see :func:`exit_process`, which the ``conure`` command and ``python -m conure.distributed`` end with.
     """
     if dist.is_available() and dist.is_initialized():
         if sync:
@@ -234,6 +234,42 @@ def teardown(sync: bool = True) -> None:
             time.sleep(0.1)
         dist.destroy_process_group()
     _STATE.clear()
+
+
+def ran_process_group() -> bool:
+    """True once :func:`init_distributed` has joined a job in this process (still joined or not)."""
+    return _JOINED[0]
+
+
+def exit_process(code: int = 0) -> NoReturn:
+    """End a process that ran a gloo or NCCL group: :func:`teardown` (with a barrier if ``code`` is 0), then what the interpreter's own exit does first
+    (wait for the non-daemon threads, run the ``atexit`` handlers), flush stdout and stderr, and ``os._exit(code)``:
+    no interpreter finalization.
+
+    Why: a gloo worker thread wakes the caller of a collective before it lets go of the collective's tensors, and
+    freeing a tensor that Python has already dropped takes the GIL. A thread that asks for the GIL once finalization
+    has begun is ended with ``pthread_exit``, whose unwinding through a C++ destructor aborts the process
+    ("terminate called without an active exception": a run that succeeded exits with SIGABRT). The barrier in
+    :func:`teardown` narrows that window but cannot close it (the barrier's caller is woken the same way), and
+    ``destroy_process_group`` does not stop the workers once ``DistributedDataParallel`` has run (the group's
+    threads were still there after the wrapper and the module were deleted), so they live until the process ends.
+    CI on 0f07d1e had a two-rank run abort this way with the barrier in place, after 0 of 42 local runs had.
+    Nothing conure writes is pending here: checkpoints and result files are closed (atomic renames) before, and log
+    handlers flush in their ``atexit`` handler.
+    """
+    try:
+        teardown(sync=code == 0)                # after a failure the other ranks may never reach a barrier
+        for t in threading.enumerate():         # the interpreter's order: threads, then atexit
+            if t is not threading.main_thread() and not t.daemon:
+                t.join()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed or broken stream must not keep the process alive
+                pass
+        os._exit(code)
 
 
 def is_distributed() -> bool:
@@ -588,5 +624,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from conure.distributed import main as _main    # the imported module, whose state the learner shares
-    sys.exit(_main())
+    from conure import distributed as _module       # the imported module, whose state the learner shares
+    _code = _module.main()
+    if _module.ran_process_group():
+        _module.exit_process(_code)
+    sys.exit(_code)

@@ -177,6 +177,39 @@ def test_without_torchrun_nothing_is_distributed(monkeypatch):
         D.init_distributed()
 
 
+def test_exit_process_runs_exit_handlers_joins_threads_flushes_and_keeps_the_code():
+    """The end of a torchrun process (conure.distributed.exit_process): what the interpreter's exit does first
+    (atexit handlers, non-daemon threads), buffered output written, the exit code kept; then no finalization."""
+    code = ("import atexit, sys, threading, time\n"
+            "from conure import distributed as D\n"
+            "assert not D.ran_process_group()\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), sys.stdout.write('thread done;'))).start()\n"
+            "sys.stdout.write('unflushed;')\n"
+            "sys.stderr.write('err;')\n"
+            "D.exit_process(3)\n"
+            "print('not reached')\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3, p.stderr
+    assert p.stdout == "unflushed;thread done;atexit ran\n" and p.stderr == "err;"
+
+
+def test_the_entry_points_exit_through_exit_process_after_a_process_group(monkeypatch):
+    """``conure`` (cli.entry) ends with exit_process when a process group was joined, else with sys.exit."""
+    from conure import cli
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda: 5)
+    monkeypatch.setattr(D, "exit_process", lambda code: calls.append(code))
+    monkeypatch.setattr(D, "_JOINED", [True])
+    with pytest.raises(SystemExit):         # the stand-in exit_process returns, so sys.exit follows
+        cli.entry()
+    assert calls == [5]
+    monkeypatch.setattr(D, "_JOINED", [False])
+    with pytest.raises(SystemExit) as e:
+        cli.entry()
+    assert calls == [5] and e.value.code == 5
+
+
 def test_eval_shards_cover_the_split_in_order():
     from conure.data.types import Split
     n = 11
