@@ -7,8 +7,9 @@
 ``--suite all``. ``--json FILE`` writes the rows as ``[{"name", "ours_ms", "reference_ms", "ratio", ...}]``.
 End to end (one epoch of task 1 on MovieLens-100K, when ../shared holds it): benchmarks/e2e_ml100k.py.
 
-Suites: ``ops`` (the conv and prune operators), ``model`` (benchmarks/model_cases.py: fused block, training step at the
-paper shape, streaming step, multi-task serving, bfloat16 autocast).
+Suites: ``ops`` (the conv operator in float32, and in bfloat16 at two shapes; the prune operator), ``model``
+(benchmarks/model_cases.py: fused block, training step at the paper shape, streaming step, multi-task serving,
+bfloat16 autocast).
 
 Each row: median milliseconds of ours and of the reference (interleaved repeats, so drift hits both), their ratio
 (reference / ours: > 1 means ours is faster) and peak memory of each. CPU peak memory is the growth of the
@@ -38,12 +39,12 @@ from conure import ops, reference  # noqa: E402
 C, K = 256, 3
 
 
-def conv_case(batch, length, dilation, backward):
+def conv_case(batch, length, dilation, backward, dtype=torch.float32):
     g = torch.Generator().manual_seed(batch + length + dilation)
-    x = torch.randn(batch, length, C, generator=g, requires_grad=backward)
-    weight = torch.randn(C, C, K, generator=g, requires_grad=backward)
+    x = torch.randn(batch, length, C, generator=g).to(dtype).requires_grad_(backward)
+    weight = (torch.randn(C, C, K, generator=g) / (C * K) ** 0.5).to(dtype).requires_grad_(backward)
     owner = torch.randint(0, 3, (C, C, K), generator=g, dtype=torch.uint8)
-    grad = torch.randn(batch, length, C, generator=g)
+    grad = torch.randn(batch, length, C, generator=g).to(dtype)
 
     def make(op):
         def run():
@@ -85,6 +86,10 @@ def cases(suite):
                     kind = "fwd+bwd" if backward else "fwd"
                     out[f"conv {kind} B={batch} L={length} d={dilation}"] = (
                         lambda b=batch, l=length, d=dilation, bw=backward: conv_case(b, l, d, bw))
+        for batch, length in ((32, 50), (256, 50)):       # bfloat16: the taps meet in one GEMM (one rounding)
+            for dilation in (1, 4):
+                out[f"conv bf16 fwd+bwd B={batch} L={length} d={dilation}"] = (
+                    lambda b=batch, l=length, d=dilation: conv_case(b, l, d, True, torch.bfloat16))
         out["prune 16x256x256x3 keep=0.3"] = prune_case
     if suite in ("model", "all"):
         from benchmarks import model_cases  # noqa: PLC0415  (added with the model-level suite)

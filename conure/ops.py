@@ -184,6 +184,11 @@ def masked_causal_conv1d(
     Returns:
         y: [B, L, C_out], ``y[b,t,o] = bias[o] + sum_{i,j} w[o,i,j] * active[o,i,j] * x[b, t-(K-1-j)*dilation, i]``
         with x = 0 at negative time. The gradient of ``weight`` is exactly zero wherever ``owner != task``.
+
+    dtypes: float32 and float64 (CPU and CUDA), bfloat16 (CPU and CUDA), float16 (CUDA; the CPU runs it slowly).
+    bfloat16 and float16 accumulate in float32 and round once: y and the gradient of x take the K taps in one GEMM
+    over the taps side by side, each weight tap's gradient is one GEMM (on CUDA as far as torch's
+    ``allow_fp16/bf16_reduced_precision_reduction`` flags let cuBLAS).
     """
     _check_conv_inputs(x, weight, owner, task, bias, dilation)
     if not _COMPILED:

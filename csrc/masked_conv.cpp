@@ -108,6 +108,41 @@ int64_t kept_count(double keep_ratio, int64_t n) {
   return static_cast<int64_t>(std::nearbyint(keep_ratio * static_cast<double>(n)));
 }
 
+// bfloat16 and float16 round every GEMM's result once; K GEMMs accumulating into y would round K times. Their
+// taps meet instead in one GEMM over the taps side by side (col[r, j*C + c] = v[b, t -/+ s_j, c], zero outside the
+// sequence), whose float32 accumulator rounds once. Chunks of whole sequences bound the col buffer.
+bool rounds_per_gemm(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
+
+constexpr int64_t kColChunkElems = int64_t{1} << 22;  // 4M elements: 8 MiB at 2 bytes
+
+// out_rows = col(v) @ w for whole sequences [b0, b0 + nb) at a time. v: [B, L, C]; w: [K*C, C_out];
+// out: [B*L, C_out] (accumulated into when accumulate). Tap j reads v at t - (K-1-j)*dilation (direction +1,
+// the forward) or t + (K-1-j)*dilation (direction -1, the input gradient).
+void gemm_over_taps(at::Tensor out, const at::Tensor& v, const at::Tensor& w, int64_t K, int64_t dilation,
+                    int direction, bool accumulate) {
+  const int64_t B = v.size(0), L = v.size(1), C = v.size(2);
+  const int64_t per_seq = L * K * C;
+  const int64_t nb_max = std::max<int64_t>(1, std::min<int64_t>(B, kColChunkElems / std::max<int64_t>(per_seq, 1)));
+  at::Tensor col_buf = at::empty({nb_max, L, K * C}, v.options());
+  for (int64_t b0 = 0; b0 < B; b0 += nb_max) {
+    const int64_t nb = std::min(nb_max, B - b0);
+    at::Tensor col = col_buf.narrow(0, 0, nb);
+    const at::Tensor vb = v.narrow(0, b0, nb);
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t s = std::min((K - 1 - j) * dilation, L);
+      at::Tensor dst = col.narrow(2, j * C, C);
+      if (direction > 0) {  // dst[t] = v[t - s]
+        dst.narrow(1, 0, s).zero_();
+        dst.narrow(1, s, L - s).copy_(vb.narrow(1, 0, L - s));
+      } else {  // dst[t] = v[t + s]
+        dst.narrow(1, 0, L - s).copy_(vb.narrow(1, s, L - s));
+        dst.narrow(1, L - s, s).zero_();
+      }
+    }
+    gemm(out.narrow(0, b0 * L, nb * L), col.view({nb * L, K * C}), w, accumulate);
+  }
+}
+
 // y[b, t] = bias + sum_j x[b, t - s_j] @ Wt[j] with s_j = (K-1-j) * dilation.
 // Each tap is one GEMM over the flat [B*L, C] rows shifted by s_j. Rows t < s_j of batch b >= 1 would then pick up
 // batch b-1's tail; they are saved before and restored after, so no padded or transposed copy of x is made.
@@ -125,12 +160,12 @@ at::Tensor masked_conv_forward(const ConvKernels& kernels, const at::Tensor& x_i
   kernels.mask_weight(weight, owner, task, taps);
   const at::Tensor x2 = x.view({N, C_in});
   at::Tensor y2 = y.view({N, C_out});
-  if (bias.has_value()) {
-    y2.copy_(bias->view({1, C_out}).expand({N, C_out}));
-    gemm(y2, x2, taps[K - 1], /*accumulate=*/true);
-  } else {
-    gemm(y2, x2, taps[K - 1], /*accumulate=*/false);
+  if (bias.has_value()) y2.copy_(bias->view({1, C_out}).expand({N, C_out}));
+  if (rounds_per_gemm(x.scalar_type()) && K > 1) {
+    gemm_over_taps(y2, x, taps.view({K * C_in, C_out}), K, dilation, +1, bias.has_value());
+    return y;
   }
+  gemm(y2, x2, taps[K - 1], /*accumulate=*/bias.has_value());
   for (int64_t j = 0; j < K - 1; ++j) {
     const int64_t s = (K - 1 - j) * dilation;
     if (s >= L) continue;  // reaches only negative time: zero
@@ -159,7 +194,8 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
               grad_y_in.sizes(), " ", grad_y_in.scalar_type());
   const at::Tensor grad_y = grad_y_in.contiguous();
   const at::Tensor gy2 = grad_y.view({N, C_out});
-  const bool need_x = output_mask[0], need_w = output_mask[1];
+  bool need_x = output_mask[0];
+  const bool need_w = output_mask[1];
 
   std::optional<at::Tensor> grad_x, grad_w, grad_b;
   at::Tensor taps, grad_taps;
@@ -174,6 +210,13 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
     if (need_w) grad_taps.zero_();
   } else if (need_x || need_w) {
     const at::Tensor x2 = x.view({N, C_in});
+    if (need_x && rounds_per_gemm(x.scalar_type()) && K > 1) {
+      // grad_x rows = sum_j G_j @ Wt[j]^T as one GEMM over the taps side by side (one rounding); the weight
+      // gradient below is one GEMM per tap already.
+      const at::Tensor taps_t = taps.transpose(1, 2).reshape({K * C_out, C_in});
+      gemm_over_taps(grad_x->view({N, C_in}), grad_y, taps_t, K, dilation, -1, /*accumulate=*/false);
+      need_x = false;
+    }
     if (need_x) gemm(grad_x->view({N, C_in}), gy2, taps[K - 1].t(), /*accumulate=*/false);
     if (need_w) gemm(grad_taps[K - 1], gy2.t(), x2, /*accumulate=*/false);
     at::Tensor shifted;

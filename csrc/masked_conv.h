@@ -1,8 +1,9 @@
 // Device-generic parts of conure's operators.
 //
-// The masked causal conv is K GEMMs (one per tap) on [B*L, C] row blocks, done with at::mm (BLAS on CPU,
-// cuBLAS on CUDA), plus two small backend kernels that fuse the owner-map mask with the layout change the GEMMs
-// want. Each backend (csrc/cpu, csrc/cuda) supplies those two kernels and its own prune.
+// The masked causal conv is K GEMMs (one per tap) on [B*L, C] row blocks (bfloat16/float16: one GEMM over the
+// taps side by side, so the sum rounds once), done with at::mm (BLAS or oneDNN on CPU, cuBLAS on CUDA), plus two
+// small backend kernels that fuse the owner-map mask with the layout change the GEMMs want. Each backend
+// (csrc/cpu, csrc/cuda) supplies those two kernels and its own prune.
 #pragma once
 
 #include <ATen/ATen.h>

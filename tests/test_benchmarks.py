@@ -33,7 +33,8 @@ def test_run_py_writes_the_ratio_rows(tmp_path):
     out = tmp_path / "rows.json"
     text = run("benchmarks/run.py", "--suite", "all", "--repeats", "1", "--threads", "1", "--json", str(out),
                "--filter", "B=32 L=50 d=4")
-    names = ["conv fwd B=32 L=50 d=4", "conv fwd+bwd B=32 L=50 d=4", "block fwd+bwd B=32 L=50 d=4"]
+    names = ["conv fwd B=32 L=50 d=4", "conv fwd+bwd B=32 L=50 d=4", "conv bf16 fwd+bwd B=32 L=50 d=4",
+             "block fwd+bwd B=32 L=50 d=4"]
     rows = check_rows(out, names)
     assert all(r["ours_peak_mib"] >= 0 and r["reference_peak_mib"] >= 0 for r in rows)
     assert "| conv fwd B=32 L=50 d=4 |" in text

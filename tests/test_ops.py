@@ -63,6 +63,54 @@ def test_conv_matches_reference(batch, length, k, dilation, seed, device):
             assert wo.grad[owner == task].abs().sum() > 0
 
 
+def _conv_outputs(fn, x, weight, owner, task, bias, dilation, grad):
+    xx, ww, bb = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    y = fn(xx, ww, owner, task, bb, dilation)
+    y.backward(grad)
+    return {"y": y.detach(), "grad_x": xx.grad, "grad_w": ww.grad, "grad_b": bb.grad}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch,length,c_in,c_out,k,dilation", [
+    (3, 37, 64, 48, 3, 2), (2, 9, 40, 24, 5, 4), (4, 6, 33, 20, 3, 4),
+    (5, 300, 1024, 16, 3, 1),       # several col chunks (4M elements each: 4 sequences here)
+])
+def test_half_precision_conv_accumulates_in_float32_and_rounds_once(dtype, batch, length, c_in, c_out, k, dilation,
+                                                                    device):
+    """bfloat16/float16: every output is the exact result (float64 on the same rounded inputs) rounded once to the
+    dtype, but for the rare value the float32 accumulator puts on the other side of a rounding boundary. Rounding
+    after each tap (K GEMMs accumulating into y) misses on about a third of the values of y and grad_x."""
+    if dtype == torch.float16 and c_in > 256:
+        pytest.skip("float16 GEMMs on the CPU are slow; the chunking is covered in bfloat16")
+    g = torch.Generator().manual_seed(batch * 1000 + length)
+    x = torch.randn(batch, length, c_in, generator=g).to(dtype)
+    weight = (torch.randn(c_out, c_in, k, generator=g) / (c_in * k) ** 0.5).to(dtype)
+    owner = random_owner(weight.shape, 4, g)
+    bias = torch.randn(c_out, generator=g).to(dtype)
+    grad = torch.randn(batch, length, c_out, generator=g).to(dtype)
+    task = 3
+    exact = _conv_outputs(reference.masked_causal_conv1d, x.double(), weight.double(), owner, task, bias.double(),
+                          dilation, grad.double())
+    flags = torch.backends.cuda.matmul
+    saved = flags.allow_fp16_reduced_precision_reduction, flags.allow_bf16_reduced_precision_reduction
+    flags.allow_fp16_reduced_precision_reduction = flags.allow_bf16_reduced_precision_reduction = False
+    try:
+        ours = _conv_outputs(ops.masked_causal_conv1d, x.to(device), weight.to(device), owner.to(device), task,
+                             bias.to(device), dilation, grad.to(device))
+    finally:
+        flags.allow_fp16_reduced_precision_reduction, flags.allow_bf16_reduced_precision_reduction = saved
+    for name, want in exact.items():
+        got = ours[name].cpu()
+        assert got.dtype == dtype
+        rounded = want.to(dtype)
+        miss = got != rounded
+        assert miss.float().mean().item() < 0.01, f"{name}: {miss.float().mean().item():.1%} not rounded once"
+        ulp = (torch.nextafter(rounded.abs(), torch.tensor(float("inf"), dtype=dtype)) - rounded.abs()).double()
+        slack = 1e-6 * want.abs().max().item()     # float32's own error on a sum that cancels to near zero
+        bad = ((got.double() - want).abs() > ulp + slack) & miss
+        assert not bad.any(), f"{name}: more than one ulp off: {got[bad][:3]} vs exact {want[bad][:3]}"
+
+
 @pytest.mark.parametrize("k,dilation,length", [(3, 1, 7), (2, 4, 5), (3, 8, 9), (5, 2, 3), (1, 1, 4)])
 @pytest.mark.parametrize("task", [0, 1, 3])
 def test_conv_gradcheck_float64(k, dilation, length, task, device):
