@@ -1,7 +1,8 @@
 """Streaming inference: per-user state of a NextItNet backbone, updated one item at a time.
 
 A causal convolution needs only its last ``(K - 1) * dilation`` inputs, so a user's whole history is summarised by
-one ring buffer per conv (its last inputs, i.e. the LayerNorm + ReLU outputs in front of it). :class:`StreamingState`
+one ring buffer per conv (its last inputs: in a pre-LN block the LayerNorm + ReLU outputs in front of it; in a
+post-LN block the block input for conv1 and relu(LN1(conv1)) for conv2). :class:`StreamingState`
 holds those buffers for a batch of users and one or more tasks; :meth:`StreamingState.step` consumes each user's
 newest item and returns the user vector (the backbone output at the new position) in O(blocks) work per user,
 equal to the full forward over the whole left-padded history (see ``tests/test_streaming.py``).
@@ -15,6 +16,10 @@ joins later than the others can be started with ``reset_(users, pad_history=n)``
 
 Weights are taken from the model once (masked per task, laid out for the kernels: :class:`StackedWeights`); after
 the model's weights or owner maps change call :meth:`StreamingState.refresh_weights`.
+
+Pre-LN backbones (the paper's) step through the fused ``stream_step_`` operator. Post-LN backbones
+(``NextItNet(pre_ln=False)``) step through :func:`_post_ln_stream_step_`, the same ring buffers in plain torch
+operations (no fused kernel: slower per step, the same answers).
 """
 from __future__ import annotations
 
@@ -41,19 +46,20 @@ def _as_tasks(tasks: Union[int, Sequence[int]], where: str) -> tuple:
 
 
 class StackedWeights:
-    """A pre-LN NextItNet's inference weights for tasks ``tasks``, in the layout of the fused kernels.
+    """A NextItNet's inference weights for tasks ``tasks``, in the layout of the fused kernels.
 
     * ``embedding``: [num_items, C] (shared);
     * ``wcols[c]``: [T, K * C_in, C_out] per conv c (block c // 2, conv1 then conv2): each task's masked weights
       (:func:`conure.reference.conv_cols`);
     * ``ln``: 4 vectors per block (ln1 weight, ln1 bias, ln2 weight, ln2 bias), shared by the tasks;
-    * ``dilations`` (conv1 per block), ``kernel_size``, ``eps``.
+    * ``dilations`` (conv1 per block), ``kernel_size``, ``eps``, ``pre_ln`` (the block kind);
+    * post-LN only, for serving through the fused post-LN block: ``conv_weights[c]``: [T, C_out, C_in, K], the
+      same masked weights in the ``nn.Conv1d`` layout, and ``all_active[c]``: uint8 ones of one task's shape.
     """
 
     def __init__(self, model, tasks: Union[int, Sequence[int]], dtype: Optional[torch.dtype] = None) -> None:
         self.tasks = _as_tasks(tasks, type(self).__name__)
-        if not getattr(model, "pre_ln", False):
-            raise ValueError(f"{type(self).__name__}: only pre-LN backbones (pre_ln=True) are supported")
+        self.pre_ln = bool(getattr(model, "pre_ln", True))
         for block in model.blocks:
             if block.conv1.bias is not None or block.conv2.bias is not None:
                 raise ValueError(f"{type(self).__name__}: convolutions with bias are not supported")
@@ -79,6 +85,14 @@ class StackedWeights:
                 self.wcols.append(torch.stack([fused.conv_cols(w, conv.owner, t) for t in self.tasks]).contiguous())
             for p in (block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias):
                 self.ln.append(p.detach().to(dtype).contiguous())
+        self.conv_weights: List[torch.Tensor] = []
+        self.all_active: List[torch.Tensor] = []
+        if not self.pre_ln:
+            k = self.kernel_size
+            for wc in self.wcols:   # [T, K*C_in, C_out] -> [T, C_out, C_in, K]
+                w = wc.view(wc.shape[0], k, wc.shape[1] // k, wc.shape[2]).permute(0, 3, 2, 1).contiguous()
+                self.conv_weights.append(w)
+                self.all_active.append(torch.ones(w.shape[1:], dtype=torch.uint8, device=w.device))
 
     @property
     def device(self) -> torch.device:
@@ -114,11 +128,48 @@ class StackedWeights:
         return F.embedding(items, self.embedding)
 
 
+def _post_ln_stream_step_(
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    rings: Sequence[torch.Tensor],
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """:func:`conure.fused.stream_step_` for post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``, in torch
+    operations; updates ``rings`` in place.
+
+    Arguments and shapes as in :func:`conure.fused.stream_step_`, except what the rings hold: conv1's ring the block
+    inputs, conv2's ring relu(LN1(conv1 output)); ``ln_params[2c], ln_params[2c + 1]`` is the LayerNorm after
+    conv c. Returns [T, B, C]: every task's backbone output at position ``pos``.
+    """
+    k = kernel_size
+    batch = torch.arange(x.shape[0], device=x.device)
+    z = x.unsqueeze(0)              # [1, B, C] until block 0's first conv, then [T, B, C]
+    for block, d in enumerate(dilations):
+        a = z
+        for half in (0, 1):
+            c = 2 * block + half
+            dil = d * (half + 1)
+            ring, w = rings[c], wcols[c]
+            a = a.expand(ring.shape[0], -1, -1)
+            r = ring.shape[2]
+            col = torch.cat([ring[:, batch, (pos - (k - 1 - j) * dil) % r] for j in range(k - 1)] + [a], dim=-1)
+            if r > 0:
+                ring[:, batch, pos % r] = a
+            out = torch.bmm(col.expand(w.shape[0], -1, -1), w)
+            a = F.relu(F.layer_norm(out, (out.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
+        z = z + a
+    return z
+
+
 class StreamingState:
-    """Ring-buffer state of ``batch_size`` users of a pre-LN NextItNet, for one or more tasks.
+    """Ring-buffer state of ``batch_size`` users of a NextItNet (pre- or post-LN), for one or more tasks.
 
     Args:
-        model: a :class:`conure.models.NextItNet` with ``pre_ln=True`` (or a :class:`StackedWeights`).
+        model: a :class:`conure.models.NextItNet` (or a :class:`StackedWeights`).
         batch_size: number of users B.
         tasks: a task id or a sequence of them; every held task's state advances with each step.
         pad_history: start every user after this many padding items (0: at position 0).
@@ -183,7 +234,8 @@ class StreamingState:
         if x.shape != (self.batch_size, w.channels):
             raise ValueError(f"StreamingState.step: need one item per user ([{self.batch_size}]), got "
                              f"{tuple(items.shape)}")
-        out = fused.stream_step_(x, self.pos, self.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps)
+        step = fused.stream_step_ if w.pre_ln else _post_ln_stream_step_
+        out = step(x, self.pos, self.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps)
         self.pos += 1
         return out
 
