@@ -10,7 +10,8 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
   which runs the fused block) against a pure-torch model of the same architecture and parameters built from
   conure.reference.
 * ``stream step``: one streaming step (conure.streaming.StreamingState.step: every user's newest item) against
-  recomputing the user vector from the whole L=100 history with our backbone (``user_vector``).
+  recomputing the user vector from the whole L=100 history with our backbone (``user_vector``); ``post-LN stream
+  step``: the same for a post-LN backbone (ring buffers in torch operations against the fused post-LN block).
 * ``serve 5 tasks``: the user vectors of all 5 tasks in one call (conure.serving.MultiTaskServer) against a loop of
   ``user_vector`` over the tasks (our backbone: what sharing across tasks buys), and against a loop over the tasks of
   the pure-torch reference backbone (``vs reference loop``); ``serve 5 tasks streaming step``: one streaming state holding all 5
@@ -36,10 +37,10 @@ C, K, DILATIONS, NUM_ITEMS = 256, 3, (1, 4) * 4, 2000
 Factory = Callable[[], Tuple[Callable[[], object], Callable[[], object]]]
 
 
-def paper_net(seed: int = 0, tasks: int = 1) -> NextItNet:
+def paper_net(seed: int = 0, tasks: int = 1, pre_ln: bool = True) -> NextItNet:
     """The paper-shaped backbone; owner maps: all task 1 (tasks=1), else random in 0..tasks (free entries too)."""
     torch.manual_seed(seed)
-    net = NextItNet(NUM_ITEMS, C, K, DILATIONS)
+    net = NextItNet(NUM_ITEMS, C, K, DILATIONS, pre_ln=pre_ln)
     g = torch.Generator().manual_seed(seed + 1)
     for _, conv in net.conv_layers():
         if tasks == 1:
@@ -133,8 +134,8 @@ def bf16_reference_case(batch: int, length: int):
     return train_step_case(batch, length, autocast="bf16")
 
 
-def stream_case(batch: int, length: int):
-    net = paper_net(tasks=5).eval()
+def stream_case(batch: int, length: int, pre_ln: bool = True):
+    net = paper_net(tasks=5, pre_ln=pre_ln).eval()
     items = histories(batch, length)
     state = StreamingState(net, batch, 3)
     state.run(items)  # warm: the state holds the whole history
@@ -210,6 +211,8 @@ def cases() -> Dict[str, Factory]:
         out[f"train step paper B={batch} L=50"] = (lambda b=batch: train_step_case(b, 50))
     for batch in (32, 256):
         out[f"stream step vs full L=100 B={batch}"] = (lambda b=batch: stream_case(b, 100))
+    for batch in (32, 256):
+        out[f"post-LN stream step vs full L=100 B={batch}"] = (lambda b=batch: stream_case(b, 100, pre_ln=False))
     for batch, length in ((32, 50), (32, 100), (256, 50)):
         out[f"serve 5 tasks vs loop B={batch} L={length}"] = (lambda b=batch, l=length: serve_case(b, l))
     for batch, length in ((32, 50), (256, 50)):
