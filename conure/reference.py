@@ -158,26 +158,36 @@ def stream_step_(
     conv input is the same for all tasks), T_c = T otherwise; ``ln_params[2c], ln_params[2c + 1]``: the LayerNorm
     in front of conv c. Returns the blocks' output [T, B, C] at position ``pos``. ``pos`` itself is not changed.
     """
-    k = kernel_size
-    batch = torch.arange(x.shape[0], device=x.device)
     z = x.unsqueeze(0)
     for block, d in enumerate(dilations):
         h = z
         for half in (0, 1):
             c = 2 * block + half
-            dil = d * (half + 1)
-            ring, w = rings[c], wcols[c]
             a = F.relu(F.layer_norm(h, (h.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
-            a = a.expand(ring.shape[0], -1, -1)
-            r = ring.shape[2]
-            taps = [ring[:, batch, (pos - (k - 1 - j) * dil) % r] for j in range(k - 1)] + [a]
-            col = torch.cat(taps, dim=-1)
-            if r > 0:
-                ring[:, batch, pos % r] = a
-            out = torch.bmm(col.expand(w.shape[0], -1, -1), w)
+            col = ring_col_(rings[c], a, pos, kernel_size, d * (half + 1))
+            out = torch.bmm(col.expand(wcols[c].shape[0], -1, -1), wcols[c])
             h = out if half == 0 else z + out
         z = h
     return z
+
+
+def ring_col_(ring: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int, dilation: int
+              ) -> torch.Tensor:
+    """A conv's input row at position ``pos`` with its K taps side by side, from its ring buffer; writes the new input
+    into the ring.
+
+    ring: [T_c, B, R, C_in] with R = (K - 1) * dilation, position p at slot ``p % R``; a: [T_c or 1, B, C_in], the
+    conv's input at ``pos`` (int64 [B]). Returns [T_c, B, K * C_in] (tap j: the input ``(K - 1 - j) * dilation``
+    steps back, zeros before the sequence start) and sets ``ring[:, b, pos[b] % R] = a``.
+    """
+    batch = torch.arange(ring.shape[1], device=ring.device)
+    a = a.expand(ring.shape[0], -1, -1)
+    r = ring.shape[2]
+    col = torch.cat([ring[:, batch, (pos - (kernel_size - 1 - j) * dilation) % r] for j in range(kernel_size - 1)]
+                    + [a], dim=-1)
+    if r > 0:
+        ring[:, batch, pos % r] = a
+    return col
 
 
 def multi_task_forward(

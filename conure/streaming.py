@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from conure import fused
+from conure import fused, reference
 from conure.nn import check_task_id
 
 __all__ = ["StackedWeights", "StreamingState"]
@@ -145,21 +145,13 @@ def _post_ln_stream_step_(
     inputs, conv2's ring relu(LN1(conv1 output)); ``ln_params[2c], ln_params[2c + 1]`` is the LayerNorm after
     conv c. Returns [T, B, C]: every task's backbone output at position ``pos``.
     """
-    k = kernel_size
-    batch = torch.arange(x.shape[0], device=x.device)
     z = x.unsqueeze(0)              # [1, B, C] until block 0's first conv, then [T, B, C]
     for block, d in enumerate(dilations):
         a = z
         for half in (0, 1):
             c = 2 * block + half
-            dil = d * (half + 1)
-            ring, w = rings[c], wcols[c]
-            a = a.expand(ring.shape[0], -1, -1)
-            r = ring.shape[2]
-            col = torch.cat([ring[:, batch, (pos - (k - 1 - j) * dil) % r] for j in range(k - 1)] + [a], dim=-1)
-            if r > 0:
-                ring[:, batch, pos % r] = a
-            out = torch.bmm(col.expand(w.shape[0], -1, -1), w)
+            col = reference.ring_col_(rings[c], a, pos, kernel_size, d * (half + 1))
+            out = torch.bmm(col.expand(wcols[c].shape[0], -1, -1), wcols[c])
             a = F.relu(F.layer_norm(out, (out.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
         z = z + a
     return z
