@@ -91,38 +91,96 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
+class AtomicWriter:
+    """A file written atomically, whole or piece by piece: a temp file ``.NAME.XXXX.tmp`` in the same directory (with
+    the mode ``open`` would give), fsynced and renamed onto ``path`` (``os.replace``) when the ``with`` block ends.
+    On any exception in the block or while writing (a bad input line, Ctrl-C, a full disk) the temp file is removed
+    and ``path`` is left as it was; an ``OSError`` names ``path``, not the temp file.
 
-    On failure (disk full, no permission...) the temp file is removed, ``path`` is left as it was, and the
-    ``OSError`` names ``path`` (not the temp file)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:     # a file where a directory is needed
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, _FILE_MODE)   # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
+    ``binary=False``: ``write`` takes ``str``, encoded as UTF-8, no newline translation.
+    """
+
+    def __init__(self, path: PathLike, binary: bool = True) -> None:
+        self.path = Path(path)
+        self.tmp: Optional[str] = None
+        self._f: Any = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:     # a file where a directory is needed
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.path.parent)) from None
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
             try:
-                os.unlink(tmp)
+                os.fchmod(fd, _FILE_MODE)   # mkstemp makes 0600; give the file the mode open() would
+                self._f = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException as e:
+            self.discard()
+            raise self._named(e)
+
+    def _named(self, e: BaseException) -> BaseException:
+        if isinstance(e, OSError) and e.errno is not None:
+            named = OSError(e.errno, e.strerror or str(e), str(self.path))
+            named.__cause__ = e
+            return named
+        return e
+
+    def write(self, data: Union[bytes, str]) -> None:
+        try:
+            self._f.write(data)
+        except BaseException as e:
+            self.discard()
+            raise self._named(e)
+
+    def commit(self) -> Path:
+        """Flush, fsync and rename onto ``path``."""
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        except BaseException as e:
+            self.discard()
+            raise self._named(e)
+        self.tmp = None
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the temp file (``path`` untouched); nothing to do once committed or discarded."""
+        if self._f is not None and not self._f.closed:
+            try:
+                self._f.close()
             except OSError:
                 pass
-        if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    _fsync_dir(path.parent)
-    return path
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
+
+    def __enter__(self) -> "AtomicWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:class:`AtomicWriter`): temp file in the same directory, fsync,
+    ``os.replace``; on failure the temp file is removed, ``path`` is left as it was, and the ``OSError`` names
+    ``path``."""
+    with AtomicWriter(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-K items or a label per user, from raw-id histories",
                        description="Input: a TSV 'user<TAB>item item ...' of raw item ids as in the training data "
-                       "(oldest first). Output: per user the top-K target items (raw ids) or the class label.")
+                       "(oldest first). Output: per user the top-K target items (raw ids) or the class label. Streams: each "
+                       "batch of 512 users is written as soon as it is scored; --output is written atomically.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint, run directory or export")
     p.add_argument("--task", metavar="N", help="task id (1-based) or name (optional with an export)")
     p.add_argument("--input", required=True, metavar="FILE", help="sequence TSV ('-' = stdin)")
@@ -256,45 +257,38 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from conure.runner import RunError, open_model, predict_rows, read_sequences
+    """Streams: reads the input a line at a time, predicts a batch of users at a time and writes each batch's
+    output at once (bounded memory for any input size). ``--output`` is written atomically (a temp file renamed at
+    the end; on any error the temp file goes and an existing file stays as it was); stdout gets every batch as it
+    is computed, so an error half-way leaves the batches before it there."""
+    import itertools
+    from conure.checkpoint import AtomicWriter
+    from conure.runner import PredictStats, iter_predictions, iter_sequences, open_model, prediction_text
     if args.top_k < 1:
         raise UsageError("--top-k must be >= 1")
-    if args.input == "-":
-        import tempfile
-        data = sys.stdin.read()
-        with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as f:
-            f.write(data)
-            src = f.name
-        try:
-            rows = read_sequences(src)
-        finally:
-            os.unlink(src)
-    else:
-        rows = read_sequences(args.input)
-    model = open_model(args.checkpoint, args.task)
-    preds, unknown = predict_rows(model, rows, top_k=args.top_k, exclude_seen=args.exclude_seen)
-    if unknown:
-        _err(f"{PROG}: note: {unknown} input item(s) are not in the model's vocabulary and were skipped")
-    empty = sum(1 for p in preds if "note" in p)
-    if empty:
-        _err(f"{PROG}: note: {empty} user(s) have no known item; their prediction is empty")
-    if args.format == "json":
-        text = json.dumps({"task": model.task, "name": model.name, "kind": model.kind, "predictions": preds},
-                          indent=1) + "\n"
-    else:
-        lines = []
-        for p in preds:
-            if model.kind == "profile":
-                lines.append(f"{p['user']}\t{'' if p['label'] is None else p['label']}")
-            else:
-                lines.append(f"{p['user']}\t{' '.join(str(i) for i in p['items'])}")
-        text = "\n".join(lines) + "\n"
+    rows = iter_sequences(sys.stdin, name="<stdin>") if args.input == "-" else iter_sequences(args.input)
+    try:
+        first = next(rows)      # an empty input, or a bad first line, fails before the model is loaded
+        model = open_model(args.checkpoint, args.task)
+        stats = PredictStats()
+        batches = iter_predictions(model, itertools.chain([first], rows), top_k=args.top_k,
+                                   exclude_seen=args.exclude_seen, stats=stats)
+        if args.output:
+            with AtomicWriter(args.output, binary=False) as out:
+                for text in prediction_text(model, batches, args.format):
+                    out.write(text)
+        else:
+            for text in prediction_text(model, batches, args.format):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+    finally:
+        rows.close()
+    if stats.unknown:
+        _err(f"{PROG}: note: {stats.unknown} input item(s) are not in the model's vocabulary and were skipped")
+    if stats.empty:
+        _err(f"{PROG}: note: {stats.empty} user(s) have no known item; their prediction is empty")
     if args.output:
-        from conure.checkpoint import atomic_write_text
-        atomic_write_text(args.output, text)
-        _err(f"{PROG}: wrote {len(preds)} predictions to {args.output}")
-    else:
-        sys.stdout.write(text)
+        _err(f"{PROG}: wrote {stats.users} predictions to {args.output}")
     return 0
 
 

@@ -259,6 +259,9 @@ def write_bad_inputs(d):
     (d / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (d / "bad.tsv").write_text("alice 3 7 12\n")
     (d / "ok.tsv").write_text("alice\t3 7 12\n")
+    (d / "no_users.tsv").write_text("# only a comment\n\n")
+    (d / "no_user_id.tsv").write_text("alice\t3\n \t7 12\n")
+    (d / "bad_later.tsv").write_text("alice\t3\n# x\nbob\t7\t12\n")
     return ck
 
 
@@ -298,6 +301,11 @@ ERRORS = [
     (("predict", "--checkpoint", CK, "--task", "1", "--input", "bad.tsv"), ("bad.tsv:1", "user<TAB>item")),
     (("predict", "--checkpoint", CK, "--task", "1", "--input", "ok.tsv", "--top-k", "0"), ("--top-k",)),
     (("predict", "--checkpoint", CK, "--task", "1", "--input", "ok.tsv", "--top-k", "x"), ("--top-k",)),
+    (("predict", "--checkpoint", CK, "--task", "1", "--input", "run"), ("input run is a directory",)),
+    (("predict", "--checkpoint", CK, "--task", "1", "--input", "no_users.tsv"), ("no_users.tsv: no users",)),
+    (("predict", "--checkpoint", CK, "--task", "1", "--input", "no_user_id.tsv"), ("no_user_id.tsv:2: empty user id",)),
+    (("predict", "--checkpoint", CK, "--task", "1", "--input", "bad_later.tsv"),
+     ("bad_later.tsv:3: expected 'user<TAB>item item ...', got 3 tab-separated fields",)),
 ]
 # One of each kind through a real subprocess: unknown key, wrong type, missing file, bad task id, tampered
 # checkpoint (all of them run in-process below).
@@ -330,3 +338,416 @@ def test_debug_raises_instead_of_one_line(trained, capsys):
         main(["--debug", "eval", "--checkpoint", str(d / "no_such.safetensors")])
     with pytest.raises(CheckpointError, match="not found"):
         main(["eval", "--checkpoint", str(d / "no_such.safetensors"), "--debug"])
+
+
+# ------------------------------------------------------------------------------------------- predict: streaming
+class StubModel:
+    """An :class:`~conure.checkpoint.InferenceModel` stand-in with fixed scores (exact binary fractions), so that
+    ``conure predict``'s output can be written out by hand; records the size of every batch it scores."""
+
+    def __init__(self, kind="next_item"):
+        self.kind = kind
+        self.task, self.name = (3, "gender") if kind == "profile" else (1, "next_item")
+        self.vocab = {"source": [None, "10", "20", "30", "40"], "targets": "source", "classes": ["F", "M"]}
+        self.max_len = 3
+        self.batches = []
+
+    def target_names(self):
+        return list(self.vocab["classes"]) if self.kind == "profile" else list(self.vocab["source"])
+
+    def scores(self, x):
+        import math
+        import torch
+        self.batches.append(len(x))
+        row = [0.0, math.log(3)] if self.kind == "profile" else [float("-inf"), 0.5, 0.25, 1.0, 0.125]
+        return torch.tensor([row] * len(x))
+
+
+def predict_in_process(monkeypatch, capsys, cwd, argv, model=None, stdin=None):
+    """``conure predict`` through conure.cli.main in this process; ``model`` replaces the checkpoint's."""
+    import io
+    import conure.runner
+    if model is not None:
+        monkeypatch.setattr(conure.runner, "open_model", lambda checkpoint, task: model)
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin) if isinstance(stdin, str) else stdin)
+    return InProcess(["predict", "--checkpoint", "stub.safetensors", *argv], capsys, cwd)
+
+
+SMALL_INPUT = "# user<TAB>items\nalice\t10 20\nbob\t99\n\ncarol\t30 40 10 20\n"
+SMALL_NOTES = ("conure: note: 1 input item(s) are not in the model's vocabulary and were skipped\n"
+               "conure: note: 1 user(s) have no known item; their prediction is empty\n")
+# What the non-streaming implementation wrote for SMALL_INPUT, --top-k 2: TSV lines, and
+# json.dumps({"task", "name", "kind", "predictions"}, indent=1) + "\n".
+SMALL_TSV = "alice\t30 10\nbob\t\ncarol\t30 10\n"
+SMALL_JSON = """{
+ "task": 1,
+ "name": "next_item",
+ "kind": "next_item",
+ "predictions": [
+  {
+   "user": "alice",
+   "items": [
+    "30",
+    "10"
+   ],
+   "scores": [
+    1.0,
+    0.5
+   ]
+  },
+  {
+   "user": "bob",
+   "items": [],
+   "note": "no known item in the history"
+  },
+  {
+   "user": "carol",
+   "items": [
+    "30",
+    "10"
+   ],
+   "scores": [
+    1.0,
+    0.5
+   ]
+  }
+ ]
+}
+"""
+SMALL_PROFILE_TSV = "alice\tM\nbob\t\ncarol\tM\n"
+SMALL_PROFILE_JSON = """{
+ "task": 3,
+ "name": "gender",
+ "kind": "profile",
+ "predictions": [
+  {
+   "user": "alice",
+   "label": "M",
+   "probs": {
+    "F": 0.25,
+    "M": 0.75
+   }
+  },
+  {
+   "user": "bob",
+   "label": null,
+   "note": "no known item in the history"
+  },
+  {
+   "user": "carol",
+   "label": "M",
+   "probs": {
+    "F": 0.25,
+    "M": 0.75
+   }
+  }
+ ]
+}
+"""
+
+
+@pytest.mark.parametrize("kind,fmt,want", [("next_item", "tsv", SMALL_TSV), ("next_item", "json", SMALL_JSON),
+                                           ("profile", "tsv", SMALL_PROFILE_TSV),
+                                           ("profile", "json", SMALL_PROFILE_JSON)])
+def test_predict_output_is_byte_identical_to_the_documented_format(tmp_path, monkeypatch, capsys, kind, fmt, want):
+    (tmp_path / "in.tsv").write_text(SMALL_INPUT)
+    args = ["--input", "in.tsv", "--top-k", "2", "--format", fmt]
+    r = ok(predict_in_process(monkeypatch, capsys, tmp_path, args, StubModel(kind)))
+    assert r.stdout == want and r.stderr == SMALL_NOTES
+    r = ok(predict_in_process(monkeypatch, capsys, tmp_path, args + ["--output", "out/p.txt"], StubModel(kind)))
+    assert r.stdout == "" and r.stderr == SMALL_NOTES + "conure: wrote 3 predictions to out/p.txt\n"
+    assert (tmp_path / "out" / "p.txt").read_bytes() == want.encode()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["p.txt"]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "json"])
+def test_predict_output_over_several_batches_is_the_documented_text(tmp_path, monkeypatch, capsys, fmt):
+    """1100 users: three batches of the CLI's 512, written one by one, joined into exactly the one document."""
+    users = [f"u{i}" for i in range(1100)]
+    (tmp_path / "in.tsv").write_text("".join(f"{u}\t10 20\n" for u in users))
+    model = StubModel()
+    r = ok(predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "in.tsv", "--top-k", "2", "--format", fmt,
+                                                              "--output", "p.txt"], model))
+    assert model.batches == [512, 512, 76]
+    if fmt == "json":
+        preds = [{"user": u, "items": ["30", "10"], "scores": [1.0, 0.5]} for u in users]
+        want = json.dumps({"task": 1, "name": "next_item", "kind": "next_item", "predictions": preds}, indent=1) + "\n"
+    else:
+        want = "".join(f"{u}\t30 10\n" for u in users)
+    assert (tmp_path / "p.txt").read_text() == want
+    assert r.stderr == "conure: wrote 1100 predictions to p.txt\n"
+
+
+def test_prediction_text_joins_to_json_dumps_for_any_batching():
+    from conure.runner import prediction_text
+    model = StubModel()
+    preds = [{"user": f"u{i}", "items": [str(i), "x\ny"][: i % 3], "scores": [0.5, float("nan")][: i % 3]}
+             for i in range(7)] + [{"user": "\u00e9\t\"", "items": [], "note": "no known item in the history"}]
+    want = json.dumps({"task": 1, "name": "next_item", "kind": "next_item", "predictions": preds}, indent=1) + "\n"
+    for cuts in ([], [8], [1], [3, 3], [0, 5], [1, 1, 1, 1, 1, 1, 1]):
+        batches, start = [], 0
+        for c in cuts:
+            batches.append(preds[start:start + c])
+            start += c
+        batches.append(preds[start:])
+        assert "".join(prediction_text(model, batches, "json")) == want, cuts
+    empty = json.dumps({"task": 1, "name": "next_item", "kind": "next_item", "predictions": []}, indent=1) + "\n"
+    assert "".join(prediction_text(model, [], "json")) == empty
+
+
+def test_predict_matches_predict_rows_on_a_real_checkpoint(trained, monkeypatch, capsys):
+    """Every kind of task of the trained run, 1100 users (three batches): the streamed text is the documented
+    format of predict_rows' list (the list API, kept)."""
+    from conure.runner import open_model, predict_rows, read_sequences
+    d, _ = trained
+    ck = d / "run" / "checkpoints" / "conure.safetensors"
+    import random
+    rng = random.Random(5)
+    lines = [f"user{i}\t{' '.join(str(rng.randint(1, 70)) for _ in range(rng.randint(0, 14)))}" for i in range(1100)]
+    (d / "many.tsv").write_text("\n".join(lines) + "\n")
+    rows = read_sequences(d / "many.tsv")
+    assert isinstance(rows, list) and len(rows) == 1100
+    for task in ("1", "2", "3"):
+        model = open_model(ck, task)
+        preds, unknown = predict_rows(model, rows, top_k=5)
+        assert unknown > 0 and len(preds) == 1100
+        want_json = json.dumps({"task": model.task, "name": model.name, "kind": model.kind, "predictions": preds},
+                               indent=1) + "\n"
+        if model.kind == "profile":
+            want_tsv = "".join(f"{p['user']}\t{'' if p['label'] is None else p['label']}\n" for p in preds)
+        else:
+            want_tsv = "".join(f"{p['user']}\t{' '.join(p['items'])}\n" for p in preds)
+        for fmt, want in (("json", want_json), ("tsv", want_tsv)):
+            r = ok(InProcess(["predict", "--checkpoint", ck, "--task", task, "--input", "many.tsv", "--top-k", "5",
+                              "--format", fmt], capsys, d))
+            assert r.stdout == want, (task, fmt)
+            assert f"{unknown} input item(s)" in r.stderr
+
+
+class CountingLines:
+    """A text stream (as sys.stdin is iterated) that counts the lines handed out."""
+
+    name = "<stdin>"
+
+    def __init__(self, lines):
+        self.lines, self.read = iter(lines), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = next(self.lines)
+        self.read += 1
+        return line
+
+
+def test_predict_consumes_its_input_lazily():
+    """Bounded memory without timing: the first batch is predicted (and yielded) after exactly one batch of rows
+    has been read, whether the rows come from a generator or from the reader over a stream."""
+    from conure.runner import PredictStats, iter_predictions, iter_sequences, predict_rows
+    consumed = []
+
+    def rows(n):
+        for i in range(n):
+            consumed.append(i)
+            yield f"u{i}", ["10", "99"]
+
+    model, stats = StubModel(), PredictStats()
+    it = iter_predictions(model, rows(1_000_000), top_k=2, batch_size=100, stats=stats)
+    first = next(it)
+    assert len(first) == 100 and len(consumed) == 100 and model.batches == [100]
+    assert first[0] == {"user": "u0", "items": ["30", "10"], "scores": [1.0, 0.5]}
+    next(it)
+    assert len(consumed) == 200 and stats.users == 200 and stats.unknown == 200 and stats.empty == 0
+    it.close()
+    stream = CountingLines(f"u{i}\t10 20\n" for i in range(1_000_000))
+    it = iter_predictions(model, iter_sequences(stream), batch_size=64)
+    assert len(next(it)) == 64 and stream.read == 64
+    it.close()
+    # predict_rows: the list API over the same generator, unchanged signature and result.
+    preds, unknown = predict_rows(model, [("a", ["10", "77"]), ("b", ["88"])], top_k=1, batch_size=1)
+    assert preds == [{"user": "a", "items": ["30"], "scores": [1.0]},
+                     {"user": "b", "items": [], "note": "no known item in the history"}] and unknown == 2
+
+
+def test_predict_command_writes_each_batch_before_reading_the_rest(trained, monkeypatch):
+    """The command streams end to end: stdin is read one batch (512 users) ahead of what stdout has received."""
+    from conure.cli import main
+    d, _ = trained
+    ck = d / "run" / "checkpoints" / "conure.safetensors"
+    stream = CountingLines(f"user{i}\t{3 + i % 50} {7 + i % 40} 12\n" for i in range(1500))
+    writes = []
+
+    class Out:
+        def write(self, text):
+            writes.append((stream.read, text))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdin", stream)
+    monkeypatch.setattr(sys, "stdout", Out())
+    assert main(["predict", "--checkpoint", str(ck), "--task", "1", "--input", "-"]) == 0
+    monkeypatch.undo()
+    assert [n for n, _ in writes] == [512, 1024, 1500]
+    assert [t.count("\n") for _, t in writes] == [512, 512, 476]
+    (d / "same.tsv").write_text("".join(f"user{i}\t{3 + i % 50} {7 + i % 40} 12\n" for i in range(1500)))
+    r = ok(conure_cmd("predict", "--checkpoint", ck, "--task", "1", "--input", "same.tsv", cwd=d))
+    assert "".join(t for _, t in writes) == r.stdout
+
+
+def test_predict_reads_stdin(trained, monkeypatch, capsys):
+    d, _ = trained
+    ck = d / "run" / "checkpoints" / "conure.safetensors"
+    text = "alice\t3 7 12 5 9\r\nbob\t40 41 42\n# comment\ncarol\t999999\n"
+    (d / "stdin_same.tsv").write_text(text)
+    from_file = ok(InProcess(["predict", "--checkpoint", ck, "--task", "2", "--input", "stdin_same.tsv",
+                              "--format", "json"], capsys, d))
+    r = ok(conure_cmd("predict", "--checkpoint", ck, "--task", "2", "--input", "-", "--format", "json", cwd=d,
+                      input=text))
+    assert r.stdout == from_file.stdout and r.stderr == from_file.stderr
+    assert [p["user"] for p in json.loads(r.stdout)["predictions"]] == ["alice", "bob", "carol"]
+    # A malformed line names the stream and the line; an empty stdin has no users.
+    r = predict_in_process(monkeypatch, capsys, d, ["--input", "-"], StubModel(), stdin="a\t10\nb 20\n")
+    assert_error(r, "<stdin>:2: expected 'user<TAB>item item ...', got 1 tab-separated field")
+    r = predict_in_process(monkeypatch, capsys, d, ["--input", "-"], StubModel(), stdin="")
+    assert_error(r, "<stdin>: no users in the input")
+
+
+def many_then_bad(path, good=1000):
+    """``good`` valid users, then a malformed line (two past the first batch of 512: written before the error)."""
+    path.write_text("".join(f"u{i}\t10 20\n" for i in range(good)) + "broken line without a tab\n" + "z\t10\n")
+    return good + 1
+
+
+def leftovers(folder, name):
+    return sorted(p.name for p in folder.iterdir() if p.name != name and name in p.name)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_predict_bad_line_half_way_leaves_no_output(tmp_path, monkeypatch, capsys, existing):
+    import conure.checkpoint
+    bad = many_then_bad(tmp_path / "in.tsv")
+    out = tmp_path / "p.json"
+    if existing:
+        out.write_text("the previous predictions\n")
+    written = []
+    real_write = conure.checkpoint.AtomicWriter.write
+
+    def write(self, text):
+        written.append(text)
+        real_write(self, text)
+    monkeypatch.setattr(conure.checkpoint.AtomicWriter, "write", write)
+    r = predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "in.tsv", "--format", "json",
+                                                           "--output", "p.json"], StubModel())
+    assert_error(r, f"in.tsv:{bad}: expected 'user<TAB>item item ...'")
+    assert len(written) == 1 and written[0].count('"user"') == 512       # the first batch went to the temp file
+    assert r.stdout == ""
+    if existing:
+        assert out.read_text() == "the previous predictions\n"
+    else:
+        assert not out.exists()
+    assert leftovers(tmp_path, "p.json") == []
+
+
+@pytest.mark.parametrize("failure", ["interrupt", "disk_full"])
+def test_predict_interrupted_or_disk_full_keeps_the_previous_output(tmp_path, monkeypatch, capsys, failure):
+    import errno
+    import conure.checkpoint
+    (tmp_path / "in.tsv").write_text("".join(f"u{i}\t10 20\n" for i in range(2000)))
+    (tmp_path / "p.tsv").write_text("the previous predictions\n")
+    model = StubModel()
+    if failure == "interrupt":                          # Ctrl-C while the third batch is scored
+        real_scores = model.scores
+
+        def scores(x):
+            if len(model.batches) == 2:
+                raise KeyboardInterrupt
+            return real_scores(x)
+        model.scores = scores
+    else:                                               # the disk fills up half-way through the second batch
+        real_init = conure.checkpoint.AtomicWriter.__init__
+
+        class DiskFull:
+            def __init__(self, f):
+                self.f, self.calls = f, 0
+
+            def write(self, text):
+                self.calls += 1
+                if self.calls == 2:
+                    self.f.write(text[:len(text) // 2])
+                    self.f.flush()
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return self.f.write(text)
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+        def init(self, path, binary=True):
+            real_init(self, path, binary)
+            self._f = DiskFull(self._f)
+        monkeypatch.setattr(conure.checkpoint.AtomicWriter, "__init__", init)
+    r = predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "in.tsv", "--output", "p.tsv"], model)
+    if failure == "interrupt":
+        assert r.returncode == 130 and r.stderr == "conure: interrupted\n"
+    else:
+        assert_error(r, "No space left on device: p.tsv")
+    assert (tmp_path / "p.tsv").read_text() == "the previous predictions\n"
+    assert leftovers(tmp_path, "p.tsv") == []
+
+
+def test_read_sequences_errors_and_decoding(tmp_path):
+    """The reader keeps its checks, messages and decoding (a file: UTF-8, else latin-1 as a whole)."""
+    import io
+    from conure.runner import RunError, iter_sequences, read_sequences
+
+    def rows_of(data, name="in.tsv"):
+        (tmp_path / name).write_bytes(data)
+        return read_sequences(tmp_path / name)
+
+    for data, msg in ((b"a\t1\nb\t2\t3\n", "in.tsv:2: expected 'user<TAB>item item ...', got 3 tab-separated fields"),
+                      (b"a\t1\n\nb 2\n", "in.tsv:3: expected 'user<TAB>item item ...', got 1 tab-separated field"),
+                      (b"a\t1\n\t2\n", "in.tsv:2: empty user id"), (b"#\n \n", "in.tsv: no users in the input"),
+                      (b"", "in.tsv: no users in the input")):
+        with pytest.raises(RunError) as e:
+            rows_of(data)
+        assert str(e.value) == f"{tmp_path / 'in.tsv'}{msg[len('in.tsv'):]}", data
+    with pytest.raises(RunError, match="input file not found: .*nothere.tsv"):
+        iter_sequences(tmp_path / "nothere.tsv")         # at once, before any iteration
+    with pytest.raises(RunError, match="is a directory, not a sequence file"):
+        iter_sequences(tmp_path)
+    # Lines split as str.splitlines splits them (\r\n, \r, form feed...), ids split on whitespace.
+    assert rows_of(b"a\t1 2\r\nb\t3\rc\t 4  5\n") == [("a", ["1", "2"]), ("b", ["3"]), ("c", ["4", "5"])]
+    assert rows_of(b"a\t1\x0cb\t2\x85c\t3\n") == [("a", ["1"]), ("b", ["2"]), ("c", ["3"])]   # \x85: latin-1 NEL
+    assert rows_of("a\t1\u2028b\t2\n".encode()) == [("a", ["1"]), ("b", ["2"])]
+    # UTF-8; latin-1 for the whole file when any byte of it is not UTF-8 (here after a UTF-8 line).
+    assert rows_of("caf\u00e9\t1\n".encode()) == [("caf\u00e9", ["1"])]
+    latin = "caf\u00e9\t1\n".encode() + b"na\xefve\t2\n"
+    assert rows_of(latin) == [("caf\u00c3\u00a9", ["1"]), ("na\u00efve", ["2"])]
+    assert rows_of(b"a\t1\n" * 3000 + latin)[-2:] == [("caf\u00c3\u00a9", ["1"]), ("na\u00efve", ["2"])]
+    # A stream read once (a pipe): latin-1 when its first non-ASCII line is not UTF-8, an error when only a later one.
+    assert list(iter_sequences(io.BytesIO(b"a\t1\nna\xefve\t2\ncaf\xc3\xa9\t3\n"))) == \
+        [("a", ["1"]), ("na\u00efve", ["2"]), ("caf\u00c3\u00a9", ["3"])]
+    with pytest.raises(RunError, match=r"<pipe>:3: not valid UTF-8"):
+        list(iter_sequences(io.BytesIO(latin.replace(b"\n", b"\n\n", 1)), name="<pipe>"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_predict_reads_a_named_pipe(tmp_path, monkeypatch, capsys):
+    """``--input <(zcat users.tsv.gz)``: a path that can be read only once."""
+    import threading
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = "caf\u00e9\t10 20\n" + "".join(f"u{i}\t30\n" for i in range(600))
+
+    def feed():
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write(data)
+    t = threading.Thread(target=feed, daemon=True)      # never blocks the test run if the pipe is not opened
+    t.start()
+    try:
+        r = ok(predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "fifo", "--top-k", "1"], StubModel()))
+    finally:
+        t.join(timeout=30)
+    assert r.stdout == "caf\u00e9\t30\n" + "".join(f"u{i}\t30\n" for i in range(600))
