@@ -11,7 +11,7 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
   conure.reference.
 * ``stream step``: one streaming step (conure.streaming.StreamingState.step: every user's newest item) against
   recomputing the user vector from the whole L=100 history with our backbone (``user_vector``); ``post-LN stream
-  step``: the same for a post-LN backbone (ring buffers in torch operations against the fused post-LN block).
+  step``: the same for a post-LN backbone (``stream_step_post_ln_`` against the fused post-LN block).
 * ``serve 5 tasks``: the user vectors of all 5 tasks in one call (conure.serving.MultiTaskServer) against a loop of
   ``user_vector`` over the tasks (our backbone: what sharing across tasks buys), and against a loop over the tasks of
   the pure-torch reference backbone (``vs reference loop``); ``serve 5 tasks streaming step``: one streaming state holding all 5

@@ -31,6 +31,7 @@ __all__ = ["available", "autocast_dtype", "residual_block", "residual_block_post
 
 _FUSED = ops.backend() == "compiled" and hasattr(torch.ops.conure, "residual_block")
 _FUSED_POST = _FUSED and hasattr(torch.ops.conure, "residual_block_post_ln")
+_FUSED_POST_STREAM = _FUSED and hasattr(torch.ops.conure, "stream_step_post_ln_")
 
 
 def available() -> bool:
@@ -101,8 +102,9 @@ def _check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_wei
     _check_eps(eps, where)
 
 
-def _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps) -> int:
-    """Checks the per-conv weight stack and LayerNorm vectors (see stream_step_); returns T."""
+def _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps, post_ln=False) -> int:
+    """Checks the per-conv weight stack and LayerNorm vectors (see stream_step_; post_ln: each conv's LayerNorm is
+    sized as its output); returns T."""
     dilations = list(dilations)
     if len(dilations) == 0:
         raise ValueError(f"{where}: need at least one block (dilations is empty)")
@@ -124,9 +126,10 @@ def _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps) -> int
         if c % 2 == 1 and w.shape[2] != x.shape[-1]:
             raise ValueError(f"{where}: block {c // 2} must output C={x.shape[-1]} channels, weight {c} gives "
                              f"{w.shape[2]}")
+        c_ln = w.shape[2] if post_ln else c_in
         for v, p in enumerate(ln_params[2 * c: 2 * c + 2]):
-            if not isinstance(p, torch.Tensor) or tuple(p.shape) != (c_in,):
-                raise ValueError(f"{where}: LayerNorm vector {2 * c + v} must have shape [{c_in}], got {_shape(p)}")
+            if not isinstance(p, torch.Tensor) or tuple(p.shape) != (c_ln,):
+                raise ValueError(f"{where}: LayerNorm vector {2 * c + v} must have shape [{c_ln}], got {_shape(p)}")
         c_in = w.shape[2]
     for t in list(wcols) + list(ln_params):
         if t.dtype != x.dtype or t.device != x.device:
@@ -266,10 +269,41 @@ def stream_step_(
     Returns:
         [T, B, C]: every task's backbone output at position ``pos`` (the user vectors).
     """
-    where = "stream_step_"
+    _check_stream_args("stream_step_", x, pos, rings, wcols, ln_params, dilations, kernel_size, eps, False)
+    if not _FUSED:
+        return reference.stream_step_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps)
+    return torch.ops.conure.stream_step_(x, pos, list(rings), list(wcols), list(ln_params), list(dilations),
+                                         kernel_size, float(eps))
+
+
+def stream_step_post_ln_(
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    rings: Sequence[torch.Tensor],
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """:func:`stream_step_` for post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``; updates ``rings``
+    in place.
+
+    Arguments and shapes as in :func:`stream_step_`, except: conv1's ring holds the block inputs as they are and
+    conv2's ring relu(LN1(conv1 output)); ``ln_params[2c], ln_params[2c + 1]`` is the LayerNorm *after* conv c,
+    [C_out of conv c]. Returns [T, B, C]: every task's backbone output at position ``pos``.
+    """
+    _check_stream_args("stream_step_post_ln_", x, pos, rings, wcols, ln_params, dilations, kernel_size, eps, True)
+    if not _FUSED_POST_STREAM:
+        return reference.stream_step_post_ln_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps)
+    return torch.ops.conure.stream_step_post_ln_(x, pos, list(rings), list(wcols), list(ln_params),
+                                                 list(dilations), kernel_size, float(eps))
+
+
+def _check_stream_args(where, x, pos, rings, wcols, ln_params, dilations, kernel_size, eps, post_ln) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"{where}: x must be a floating [B, C] tensor, got {_shape(x)}")
-    tasks = _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps)
+    tasks = _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps, post_ln)
     if not isinstance(pos, torch.Tensor) or pos.dtype != torch.int64 or tuple(pos.shape) != (x.shape[0],) or \
             pos.device != x.device:
         raise ValueError(f"{where}: pos must be an int64 tensor [{x.shape[0]}] on {x.device}, got {_shape(pos)}"
@@ -284,10 +318,6 @@ def stream_step_(
             raise ValueError(f"{where}: ring {c} must be a contiguous {want} tensor of {x.dtype} on {x.device}, got "
                              f"{_shape(ring)}")
         c_in = w.shape[2]
-    if not _FUSED:
-        return reference.stream_step_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps)
-    return torch.ops.conure.stream_step_(x, pos, list(rings), list(wcols), list(ln_params), list(dilations),
-                                         kernel_size, float(eps))
 
 
 def multi_task_forward(
@@ -369,10 +399,14 @@ if _FUSED:
         torch.library.register_fake(f"conure::{_name}")(_block_fake_for(_name))
         torch.library.register_fake(f"conure::{_name}_backward")(_block_backward_fake_for(f"{_name}_backward"))
 
-    @torch.library.register_fake("conure::stream_step_")
-    def _stream_step_fake(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps):
-        _one_device("stream_step_", x, pos, rings, wcols, ln_params)
-        return x.new_empty((wcols[0].shape[0], x.shape[0], x.shape[1]))
+    def _stream_step_fake_for(name):
+        def fake(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps):
+            _one_device(name, x, pos, rings, wcols, ln_params)
+            return x.new_empty((wcols[0].shape[0], x.shape[0], x.shape[1]))
+        return fake
+
+    for _name in ("stream_step_", "stream_step_post_ln_") if _FUSED_POST_STREAM else ("stream_step_",):
+        torch.library.register_fake(f"conure::{_name}")(_stream_step_fake_for(_name))
 
     @torch.library.register_fake("conure::multi_task_forward")
     def _multi_task_fake(x, wcols, ln_params, dilations, kernel_size, eps, out_len):

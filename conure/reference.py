@@ -171,6 +171,33 @@ def stream_step_(
     return z
 
 
+def stream_step_post_ln_(
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    rings: Sequence[torch.Tensor],
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """:func:`stream_step_` for post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``; updates ``rings``.
+
+    Shapes as in :func:`stream_step_`; conv1's ring holds the block inputs, conv2's relu(LN1(conv1 output));
+    ``ln_params[2c], ln_params[2c + 1]``: the LayerNorm after conv c. Returns [T, B, C] at position ``pos``.
+    """
+    z = x.unsqueeze(0)              # [1, B, C] until block 0's first conv, then [T, B, C]
+    for block, d in enumerate(dilations):
+        a = z
+        for half in (0, 1):
+            c = 2 * block + half
+            col = ring_col_(rings[c], a, pos, kernel_size, d * (half + 1))
+            out = torch.bmm(col.expand(wcols[c].shape[0], -1, -1), wcols[c])
+            a = F.relu(F.layer_norm(out, (out.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
+        z = z + a
+    return z
+
+
 def ring_col_(ring: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int, dilation: int
               ) -> torch.Tensor:
     """A conv's input row at position ``pos`` with its K taps side by side, from its ring buffer; writes the new input

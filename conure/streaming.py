@@ -17,9 +17,8 @@ joins later than the others can be started with ``reset_(users, pad_history=n)``
 Weights are taken from the model once (masked per task, laid out for the kernels: :class:`StackedWeights`); after
 the model's weights or owner maps change call :meth:`StreamingState.refresh_weights`.
 
-Pre-LN backbones (the paper's) step through the fused ``stream_step_`` operator. Post-LN backbones
-(``NextItNet(pre_ln=False)``) step through :func:`_post_ln_stream_step_`, the same ring buffers in plain torch
-operations (no fused kernel: slower per step, the same answers).
+Pre-LN backbones (the paper's) step through the fused ``stream_step_`` operator, post-LN backbones
+(``NextItNet(pre_ln=False)``) through ``stream_step_post_ln_``.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from conure import fused, reference
+from conure import fused
 from conure.nn import check_task_id
 
 __all__ = ["StackedWeights", "StreamingState"]
@@ -128,35 +127,6 @@ class StackedWeights:
         return F.embedding(items, self.embedding)
 
 
-def _post_ln_stream_step_(
-    x: torch.Tensor,
-    pos: torch.Tensor,
-    rings: Sequence[torch.Tensor],
-    wcols: Sequence[torch.Tensor],
-    ln_params: Sequence[torch.Tensor],
-    dilations: Sequence[int],
-    kernel_size: int,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """:func:`conure.fused.stream_step_` for post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``, in torch
-    operations; updates ``rings`` in place.
-
-    Arguments and shapes as in :func:`conure.fused.stream_step_`, except what the rings hold: conv1's ring the block
-    inputs, conv2's ring relu(LN1(conv1 output)); ``ln_params[2c], ln_params[2c + 1]`` is the LayerNorm after
-    conv c. Returns [T, B, C]: every task's backbone output at position ``pos``.
-    """
-    z = x.unsqueeze(0)              # [1, B, C] until block 0's first conv, then [T, B, C]
-    for block, d in enumerate(dilations):
-        a = z
-        for half in (0, 1):
-            c = 2 * block + half
-            col = reference.ring_col_(rings[c], a, pos, kernel_size, d * (half + 1))
-            out = torch.bmm(col.expand(wcols[c].shape[0], -1, -1), wcols[c])
-            a = F.relu(F.layer_norm(out, (out.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
-        z = z + a
-    return z
-
-
 class StreamingState:
     """Ring-buffer state of ``batch_size`` users of a NextItNet (pre- or post-LN), for one or more tasks.
 
@@ -226,7 +196,7 @@ class StreamingState:
         if x.shape != (self.batch_size, w.channels):
             raise ValueError(f"StreamingState.step: need one item per user ([{self.batch_size}]), got "
                              f"{tuple(items.shape)}")
-        step = fused.stream_step_ if w.pre_ln else _post_ln_stream_step_
+        step = fused.stream_step_ if w.pre_ln else fused.stream_step_post_ln_
         out = step(x, self.pos, self.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps)
         self.pos += 1
         return out

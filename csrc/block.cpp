@@ -493,9 +493,10 @@ BlockGrads post_block_backward(const Kernels& k, const at::Tensor& grad_y_in, co
 
 namespace {
 
-// Checks the per-conv weight stack ([T, K*C_in, C_out], contiguous) and LayerNorm vectors; returns T.
+// Checks the per-conv weight stack ([T, K*C_in, C_out], contiguous) and LayerNorm vectors (sized as the conv's
+// input, or its output when post_ln); returns T.
 int64_t check_stack(const char* where, const at::Tensor& x, int64_t C, at::TensorList wcols, at::TensorList ln,
-                    at::IntArrayRef dilations, int64_t K) {
+                    at::IntArrayRef dilations, int64_t K, bool post_ln = false) {
   const int64_t nb = static_cast<int64_t>(dilations.size());
   TORCH_CHECK(nb >= 1, where, ": need at least one block");
   TORCH_CHECK(static_cast<int64_t>(wcols.size()) == 2 * nb && static_cast<int64_t>(ln.size()) == 4 * nb, where,
@@ -516,11 +517,12 @@ int64_t check_stack(const char* where, const at::Tensor& x, int64_t C, at::Tenso
     const int64_t c_out = w.size(2);
     if (c % 2 == 1)
       TORCH_CHECK(c_out == C, where, ": block ", c / 2, " must output ", C, " channels, got ", c_out);
+    const int64_t c_ln = post_ln ? c_out : c_in;
     for (int64_t v = 0; v < 2; ++v) {
       const at::Tensor& p = ln[2 * c + v];
-      TORCH_CHECK(p.dim() == 1 && p.size(0) == c_in && p.scalar_type() == x.scalar_type() &&
+      TORCH_CHECK(p.dim() == 1 && p.size(0) == c_ln && p.scalar_type() == x.scalar_type() &&
                       p.device() == x.device(),
-                  where, ": LayerNorm vector ", 2 * c + v, " must be [", c_in, "] of x's dtype and device, got ",
+                  where, ": LayerNorm vector ", 2 * c + v, " must be [", c_ln, "] of x's dtype and device, got ",
                   p.sizes());
     }
     c_in = c_out;
@@ -532,11 +534,12 @@ int64_t check_stack(const char* where, const at::Tensor& x, int64_t C, at::Tenso
 
 // Every block of the backbone for T task states of B users, one new item each (see block.h: stream_gather).
 at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tensor& pos, at::TensorList rings,
-                       at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations, int64_t K, double eps) {
+                       at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations, int64_t K, double eps,
+                       bool post_ln) {
   TORCH_CHECK(x_in.dim() == 2 && at::isFloatingType(x_in.scalar_type()), "stream_step_: x must be a float [B, C], got ",
               x_in.sizes(), " ", x_in.scalar_type());
   const int64_t B = x_in.size(0), C = x_in.size(1);
-  const int64_t T = check_stack("stream_step_", x_in, C, wcols, ln, dilations, K);
+  const int64_t T = check_stack("stream_step_", x_in, C, wcols, ln, dilations, K, post_ln);
   const int64_t nb = static_cast<int64_t>(dilations.size());
   TORCH_CHECK(pos.dim() == 1 && pos.size(0) == B && pos.scalar_type() == at::kLong && pos.device() == x_in.device(),
               "stream_step_: pos must be int64 [", B, "] on x's device, got ", pos.sizes(), " ", pos.scalar_type());
@@ -560,9 +563,15 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
   constexpr int64_t kGroupBytes = int64_t(1) << 20;
   const int64_t col_bytes = B * K * C * static_cast<int64_t>(x.element_size());
   const int64_t G = std::max<int64_t>(1, std::min<int64_t>(T, kGroupBytes / std::max<int64_t>(col_bytes, 1)));
+  // The LayerNorm in front of conv c: pre-LN, its own (ln[2c], ln[2c + 1]); post-LN, none for conv1 (it reads the
+  // block input as it is) and LN1 for conv2 (its input is relu(LN1(conv1))).
+  auto ln_in_front = [&](int64_t c, int64_t v) -> at::Tensor {  // v = 0: weight, 1: bias
+    if (!post_ln) return ln[2 * c + v].contiguous();
+    return c % 2 ? ln[2 * c - 2 + v].contiguous() : at::Tensor();
+  };
   at::Tensor col0 = at::empty({1, B, K * C}, x.options());
   at::Tensor ring0 = rings[0];
-  k.stream_gather(x.view({1, B, C}), ln[0].contiguous(), ln[1].contiguous(), eps, ring0, p, K, dilations[0], col0);
+  k.stream_gather(x.view({1, B, C}), ln_in_front(0, 0), ln_in_front(0, 1), eps, ring0, p, K, dilations[0], col0);
   for (int64_t g0 = 0; g0 < T; g0 += G) {
     const int64_t g = std::min(G, T - g0);
     at::Tensor z = x.view({1, B, C});  // block input: one row shared by the group's tasks before the first conv
@@ -576,13 +585,26 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
         if (c > 0) {
           at::Tensor ring = rings[c].narrow(0, g0, g);
           col = at::empty({g, B, K * ci}, x.options());
-          k.stream_gather(half == 0 ? z : h, ln[2 * c].contiguous(), ln[2 * c + 1].contiguous(), eps, ring, p, K,
-                          dil, col);
+          k.stream_gather(half == 0 ? z : h, ln_in_front(c, 0), ln_in_front(c, 1), eps, ring, p, K, dil, col);
         }
-        at::Tensor out = half == 1 && l == nb - 1 ? result.narrow(0, g0, g) : at::empty({g, B, co}, x.options());
-        if (half == 1) out.copy_(z.expand({g, B, co}));  // the residual, then conv2 accumulates onto it
-        gemm(out, col, w, half == 1);  // one GEMM batched over the group's tasks
-        (half == 0 ? h : z) = out;
+        const bool last = half == 1 && l == nb - 1;
+        if (!post_ln) {
+          at::Tensor out = last ? result.narrow(0, g0, g) : at::empty({g, B, co}, x.options());
+          if (half == 1) out.copy_(z.expand({g, B, co}));  // the residual, then conv2 accumulates onto it
+          gemm(out, col, w, half == 1);  // one GEMM batched over the group's tasks
+          (half == 0 ? h : z) = out;
+          continue;
+        }
+        at::Tensor out = at::empty({g, B, co}, x.options());
+        gemm(out, col, w, false);
+        if (half == 0) {
+          h = out;  // conv2's gather applies LN1 + ReLU to it
+        } else {   // z + relu(LN2(conv2)): a few passes over [g, B, C] rows, small beside the GEMMs
+          at::Tensor a = at::layer_norm(out, {co}, ln[2 * c], ln[2 * c + 1], eps).relu_();
+          at::Tensor y = last ? result.narrow(0, g0, g) : at::empty({g, B, co}, x.options());
+          at::add_out(y, a, z.expand({g, B, co}));
+          z = y;
+        }
       }
     }
   }
@@ -673,6 +695,8 @@ TORCH_LIBRARY_FRAGMENT(conure, m) {
         "int dilation, bool[7] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)");
   m.def("stream_step_(Tensor x, Tensor pos, Tensor(a!)[] rings, Tensor[] wcols, Tensor[] ln_params, int[] dilations, "
         "int kernel_size, float eps) -> Tensor");
+  m.def("stream_step_post_ln_(Tensor x, Tensor pos, Tensor(a!)[] rings, Tensor[] wcols, Tensor[] ln_params, "
+        "int[] dilations, int kernel_size, float eps) -> Tensor");
   m.def("multi_task_forward(Tensor x, Tensor[] wcols, Tensor[] ln_params, int[] dilations, int kernel_size, "
         "float eps, int out_len) -> Tensor");
 }

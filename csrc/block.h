@@ -63,7 +63,8 @@ struct Kernels {
   void (*sum_parts)(const at::Tensor& parts, at::Tensor& out);
 
   // One streaming step of one conv's input side, for T_r task states of B users:
-  //   a[t, b] = relu(LN(in[t_in, b])) with t_in = t if in has T_r rows else 0 (in: [T_in, B, C], T_in in {1, T_r})
+  //   a[t, b] = relu(LN(in[t_in, b])) with t_in = t if in has T_r rows else 0 (in: [T_in, B, C], T_in in {1, T_r});
+  //   a[t, b] = in[t_in, b] when gamma is undefined (a post-LN block's conv1 reads its input as it is)
   //   col[t, b, j*C : (j+1)*C] = ring[t, b, (pos[b] - s_j) mod R]  for j < K-1,   col[t, b, (K-1)*C ...] = a[t, b]
   //   then ring[t, b, pos[b] mod R] = a[t, b].
   // ring: [T_r, B, R, C] with R = (K-1)*dilation (0 when K == 1); pos: [B] int64 >= 0; col: [T_r, B, K*C].
@@ -115,9 +116,11 @@ BlockGrads post_block_backward(
     const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
     const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> output_mask);
 
+// post_ln: the blocks are post-LN (rings hold conv1's raw inputs and relu(LN1(conv1)); ln[2c], ln[2c+1] follow
+// conv c) instead of pre-LN (rings hold relu(LN(.)) of each conv's input; ln[2c], ln[2c+1] precede conv c).
 at::Tensor stream_step(const Kernels& k, const at::Tensor& x, const at::Tensor& pos, at::TensorList rings,
                        at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size,
-                       double eps);
+                       double eps, bool post_ln);
 
 at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
                               at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len);

@@ -464,7 +464,7 @@ def post_block(**over):
 
 
 def stack(fn_name, **over):
-    """conure.fused.multi_task_forward / stream_step_ on valid inputs, with overrides."""
+    """conure.fused.multi_task_forward / stream_step_ / stream_step_post_ln_ on valid inputs, with overrides."""
     from conure import fused
     ns: Dict[str, object] = {"torch": torch}
     exec(_BLOCK_SRC, ns)
@@ -1302,6 +1302,12 @@ ROWS: List[Row] = [
            ValueError, "ring 1 must be a contiguous (1, 2, 4, 4) tensor",
            lambda c: stack("stream_step_", rings=[torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 4, 8)[..., ::2]]),
            fused=True),
+    raises("fused.stream_post.pos_negative", "fused.stream_step_post_ln_", "pos -1", RuntimeError,
+           "stream_step_: pos must be >= 0, got -1",
+           lambda c: stack("stream_step_post_ln_", pos=torch.tensor([-1, 0])), fused=True),
+    raises("fused.stream_post.ln_size", "fused.stream_step_post_ln_", "conv1's LayerNorm weight [3] (C_mid = 4)",
+           ValueError, "stream_step_post_ln_: LayerNorm vector 0 must have shape [4], got (3,)",
+           lambda c: stack("stream_step_post_ln_", ln_params=[torch.ones(3)] + [torch.ones(4)] * 3), fused=True),
     behaves("raw.block.eps_zero", "torch.ops.conure.residual_block", "eps 0 (the wrapper rejects it)",
             "not checked: a constant row gives NaN (0 / sqrt(0))",
             code=iso_fused("y = RB(torch.zeros(2, 5, 4), w1, o1, w2, o2, *ln, 1, 1, 0.0)[0]\nassert y.isnan().any()"),

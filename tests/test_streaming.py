@@ -216,6 +216,49 @@ def test_post_ln_stream_matches_full_forward(k, dilations, device):
     assert (pre.run(items) - state.run(items)).abs().max() > 1e-2
 
 
+def _raw_stack(c, c_mid, k, dilations, tasks, post_ln, seed=0, device="cpu"):
+    """Random weights [T, K*C_in, C_out] with C_mid != C, and LayerNorm vectors sized for the block kind."""
+    g = torch.Generator().manual_seed(seed)
+    wcols, ln = [], []
+    for _ in dilations:
+        for c_in, c_out in ((c, c_mid), (c_mid, c)):
+            wcols.append(torch.randn(tasks, k * c_in, c_out, generator=g) / (k * c_in) ** 0.5)
+            size = c_out if post_ln else c_in
+            ln += [1 + 0.3 * torch.randn(size, generator=g), 0.3 * torch.randn(size, generator=g)]
+    return [w.to(device) for w in wcols], [v.to(device) for v in ln]
+
+
+@pytest.mark.parametrize("k,dilations", [(3, (1, 4)), (2, (5,)), (1, (1, 2))])
+def test_post_ln_stream_op_matches_its_reference_twin_and_opcheck(k, dilations, device):
+    """stream_step_post_ln_ (compiled) against reference.stream_step_post_ln_, outputs and rings, over many steps,
+    with C_mid != C; opcheck; LayerNorms sized as for a pre-LN stack are refused."""
+    c, c_mid, tasks, batch = 16, 12, 3, 5
+    wcols, ln = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=True, seed=k, device=device)
+
+    def rings():
+        return [torch.zeros(1 if i == 0 else tasks, batch, (k - 1) * dilations[i // 2] * (1 + i % 2),
+                            c if i % 2 == 0 else c_mid, device=device) for i in range(len(wcols))]
+    ours, ref = rings(), rings()
+    pos = torch.tensor([0, 0, 3, 1, 0], device=device)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3 * (k - 1) * max(dilations) + 3):
+        x = torch.randn(batch, c, generator=g).to(device)
+        a = fused.stream_step_post_ln_(x, pos, ours, wcols, ln, dilations, k, 1e-5)
+        b = reference.stream_step_post_ln_(x, pos, ref, wcols, ln, dilations, k, 1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        pos += 1
+    for r1, r2 in zip(ours, ref):
+        torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-5)
+    assert k == 1 or any(r.abs().sum() > 0 for r in ours)     # K = 1: no ring slots
+    torch.library.opcheck(torch.ops.conure.stream_step_post_ln_.default,
+                          (x, pos, [r.clone() for r in ours], wcols, ln, list(dilations), k, 1e-5))
+    _, pre_ln_sizes = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=False, device=device)
+    with pytest.raises(ValueError, match=r"stream_step_post_ln_: LayerNorm vector 0 must have shape \[12\]"):
+        fused.stream_step_post_ln_(x, pos, ours, wcols, pre_ln_sizes, dilations, k, 1e-5)
+    with pytest.raises(RuntimeError, match=r"LayerNorm vector 0 must be \[12\]"):
+        torch.ops.conure.stream_step_post_ln_(x, pos, ours, wcols, pre_ln_sizes, list(dilations), k, 1e-5)
+
+
 def test_post_ln_late_joiner_gather_and_state_dict(device):
     net = make_net(device=device, pre_ln=False)
     items = left_padded(4, 30, 60, [0, 0, 0, 0], seed=6, device=device)

@@ -366,8 +366,9 @@ void stream_gather_impl(const at::Tensor& in, const at::Tensor& gamma, const at:
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Tr = ring.size(0), B = ring.size(1), R = ring.size(2), C = in.size(2), Tin = in.size(0);
   const scalar_t* X = in.data_ptr<scalar_t>();
-  const scalar_t* G = gamma.data_ptr<scalar_t>();
-  const scalar_t* Bt = beta.data_ptr<scalar_t>();
+  const bool normalize = gamma.defined();  // else the input row goes into the ring as it is (post-LN conv1)
+  const scalar_t* G = normalize ? gamma.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* Bt = normalize ? beta.data_ptr<scalar_t>() : nullptr;
   scalar_t* RING = ring.data_ptr<scalar_t>();
   scalar_t* O = col.data_ptr<scalar_t>();
   const int64_t* P = pos.data_ptr<int64_t>();
@@ -376,11 +377,15 @@ void stream_gather_impl(const at::Tensor& in, const at::Tensor& gamma, const at:
     for (int64_t tb = begin; tb < end; ++tb) {
       const int64_t t = tb / B, b = tb % B;
       const scalar_t* x = X + ((Tin == 1 ? 0 : t) * B + b) * C;
-      acc_t mu, rs;
-      row_stats(x, C, eps, mu, rs);
       scalar_t* out = O + tb * K * C;
       scalar_t* a = out + (K - 1) * C;
-      ln_relu_row(x, G, Bt, mu, rs, C, a);
+      if (normalize) {
+        acc_t mu, rs;
+        row_stats(x, C, eps, mu, rs);
+        ln_relu_row(x, G, Bt, mu, rs, C, a);
+      } else {
+        std::memcpy(a, x, C * sizeof(scalar_t));
+      }
       if (R == 0) continue;
       const int64_t p = P[b];
       scalar_t* slots = RING + tb * R * C;
@@ -442,7 +447,13 @@ BlockGrads residual_block_post_ln_backward_cpu(const at::Tensor& grad_y, const a
 
 at::Tensor stream_step_cpu(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings, at::TensorList wcols,
                            at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size, double eps) {
-  return stream_step(kCpu, x, pos, rings, wcols, ln, dilations, kernel_size, eps);
+  return stream_step(kCpu, x, pos, rings, wcols, ln, dilations, kernel_size, eps, /*post_ln=*/false);
+}
+
+at::Tensor stream_step_post_ln_cpu(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings,
+                                   at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations,
+                                   int64_t kernel_size, double eps) {
+  return stream_step(kCpu, x, pos, rings, wcols, ln, dilations, kernel_size, eps, /*post_ln=*/true);
 }
 
 at::Tensor multi_task_forward_cpu(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
@@ -460,5 +471,6 @@ TORCH_LIBRARY_IMPL(conure, CPU, m) {
   m.impl("residual_block_post_ln", &conure::block::residual_block_post_ln_cpu);
   m.impl("residual_block_post_ln_backward", &conure::block::residual_block_post_ln_backward_cpu);
   m.impl("stream_step_", &conure::block::stream_step_cpu);
+  m.impl("stream_step_post_ln_", &conure::block::stream_step_post_ln_cpu);
   m.impl("multi_task_forward", &conure::block::multi_task_forward_cpu);
 }

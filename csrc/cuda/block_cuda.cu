@@ -267,13 +267,17 @@ __global__ void __launch_bounds__(kRowThreads)
        tb += int64_t(gridDim.x) * kWarpsPerBlock) {
     const int64_t t = tb / B, b = tb % B;
     const T* x = in + ((T_in == 1 ? 0 : t) * B + b) * C;
-    A mu, rs;
-    warp_row_stats(x, C, eps, lane, mu, rs);
     T* out = col + tb * K * C;
     T* a = out + (K - 1) * C;
-    for (int64_t c = lane; c < C; c += 32) {
-      const A z = (to_acc(x[c]) - mu) * rs * to_acc(gamma[c]) + to_acc(beta[c]);
-      a[c] = from_acc<T>(z < A(0) ? A(0) : z);
+    if (gamma == nullptr) {  // no LayerNorm: the row goes in as it is (a post-LN block's conv1); uniform per launch
+      for (int64_t c = lane; c < C; c += 32) a[c] = x[c];
+    } else {
+      A mu, rs;
+      warp_row_stats(x, C, eps, lane, mu, rs);
+      for (int64_t c = lane; c < C; c += 32) {
+        const A z = (to_acc(x[c]) - mu) * rs * to_acc(gamma[c]) + to_acc(beta[c]);
+        a[c] = from_acc<T>(z < A(0) ? A(0) : z);
+      }
     }
     if (R == 0) continue;
     const int64_t p = pos[b];

@@ -44,7 +44,7 @@ cudaError_t ln_relu_col2im_backward(DType dtype, const void* gcol, const void* i
 cudaError_t sum_parts(DType dtype, const void* parts, int64_t n, int64_t M, void* out, cudaStream_t stream);
 
 // One streaming step of one conv's input side (see block.h): in [T_in, B, C] (T_in is 1 or T_r), ring
-// [T_r, B, R, C], pos [B] int64 (>= 0), col [T_r, B, K * C].
+// [T_r, B, R, C], pos [B] int64 (>= 0), col [T_r, B, K * C]. gamma == nullptr: no LayerNorm + ReLU (the row as it is).
 cudaError_t stream_gather(DType dtype, const void* in, int64_t T_in, const void* gamma, const void* beta, double eps,
                           void* ring, int64_t T_r, int64_t B, int64_t R, int64_t C, const int64_t* pos, int64_t K,
                           int64_t dilation, void* col, cudaStream_t stream);

@@ -76,10 +76,11 @@ void sum_parts_cuda(const at::Tensor& parts, at::Tensor& out) {
 
 void stream_gather_cuda(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
                         at::Tensor& ring, const at::Tensor& pos, int64_t K, int64_t dil, at::Tensor& col) {
-  C10_CUDA_CHECK(block_cuda::stream_gather(dtype_of(in.scalar_type(), "stream_step_"), in.data_ptr(), in.size(0),
-                                           gamma.data_ptr(), beta.data_ptr(), eps, ring.data_ptr(), ring.size(0),
-                                           ring.size(1), ring.size(2), in.size(2), pos.data_ptr<int64_t>(), K, dil,
-                                           col.data_ptr(), stream()));
+  const void* g = gamma.defined() ? gamma.data_ptr() : nullptr;  // none: no LayerNorm (post-LN conv1)
+  const void* b = beta.defined() ? beta.data_ptr() : nullptr;
+  C10_CUDA_CHECK(block_cuda::stream_gather(dtype_of(in.scalar_type(), "stream_step_"), in.data_ptr(), in.size(0), g,
+                                           b, eps, ring.data_ptr(), ring.size(0), ring.size(1), ring.size(2),
+                                           in.size(2), pos.data_ptr<int64_t>(), K, dil, col.data_ptr(), stream()));
 }
 
 const Kernels kCuda{mask_rows_cuda,     scatter_rows_cuda, ln_relu_im2col_cuda, ln_relu_col2im_backward_cuda,
@@ -139,7 +140,15 @@ at::Tensor stream_step_cuda(const at::Tensor& x, const at::Tensor& pos, at::Tens
                             at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size, double eps) {
   check_cuda(x, "stream_step_");
   const c10::cuda::CUDAGuard guard(x.device());
-  return stream_step(kCuda, x, pos, rings, wcols, ln, dilations, kernel_size, eps);
+  return stream_step(kCuda, x, pos, rings, wcols, ln, dilations, kernel_size, eps, /*post_ln=*/false);
+}
+
+at::Tensor stream_step_post_ln_cuda(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings,
+                                    at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations,
+                                    int64_t kernel_size, double eps) {
+  check_cuda(x, "stream_step_post_ln_");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return stream_step(kCuda, x, pos, rings, wcols, ln, dilations, kernel_size, eps, /*post_ln=*/true);
 }
 
 at::Tensor multi_task_forward_cuda(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
@@ -159,5 +168,6 @@ TORCH_LIBRARY_IMPL(conure, CUDA, m) {
   m.impl("residual_block_post_ln", &conure::block::residual_block_post_ln_cuda);
   m.impl("residual_block_post_ln_backward", &conure::block::residual_block_post_ln_backward_cuda);
   m.impl("stream_step_", &conure::block::stream_step_cuda);
+  m.impl("stream_step_post_ln_", &conure::block::stream_step_post_ln_cuda);
   m.impl("multi_task_forward", &conure::block::multi_task_forward_cuda);
 }
