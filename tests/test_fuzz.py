@@ -17,7 +17,7 @@ What is drawn:
   galore, signed zeros) or with +-Inf / denormals, sometimes NaN, float32 / float64 / bfloat16 / float16, keep_ratio in
   [0, 1], tasks present or absent; owners and count must equal the reference exactly.
 * the fused operators of conure.fused (when present): residual_block forward/backward, multi_task_forward and
-  stream_step_ against their reference twins.
+  stream_step_ / stream_step_post_ln_ against their reference twins.
 
 The reference itself cannot do L = 0 (``F.conv1d`` rejects it); there the op is checked against the exact answer
 (empty output, zero weight/bias gradient). See tests/test_bad_inputs.py for the reference's known defects.
@@ -498,12 +498,15 @@ def test_fused_multi_task_forward_matches_reference(batch, length, c, k, dilatio
 
 
 @requires_fused
+@pytest.mark.parametrize("post_ln", [False, True], ids=["pre_ln", "post_ln"])
 @given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 4), st.lists(st.integers(1, 6), min_size=1, max_size=2),
        st.integers(1, 3), st.integers(0, 5), st.integers(1, 6), st.sampled_from([torch.float32, torch.float64]),
        st.integers(0, 2 ** 31 - 1))
-def test_fused_stream_step_matches_reference(batch, c, k, dilations, tasks, max_owner, steps, dtype, seed):
-    """Feeding items one at a time through stream_step_ (compiled) and its reference twin: same outputs and same
-    rings after every step (users at different positions)."""
+def test_fused_stream_step_matches_reference(post_ln, batch, c, k, dilations, tasks, max_owner, steps, dtype, seed):
+    """Feeding items one at a time through stream_step_ / stream_step_post_ln_ (compiled) and its reference twin:
+    same outputs and same rings after every step (users at different positions)."""
+    name = "stream_step_post_ln_" if post_ln else "stream_step_"
+    op, twin = getattr(_fused, name), getattr(reference, name)
     g = _gen(seed)
     wcols, ln_params = _stack(g, len(dilations), c, k, tasks, dtype, max_owner)
     rings, rings_ref = [], []
@@ -515,8 +518,8 @@ def test_fused_stream_step_matches_reference(batch, c, k, dilations, tasks, max_
     tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
     for _ in range(steps):
         x = torch.randn(batch, c, generator=g, dtype=dtype)
-        out = _fused.stream_step_(x, pos, rings, wcols, ln_params, dilations, k, 1e-5)
-        out_ref = reference.stream_step_(x, pos, rings_ref, wcols, ln_params, dilations, k, 1e-5)
+        out = op(x, pos, rings, wcols, ln_params, dilations, k, 1e-5)
+        out_ref = twin(x, pos, rings_ref, wcols, ln_params, dilations, k, 1e-5)
         torch.testing.assert_close(out, out_ref, **tol)
         for r, rr in zip(rings, rings_ref):
             torch.testing.assert_close(r, rr, **tol)
