@@ -14,7 +14,8 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
   step``: the same for a post-LN backbone (``stream_step_post_ln_`` against the fused post-LN block).
 * ``serve 5 tasks``: the user vectors of all 5 tasks in one call (conure.serving.MultiTaskServer) against a loop of
   ``user_vector`` over the tasks (our backbone: what sharing across tasks buys), and against a loop over the tasks of
-  the pure-torch reference backbone (``vs reference loop``); ``serve 5 tasks streaming step``: one streaming state holding all 5
+  the pure-torch reference backbone (``vs reference loop``); ``post-LN serve``: the same for a post-LN backbone
+  (``multi_task_forward_post_ln`` against a loop of the fused post-LN block); ``serve 5 tasks streaming step``: one streaming state holding all 5
   tasks (``step_all``) against 5 single-task states stepped in a loop.
 * ``bf16``: the training step under CPU bfloat16 autocast, ours against float32 ours (and the reference under the same
   autocast against it) -- optional rows, only where the CPU has native bfloat16 (AVX512-BF16).
@@ -151,10 +152,10 @@ def stream_case(batch: int, length: int, pre_ln: bool = True):
     return ours, ref
 
 
-def serve_case(batch: int, length: int, tasks: int = 5, reference: bool = False):
+def serve_case(batch: int, length: int, tasks: int = 5, reference: bool = False, pre_ln: bool = True):
     """All tasks in one call (ours) against a loop over the tasks of our backbone, or (``reference``) of the
     pure-torch reference backbone."""
-    net = paper_net(tasks=tasks).eval()
+    net = paper_net(tasks=tasks, pre_ln=pre_ln).eval()
     items = histories(batch, length)
     server = MultiTaskServer(net, tuple(range(1, tasks + 1)))
 
@@ -215,6 +216,9 @@ def cases() -> Dict[str, Factory]:
         out[f"post-LN stream step vs full L=100 B={batch}"] = (lambda b=batch: stream_case(b, 100, pre_ln=False))
     for batch, length in ((32, 50), (32, 100), (256, 50)):
         out[f"serve 5 tasks vs loop B={batch} L={length}"] = (lambda b=batch, l=length: serve_case(b, l))
+    for batch, length in ((32, 50), (32, 100)):
+        out[f"post-LN serve 5 tasks vs loop B={batch} L={length}"] = \
+            (lambda b=batch, l=length: serve_case(b, l, pre_ln=False))
     for batch, length in ((32, 50), (256, 50)):
         out[f"serve 5 tasks vs reference loop B={batch} L={length}"] = \
             (lambda b=batch, l=length: serve_case(b, l, reference=True))

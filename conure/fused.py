@@ -32,6 +32,7 @@ __all__ = ["available", "autocast_dtype", "residual_block", "residual_block_post
 _FUSED = ops.backend() == "compiled" and hasattr(torch.ops.conure, "residual_block")
 _FUSED_POST = _FUSED and hasattr(torch.ops.conure, "residual_block_post_ln")
 _FUSED_POST_STREAM = _FUSED and hasattr(torch.ops.conure, "stream_step_post_ln_")
+_FUSED_POST_MULTI = _FUSED and hasattr(torch.ops.conure, "multi_task_forward_post_ln")
 
 
 def available() -> bool:
@@ -339,16 +340,38 @@ def multi_task_forward(
     Returns:
         [T, B, out_len, C]: each task's backbone output at positions ``L - out_len .. L - 1``.
     """
-    where = "multi_task_forward"
-    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
-        raise ValueError(f"{where}: x must be a floating [B, L, C] tensor, got {_shape(x)}")
-    _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps)
-    if isinstance(out_len, bool) or not isinstance(out_len, int) or not 1 <= out_len <= x.shape[1]:
-        raise ValueError(f"{where}: out_len must be an int in [1, L={x.shape[1]}], got {out_len!r}")
+    _check_multi_args("multi_task_forward", x, wcols, ln_params, dilations, kernel_size, eps, out_len, False)
     if not _FUSED:
         return reference.multi_task_forward(x, wcols, ln_params, dilations, kernel_size, eps, out_len)
     return torch.ops.conure.multi_task_forward(x, [w.contiguous() for w in wcols], list(ln_params), list(dilations),
                                                kernel_size, float(eps), out_len)
+
+
+def multi_task_forward_post_ln(
+    x: torch.Tensor,
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+    out_len: int = 1,
+) -> torch.Tensor:
+    """:func:`multi_task_forward` for post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``:
+    ``ln_params[2c], ln_params[2c + 1]`` is the LayerNorm after conv c, [C_out of conv c] (as in
+    :func:`stream_step_post_ln_`). Returns [T, B, out_len, C]."""
+    _check_multi_args("multi_task_forward_post_ln", x, wcols, ln_params, dilations, kernel_size, eps, out_len, True)
+    if not _FUSED_POST_MULTI:
+        return reference.multi_task_forward_post_ln(x, wcols, ln_params, dilations, kernel_size, eps, out_len)
+    return torch.ops.conure.multi_task_forward_post_ln(x, [w.contiguous() for w in wcols], list(ln_params),
+                                                       list(dilations), kernel_size, float(eps), out_len)
+
+
+def _check_multi_args(where, x, wcols, ln_params, dilations, kernel_size, eps, out_len, post_ln) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
+        raise ValueError(f"{where}: x must be a floating [B, L, C] tensor, got {_shape(x)}")
+    _check_stack(where, x, wcols, ln_params, dilations, kernel_size, eps, post_ln)
+    if isinstance(out_len, bool) or not isinstance(out_len, int) or not 1 <= out_len <= x.shape[1]:
+        raise ValueError(f"{where}: out_len must be an int in [1, L={x.shape[1]}], got {out_len!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -408,10 +431,15 @@ if _FUSED:
     for _name in ("stream_step_", "stream_step_post_ln_") if _FUSED_POST_STREAM else ("stream_step_",):
         torch.library.register_fake(f"conure::{_name}")(_stream_step_fake_for(_name))
 
-    @torch.library.register_fake("conure::multi_task_forward")
-    def _multi_task_fake(x, wcols, ln_params, dilations, kernel_size, eps, out_len):
-        _one_device("multi_task_forward", x, wcols, ln_params)
-        return x.new_empty((wcols[0].shape[0], x.shape[0], out_len, x.shape[2]))
+    def _multi_task_fake_for(name):
+        def fake(x, wcols, ln_params, dilations, kernel_size, eps, out_len):
+            _one_device(name, x, wcols, ln_params)
+            return x.new_empty((wcols[0].shape[0], x.shape[0], out_len, x.shape[2]))
+        return fake
+
+    for _name in ("multi_task_forward", "multi_task_forward_post_ln") if _FUSED_POST_MULTI else \
+            ("multi_task_forward",):
+        torch.library.register_fake(f"conure::{_name}")(_multi_task_fake_for(_name))
 
     def _block_setup_context(ctx, inputs, output):
         x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps = inputs

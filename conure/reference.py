@@ -247,3 +247,30 @@ def multi_task_forward(
             z = h
         outs.append(z[:, z.shape[1] - out_len:])
     return torch.stack(outs)
+
+
+def multi_task_forward_post_ln(
+    x: torch.Tensor,
+    wcols: Sequence[torch.Tensor],
+    ln_params: Sequence[torch.Tensor],
+    dilations: Sequence[int],
+    kernel_size: int,
+    eps: float = 1e-5,
+    out_len: int = 1,
+) -> torch.Tensor:
+    """:func:`multi_task_forward` for post-LN blocks (:func:`residual_block_post_ln`); ``ln_params[2c],
+    ln_params[2c + 1]``: the LayerNorm after conv c. Returns [T, B, out_len, C]."""
+    k = kernel_size
+    outs = []
+    for t in range(wcols[0].shape[0]):
+        z = x
+        for block, d in enumerate(dilations):
+            ws = []
+            for c in (2 * block, 2 * block + 1):
+                wc = wcols[c][t]
+                ws.append(wc.reshape(k, wc.shape[0] // k, wc.shape[1]).permute(2, 1, 0))
+            ones = [torch.ones_like(w, dtype=torch.uint8) for w in ws]
+            z = residual_block_post_ln(z, ws[0], ones[0], ws[1], ones[1], *ln_params[4 * block:4 * block + 4], 1, d,
+                                       eps)
+        outs.append(z[:, z.shape[1] - out_len:])
+    return torch.stack(outs)

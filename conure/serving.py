@@ -12,9 +12,7 @@ share:
 
 The tasks' GEMMs stay one per task (their inputs differ after the first conv).
 
-Post-LN backbones (``NextItNet(pre_ln=False)``) are served task by task through the fused post-LN block, from the
-same snapshot of masked weights: one embedding lookup, no per-call masking, but no sharing of block 0's first pass
-and no receptive-field trimming.
+Post-LN backbones (``NextItNet(pre_ln=False)``) go through ``multi_task_forward_post_ln``, the same sharing.
 """
 from __future__ import annotations
 
@@ -72,28 +70,12 @@ class MultiTaskServer:
         # Left-padded histories end at L - 1; otherwise compute from the earliest last position on.
         first = int(last.min()) if items.shape[0] else length - 1
         out_len = length - first
-        if w.pre_ln:
-            out = fused.multi_task_forward(x, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps, out_len)
-        else:
-            out = _post_ln_forward(w, x, out_len)
+        forward = fused.multi_task_forward if w.pre_ln else fused.multi_task_forward_post_ln
+        out = forward(x, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps, out_len)
         if out_len == 1:
             return out[:, :, 0]
         idx = (last - first).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[3])
         return out.gather(2, idx).squeeze(2)
-
-
-def _post_ln_forward(w: StackedWeights, x: torch.Tensor, out_len: int) -> torch.Tensor:
-    """[T, B, out_len, C]: each task's post-LN backbone over ``x`` [B, L, C], through the fused post-LN block with
-    the task's masked weights (all active: task 1 of an all-ones owner map)."""
-    outs = []
-    for t in range(len(w.tasks)):
-        z = x
-        for block, d in enumerate(w.dilations):
-            c = 2 * block
-            z = fused.residual_block_post_ln(z, w.conv_weights[c][t], w.all_active[c], w.conv_weights[c + 1][t],
-                                             w.all_active[c + 1], *w.ln[2 * c:2 * c + 4], 1, d, w.eps)
-        outs.append(z[:, z.shape[1] - out_len:])
-    return torch.stack(outs)
 
 
 def all_task_user_vectors(model, items: torch.Tensor, tasks: Optional[Union[int, Sequence[int]]] = None):

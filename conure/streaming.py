@@ -51,9 +51,7 @@ class StackedWeights:
     * ``wcols[c]``: [T, K * C_in, C_out] per conv c (block c // 2, conv1 then conv2): each task's masked weights
       (:func:`conure.reference.conv_cols`);
     * ``ln``: 4 vectors per block (ln1 weight, ln1 bias, ln2 weight, ln2 bias), shared by the tasks;
-    * ``dilations`` (conv1 per block), ``kernel_size``, ``eps``, ``pre_ln`` (the block kind);
-    * post-LN only, for serving through the fused post-LN block: ``conv_weights[c]``: [T, C_out, C_in, K], the
-      same masked weights in the ``nn.Conv1d`` layout, and ``all_active[c]``: uint8 ones of one task's shape.
+    * ``dilations`` (conv1 per block), ``kernel_size``, ``eps``, ``pre_ln`` (the block kind).
     """
 
     def __init__(self, model, tasks: Union[int, Sequence[int]], dtype: Optional[torch.dtype] = None) -> None:
@@ -84,14 +82,6 @@ class StackedWeights:
                 self.wcols.append(torch.stack([fused.conv_cols(w, conv.owner, t) for t in self.tasks]).contiguous())
             for p in (block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias):
                 self.ln.append(p.detach().to(dtype).contiguous())
-        self.conv_weights: List[torch.Tensor] = []
-        self.all_active: List[torch.Tensor] = []
-        if not self.pre_ln:
-            k = self.kernel_size
-            for wc in self.wcols:   # [T, K*C_in, C_out] -> [T, C_out, C_in, K]
-                w = wc.view(wc.shape[0], k, wc.shape[1] // k, wc.shape[2]).permute(0, 3, 2, 1).contiguous()
-                self.conv_weights.append(w)
-                self.all_active.append(torch.ones(w.shape[1:], dtype=torch.uint8, device=w.device))
 
     @property
     def device(self) -> torch.device:

@@ -341,14 +341,16 @@ BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const a
 
 namespace {
 
-// col[s, t, (j-j0)*C + c] = in[s, t - (K-1-j)*dil, c] (0 at negative time), j in [j0, K). in: [S, L, C].
+// col[s, r, (j-j0)*C + c] = in[s, L - L_out + r - (K-1-j)*dil, c] (0 at negative time), j in [j0, K): the taps of
+// the last L_out positions. in: [S, L, C]; col: [S, L_out, (K-j0)*C], L_out <= L.
 void plain_im2col(const at::Tensor& in, int64_t K, int64_t j0, int64_t dil, at::Tensor& col) {
-  const int64_t L = in.size(1), C = in.size(2);
+  const int64_t L = in.size(1), C = in.size(2), L_out = col.size(1), off = L - L_out;
   for (int64_t j = j0; j < K; ++j) {
     const int64_t shift = (K - 1 - j) * dil;  // < L for j >= j0
+    const int64_t zeros = std::min(L_out, std::max<int64_t>(0, shift - off));
     at::Tensor tap = col.narrow(2, (j - j0) * C, C);
-    if (shift > 0) tap.narrow(1, 0, shift).zero_();
-    tap.narrow(1, shift, L - shift).copy_(in.narrow(1, 0, L - shift));
+    if (zeros > 0) tap.narrow(1, 0, zeros).zero_();
+    tap.narrow(1, zeros, L_out - zeros).copy_(in.narrow(1, off + zeros - shift, L_out - zeros));
   }
 }
 
@@ -599,10 +601,12 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
         gemm(out, col, w, false);
         if (half == 0) {
           h = out;  // conv2's gather applies LN1 + ReLU to it
-        } else {   // z + relu(LN2(conv2)): a few passes over [g, B, C] rows, small beside the GEMMs
-          at::Tensor a = at::layer_norm(out, {co}, ln[2 * c], ln[2 * c + 1], eps).relu_();
+        } else {   // z + relu(LN2(conv2)); LN2 + ReLU is the K = 1 case of ln_relu_im2col
           at::Tensor y = last ? result.narrow(0, g0, g) : at::empty({g, B, co}, x.options());
-          at::add_out(y, a, z.expand({g, B, co}));
+          at::Tensor none, rows = y.view({g * B, 1, co});
+          k.ln_relu_im2col(out.view({g * B, 1, co}), ln[2 * c].contiguous(), ln[2 * c + 1].contiguous(), eps, 1, 0,
+                           1, true, none, none, rows, none);
+          y.add_(z.expand({g, B, co}));
           z = y;
         }
       }
@@ -616,11 +620,11 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
 // im2col is shared by the tasks, and sequences go a chunk at a time, all tasks together: each LN/im2col pass covers
 // every task's rows and each conv is one batched GEMM over the tasks' stacked weights.
 at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::TensorList wcols, at::TensorList ln,
-                              at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len) {
+                              at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len, bool post_ln) {
   TORCH_CHECK(x_in.dim() == 3 && at::isFloatingType(x_in.scalar_type()),
               "multi_task_forward: x must be a float [B, L, C], got ", x_in.sizes(), " ", x_in.scalar_type());
   const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2);
-  const int64_t T = check_stack("multi_task_forward", x_in, C, wcols, ln, dilations, K);
+  const int64_t T = check_stack("multi_task_forward", x_in, C, wcols, ln, dilations, K, post_ln);
   TORCH_CHECK(out_len >= 1 && out_len <= L, "multi_task_forward: out_len must be in [1, L=", L, "], got ", out_len);
   const int64_t nb = static_cast<int64_t>(dilations.size());
   // need[l]: positions of block l's input that are used; m1[l]: positions of its conv1 output that are used.
@@ -654,22 +658,39 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
       const at::Tensor &w1 = wcols[2 * l], &w2 = wcols[2 * l + 1];
       const int64_t Cm = w1.size(2);
       // conv1 over the last M1 positions of the Lin-long input: one LN/im2col pass over all tasks' rows (also
-      // copying the residual into y), one batched GEMM (block 0: the shared col against every task's weights).
+      // copying the residual into y; post-LN: a plain shifted copy, no LN), one batched GEMM (block 0: the shared
+      // col against every task's weights).
       const int64_t j01 = first_tap(K, d, Lin), K1 = K - j01;
       at::Tensor y = at::empty({T, bc, Nout, C}, opts);
       at::Tensor col1 = prefix(col_buf, {Tz * bc, M1, K1 * C});
-      at::Tensor residual = Tz == T ? y.view({T * bc, Nout, C}) : at::Tensor();
-      k.ln_relu_im2col(z.view({Tz * bc, Lin, C}), g[4 * l], g[4 * l + 1], eps, K, j01, d, true, none, none, col1,
-                       residual);
-      if (Tz != T) y.copy_(z.narrow(2, Lin - Nout, Nout).expand({T, bc, Nout, C}));
+      if (post_ln) {
+        plain_im2col(z.view({Tz * bc, Lin, C}), K, j01, d, col1);
+      } else {
+        at::Tensor residual = Tz == T ? y.view({T * bc, Nout, C}) : at::Tensor();
+        k.ln_relu_im2col(z.view({Tz * bc, Lin, C}), g[4 * l], g[4 * l + 1], eps, K, j01, d, true, none, none, col1,
+                         residual);
+        if (Tz != T) y.copy_(z.narrow(2, Lin - Nout, Nout).expand({T, bc, Nout, C}));
+      }
       at::Tensor h = at::empty({T, bc * M1, Cm}, opts);
       gemm(h, col1.view({Tz, bc * M1, K1 * C}), w1.narrow(1, j01 * C, K1 * C), false);
-      // conv2 over the last Nout positions of h, added to the residual.
+      // conv2 over the last Nout positions of relu(LN(h)) (pre-LN: LN2; post-LN: LN1), added to the residual;
+      // post-LN adds relu(LN2(conv2)) instead, LN2 + ReLU being the K = 1 case of ln_relu_im2col.
       const int64_t j02 = first_tap(K, 2 * d, M1), K2 = K - j02;
       at::Tensor col2 = prefix(col_buf, {T * bc, Nout, K2 * Cm});
-      k.ln_relu_im2col(h.view({T * bc, M1, Cm}), g[4 * l + 2], g[4 * l + 3], eps, K, j02, 2 * d, true, none, none,
-                       col2, none);
-      gemm(y.view({T, bc * Nout, C}), col2.view({T, bc * Nout, K2 * Cm}), w2.narrow(1, j02 * Cm, K2 * Cm), true);
+      const int64_t front = post_ln ? 4 * l : 4 * l + 2;
+      k.ln_relu_im2col(h.view({T * bc, M1, Cm}), g[front], g[front + 1], eps, K, j02, 2 * d, true, none, none, col2,
+                       none);
+      const at::Tensor w2_taps = w2.narrow(1, j02 * Cm, K2 * Cm);
+      if (post_ln) {
+        at::Tensor out = at::empty({T, bc * Nout, C}, opts);
+        gemm(out, col2.view({T, bc * Nout, K2 * Cm}), w2_taps, false);
+        at::Tensor rows = y.view({T * bc * Nout, 1, C});
+        k.ln_relu_im2col(out.view({T * bc * Nout, 1, C}), g[4 * l + 2], g[4 * l + 3], eps, 1, 0, 1, true, none, none,
+                         rows, none);
+        y.add_(z.narrow(2, Lin - Nout, Nout).expand({T, bc, Nout, C}));
+      } else {
+        gemm(y.view({T, bc * Nout, C}), col2.view({T, bc * Nout, K2 * Cm}), w2_taps, true);
+      }
       z = y;
     }
     out.narrow(1, b0, bc).copy_(z);
@@ -698,5 +719,7 @@ TORCH_LIBRARY_FRAGMENT(conure, m) {
   m.def("stream_step_post_ln_(Tensor x, Tensor pos, Tensor(a!)[] rings, Tensor[] wcols, Tensor[] ln_params, "
         "int[] dilations, int kernel_size, float eps) -> Tensor");
   m.def("multi_task_forward(Tensor x, Tensor[] wcols, Tensor[] ln_params, int[] dilations, int kernel_size, "
+        "float eps, int out_len) -> Tensor");
+  m.def("multi_task_forward_post_ln(Tensor x, Tensor[] wcols, Tensor[] ln_params, int[] dilations, int kernel_size, "
         "float eps, int out_len) -> Tensor");
 }

@@ -122,8 +122,10 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x, const at::Tensor& 
                        at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size,
                        double eps, bool post_ln);
 
+// post_ln as in stream_step.
 at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
-                              at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len);
+                              at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len,
+                              bool post_ln);
 
 }  // namespace block
 }  // namespace conure

@@ -464,11 +464,11 @@ def post_block(**over):
 
 
 def stack(fn_name, **over):
-    """conure.fused.multi_task_forward / stream_step_ / stream_step_post_ln_ on valid inputs, with overrides."""
+    """conure.fused.multi_task_forward(_post_ln) / stream_step_(post_ln_) on valid inputs, with overrides."""
     from conure import fused
     ns: Dict[str, object] = {"torch": torch}
     exec(_BLOCK_SRC, ns)
-    if fn_name == "multi_task_forward":
+    if fn_name.startswith("multi_task_forward"):
         a = dict(x=ns["xb"], wcols=ns["wc"], ln_params=ns["l4"], dilations=[1], kernel_size=3, eps=1e-5, out_len=1)
     else:
         a = dict(x=ns["xb"][:, 0], pos=torch.tensor([1, 0]), rings=ns["rings"], wcols=ns["wc"], ln_params=ns["l4"],
@@ -1305,6 +1305,9 @@ ROWS: List[Row] = [
     raises("fused.stream_post.pos_negative", "fused.stream_step_post_ln_", "pos -1", RuntimeError,
            "stream_step_: pos must be >= 0, got -1",
            lambda c: stack("stream_step_post_ln_", pos=torch.tensor([-1, 0])), fused=True),
+    raises("fused.multi_post.ln_size", "fused.multi_task_forward_post_ln", "conv2's LayerNorm bias [3] (C = 4)",
+           ValueError, "multi_task_forward_post_ln: LayerNorm vector 3 must have shape [4], got (3,)",
+           lambda c: stack("multi_task_forward_post_ln", ln_params=[torch.ones(4)] * 3 + [torch.ones(3)]), fused=True),
     raises("fused.stream_post.ln_size", "fused.stream_step_post_ln_", "conv1's LayerNorm weight [3] (C_mid = 4)",
            ValueError, "stream_step_post_ln_: LayerNorm vector 0 must have shape [4], got (3,)",
            lambda c: stack("stream_step_post_ln_", ln_params=[torch.ones(3)] + [torch.ones(4)] * 3), fused=True),

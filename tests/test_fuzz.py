@@ -16,8 +16,8 @@ What is drawn:
 * prune: lists of 1..4 tensors (0..7 per dim, up to 3-D, some non-contiguous), weights normal, small integers (ties
   galore, signed zeros) or with +-Inf / denormals, sometimes NaN, float32 / float64 / bfloat16 / float16, keep_ratio in
   [0, 1], tasks present or absent; owners and count must equal the reference exactly.
-* the fused operators of conure.fused (when present): residual_block forward/backward, multi_task_forward and
-  stream_step_ / stream_step_post_ln_ against their reference twins.
+* the fused operators of conure.fused (when present): residual_block forward/backward, multi_task_forward(_post_ln)
+  and stream_step_ / stream_step_post_ln_ against their reference twins.
 
 The reference itself cannot do L = 0 (``F.conv1d`` rejects it); there the op is checked against the exact answer
 (empty output, zero weight/bias gradient). See tests/test_bad_inputs.py for the reference's known defects.
@@ -480,19 +480,23 @@ def _stack(g, blocks, c, k, tasks, dtype, max_owner):
 
 
 @requires_fused
+@pytest.mark.parametrize("post_ln", [False, True], ids=["pre_ln", "post_ln"])
 @given(st.integers(0, 3), st.integers(1, 12), st.integers(1, 6), st.integers(1, 4),
        st.lists(st.integers(1, 8), min_size=1, max_size=2), st.integers(1, 3), st.integers(0, 5),
        st.sampled_from([torch.float32, torch.float64]), st.data())
-def test_fused_multi_task_forward_matches_reference(batch, length, c, k, dilations, tasks, max_owner, dtype, data):
+def test_fused_multi_task_forward_matches_reference(post_ln, batch, length, c, k, dilations, tasks, max_owner, dtype,
+                                                    data):
+    name = "multi_task_forward_post_ln" if post_ln else "multi_task_forward"
+    op, twin = getattr(_fused, name), getattr(reference, name)
     g = _gen(data.draw(st.integers(0, 2 ** 31 - 1)))
     out_len = data.draw(st.integers(1, length))
     x = torch.randn(batch, length, c, generator=g, dtype=dtype)
     wcols, ln_params = _stack(g, len(dilations), c, k, tasks, dtype, max_owner)
-    y = _fused.multi_task_forward(x, wcols, ln_params, dilations, k, 1e-5, out_len)
+    y = op(x, wcols, ln_params, dilations, k, 1e-5, out_len)
     assert y.shape == (tasks, batch, out_len, c)
     if batch == 0:
         return
-    y_ref = reference.multi_task_forward(x, wcols, ln_params, dilations, k, 1e-5, out_len)
+    y_ref = twin(x, wcols, ln_params, dilations, k, 1e-5, out_len)
     tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(y, y_ref, **tol)
 

@@ -330,6 +330,26 @@ def test_multi_task_forward_reference_twin():
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k,dilations", [(3, (1, 4)), (2, (5, 1)), (1, (2,)), (3, (16,))])
+def test_multi_task_forward_post_ln_matches_its_reference_twin(k, dilations, device):
+    """multi_task_forward_post_ln (compiled: receptive-field trimming, shared block-0 im2col, batched GEMMs) against
+    reference.multi_task_forward_post_ln (a per-task loop of the reference post-LN block), C_mid != C; opcheck;
+    LayerNorms sized as for a pre-LN stack are refused."""
+    c, c_mid, tasks = 16, 12, 3
+    wcols, ln = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=True, seed=k, device=device)
+    x = torch.randn(4, 23, c, generator=torch.Generator().manual_seed(k)).to(device)
+    for out_len in (1, 6, 23):
+        ours = fused.multi_task_forward_post_ln(x, wcols, ln, dilations, k, 1e-5, out_len)
+        ref = reference.multi_task_forward_post_ln(x, wcols, ln, dilations, k, 1e-5, out_len)
+        assert ours.shape == (tasks, 4, out_len, c)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.library.opcheck(torch.ops.conure.multi_task_forward_post_ln.default,
+                          (x, wcols, ln, list(dilations), k, 1e-5, 5))
+    _, pre_ln_sizes = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=False, device=device)
+    with pytest.raises(ValueError, match=r"multi_task_forward_post_ln: LayerNorm vector 0 must have shape \[12\]"):
+        fused.multi_task_forward_post_ln(x, wcols, pre_ln_sizes, dilations, k, 1e-5, 1)
+
+
 def test_serving_bad_inputs():
     net = make_net()
     server = MultiTaskServer(net, (1, 2))

@@ -458,7 +458,13 @@ at::Tensor stream_step_post_ln_cpu(const at::Tensor& x, const at::Tensor& pos, a
 
 at::Tensor multi_task_forward_cpu(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
                                   at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len) {
-  return multi_task_forward(kCpu, x, wcols, ln, dilations, kernel_size, eps, out_len);
+  return multi_task_forward(kCpu, x, wcols, ln, dilations, kernel_size, eps, out_len, /*post_ln=*/false);
+}
+
+at::Tensor multi_task_forward_post_ln_cpu(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
+                                          at::IntArrayRef dilations, int64_t kernel_size, double eps,
+                                          int64_t out_len) {
+  return multi_task_forward(kCpu, x, wcols, ln, dilations, kernel_size, eps, out_len, /*post_ln=*/true);
 }
 
 }  // namespace
@@ -473,4 +479,5 @@ TORCH_LIBRARY_IMPL(conure, CPU, m) {
   m.impl("stream_step_", &conure::block::stream_step_cpu);
   m.impl("stream_step_post_ln_", &conure::block::stream_step_post_ln_cpu);
   m.impl("multi_task_forward", &conure::block::multi_task_forward_cpu);
+  m.impl("multi_task_forward_post_ln", &conure::block::multi_task_forward_post_ln_cpu);
 }

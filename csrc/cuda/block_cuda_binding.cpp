@@ -155,7 +155,15 @@ at::Tensor multi_task_forward_cuda(const at::Tensor& x, at::TensorList wcols, at
                                    at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len) {
   check_cuda(x, "multi_task_forward");
   const c10::cuda::CUDAGuard guard(x.device());
-  return multi_task_forward(kCuda, x, wcols, ln, dilations, kernel_size, eps, out_len);
+  return multi_task_forward(kCuda, x, wcols, ln, dilations, kernel_size, eps, out_len, /*post_ln=*/false);
+}
+
+at::Tensor multi_task_forward_post_ln_cuda(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
+                                           at::IntArrayRef dilations, int64_t kernel_size, double eps,
+                                           int64_t out_len) {
+  check_cuda(x, "multi_task_forward_post_ln");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return multi_task_forward(kCuda, x, wcols, ln, dilations, kernel_size, eps, out_len, /*post_ln=*/true);
 }
 
 }  // namespace
@@ -170,4 +178,5 @@ TORCH_LIBRARY_IMPL(conure, CUDA, m) {
   m.impl("stream_step_", &conure::block::stream_step_cuda);
   m.impl("stream_step_post_ln_", &conure::block::stream_step_post_ln_cuda);
   m.impl("multi_task_forward", &conure::block::multi_task_forward_cuda);
+  m.impl("multi_task_forward_post_ln", &conure::block::multi_task_forward_post_ln_cuda);
 }
