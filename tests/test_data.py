@@ -5,9 +5,15 @@ Fixtures are written into tmp_path from seeded random data; nothing is committed
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
+import subprocess
+import sys
+import threading
 import time
+import types
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -20,6 +26,8 @@ from hypothesis import strategies as st
 from conure.data import (DataError, Interactions, PopularitySampler, Split, TaskData, TaskSpec, UniformSampler,
                          build_task_sequence, default_specs, load_dataset, make_sampler, make_synthetic_interactions,
                          make_synthetic_tasks, read_conure, read_ml100k, read_ml1m, read_recbole, read_seq_tsv)
+from conure.data import readers as readers_module
+from conure.data.interactions import FirstSeenIndex, factorize
 from conure.data.tasks import _right_aligned
 
 REPO = Path(__file__).resolve().parents[1]
@@ -826,3 +834,470 @@ def test_million_interactions_load_and_build_under_ten_seconds(tmp_path):
     print(f"\n1M interactions: load {t1 - t0:.2f} s, build 4 tasks {t2 - t1:.2f} s, total {t2 - t0:.2f} s")
     assert inter.num_events == n and len(tasks) == 4
     assert t2 - t0 < 10.0
+
+
+# ---------------------------------------------------------------------------------------------- streaming readers
+# The token readers (RecBole, Conure, sequence TSV) read files in blocks of lines. They must return what the
+# whole-file readers they replaced returned, errors included: the tests below run both on many generated files,
+# with blocks from 1 character (an edge in every line) to the default, and compare every field.
+_WHOLE_FILE_REV = "8d4a7e90a173614e842a576fe1e9463703946631"  # last commit with the whole-file readers
+BLOCK_SIZES = (1, 2, 3, 5, 8, 13, 64, 1 << 20)
+
+
+@functools.lru_cache(maxsize=None)
+def whole_file_readers():
+    """``conure/data/readers.py`` (and the ``interactions.py`` it used) at _WHOLE_FILE_REV, loaded as modules
+    from ``git show``; None without git or that commit (e.g. a shallow clone)."""
+    sources = {}
+    for name in ("interactions", "readers"):
+        try:
+            res = subprocess.run(["git", "show", f"{_WHOLE_FILE_REV}:conure/data/{name}.py"], cwd=REPO,
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if res.returncode != 0:
+            return None
+        sources[name] = res.stdout
+    modules = {}
+    saved = sys.modules.get("conure.data.interactions")
+    try:
+        for name in ("interactions", "readers"):
+            mod = types.ModuleType(f"_whole_file_{name}")
+            sys.modules[mod.__name__] = mod  # dataclasses look their module up
+            if name == "readers":  # its "from conure.data.interactions import ..." must get the old classes
+                sys.modules["conure.data.interactions"] = modules["interactions"]
+            exec(compile(sources[name], f"<{_WHOLE_FILE_REV[:7]}:conure/data/{name}.py>", "exec"), mod.__dict__)
+            modules[name] = mod
+    finally:
+        sys.modules["conure.data.interactions"] = saved
+    return modules["readers"]
+
+
+needs_whole_file_readers = pytest.mark.skipif(whole_file_readers() is None,
+                                              reason=f"git show {_WHOLE_FILE_REV[:7]} not available")
+
+
+def _typed_list(values) -> list:
+    """Values with their types, so that "1" != 1 != 1.0; NaN equals NaN."""
+    return [(type(v).__name__, "nan" if isinstance(v, float) and v != v else v) for v in values]
+
+
+def assert_same_array(a, b, what: str) -> None:
+    if a is None or b is None:
+        assert a is None and b is None, what
+        return
+    assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray), what
+    assert (a.dtype, a.shape) == (b.dtype, b.shape), (what, a.dtype, a.shape, b.dtype, b.shape)
+    if a.dtype == object:
+        assert _typed_list(a.tolist()) == _typed_list(b.tolist()), what
+    else:
+        np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def assert_same_sequences(a, b, what: str) -> None:
+    names = [f.name for f in dataclasses.fields(a)]
+    assert names == [f.name for f in dataclasses.fields(b)] == ["item_ids", "offsets", "items", "timestamps"]
+    for name in names:
+        assert_same_array(getattr(a, name), getattr(b, name), f"{what}.{name}")
+
+
+def assert_same_interactions(a, b) -> None:
+    """``a`` and ``b`` hold the same users, items, codes, order, attributes, streams, origins, source: every
+    dataclass field, arrays by dtype, shape and values (object arrays by value and type)."""
+    names = [f.name for f in dataclasses.fields(a)]
+    assert names == [f.name for f in dataclasses.fields(b)]
+    for name in names:
+        x, y = getattr(a, name), getattr(b, name)
+        if name == "user_ids":
+            assert_same_array(x, y, name)
+        elif name == "history":
+            assert_same_sequences(x, y, name)
+        elif name in ("attributes", "streams", "attribute_origin"):
+            assert list(x) == list(y), name
+            for key in x:
+                if name == "attributes":
+                    assert_same_array(x[key], y[key], f"attributes[{key!r}]")
+                elif name == "streams":
+                    assert_same_sequences(x[key], y[key], f"streams[{key!r}]")
+                else:
+                    assert x[key][0] == y[key][0], f"attribute_origin[{key!r}] file"
+                    assert_same_array(x[key][1], y[key][1], f"attribute_origin[{key!r}] lines")
+        else:
+            assert type(x) is type(y) and x == y, name
+
+
+def _outcome(fn):
+    try:
+        return fn(), None
+    except Exception as exc:  # noqa: BLE001 - the comparison is the point
+        return None, exc
+
+
+def assert_same_outcome(got, want) -> None:
+    """Two ``(result, exception)`` outcomes agree: the same Interactions, or the same exception (type, message,
+    path, line)."""
+    (result, err), (want_result, want_err) = got, want
+    if want_err is not None:
+        assert err is not None, f"the whole-file reader raised {want_err!r}, the streaming one returned {result!r}"
+        assert (type(err), str(err)) == (type(want_err), str(want_err))
+        if isinstance(want_err, DataError):
+            assert (err.path, err.line) == (want_err.path, want_err.line)
+        return
+    assert err is None, f"the streaming reader raised {err!r}, the whole-file one returned {want_result!r}"
+    assert_same_interactions(result, want_result)
+
+
+def compare_readers(name: str, *args, block_sizes=BLOCK_SIZES, **kwargs):
+    """Reader ``name`` (streaming, at each block size) against its whole-file version on the same files;
+    returns the whole-file outcome ``(result, exception)``."""
+    old = getattr(whole_file_readers(), name)
+    new = getattr(readers_module, name)
+    want = _outcome(lambda: old(*args, **kwargs))
+    for size in block_sizes:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(readers_module, "_BLOCK_CHARS", size)
+            got = _outcome(lambda: new(*args, **kwargs))
+        assert_same_outcome(got, want)
+    return want
+
+
+# Generated files: mostly well-formed, with defects (blank and whitespace-only lines, wrong field counts, empty
+# or unparsable values, NUL, duplicate users) in some, written with every newline style, BOMs, and encodings
+# (UTF-8, Latin-1, and UTF-8 with one stray byte, which the readers then decode as Latin-1).
+_IDS = ["1", "2", "3", "17", "0", "a", "b7", "x y", "é", "Ünï", " 4", "5 ", "\xa06", "7\x85", "¤", "日本",
+        "\u3000z"]
+_FLOATS = ["1", "2.5", "3", " 4 ", "5", "nan", "1e1", "\u0661", "0", "-2"]
+_STAMPS = ["0", "1", "1", "2", "2.0", "5.5", "10", "3"]
+
+
+def _pick(rng, values):
+    return values[int(rng.integers(0, len(values)))]
+
+
+def _file_bytes(rng, lines: List[str], trailing: bool = True, blank_end: float = 0.2) -> bytes:
+    """``lines`` as a file: random newlines, maybe blank lines at the end, BOMs, an encoding."""
+    style = _pick(rng, ["\n", "\n", "\r\n", "\r", "mixed"])
+    ends = [_pick(rng, ["\n", "\r\n", "\r"]) if style == "mixed" else style for _ in lines]
+    text = "".join(line + end for line, end in zip(lines, ends))
+    if lines and not trailing:
+        text = text[:-len(ends[-1])]
+    if rng.random() < blank_end:
+        text += _pick(rng, ["\n", "\n\n", "\r\n\r\n", " \n", "\t\n"])
+    if rng.random() < 0.15:
+        text = "\ufeff" * int(rng.integers(1, 3)) + text
+    encoding = _pick(rng, ["utf-8", "utf-8", "latin-1", "stray"])
+    if encoding == "latin-1":
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            encoding = "utf-8"
+    data = text.encode("utf-8")
+    if encoding == "stray" and data:  # mostly past the first line, where a header would be
+        first = data.find(b"\n") + 1 if rng.random() < 0.8 else 0
+        at = int(rng.integers(first, len(data) + 1))
+        data = data[:at] + _pick(rng, [b"\xff", b"\xe9", b"\xc3"]) + data[at:]
+    return data
+
+
+def _defect(rng, sep: str, ncols: int, good: str) -> str:
+    return _pick(rng, ["", " ", "\t", sep * (ncols - 1), " " + sep * (ncols - 1), good + sep, good.split(sep)[0],
+                       good.replace(sep, "\x00", 1), good + "\x00", sep.join([""] * ncols)])
+
+
+def gen_recbole(rng, root: Path) -> Tuple[Path, dict]:
+    """A RecBole dataset directory (``.inter``, sometimes ``.user``) and reader options."""
+    sep = _pick(rng, ["\t"] * 6 + [",", " ", "::", "|"])
+    defects = rng.random() < 0.5
+    extra = [f for f in ("rating:float", "timestamp:float", "tags:token_seq", "note:token") if rng.random() < 0.6]
+    fields = ["user_id:token", "item_id:token"] + extra
+    fields = [fields[i] for i in rng.permutation(len(fields))]
+    if defects and rng.random() < 0.1:
+        fields[int(rng.integers(0, len(fields)))] = _pick(rng, ["movie_id:token", "item_id:str", "user_id"])
+    ncols = len(fields)
+    users = [_pick(rng, _IDS) for _ in range(4)]
+    lines = []
+    for _ in range(int(rng.integers(0, 14))):
+        values = []
+        for f in fields:
+            name = f.split(":")[0]
+            if name in ("user_id", "movie_id"):
+                values.append(_pick(rng, users))
+            elif name == "item_id":
+                values.append(_pick(rng, _IDS))
+            elif name == "rating":
+                values.append(_pick(rng, _FLOATS + (["x", ""] if defects else [])))
+            elif name == "timestamp":
+                values.append(_pick(rng, _STAMPS + (["later"] if defects else [])))
+            else:
+                values.append(" ".join(_pick(rng, _IDS) for _ in range(int(rng.integers(0, 3)))))
+        line = sep.join(values)
+        if defects and rng.random() < 0.15:
+            line = _defect(rng, sep, ncols, line) if rng.random() < 0.7 else line.replace(
+                values[0], _pick(rng, ["", " ", "x", "?"]), 1)
+        lines.append(line)
+    name = f"rb{int(rng.integers(0, 10**9))}"
+    d = root / name
+    d.mkdir()
+    (d / f"{name}.inter").write_bytes(_file_bytes(rng, [sep.join(fields)] + lines, trailing=rng.random() < 0.8))
+    if rng.random() < 0.4:
+        ufields = ["user_id:token"] + (["age:float", "gender:token"] if rng.random() < 0.8 else [])
+        ulines = []
+        for uid in users + ["nobody", users[0]][: 2 if defects and rng.random() < 0.3 else 1]:
+            values = [uid] + ([_pick(rng, ["23", "", " 40", "x" if defects else "7"]), _pick(rng, ["M", "F", ""])]
+                              if len(ufields) > 1 else [])
+            line = sep.join(values)
+            if defects and rng.random() < 0.15:
+                line = _defect(rng, sep, len(ufields), line)
+            ulines.append(line)
+        (d / f"{name}.user").write_bytes(_file_bytes(rng, [sep.join(ufields)] + ulines))
+    options = {"field_separator": sep}
+    if rng.random() < (0.5 if "rating:float" in fields else 0.05):
+        options["min_rating"] = 3
+    if rng.random() < 0.2:
+        options["time_field"] = None
+    return (d if rng.random() < 0.5 else d / f"{name}.inter"), options
+
+
+def _conure_items(rng, seq: List[str], pad: Optional[str]) -> str:
+    """A sequence written the way release files vary: padding in front, spaces around ids, empty fields."""
+    items = ([pad] * int(rng.integers(0, 3)) if pad else []) + list(seq)
+    if rng.random() < 0.2:
+        items = [_pick(rng, ["", " "]) + t + _pick(rng, ["", " "]) for t in items]
+    if rng.random() < 0.05:
+        items.insert(int(rng.integers(0, len(items) + 1)), "")
+    return ",".join(items)
+
+
+def gen_conure(rng, root: Path) -> Tuple[Path, dict]:
+    """A Conure task-1 file, sometimes stream and label files joined to it, and reader options."""
+    pad = "0" if rng.random() < 0.4 else None
+    defects = rng.random() < 0.4
+    pool = ["1", "2", "3", "4", "a", "é", "日本", "0"]
+    templates = [[_pick(rng, pool) for _ in range(int(rng.integers(1, 4)))] for _ in range(4)]
+    histories = [_pick(rng, templates) if rng.random() < 0.6 else
+                 [_pick(rng, pool) for _ in range(int(rng.integers(1, 5)))] for _ in range(int(rng.integers(0, 9)))]
+    if pad:
+        histories = [[t for t in h if t != pad] or ["1"] for h in histories]
+    lines = [_conure_items(rng, h, pad) for h in histories]
+    if defects and rng.random() < 0.2:
+        lines.insert(int(rng.integers(0, len(lines) + 1)), _pick(rng, ["", " ", ",", pad or ""]))
+    tag = int(rng.integers(0, 10**9))
+    main = root / f"t1_{tag}.csv"
+    main.write_bytes(_file_bytes(rng, lines, trailing=rng.random() < 0.8, blank_end=0.03))
+
+    def later(kind: str) -> Path:
+        rows = []
+        for _ in range(int(rng.integers(0, 9))):
+            source = (_pick(rng, histories) if histories and rng.random() < 0.7 else
+                      [_pick(rng, pool + ["9", "zz"]) for _ in range(int(rng.integers(1, 4)))])
+            if pad:
+                source = [t for t in source if t != pad] or ["1"]
+            target = (_pick(rng, ["M", "F", " M", "x y"]) if kind == "label" else
+                      ",".join(_pick(rng, ["5", "6", "b", "é", "1", " 7"]) for _ in range(int(rng.integers(1, 4)))))
+            row = _conure_items(rng, source, pad) + ",," + target
+            if defects and rng.random() < 0.15:
+                written = _conure_items(rng, source, pad)
+                row = _pick(rng, [written, ",," + target, written + ",,", row + ",M", ""])
+            rows.append(row)
+        f = root / f"{kind}{int(rng.integers(0, 10**9))}_{tag}.csv"
+        f.write_bytes(_file_bytes(rng, rows, blank_end=0.03))
+        return f
+
+    options: dict = {"pad_token": pad}
+    if rng.random() < 0.5:
+        options["streams"] = {f"s{k}": later("stream") for k in range(int(rng.integers(1, 3)))}
+    if rng.random() < 0.4:
+        options["labels"] = {"gender": later("label")}
+    return main, options
+
+
+def gen_seq_tsv(rng, root: Path) -> Tuple[Path, dict]:
+    """A sequence TSV, sometimes with an attribute CSV, and reader options."""
+    item_sep = _pick(rng, [" ", " ", ","])
+    defects = rng.random() < 0.4
+    uids = [f"u{k}" for k in range(8)] + ["é", " v ", "日本"]
+    lines = []
+    for uid in [_pick(rng, uids) for _ in range(int(rng.integers(0, 10)))]:
+        if uid in [ln.split("\t")[0] for ln in lines] and not defects:
+            continue
+        items = [_pick(rng, _IDS).replace(item_sep, "") or "q" for _ in range(int(rng.integers(1, 6)))]
+        line = uid + "\t" + (item_sep * int(rng.integers(1, 3))).join(items)
+        if defects and rng.random() < 0.15:
+            line = _pick(rng, ["", " ", uid + " " + items[0], line + "\tx", "\t" + items[0], uid + "\t ", "\t"])
+        elif rng.random() < 0.1:
+            lines.append(_pick(rng, ["", "  ", "\t"]))
+        lines.append(line)
+    tag = int(rng.integers(0, 10**9))
+    path = root / f"seqs_{tag}.tsv"
+    path.write_bytes(_file_bytes(rng, lines, trailing=rng.random() < 0.8))
+    options: dict = {"item_separator": item_sep}
+    if rng.random() < 0.3:
+        csv_path = root / f"attrs_{tag}.csv"
+        csv_path.write_bytes(_file_bytes(rng, ["user_id,gender"] + [f"{u},{_pick(rng, ['M', 'F', ''])}"
+                                                                     for u in uids[:5]]))
+        options["attributes"] = csv_path
+    return path, options
+
+
+@needs_whole_file_readers
+@pytest.mark.parametrize("name,gen", [("read_recbole", gen_recbole), ("read_conure", gen_conure),
+                                      ("read_seq_tsv", gen_seq_tsv)])
+def test_streaming_readers_match_the_whole_file_readers(tmp_path, name, gen):
+    outcomes = {"ok": 0, "error": 0}
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        (tmp_path / str(seed)).mkdir()
+        path, options = gen(rng, tmp_path / str(seed))
+        sizes = [1, _pick(rng, BLOCK_SIZES[1:-1]), BLOCK_SIZES[-1]]
+        try:
+            result, err = compare_readers(name, path, block_sizes=sizes, **options)
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}: {name}({path}, {options}): {exc}") from exc
+        outcomes["ok" if err is None else "error"] += 1
+    # the generators hit both sides: files that read, and defects that raise
+    assert outcomes["ok"] >= 60 and outcomes["error"] >= 30, outcomes
+
+
+# Rules of the whole-file RecBole reader that block-by-block reading must keep; each case notes the outcome.
+_RECBOLE_CASES = [
+    # all lines hold 2 fields: the one-split path keeps the whitespace-only line "\t" as a row -> empty user_id
+    ("u:token\ti:token\n1\t2\n\t\n3\t4\n", None, "\t", "empty u"),
+    # ... but an empty line elsewhere sends the file line by line, where whitespace-only lines are skipped
+    ("u:token\ti:token\n1\t2\n\t\n3\t4\n\n5\t6\n", None, "\t", None),
+    ("u:token\ti:token\n\n1\t2\n \t \n", None, "\t", None),
+    # ... and so does a NUL anywhere (it counted as a separator)
+    ("u:token\ti:token\n1\t2\n\t\n3\t4\x00\n", None, "\t", None),
+    # one-field .user: a final empty line is a row (empty u) unless it is the only data line
+    ("u:token\ti:token\n1\t2\n", "u:token\n1\n\n", "\t", "empty u"),
+    ("u:token\ti:token\n1\t2\n", "u:token\n\n", "\t", None),
+    ("u:token\ti:token\n1\t2\n", "u:token\n1\n\n\n", "\t", None),
+    ("u:token::i:token\n1::2\n", "u:token\n1\n\n2\n", "::", None),
+    ("u:token::i:token\n1::2\n", "u:token\n1\n \n", "::", "empty u"),
+    # a line ending in ":" lends it to the "::" that joined the lines in the one split: fields shift, as before
+    ("u:token::i:token\na::b:\nc::d\n", None, "::", None),
+    ("u:token::i:token\na::b:\nc::d", None, "::", None),  # (the last line has no newline)
+    ("u:token::i:token\nx:\n:y\n", None, "::", "expected 2"),
+    # a .user float error before / after a whitespace-only row of a regular file
+    ("u:token\ti:token\n1\t2\n", "u:token\tage:float\n1\tx\n\t\n", "\t", "age 'x'"),
+    ("u:token\ti:token\n1\t2\n", "u:token\tage:float\n\t\n1\tx\n", "\t", "empty u"),
+    # error ranking: a bad rating anywhere beats a bad timestamp earlier; an empty id anywhere beats both
+    ("u:token\ti:token\tr:float\tt:float\n1\t2\t3\tlater\n1\t2\tx\t4\n", None, "\t", "r 'x'"),
+    ("u:token\ti:token\tr:float\tt:float\n1\t2\tx\tlater\n1\t\t3\t4\n", None, "\t", "empty i"),
+    # the header's field check comes after the field counts of every line
+    ("u:token\tmovie:token\n1\t2\n3\n", None, "\t", "expected 2"),
+]
+
+
+@needs_whole_file_readers
+@pytest.mark.parametrize("inter,user,sep,outcome", _RECBOLE_CASES)
+def test_streaming_recbole_keeps_the_whole_file_rules(tmp_path, inter, user, sep, outcome):
+    (tmp_path / "d.inter").write_text(inter, newline="")
+    if user is not None:
+        (tmp_path / "d.user").write_text(user, newline="")
+    options = dict(field_separator=sep, user_field="u", item_field="i", rating_field="r", time_field="t")
+    if ":float\tt:" in inter:
+        options["min_rating"] = 3
+    result, err = compare_readers("read_recbole", tmp_path / "d.inter", **options)
+    if outcome is None:
+        assert err is None, err
+    else:
+        assert err is not None and outcome in str(err), (err, outcome)
+
+
+@needs_whole_file_readers
+def test_streaming_readers_keep_the_text_decoding(tmp_path):
+    """Newlines, BOMs and the UTF-8/Latin-1 choice at block edges: CRLF split between reads, a BOM run longer
+    than a block, an invalid UTF-8 byte far past the first block (the whole file is then Latin-1)."""
+    body = "".join(f"u{k}\tit{k % 7}é it{k + 1}é\r\n" for k in range(300))
+    cases = {
+        "crlf.tsv": body.encode(),
+        "cr.tsv": body.replace("\r\n", "\r").encode(),
+        "boms.tsv": ("\ufeff" * 20 + "\n" + body.replace("\r\n", "\n")).encode(),
+        "late-latin1.tsv": body.encode() + b"u999\tz\xe9\n",
+        "latin1.tsv": body.encode("latin-1"),
+        "cut-utf8.tsv": body.encode()[:-3],  # ends inside an "é"
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        result, err = compare_readers("read_seq_tsv", tmp_path / name)
+        assert err is None, (name, err)
+        # one stray byte at the end makes the whole file Latin-1, its first block included
+        assert result.sequence(0)[0] == ("it0Ã©" if name in ("late-latin1.tsv", "cut-utf8.tsv") else "it0é")
+    (tmp_path / "t1.csv").write_bytes(b"\xef\xbb\xbf1,2\r\n3,\xe94\r\n\r\n")
+    compare_readers("read_conure", tmp_path / "t1.csv")
+
+
+_TEXT = st.text(alphabet=["a", "b", "1", " ", "\t", "\n", "\r", ":", ",", "\x00", "\ufeff", "é", "\xa0"], max_size=40)
+
+
+@needs_whole_file_readers
+@settings(max_examples=200, deadline=None)
+@given(fields=st.sampled_from([["user_id:token", "item_id:token"], ["user_id:token", "item_id:token", "t:float"],
+                               ["item_id:token", "rating:float", "user_id:token"], ["user_id:token"]]),
+       body=_TEXT, user=st.none() | _TEXT,
+       user_fields=st.sampled_from([["user_id:token"], ["user_id:token", "a:float"]]),
+       sep=st.sampled_from(["\t", "::", ",", " "]), min_rating=st.sampled_from([None, 1]),
+       size=st.sampled_from(BLOCK_SIZES))
+def test_streaming_recbole_matches_on_arbitrary_text(tmp_path_factory, fields, body, user, user_fields, sep,
+                                                     min_rating, size):
+    d = tmp_path_factory.mktemp("rb")
+    (d / "x.inter").write_text(sep.join(fields) + "\n" + body, newline="")
+    if user is not None:
+        (d / "x.user").write_text(sep.join(user_fields) + "\n" + user, newline="")
+    compare_readers("read_recbole", d / "x.inter", block_sizes=[size], field_separator=sep, min_rating=min_rating,
+                    item_field="item_id" if len(fields) > 1 else "user_id", time_field="t")
+
+
+@needs_whole_file_readers
+@settings(max_examples=200, deadline=None)
+@given(main=_TEXT, stream=_TEXT, label=_TEXT, pad=st.sampled_from([None, "1", "a"]),
+       size=st.sampled_from(BLOCK_SIZES))
+def test_streaming_conure_and_seq_tsv_match_on_arbitrary_text(tmp_path_factory, main, stream, label, pad, size):
+    d = tmp_path_factory.mktemp("cn")
+    for name, text in (("t1.csv", main), ("t2.csv", stream), ("t3.csv", label)):
+        (d / name).write_text(text, newline="")
+    compare_readers("read_conure", d / "t1.csv", block_sizes=[size], pad_token=pad)
+    compare_readers("read_conure", d / "t1.csv", block_sizes=[size], pad_token=pad, streams={"s": d / "t2.csv"},
+                    labels={"g": d / "t3.csv"})
+    compare_readers("read_seq_tsv", d / "t1.csv", block_sizes=[size], item_separator=_pick(
+        np.random.default_rng(len(main)), [" ", ","]))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_streaming_readers_read_a_pipe(tmp_path):
+    """A path that is no regular file (a named pipe, /dev/stdin) can be read once only: it is read whole."""
+    for reader, text in ((read_seq_tsv, "u1\ta b\r\nu2\tc\n\n"), (read_conure, "1,2\r\n3\n")):
+        (tmp_path / "f.txt").write_text(text, newline="")
+        pipe = tmp_path / "pipe.txt"
+        os.mkfifo(pipe)
+        writer = threading.Thread(target=lambda: pipe.write_text(text, newline=""))
+        writer.start()
+        try:
+            got = reader(pipe)
+        finally:
+            writer.join(timeout=10)
+            pipe.unlink()
+        want = reader(tmp_path / "f.txt")
+        assert_same_interactions(dataclasses.replace(got, source=want.source, user_ids=want.user_ids), want)
+
+
+def test_first_seen_index_fed_in_blocks_matches_factorize():
+    rng = np.random.default_rng(3)
+    values = [_pick(rng, _IDS) for _ in range(500)]
+    uniques, codes = factorize(values)
+    index = FirstSeenIndex()
+    cuts = sorted(rng.integers(0, len(values), 6).tolist())
+    parts = [index.codes(values[a:b], b - a) for a, b in zip([0] + cuts, cuts + [len(values)])]
+    assert_same_array(index.uniques(), uniques, "uniques")
+    assert_same_array(np.concatenate(parts), codes, "codes")
+    assert uniques.tolist() == list(dict.fromkeys(values))  # first appearance, file order
+
+
+@needs_whole_file_readers
+def test_data_memory_benchmark_runs(tmp_path):
+    """benchmarks/data_memory.py at toy sizes: both readers of both inputs run and return the same data."""
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "data_memory.py"), "--lines", "2000", "--users",
+                          "200"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if "| old |" in line or "| new |" in line]
+    assert len(rows) == 4, res.stdout

@@ -19,7 +19,30 @@ from typing import Dict, Hashable, Iterable, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 
-__all__ = ["ItemSequences", "Interactions", "factorize"]
+__all__ = ["ItemSequences", "Interactions", "factorize", "FirstSeenIndex"]
+
+
+class FirstSeenIndex(dict):
+    """raw id -> dense code, numbered in order of first appearance; looking up a new id assigns the next code.
+
+    Readers feed it token columns block by block, so only the distinct ids are held, never one object per
+    event: ``np.fromiter(map(index.__getitem__, tokens), np.int64)`` runs at dict speed in C, calling back into
+    Python only for ids not seen before.
+    """
+
+    def __missing__(self, key: Hashable) -> int:
+        code = self[key] = len(self)
+        return code
+
+    def codes(self, values: Iterable[Hashable], count: int = -1) -> np.ndarray:
+        """[n] int64 codes of ``values``, adding unseen ids (``count``: the number of values, when known)."""
+        return np.fromiter(map(self.__getitem__, values), dtype=np.int64, count=count)
+
+    def uniques(self) -> np.ndarray:
+        """[len] object array of the raw ids, position = code (what :func:`factorize` returns as uniques)."""
+        uniques = np.empty(len(self), dtype=object)
+        uniques[:] = list(self)
+        return uniques
 
 
 def factorize(values: Sequence[Hashable] | np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -32,14 +55,9 @@ def factorize(values: Sequence[Hashable] | np.ndarray) -> Tuple[np.ndarray, np.n
         uniques, codes = np.unique(values, return_inverse=True)
         return uniques.astype(np.int64), codes.astype(np.int64).reshape(-1)
     values = list(values)
-    index: Dict[Hashable, int] = {}
-    for v in values:  # dict insertion order == order of first appearance
-        if v not in index:
-            index[v] = len(index)
-    codes = np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values))
-    uniques = np.empty(len(index), dtype=object)
-    uniques[:] = list(index)
-    return uniques, codes
+    index = FirstSeenIndex()
+    codes = index.codes(values, count=len(values))
+    return index.uniques(), codes
 
 
 @dataclass
@@ -86,6 +104,13 @@ class ItemSequences:
         (``np.lexsort`` is stable), so equal-time events stay as the file listed them.
         """
         item_ids, item_codes = factorize(item_raw)
+        return cls.from_codes(user_codes, num_users, item_ids, item_codes, timestamps)
+
+    @classmethod
+    def from_codes(cls, user_codes: np.ndarray, num_users: int, item_ids: np.ndarray, item_codes: np.ndarray,
+                   timestamps: Optional[np.ndarray] = None) -> "ItemSequences":
+        """:meth:`from_events` for items already factorized (``item_ids[item_codes]`` = the raw item of each
+        event, file order)."""
         user_codes = np.asarray(user_codes, dtype=np.int64)
         if timestamps is None:
             order = np.argsort(user_codes, kind="stable")
@@ -102,11 +127,17 @@ class ItemSequences:
     def from_lists(cls, sequences: Sequence[Sequence[Hashable]]) -> "ItemSequences":
         """Build from one list of raw item ids per user (already chronological)."""
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
         flat = [item for seq in sequences for item in seq]
         item_ids, codes = factorize(flat)
-        return cls(item_ids=item_ids, offsets=offsets, items=codes)
+        return cls.from_lengths(item_ids, codes, lengths)
+
+    @classmethod
+    def from_lengths(cls, item_ids: np.ndarray, items: np.ndarray, lengths: np.ndarray) -> "ItemSequences":
+        """Build from the users' item codes laid end to end (``items``, chronological per user) and the [U]
+        number of items of each user."""
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(item_ids=item_ids, offsets=offsets, items=items)
 
 
 @dataclass
@@ -179,6 +210,15 @@ class Interactions:
         user_ids, user_codes = factorize(users)
         history = ItemSequences.from_events(user_codes, len(user_ids), items,
                                             None if timestamps is None else np.asarray(timestamps, np.float64))
+        return cls(user_ids=user_ids, history=history, source=source)
+
+    @classmethod
+    def from_codes(cls, user_ids: np.ndarray, user_codes: np.ndarray, item_ids: np.ndarray,
+                   item_codes: np.ndarray, timestamps: Optional[np.ndarray] = None,
+                   source: str = "") -> "Interactions":
+        """:meth:`from_events` for event columns already factorized (``user_ids[user_codes]`` and
+        ``item_ids[item_codes]`` are the raw user and item of each event, in file order)."""
+        history = ItemSequences.from_codes(user_codes, len(user_ids), item_ids, item_codes, timestamps)
         return cls(user_ids=user_ids, history=history, source=source)
 
     @classmethod
