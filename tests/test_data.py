@@ -1173,10 +1173,6 @@ _RECBOLE_CASES = [
     ("u:token\ti:token\n1\t2\n", "u:token\n1\n\n\n", "\t", None),
     ("u:token::i:token\n1::2\n", "u:token\n1\n\n2\n", "::", None),
     ("u:token::i:token\n1::2\n", "u:token\n1\n \n", "::", "empty u"),
-    # a line ending in ":" lends it to the "::" that joined the lines in the one split: fields shift, as before
-    ("u:token::i:token\na::b:\nc::d\n", None, "::", None),
-    ("u:token::i:token\na::b:\nc::d", None, "::", None),  # (the last line has no newline)
-    ("u:token::i:token\nx:\n:y\n", None, "::", "expected 2"),
     # a .user float error before / after a whitespace-only row of a regular file
     ("u:token\ti:token\n1\t2\n", "u:token\tage:float\n1\tx\n\t\n", "\t", "age 'x'"),
     ("u:token\ti:token\n1\t2\n", "u:token\tage:float\n\t\n1\tx\n", "\t", "empty u"),
@@ -1202,6 +1198,22 @@ def test_streaming_recbole_keeps_the_whole_file_rules(tmp_path, inter, user, sep
         assert err is None, err
     else:
         assert err is not None and outcome in str(err), (err, outcome)
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+def test_recbole_separator_overlapping_itself_splits_each_line(tmp_path, size, monkeypatch):
+    """With "::" a line ending in ":" keeps its ":" (the whole-file reader joined all lines with the separator
+    before splitting, so "a::b:" then "c::d" became a, b / :c, d); lines of one field each are refused."""
+    monkeypatch.setattr(readers_module, "_BLOCK_CHARS", size)
+    options = dict(field_separator="::", user_field="u", item_field="i")
+    for tail in ("\n", ""):
+        (tmp_path / "d.inter").write_text("u:token::i:token\na::b:\nc::d" + tail, newline="")
+        inter = readers_module.read_recbole(tmp_path / "d.inter", **options)
+        assert list(inter.user_ids) == ["a", "c"]
+        assert [inter.history.sequence(u) for u in range(2)] == [["b:"], ["d"]]
+    (tmp_path / "d.inter").write_text("u:token::i:token\nx:\n:y\n", newline="")
+    with pytest.raises(DataError, match=r"d.inter:2: expected 2 '::'-separated fields"):
+        readers_module.read_recbole(tmp_path / "d.inter", **options)
 
 
 @needs_whole_file_readers
@@ -1236,7 +1248,7 @@ _TEXT = st.text(alphabet=["a", "b", "1", " ", "\t", "\n", "\r", ":", ",", "\x00"
                                ["item_id:token", "rating:float", "user_id:token"], ["user_id:token"]]),
        body=_TEXT, user=st.none() | _TEXT,
        user_fields=st.sampled_from([["user_id:token"], ["user_id:token", "a:float"]]),
-       sep=st.sampled_from(["\t", "::", ",", " "]), min_rating=st.sampled_from([None, 1]),
+       sep=st.sampled_from(["\t", ",", " ", "|"]), min_rating=st.sampled_from([None, 1]),
        size=st.sampled_from(BLOCK_SIZES))
 def test_streaming_recbole_matches_on_arbitrary_text(tmp_path_factory, fields, body, user, user_fields, sep,
                                                      min_rating, size):

@@ -362,13 +362,15 @@ def _lines_regular(block: str, sep: str, ncols: int, nl: int) -> bool:
 
 
 def _splits_by_line(sep: str) -> bool:
-    """Whether splitting lines joined by ``sep`` gives each line its own fields, so that files can be read in
-    blocks. Not so if the separator holds a newline, or a NUL (:func:`_lines_regular`'s marker), or a proper
-    prefix of it is also a suffix: with "::", a line ending in ":" lends that ":" to a separator match across
-    the join. The whole-file reader joined every line that way, so with such separators a file is read as one
-    block, to keep its fields exactly."""
-    if not sep or any(c in sep for c in "\n\r\x00"):
-        return False
+    """Whether files can be read in blocks of lines with this separator: not if it is empty or holds a newline
+    or a NUL (:func:`_lines_regular`'s marker); such a file is read as one block."""
+    return bool(sep) and not any(c in sep for c in "\n\r\x00")
+
+
+def _joins_safely(sep: str) -> bool:
+    """Whether lines joined by ``sep`` and split by it give each line its own fields (the fast path). Not so if a
+    proper prefix of ``sep`` is also a suffix: with "::", a line ending in ":" would lend that ":" to a separator
+    match across the join ("a::b:" then "c::d" read as a, b / :c, d). Such separators split line by line."""
     return not any(sep[:k] == sep[-k:] for k in range(1, len(sep)))
 
 
@@ -389,6 +391,7 @@ class _RecboleRows:
     def __init__(self, path: Path, sep: str) -> None:
         self.path, self.sep = path, sep
         self._by_line = _splits_by_line(sep)
+        self._join = _joins_safely(sep)
         self._blocks = _line_blocks(path, "RecBole atomic file", whole=not self._by_line)
         lineno, block = next(self._blocks, (1, ""))
         head, newline, rest = block.partition("\n")
@@ -413,8 +416,13 @@ class _RecboleRows:
                 self._empty_lines += [lineno + i for i, ln in enumerate(block.split("\n")) if not ln][:2]
             # Fast path: with ncols fields on every line the block splits in one C call into a flat field list
             # whose j::ncols slices are the columns (~10x faster than splitting line by line).
-            flat = block.replace("\n", sep).split(sep)
-            regular = len(flat) == ncols * nl and (ncols == 1 or _lines_regular(block, sep, ncols, nl))
+            if self._join:
+                flat = block.replace("\n", sep).split(sep)
+                regular = len(flat) == ncols * nl and (ncols == 1 or _lines_regular(block, sep, ncols, nl))
+            else:   # the same columns, split line by line (a NUL in the text is irregular, as in _lines_regular)
+                per_line = [line.split(sep) for line in block.split("\n")]
+                regular = "\x00" not in block and all(len(fields) == ncols for fields in per_line)
+                flat = [f for fields in per_line for f in fields] if regular else []
             if regular and not self._by_line:  # the block is the whole file: apply the empty-line rule now
                 regular = bool(block) and "\n\n" not in block and block[0] != "\n"
             if regular:
