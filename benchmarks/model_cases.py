@@ -15,8 +15,8 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
 * ``serve 5 tasks``: the user vectors of all 5 tasks in one call (conure.serving.MultiTaskServer) against a loop of
   ``user_vector`` over the tasks (our backbone: what sharing across tasks buys), and against a loop over the tasks of
   the pure-torch reference backbone (``vs reference loop``); ``post-LN serve``: the same for a post-LN backbone
-  (``multi_task_forward_post_ln`` against a loop of the fused post-LN block); ``serve 5 tasks streaming step``: one streaming state holding all 5
-  tasks (``step_all``) against 5 single-task states stepped in a loop.
+  (``multi_task_forward_post_ln`` against a loop of the fused post-LN block); ``serve 5 tasks streaming step``: one
+  streaming state holding all 5 tasks (``step_all``) against 5 single-task states stepped in a loop.
 * ``bf16``: the training step under CPU bfloat16 autocast, ours against float32 ours (and the reference under the same
   autocast against it) -- optional rows, only where the CPU has native bfloat16 (AVX512-BF16).
 """

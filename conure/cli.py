@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-K items or a label per user, from raw-id histories",
                        description="Input: a TSV 'user<TAB>item item ...' of raw item ids as in the training data "
-                       "(oldest first). Output: per user the top-K target items (raw ids) or the class label. Streams: each "
-                       "batch of 512 users is written as soon as it is scored; --output is written atomically.")
+                       "(oldest first). Output: per user the top-K target items (raw ids) or the class label. "
+                       "Streams: each batch of 512 users is written as soon as it is scored; --output is written "
+                       "atomically.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint, run directory or export")
     p.add_argument("--task", metavar="N", help="task id (1-based) or name (optional with an export)")
     p.add_argument("--input", required=True, metavar="FILE", help="sequence TSV ('-' = stdin)")

@@ -242,9 +242,9 @@ def ran_process_group() -> bool:
 
 
 def exit_process(code: int = 0) -> NoReturn:
-    """End a process that ran a gloo or NCCL group: :func:`teardown` (with a barrier if ``code`` is 0), then what the interpreter's own exit does first
-    (wait for the non-daemon threads, run the ``atexit`` handlers), flush stdout and stderr, and ``os._exit(code)``:
-    no interpreter finalization.
+    """End a process that ran a gloo or NCCL group: :func:`teardown` (with a barrier if ``code`` is 0), then what
+    the interpreter's own exit does first (wait for the non-daemon threads, run the ``atexit`` handlers), flush
+    stdout and stderr, and ``os._exit(code)``: no interpreter finalization.
 
     Why: a gloo worker thread wakes the caller of a collective before it lets go of the collective's tensors, and
     freeing a tensor that Python has already dropped takes the GIL. A thread that asks for the GIL once finalization
