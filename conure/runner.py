@@ -51,6 +51,7 @@ from conure import metrics as M
 from conure.baselines import make_method
 from conure.config import ConfigError, RunConfig, config_to_dict, dump_config, identity_diff, parse_config
 from conure.data import DataError, build_task_sequence, load_dataset
+from conure.data.readers import is_utf8
 from conure.data.types import Split, TaskData
 from conure.learner import ContinualLearner, ResumeError, ResumePoint, TaskConfig, derive_seed
 from conure.models import NextItNet
@@ -815,10 +816,11 @@ def _binary_lines(f: Any, name: str, seekable: bool) -> Iterator[str]:
         if encoding is None and not raw.isascii():
             if seekable:            # decide for the whole file: is the rest valid UTF-8?
                 pos = f.tell()
-                encoding = "utf-8" if _rest_is_utf8(raw, f) else "latin-1"
+                valid = is_utf8(itertools.chain([raw], iter(lambda: f.read(1 << 20), b"")))
                 f.seek(pos)
             else:
-                encoding = "utf-8" if _is_utf8(raw) else "latin-1"
+                valid = is_utf8([raw])
+            encoding = "utf-8" if valid else "latin-1"
         try:
             text = raw.decode(encoding or "ascii")
         except UnicodeDecodeError as e:     # a stream: UTF-8 so far, this line is not
@@ -828,31 +830,6 @@ def _binary_lines(f: Any, name: str, seekable: bool) -> Iterator[str]:
         lines = text.splitlines()
         n += len(lines)
         yield from lines
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _rest_is_utf8(first: bytes, f: Any, block: int = 1 << 20) -> bool:
-    """Whether ``first`` and the rest of ``f`` are valid UTF-8 (read in blocks; ``f``'s position moves)."""
-    import codecs
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        decoder.decode(first)
-        while True:
-            data = f.read(block)
-            if not data:
-                break
-            decoder.decode(data)
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _text_lines(stream: Any, name: str) -> Iterator[str]:

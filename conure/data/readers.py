@@ -19,7 +19,7 @@ import io
 import os
 from itertools import chain, compress
 from pathlib import Path
-from typing import Callable, Dict, Hashable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -79,19 +79,23 @@ def _read_text(path: PathLike, what: str = "file") -> str:
 _BLOCK_CHARS = 1 << 20
 
 
-def _file_encoding(p: Path) -> str:
-    """What :func:`_read_text` decodes ``p`` as: "utf-8" if the whole file is valid UTF-8, else "latin-1".
-    Checked block by block (an incremental decoder accepts exactly what one ``bytes.decode`` accepts)."""
+def is_utf8(chunks: Iterable[bytes]) -> bool:
+    """Whether the bytes of ``chunks``, joined, are valid UTF-8, checked chunk by chunk (an incremental decoder
+    accepts exactly what one ``bytes.decode`` of the whole accepts, a character split between chunks included)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for chunk in chunks:
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _file_encoding(p: Path) -> str:
+    """What :func:`_read_text` decodes ``p`` as: "utf-8" if the whole file is valid UTF-8, else "latin-1"."""
     with open(p, "rb") as f:
-        while True:
-            chunk = f.read(_BLOCK_CHARS)
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError:
-                return "latin-1"
-            if not chunk:
-                return "utf-8"
+        return "utf-8" if is_utf8(iter(lambda: f.read(_BLOCK_CHARS), b"")) else "latin-1"
 
 
 def _line_blocks(path: PathLike, what: str, whole: bool = False) -> Iterator[Tuple[int, str]]:
