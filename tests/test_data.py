@@ -15,7 +15,7 @@ import threading
 import time
 import types
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
