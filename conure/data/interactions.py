@@ -208,9 +208,9 @@ class Interactions:
         file order is the chronological order.
         """
         user_ids, user_codes = factorize(users)
-        history = ItemSequences.from_events(user_codes, len(user_ids), items,
-                                            None if timestamps is None else np.asarray(timestamps, np.float64))
-        return cls(user_ids=user_ids, history=history, source=source)
+        item_ids, item_codes = factorize(items)
+        return cls.from_codes(user_ids, user_codes, item_ids, item_codes,
+                              None if timestamps is None else np.asarray(timestamps, np.float64), source)
 
     @classmethod
     def from_codes(cls, user_ids: np.ndarray, user_codes: np.ndarray, item_ids: np.ndarray,
