@@ -12,6 +12,14 @@ NaN scores count as -inf (a NaN target score is therefore ranked last).
 With rank r (1-based) and cut-off K, per user:
     ``HR@K = [r <= K]``, ``MRR@K = [r <= K] / r``, ``NDCG@K = [r <= K] / log2(r + 1)`` (one relevant item),
 averaged over users.
+
+Classification (profile tasks)
+    ``classification_metrics(logits [N, K], labels [N], num_classes)``: ``acc``; ``bacc`` (balanced accuracy: the
+    mean over the classes present of the recall); ``macro_f1`` (mean F1 over the classes present in the labels or the
+    predictions); ``auc`` (binary tasks: ROC AUC of ``logit[1] - logit[0]``, ties counted half); ``nll`` (mean
+    negative log-likelihood of the softmax). A constant predictor gets ``bacc = 1 / #classes present`` and
+    ``auc = 0.5`` whatever the class balance, so model selection on ``bacc`` cannot be won by the majority guess
+    (``acc`` can). The default validation metric of profile tasks is ``bacc`` (:func:`default_metric`).
 """
 from __future__ import annotations
 
@@ -30,6 +38,10 @@ __all__ = [
     "accuracy",
     "popularity_ranks",
     "majority_accuracy",
+    "classification_metrics",
+    "majority_logits",
+    "default_metric",
+    "improves",
 ]
 
 
@@ -133,3 +145,80 @@ def majority_accuracy(train_labels: torch.Tensor, test_labels: torch.Tensor) -> 
     """Accuracy of always predicting the most frequent training class."""
     majority = int(torch.bincount(train_labels.to(torch.int64)).argmax())
     return float((test_labels == majority).double().mean())
+
+
+def default_metric(kind: str, eval_ks: Iterable[int] = (5, 20)) -> str:
+    """The validation (model selection) and accuracy-matrix metric of a task kind when the config names none:
+    ``mrr@K`` (K = the first of ``eval_ks``) for ranking tasks, balanced accuracy ``bacc`` for profile tasks."""
+    return "bacc" if kind == "profile" else f"mrr@{list(eval_ks)[0]}"
+
+
+LOWER_IS_BETTER = frozenset({"nll"})
+
+
+def improves(metric: str, value: float, best: float) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (a NaN ``best`` is beaten by anything); ``nll`` is lower-better,
+    every other metric higher-better."""
+    if math.isnan(best):
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def _binary_auc(score: torch.Tensor, positive: torch.Tensor) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, tied scores sharing their average rank."""
+    n_pos = int(positive.sum())
+    n_neg = positive.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    s = score.to(torch.float64)
+    _, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
+    upper = torch.cumsum(counts, 0).to(torch.float64)      # 1-based rank of the last member of each tie group
+    avg_rank = (upper - (counts.to(torch.float64) - 1) / 2)[inverse]
+    return float((avg_rank[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: Optional[int] = None
+                           ) -> Dict[str, float]:
+    """``acc``, ``bacc``, ``macro_f1``, ``nll``, ``auc`` (two classes only) and ``n`` of ``logits [N, K]`` against
+    ``labels [N]`` (see the module docstring). Predictions are the arg-max (lowest index among ties); NaN logits
+    count as -inf. Empty input gives NaN metrics and ``n = 0``."""
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"classification_metrics: need logits [N, K] and labels [N], got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    k = int(num_classes if num_classes is not None else logits.shape[1])
+    if logits.shape[1] != k:
+        raise ValueError(f"classification_metrics: logits have {logits.shape[1]} columns for {k} classes")
+    n = int(labels.numel())
+    out: Dict[str, float] = {"acc": math.nan, "bacc": math.nan, "macro_f1": math.nan, "nll": math.nan}
+    if k == 2:
+        out["auc"] = math.nan
+    out["n"] = n
+    if n == 0:
+        return out
+    labels = labels.to(torch.int64).cpu()
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise ValueError(f"classification_metrics: labels must lie in [0, {k - 1}], got [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+    z = _clean(logits.detach().cpu().to(torch.float64))
+    pred = z.argmax(dim=1)
+    hit = pred == labels
+    true_count = torch.bincount(labels, minlength=k).to(torch.float64)
+    pred_count = torch.bincount(pred, minlength=k).to(torch.float64)
+    tp = torch.bincount(labels[hit], minlength=k).to(torch.float64)
+    present = true_count > 0
+    out["acc"] = float(hit.double().mean())
+    out["bacc"] = float((tp[present] / true_count[present]).mean())
+    either = present | (pred_count > 0)
+    f1 = 2 * tp / (true_count + pred_count).clamp_min(1.0)
+    out["macro_f1"] = float(f1[either].mean())
+    out["nll"] = float(-torch.log_softmax(z, dim=1).gather(1, labels[:, None]).clamp_min(-1e30).mean())
+    if k == 2:
+        out["auc"] = _binary_auc(z[:, 1] - z[:, 0], labels == 1)
+    return out
+
+
+def majority_logits(train_labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+    """``[n, num_classes]`` logits of the constant predictor: the log of the training class frequencies (its arg-max
+    is the majority class; its ``nll`` is the prior's cross-entropy)."""
+    freq = torch.bincount(train_labels.to(torch.int64).cpu(), minlength=num_classes).to(torch.float64)
+    return torch.log(freq.clamp_min(0.5) / freq.sum().clamp_min(1.0)).expand(n, num_classes).clone()

@@ -349,7 +349,7 @@ def test_state_round_trip(tasks, probe, conure_adam):
     full, sampled = learner.evaluate(1, "test"), learner.evaluate(1, "test", protocol="sampled", num_negatives=20)
     assert sampled == learner.evaluate(1, "test", protocol="sampled", num_negatives=20)          # seeded
     assert sampled["hr@5"] >= full["hr@5"] and sampled["mrr@5"] >= full["mrr@5"]    # a subset of the candidates
-    assert set(learner.evaluate(3, "test")) == {"acc", "n"}
+    assert set(learner.evaluate(3, "test")) == {"acc", "bacc", "macro_f1", "nll", "auc", "n"}   # task 3: binary
     assert loaded.params_stored() == learner.params_stored()
     with pytest.raises(ValueError):
         ContinualLearner.from_state(tensors, dict(meta, format="nope"))
