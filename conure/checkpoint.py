@@ -40,7 +40,6 @@ import conure
 from conure.heads import head_from_config
 from conure.learner import ContinualLearner, PatchStack, check_state_dtypes
 from conure.models import NextItNet
-from conure.nn import gather_last
 
 __all__ = ["CheckpointError", "FORMAT", "VERSION", "save", "load", "checksum", "atomic_write_bytes",
            "atomic_write_text", "learner_tensors", "learner_meta", "learner_from", "vocab_meta", "export_task",
@@ -416,7 +415,7 @@ class InferenceModel(nn.Module):
     @torch.no_grad()
     def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
         items = items.to(self.backbone.embedding.weight.device)
-        return gather_last(self.backbone(items, self.forward_task, self.patches), items)
+        return self.head.pool(self.backbone(items, self.forward_task, self.patches), items)
 
     @torch.no_grad()
     def scores(self, items: torch.Tensor) -> torch.Tensor:

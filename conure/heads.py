@@ -14,7 +14,14 @@ and ``scores(user [B, C]) -> [B, num_targets]`` (evaluation: ranking scores, or 
   release, temperature ``rho``; or ``mode="power"``: ``counts ** rho``), never the positive, and negatives that are
   another of the user's targets are dropped; ``-log sigmoid(s_pos - s_neg)``. Loss ``"softmax"``: cross-entropy over
   the full target vocabulary for every non-padding target, or sampled softmax (``num_sampled > 0``, as above).
-* :class:`ProfileHead` (``kind == "profile"``): a linear classifier, cross-entropy.
+* :class:`ProfileHead` (``kind == "profile"``): a linear classifier, cross-entropy (optionally class-weighted:
+  ``class_weight [K]``, e.g. "balanced" = ``N / (K * n_k)``, so a rare class costs as much as a frequent one).
+
+How a head reads the user vector from the backbone's ``[B, L, C]`` output is the head's ``pool`` (:class:`Pool`):
+``"last"`` (the paper: the output at the last real position), ``"mean"`` (the average over the real positions) or
+``"attention"`` (a learned softmax over the real positions, starting as the mean). The pooling belongs to the task's
+head, so it is trained with the task and frozen with it. ``dropout`` (item and profile heads) drops entries of the
+pooled user vector while training the head.
 
 Sampled softmax (:func:`sampled_softmax_loss`) never builds ``[P, V]`` logits (P = scored positions: up to B*L for
 next_item, the B users' targets for item); beyond the ``V x C`` table and its dense gradient (and Adam's two
@@ -32,8 +39,48 @@ import torch.nn.functional as F
 from conure.data.samplers import NegativeSampler, PopularitySampler, UniformSampler
 from conure.nn import gather_last
 
-__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "make_head", "head_from_config", "make_sampler",
-           "sampled_softmax_loss"]
+__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "Pool", "POOLS", "make_head", "head_from_config",
+           "make_sampler", "sampled_softmax_loss", "balanced_class_weight"]
+
+POOLS = ("last", "mean", "attention")
+
+
+class Pool(nn.Module):
+    """The user vector ``[B, C]`` of a backbone output ``hidden [B, L, C]`` and its ``items [B, L]`` (0 = padding).
+
+    ``"last"``: the output at the last real position (:func:`conure.nn.gather_last`); ``"mean"``: the average over
+    the real positions; ``"attention"``: ``sum_l softmax_l(hidden[:, l] . query) hidden[:, l]`` over the real
+    positions, with a learned ``query [C]`` that starts at zero (= the mean). An all-padding row reads like
+    ``"last"`` (position L - 1), so every mode is defined for every row.
+    """
+
+    def __init__(self, channels: int, mode: str = "last") -> None:
+        super().__init__()
+        if mode not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {mode!r}")
+        self.mode = mode
+        if mode == "attention":
+            self.query = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if self.mode == "last":
+            return gather_last(hidden, items)
+        real = (items != 0).to(hidden.device)
+        real = real | ~real.any(dim=1, keepdim=True) & (torch.arange(items.shape[1], device=real.device)
+                                                        == items.shape[1] - 1)   # an empty row reads position L-1
+        if self.mode == "mean":
+            w = real.to(hidden.dtype)
+            return (hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+        logits = (hidden @ self.query.to(hidden.dtype)).masked_fill(~real, float("-inf"))
+        return (torch.softmax(logits, dim=1)[..., None] * hidden).sum(1)
+
+
+def balanced_class_weight(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[K]`` float32 weights ``N / (K * n_k)`` of the training labels ``[N]`` (sklearn's "balanced"); a class
+    without training users gets weight 0 (it contributes no loss anyway)."""
+    n = torch.bincount(labels.to(torch.int64).cpu(), minlength=num_classes).to(torch.float64)
+    w = torch.where(n > 0, n.sum() / (num_classes * n.clamp_min(1.0)), torch.zeros_like(n))
+    return w.to(torch.float32)
 
 
 def make_sampler(counts: Optional[torch.Tensor], size: int, rho: float = 1.0, mode: str = "rank") -> NegativeSampler:
@@ -69,6 +116,16 @@ def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
 
 class TaskHead(nn.Module):
     kind = "base"
+
+    def pool(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The user vector ``[B, C]`` this head reads from ``hidden [B, L, C]`` (default: the last real position)."""
+        return gather_last(hidden, items)
+
+    def user_loss(self, user: torch.Tensor, targets: torch.Tensor,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The training loss from pooled user vectors ``[B, C]`` (item and profile heads): ``loss(hidden, items,
+        ...)`` is ``user_loss(pool(hidden, items), ...)``, so a head can also be fitted on cached user vectors."""
+        raise NotImplementedError(f"{type(self).__name__} reads every position: it has no user-vector loss")
 
     def loss(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -150,11 +207,13 @@ class ItemHead(_SamplingHead):
     kind = "item"
 
     def __init__(self, channels: int, num_targets: int, loss: str = "softmax", num_negatives: int = 4,
-                 rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0) -> None:
+                 rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0, pool: str = "last",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         if loss not in ("bpr", "softmax"):
             raise ValueError(f"ItemHead: loss must be 'bpr' or 'softmax', got {loss!r}")
         self.channels, self.num_targets, self.loss_name = channels, num_targets, loss
+        self.pooling, self.drop = Pool(channels, pool), nn.Dropout(float(dropout))
         self.num_negatives, self.num_sampled = int(num_negatives), int(num_sampled)
         self.proj = nn.Linear(channels, channels)
         self.table = nn.Embedding(num_targets, channels, padding_idx=0)
@@ -166,19 +225,26 @@ class ItemHead(_SamplingHead):
     def config(self):
         return {"type": "ItemHead", "channels": self.channels, "num_targets": self.num_targets,
                 "loss": self.loss_name, "num_negatives": self.num_negatives, "rho": self.rho,
-                "sampler_mode": self.sampler_mode, "num_sampled": self.num_sampled}
+                "sampler_mode": self.sampler_mode, "num_sampled": self.num_sampled, "pool": self.pooling.mode,
+                "dropout": self.drop.p}
+
+    def pool(self, hidden, items):
+        return self.pooling(hidden, items)
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         s = self.proj(user) @ self.table.weight.T
         return s.index_fill(-1, torch.zeros(1, dtype=torch.long, device=s.device), float("-inf"))
 
     def loss(self, hidden, items, targets, generator=None):
-        user = gather_last(hidden, items)
+        return self.user_loss(self.pool(hidden, items), targets, generator)
+
+    def user_loss(self, user, targets, generator=None):
+        user = self.drop(user)
         if targets.dim() == 1:
             targets = targets[:, None]
         valid = targets != 0                                                          # [B, T]
         if not bool(valid.any()):
-            return hidden.sum() * 0.0
+            return user.sum() * 0.0
         rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[valid]   # [P]
         pos = targets[valid]                                                          # [P]
         if self.loss_name == "softmax" and 0 < self.num_sampled < self.num_targets - 1:
@@ -201,19 +267,42 @@ class ProfileHead(TaskHead):
 
     kind = "profile"
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, pool: str = "last", dropout: float = 0.0,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"ProfileHead: label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.channels, self.num_classes = channels, num_classes
+        self.label_smoothing = float(label_smoothing)
+        self.pooling, self.drop = Pool(channels, pool), nn.Dropout(float(dropout))
         self.out = nn.Linear(channels, num_classes)
+        # training only, set from the train labels at the start of the task: not part of the stored model
+        self.register_buffer("class_weight", torch.ones(num_classes), persistent=False)
 
     def config(self):
-        return {"type": "ProfileHead", "channels": self.channels, "num_classes": self.num_classes}
+        return {"type": "ProfileHead", "channels": self.channels, "num_classes": self.num_classes,
+                "pool": self.pooling.mode, "dropout": self.drop.p, "label_smoothing": self.label_smoothing}
+
+    def set_class_weight(self, weight: Optional[torch.Tensor]) -> None:
+        """Per-class loss weights ``[K]`` (None: all 1), e.g. :func:`balanced_class_weight` of the train labels."""
+        w = torch.ones(self.num_classes) if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        if w.shape != (self.num_classes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"ProfileHead: class weights must be {self.num_classes} finite values >= 0")
+        self.class_weight.copy_(w.reshape(self.class_weight.shape))
+
+    def pool(self, hidden, items):
+        return self.pooling(hidden, items)
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         return self.out(user)
 
     def loss(self, hidden, items, targets, generator=None):
-        return F.cross_entropy(self.scores(gather_last(hidden, items)), targets)
+        return self.user_loss(self.pool(hidden, items), targets, generator)
+
+    def user_loss(self, user, targets, generator=None):
+        logits = self.scores(self.drop(user))
+        return F.cross_entropy(logits, targets, weight=self.class_weight.to(logits.dtype),
+                               label_smoothing=self.label_smoothing)
 
 
 _HEADS = {"NextItemHead": NextItemHead, "ItemHead": ItemHead, "ProfileHead": ProfileHead}
@@ -221,16 +310,18 @@ _HEADS = {"NextItemHead": NextItemHead, "ItemHead": ItemHead, "ProfileHead": Pro
 
 def make_head(kind: str, channels: int, num_targets: int, *, item_loss: str = "softmax", num_negatives: int = 4,
               rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0,
-              counts: Optional[torch.Tensor] = None) -> TaskHead:
-    """The head for a task kind (``"next_item"``, ``"item"``, ``"profile"``); ``counts``: the task's target counts."""
+              counts: Optional[torch.Tensor] = None, pool: str = "last", dropout: float = 0.0,
+              label_smoothing: float = 0.0) -> TaskHead:
+    """The head for a task kind (``"next_item"``, ``"item"``, ``"profile"``); ``counts``: the task's target counts.
+    ``pool`` and ``dropout`` apply to item and profile heads (next-item heads read every position)."""
     if kind == "next_item":
         head: TaskHead = NextItemHead(channels, num_targets, num_sampled=num_sampled, rho=rho,
                                       sampler_mode=sampler_mode)
     elif kind == "item":
         head = ItemHead(channels, num_targets, loss=item_loss, num_negatives=num_negatives, rho=rho,
-                        sampler_mode=sampler_mode, num_sampled=num_sampled)
+                        sampler_mode=sampler_mode, num_sampled=num_sampled, pool=pool, dropout=dropout)
     elif kind == "profile":
-        head = ProfileHead(channels, num_targets)
+        head = ProfileHead(channels, num_targets, pool=pool, dropout=dropout, label_smoothing=label_smoothing)
     else:
         raise ValueError(f"make_head: unknown task kind {kind!r}")
     head.set_counts(counts)

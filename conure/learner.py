@@ -19,7 +19,7 @@ every phase gets a fresh optimizer over the phase's trainable tensors only, and 
 weights not owned by the task being trained are copied back from a snapshot taken at the start of the phase.
 
 Metrics, after each task every learned task is evaluated on its test split (primary metric: ``mrr@5`` for ranking
-tasks, ``acc`` for profile tasks). With ``R[i, j]`` = metric of task j after learning task i (0-based, T tasks):
+tasks, ``bacc``, balanced accuracy, for profile tasks: see :func:`conure.metrics.default_metric`). With ``R[i, j]`` = metric of task j after learning task i (0-based, T tasks):
 
 * forgetting (Chaudhry et al., 2018): ``mean_{j < T-1} ( max_{j <= l < T-1} R[l, j] - R[T-1, j] )``;
 * backward transfer (Lopez-Paz & Ranzato, 2017): ``mean_{j < T-1} ( R[T-1, j] - R[j, j] )``.
@@ -42,9 +42,9 @@ import torch.nn as nn
 
 from conure import metrics as M
 from conure.data.types import TASK_KINDS, Split, TaskData
-from conure.heads import TaskHead, head_from_config, make_head
+from conure.heads import POOLS, TaskHead, balanced_class_weight, head_from_config, make_head
 from conure.models import NextItNet
-from conure.nn import BottleneckPatch, check_task_id, gather_last
+from conure.nn import BottleneckPatch, check_task_id
 
 __all__ = ["TaskConfig", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint", "ResumeError",
            "derive_seed", "check_state_dtypes"]
@@ -56,13 +56,18 @@ class TaskConfig:
 
     epochs: int = 10                    # training epochs (Conure: before pruning)
     retrain_epochs: int = 5             # Conure: epochs after pruning (skipped when nothing was pruned)
-    keep_ratio: Optional[float] = None  # Conure: share of the task's weights kept per layer; None: the learner's
+    keep_ratio: Optional[Union[float, str]] = None  # Conure: share kept per layer (null: the learner's; auto: search)
+                                        # "auto": the smallest of keep_candidates whose retrained validation
+                                        # metric is within keep_tolerance of the dense one
+    keep_candidates: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7)   # keep_ratio "auto": tried smallest first
+    keep_tolerance: float = 0.01        # keep_ratio "auto": relative loss of validation metric allowed
     optimizer: str = "adam"             # "adam" or "adamw"; a fresh one per phase
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 64
     patience: Optional[int] = None      # early stopping after this many epochs without improvement (None: never)
-    metric: Optional[str] = None        # validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "acc"
+    metric: Optional[str] = None        # validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "bacc"
+                                        # (profile: balanced accuracy, which a constant guess cannot win)
     eval_ks: Tuple[int, ...] = (5, 20)
     eval_batch_size: int = 512
     item_loss: str = "softmax"          # "item" tasks: "softmax" (full) or "bpr" (popularity-sampled negatives)
@@ -72,6 +77,17 @@ class TaskConfig:
     sampler_mode: str = "rank"          # conure.data.samplers.PopularitySampler mode (LambdaFM ranks or power)
     num_sampled: int = 0                # "next_item" and "item" (softmax loss) tasks: sampled-softmax negatives
                                         # shared by a batch (0 = full softmax); for large vocabularies
+    pool: str = "last"                  # "item"/"profile" heads: how the user vector is read from the backbone
+                                        # output: "last" position (the paper), "mean" over the real positions, or
+                                        # "attention" (learned weights over the positions); see conure.heads.Pool
+    dropout: float = 0.0                # "item"/"profile" heads: dropout on the pooled user vector in training
+    class_weight: str = "none"          # "profile": "balanced" weighs each class's loss by N / (K * n_k)
+    label_smoothing: float = 0.0        # "profile": cross-entropy label smoothing
+    head_warmup: int = 0                # "item"/"profile": epochs fitting the new head alone first (linear probe)
+                                        # on the user vectors of the untouched backbone, computed once
+                                        # (linear probing, then fine-tuning: a random head's gradients no longer
+                                        # scramble the free weights); early-stopped on the validation metric
+    head_lr: Optional[float] = None     # learning rate of the head warm-up (None: lr)
     max_grad_norm: Optional[float] = None
     evaluate_all: bool = True           # after the task, evaluate every learned task on test (accuracy matrix)
 
@@ -79,14 +95,29 @@ class TaskConfig:
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"TaskConfig.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.keep_ratio is not None and not 0.0 <= self.keep_ratio <= 1.0:
-            raise ValueError(f"TaskConfig.keep_ratio must be in [0, 1], got {self.keep_ratio!r}")
+        if self.keep_ratio is not None and self.keep_ratio != "auto" and not (
+                isinstance(self.keep_ratio, (int, float)) and 0.0 <= self.keep_ratio <= 1.0):
+            raise ValueError(f"TaskConfig.keep_ratio must be in [0, 1] or 'auto', got {self.keep_ratio!r}")
+        self.keep_candidates = tuple(sorted(float(r) for r in self.keep_candidates))
+        if not self.keep_candidates or any(not 0.0 < r < 1.0 for r in self.keep_candidates):
+            raise ValueError(f"TaskConfig.keep_candidates must be values in (0, 1), got {self.keep_candidates!r}")
+        if not self.keep_tolerance >= 0.0:
+            raise ValueError(f"TaskConfig.keep_tolerance must be >= 0, got {self.keep_tolerance!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"TaskConfig.pool must be one of {POOLS}, got {self.pool!r}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("TaskConfig: dropout and label_smoothing must be in [0, 1)")
+        if self.class_weight not in ("none", "balanced"):
+            raise ValueError(f"TaskConfig.class_weight must be 'none' or 'balanced', got {self.class_weight!r}")
+        if self.head_warmup < 0 or (self.head_lr is not None and not self.head_lr > 0):
+            raise ValueError("TaskConfig: head_warmup must be >= 0 and head_lr > 0")
         if self.epochs < 0 or self.retrain_epochs < 0 or self.batch_size < 1:
             raise ValueError("TaskConfig: epochs and retrain_epochs must be >= 0 and batch_size >= 1")
 
     def to_dict(self) -> Dict[str, object]:
         d = dataclasses.asdict(self)
         d["eval_ks"] = list(self.eval_ks)
+        d["keep_candidates"] = list(self.keep_candidates)
         return d
 
 
@@ -315,14 +346,16 @@ class ContinualLearner:
             raise TypeError(f"{type(self).__name__}.learn: config must be a TaskConfig or None, got "
                             f"{type(config).__name__} (build one with TaskConfig(**options))")
         cfg = config if config is not None else TaskConfig()
-        metric = cfg.metric or ("acc" if data.kind == "profile" else f"mrr@{cfg.eval_ks[0]}")
+        metric = cfg.metric or M.default_metric(data.kind, cfg.eval_ks)
         self._check_new_task(task_id)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, task_id, "head"))
             head = make_head(data.kind, self.backbone.channels, data.num_targets, item_loss=cfg.item_loss,
                              num_negatives=cfg.num_negatives, rho=cfg.rho, sampler_mode=cfg.sampler_mode,
-                             num_sampled=cfg.num_sampled,
-                             counts=data.target_counts)
+                             num_sampled=cfg.num_sampled, counts=data.target_counts, pool=cfg.pool,
+                             dropout=cfg.dropout, label_smoothing=cfg.label_smoothing)
+        if data.kind == "profile" and cfg.class_weight == "balanced":
+            head.set_class_weight(balanced_class_weight(data.train.targets, data.num_targets))
         self.store[f"head_{task_id}"] = head.to(self.device)
         self._data[task_id] = data
         self._current = {"task": task_id, "name": data.name, "kind": data.kind, "num_targets": data.num_targets,
@@ -366,7 +399,10 @@ class ContinualLearner:
             best = self._resume(point, params, opt, gen)
             best_value, best_epoch, stopped, first = point.best_value, point.best_epoch, point.stopped, point.epoch + 1
         step = self._train_step(task_id, cfg, phase, gen)
+        info_metric = (self._current if task_id not in self.tasks else self.tasks[task_id])["metric"]
         self._phase_start(task_id)
+        if point is None and phase == "train" and cfg.head_warmup > 0 and head.kind != "next_item":
+            self._warm_head(task_id, cfg, info_metric)
         if point is None:
             best_value, best_epoch, stopped, first = self._valid_metric(task_id), 0, False, 1
             best = [p.detach().clone() for p in params]
@@ -388,7 +424,7 @@ class ContinualLearner:
             record = {"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
                       "loss": step.mean_loss(total, count), "valid": value, "seconds": time.perf_counter() - start}
             self.history.append(record)
-            if value > best_value or math.isnan(best_value):
+            if M.improves(info_metric, value, best_value):
                 best_value, best_epoch = value, epoch
                 best = [p.detach().clone() for p in params]
             elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
@@ -415,6 +451,57 @@ class ContinualLearner:
                                "evaluate": lambda split="test": dict(self._evaluate(
                                    task_id, getattr(self._data[task_id], split), info))})
         return {"best_epoch": best_epoch, "best_valid": best_value}
+
+    def _warm_head(self, task_id: int, cfg: TaskConfig, metric: str) -> None:
+        """Linear probing before fine-tuning: train the head alone on the pooled user vectors of the backbone as it
+        is (computed once, in eval mode) for up to ``cfg.head_warmup`` epochs; keep the epoch with the best
+        validation ``metric`` (patience ``cfg.patience``). Seeded, the same on every rank."""
+        head, data = self.store[f"head_{task_id}"], self._data[task_id]
+        with torch.no_grad():
+            was_training = self.store.training
+            self.store.eval()
+            feats = {name: torch.cat([self._user_vectors(task_id, b.inputs) for b in
+                                      getattr(data, name).batches(cfg.eval_batch_size)])
+                     for name in ("train", "valid")}
+            self.store.train(was_training)
+        params = [p for p in head.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=cfg.head_lr or cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, "head_warmup"))
+        train, valid = data.train, data.valid
+        targets_dev = valid.targets.to(self.device)
+
+        def score() -> float:
+            head.eval()
+            with torch.no_grad():
+                scores = head.scores(feats["valid"])
+            head.train()
+            if head.kind == "profile":
+                return M.classification_metrics(scores, valid.targets, scores.shape[1])[metric]
+            return M.ranking_metrics(M.target_ranks(scores, targets_dev).cpu(), cfg.eval_ks)[metric]
+
+        best_value, best_epoch = score(), 0
+        best = [p.detach().clone() for p in params]
+        head.train()
+        for epoch in range(1, cfg.head_warmup + 1):
+            order = torch.randperm(len(train), generator=gen)
+            for start in range(0, len(train), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                loss = head.user_loss(feats["train"][idx.to(self.device)], train.targets[idx].to(self.device), gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            value = score()
+            if M.improves(metric, value, best_value):
+                best_value, best_epoch = value, epoch
+                best = [p.detach().clone() for p in params]
+            elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+                break
+        with torch.no_grad():
+            for p, b in zip(params, best):
+                p.copy_(b)
+        self.history.append({"event": "head_warmup", "task": task_id, "epochs": epoch if cfg.head_warmup else 0,
+                             "best_epoch": best_epoch, "best_valid": best_value})
 
     def _resume(self, point: ResumePoint, params: List[nn.Parameter], opt: torch.optim.Optimizer,
                 gen: torch.Generator) -> List[torch.Tensor]:
@@ -482,7 +569,7 @@ class ContinualLearner:
             raise ValueError(f"items must be an int64 tensor [B, L] of item ids, got {type(items).__name__}"
                              f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
         items = items.to(self.device)
-        return gather_last(self._encode(task_id, items), items)
+        return self.store[f"head_{task_id}"].pool(self._encode(task_id, items), items)
 
     @torch.no_grad()
     def predict(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
@@ -496,7 +583,8 @@ class ContinualLearner:
 
         Ranking tasks: ``mrr@K``, ``hr@K``, ``ndcg@K`` for K in ``ks`` (default: the task's ``eval_ks``), full ranking
         over the target vocabulary without padding, or ``protocol="sampled"``: the target among ``num_negatives``
-        uniformly sampled negatives (seeded by ``seed``). Profile tasks: ``acc``. Always ``n`` (users).
+        uniformly sampled negatives (seeded by ``seed``). Profile tasks: ``acc``, ``bacc``, ``macro_f1``, ``nll`` and
+        (binary) ``auc``, see :func:`conure.metrics.classification_metrics`. Always ``n`` (users).
         """
         self._known(task_id)
         if protocol not in ("full", "sampled"):
@@ -530,15 +618,17 @@ class ContinualLearner:
         for batch in split.batches(batch_size):
             scores = head.scores(self._user_vectors(task_id, batch.inputs))
             if info["kind"] == "profile":
-                outs.append(scores.argmax(dim=1).cpu() == batch.targets)
+                outs.append(torch.cat([scores.detach().float().cpu(), batch.targets[:, None].to(torch.float32)], 1))
             elif protocol == "sampled":
                 outs.append(M.sampled_ranks(scores, batch.targets, num_negatives, gen).cpu())
             else:
                 outs.append(M.target_ranks(scores, batch.targets).cpu())
         self.store.train(was_training)
         if info["kind"] == "profile":
-            hits = gather(torch.cat(outs) if outs else torch.zeros(0, dtype=torch.bool))
-            return {"acc": float(hits.double().mean()) if hits.numel() else math.nan, "n": int(hits.numel())}
+            # logits and label side by side: one gather across ranks keeps each row's label with its logits
+            k = int(info["num_targets"])
+            rows = gather(torch.cat(outs) if outs else torch.zeros(0, k + 1))
+            return M.classification_metrics(rows[:, :k], rows[:, k].to(torch.int64), k)
         ranks = gather(torch.cat(outs) if outs else torch.zeros(0, dtype=torch.long))
         return M.ranking_metrics(ranks, info["eval_ks"])
 
@@ -661,7 +751,8 @@ class ConureLearner(ContinualLearner):
     Args:
         backbone: a fresh :class:`~conure.models.NextItNet` (all weights free).
         keep_ratios: share of its weights each task keeps when pruned: one float for every task, or a list with one
-            per task (tasks beyond its end use the last entry). ``TaskConfig.keep_ratio`` overrides it per call.
+            per task (tasks beyond its end use the last entry); ``"auto"`` searches it (see ``TaskConfig``).
+            ``TaskConfig.keep_ratio`` overrides it per call.
             The default 0.3 frees ~70% of what each task claimed, as in the paper.
         seed: makes shuffling, negative sampling and head initialisation deterministic.
     """
@@ -671,11 +762,16 @@ class ConureLearner(ContinualLearner):
     def __init__(self, backbone: NextItNet, *, keep_ratios: Union[float, Sequence[float]] = 0.3,
                  seed: int = 0) -> None:
         super().__init__(backbone, seed=seed)
-        ratios = [float(keep_ratios)] if isinstance(keep_ratios, (int, float)) else [float(r) for r in keep_ratios]
-        if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
-            raise ValueError(f"ConureLearner: keep_ratios must be in [0, 1], got {keep_ratios!r}")
+        ratios = [keep_ratios] if isinstance(keep_ratios, (int, float, str)) else list(keep_ratios)
+        try:
+            ratios = [r if r == "auto" else float(r) for r in ratios]
+        except (TypeError, ValueError):
+            ratios = []
+        if not ratios or any(r != "auto" and not 0.0 <= r <= 1.0 for r in ratios):
+            raise ValueError(f"ConureLearner: keep_ratios must be in [0, 1] or 'auto', got {keep_ratios!r}")
         self.keep_ratios = ratios
         self._snapshots = None    # during a phase: (weight, not-owned-by-the-task mask, values at phase start)
+        self._auto = None         # keep_ratio "auto": the search state of the task being pruned
         self.frozen_digests: Dict[int, str] = {}   # task -> task_digest() when it was frozen, checked every phase
 
     def learn(self, task_data: TaskData, task_id: int, config: Optional[TaskConfig] = None) -> Dict[str, object]:
@@ -685,15 +781,27 @@ class ConureLearner(ContinualLearner):
             claimed = self.backbone.claim_free_(task_id)       # every free conv weight now belongs to task_id
             self._fit(task_id, cfg.epochs, cfg, "train")       # tasks 1..task_id-1 used but frozen
             self._verify_frozen(f"task {task_id}: after training")
-            kept = self.backbone.prune_(task_id, self.keep_ratio(task_id, cfg))   # the rest is free again
-            self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
-            self._verify_replicas(f"task {task_id}: after pruning")   # DDP: same owner maps on every rank
-            if sum(kept.values()) < sum(claimed.values()):
-                self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses pruned weights
-                self._verify_frozen(f"task {task_id}: after retraining")
+            ratio = self.keep_ratio(task_id, cfg)
+            for keep in (cfg.keep_candidates if ratio == "auto" else (ratio,)):
+                trial = self._auto_keep_trial(task_id) if ratio == "auto" else None
+                kept = self.backbone.prune_(task_id, keep)             # the rest is free again
+                self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
+                self._verify_replicas(f"task {task_id}: after pruning")   # DDP: same owner maps on every rank
+                if sum(kept.values()) < sum(claimed.values()):
+                    self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses pruned weights
+                    self._verify_frozen(f"task {task_id}: after retraining")
+                if trial is not None and trial.accept(keep, cfg):
+                    break
         summary = self._end(task_id)                           # freeze; a row of the accuracy matrix
         self.frozen_digests[task_id] = self.task_digest(task_id)
         return summary
+
+    def _auto_keep_trial(self, task_id: int) -> "_AutoKeep":
+        """``keep_ratio: auto``: one candidate of the search (see :class:`_AutoKeep`)."""
+        if self._auto is None or self._auto.task != task_id:
+            self._auto = _AutoKeep(self, task_id)
+        self._auto.restore()
+        return self._auto
 
     @torch.no_grad()
     def task_digest(self, task_id: int) -> str:
@@ -718,7 +826,8 @@ class ConureLearner(ContinualLearner):
                 raise FrozenWeightsError(f"{where}: the frozen weights of task {t} changed; its outputs would no "
                                          f"longer be those it was evaluated with")
 
-    def keep_ratio(self, task_id: int, cfg: Optional[TaskConfig] = None) -> float:
+    def keep_ratio(self, task_id: int, cfg: Optional[TaskConfig] = None) -> Union[float, str]:
+        """The keep ratio of ``task_id``: ``cfg.keep_ratio`` if set, else the learner's (a float or ``"auto"``)."""
         if cfg is not None and cfg.keep_ratio is not None:
             return cfg.keep_ratio
         return self.keep_ratios[min(task_id, len(self.keep_ratios)) - 1]
@@ -746,6 +855,8 @@ class ConureLearner(ContinualLearner):
         self._snapshots = None
 
     def _abort(self, task_id):
+        if self._auto is not None:                    # interrupted in a keep_ratio "auto" search
+            self.on_epoch_end, self._auto = self._auto.hook, None
         if self._snapshots is not None:
             self._after_step(task_id)                 # interrupted between a step and its restore
         for _, m in self.backbone.conv_layers():
@@ -773,3 +884,34 @@ class ConureLearner(ContinualLearner):
     def capacity(self) -> Dict[str, object]:
         """:meth:`NextItNet.capacity` with each learned task's head included in its bytes."""
         return self.backbone.capacity({t: self.store[f"head_{t}"] for t in self.learned_tasks})
+
+
+class _AutoKeep:
+    """The search of ``keep_ratio: auto`` for one task: the trained (dense) state is kept aside; each candidate,
+    smallest first, starts from it, is pruned, retrained and accepted if its validation metric is within
+    ``keep_tolerance`` (relative) of the dense one; the largest candidate is kept if none is. Per-epoch hooks are off
+    during the search (a run interrupted in it resumes from the end of training and searches again, with the same
+    seeds), and every candidate is recorded in the history (``{"event": "auto_keep", ...}``)."""
+
+    def __init__(self, learner: "ConureLearner", task_id: int) -> None:
+        self.learner, self.task = learner, task_id
+        store = learner.store
+        self.state = {k: v.detach().clone() for k, v in store.state_dict().items()}
+        self.dense = learner._valid_metric(task_id)
+        self.metric = learner._current["metric"]
+        self.hook, learner.on_epoch_end = learner.on_epoch_end, None
+
+    def restore(self) -> None:
+        self.learner.store.load_state_dict(self.state, strict=True)
+
+    def accept(self, keep: float, cfg: TaskConfig) -> bool:
+        learner = self.learner
+        value = learner._valid_metric(self.task)
+        slack = cfg.keep_tolerance * abs(self.dense)
+        ok = value <= self.dense + slack if self.metric in M.LOWER_IS_BETTER else value >= self.dense - slack
+        last = keep >= cfg.keep_candidates[-1]
+        learner.history.append({"event": "auto_keep", "task": self.task, "keep_ratio": keep, "valid": value,
+                                "dense_valid": self.dense, "accepted": ok or last})
+        if ok or last:
+            learner.on_epoch_end, learner._auto = self.hook, None
+        return ok or last

@@ -18,8 +18,10 @@ Protocol (what :func:`build_task_sequence` guarantees):
 * Kinds:
 
   - ``next_item`` (task 1): train users give inputs ``s[:-1]`` and targets ``s[1:]`` (the next item at each
-    position, 0 under padding) over their last ``L + 1`` items; valid/test users are evaluated on their last
-    item: inputs end before it, target ``[N]`` = it.
+    position, 0 under padding) over their last ``L + 1`` items (``windows: last``), or over the whole history cut
+    into windows of ``L + 1`` items that overlap by one, newest first, so every item but the first is a target
+    once (``windows: all``: one train row per window, several rows per user); valid/test users are evaluated on
+    their last item: inputs end before it, target ``[N]`` = it.
   - ``item``: each user's items of another service (``split`` = ``"time"``: the later part of their own
     timeline; ``"subset"``: the items of a catalogue subset; ``"stream"``: a named stream of
     :attr:`Interactions.streams`) are the targets, in the task's own vocabulary (ids ``1..num_targets-1`` by
@@ -64,6 +66,9 @@ class TaskSpec:
     catalogue) or ``"stream"`` (with ``stream``: the name of an :attr:`Interactions.streams` entry);
     ``max_targets`` caps train targets per user.
 
+    ``next_item`` tasks: ``windows`` = ``"last"`` (train on each user's last ``max_len + 1`` items, the default)
+    or ``"all"`` (the whole history, in windows of ``max_len + 1``; see the module docstring).
+
     ``profile`` tasks: ``attribute``; optional ``classes`` (the allowed raw values, in class order) or
     ``bins`` (ascending numeric edges: class i holds values in ``[bins[i-1], bins[i])``, with open ends).
     """
@@ -81,6 +86,7 @@ class TaskSpec:
     attribute: Optional[str] = None
     classes: Optional[Sequence[str]] = None
     bins: Optional[Sequence[float]] = None
+    windows: str = "last"
 
     @classmethod
     def coerce(cls, spec: Union["TaskSpec", Mapping[str, object]]) -> "TaskSpec":
@@ -122,6 +128,10 @@ class TaskSpec:
                 raise ValueError(f"{where}: a stream split needs 'stream' (the stream's name)")
             if self.max_targets is not None and self.max_targets < 1:
                 raise ValueError(f"{where}: max_targets must be >= 1")
+        if self.windows not in ("last", "all"):
+            raise ValueError(f"{where}: windows must be 'last' or 'all', got {self.windows!r}")
+        if self.windows != "last" and self.kind != "next_item":
+            raise ValueError(f"{where}: windows applies to next_item tasks only")
         if self.kind == "profile":
             if not self.attribute:
                 raise ValueError(f"{where}: a profile task needs 'attribute'")
@@ -292,6 +302,12 @@ def _build_next_item(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]) -> 
     train_users = ctx.users_in(TRAIN, klen >= 2)
     dropped["too_short"] += int(((ctx.bucket == TRAIN) & (klen < 2)).sum())
     b, e = offsets[train_users], offsets[train_users + 1]
+    if spec.windows == "all":
+        # windows ending at e, e - L, e - 2L, ... while they hold a target: window k covers [e - kL - L - 1, e - kL)
+        count = np.maximum(1, -(-(e - b - 1) // L))                      # ceil((n - 1) / L) windows per user
+        row_user = np.repeat(np.arange(len(train_users)), count)
+        k = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        train_users, b, e = train_users[row_user], b[row_user], e[row_user] - k * L
     train = Split(_long(train_users),
                   _right_aligned(vals, np.maximum(b, e - 1 - L), e - 1, L),   # s[:-1], last L
                   _right_aligned(vals, np.maximum(b + 1, e - L), e, L))       # s[1:],  last L
