@@ -10,6 +10,8 @@ Commands::
     conure predict  --checkpoint CKPT --task N --input FILE [--top-k K] [--format tsv|json] [--output FILE]
     conure export   --checkpoint CKPT --task N --out FILE
     conure config   [--defaults | FILE] [--set key=value ...]
+    conure tune     --config FILE --task NAME --trials N [--out DIR] [--set key=value ...] [--timeout SECONDS]
+                    [--space FILE]                      (needs optuna: pip install 'conure[tune]')
 
 Bad arguments, configs, data or checkpoints end with one line ``conure: error: ...`` on stderr and exit code 2
 (``--debug`` shows the traceback). An interrupted run says how to resume it (exit code 130).
@@ -126,6 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the shipped example configs")
     _sets(p)
     _add_common(p)
+
+    p = sub.add_parser("tune", help="tune one task's training settings with Optuna, on validation users",
+                       description="Learn the tasks before --task once (cached in DIR/prefix.safetensors), then run "
+                       "an Optuna study (DIR/study.db) over that task's training settings (learning rate, batch size, "
+                       "weight decay, head options, Conure's keep ratio...), scored by its validation metric, pruning "
+                       "bad trials after each epoch; the test split is never evaluated. Write the best settings to "
+                       "DIR/best.yaml (config syntax and --set lines). Rerunning the command resumes the study. "
+                       "Needs optuna: pip install optuna (or pip install 'conure[tune]').")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="YAML config (or a shipped example: demo, ml100k, ml1m_paper)")
+    p.add_argument("--task", required=True, metavar="NAME", help="the task to tune: its name (or 1-based number)")
+    p.add_argument("--trials", required=True, type=int, metavar="N",
+                   help="complete or pruned trials the study should hold in total (a rerun adds the missing ones)")
+    p.add_argument("--out", metavar="DIR", help="study directory (default: runs/tune-<config name>-<task>)")
+    _sets(p)
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="start no new trial after this many seconds (rerun to continue)")
+    p.add_argument("--space", metavar="FILE",
+                   help="search space YAML: TaskConfig key -> {low, high, log} | {int: [low, high]} | "
+                        "{choices: [...]} (default: lr, batch_size, weight_decay, head options, keep_ratio...)")
+    _add_common(p)
     return parser
 
 
@@ -164,15 +187,19 @@ def cmd_demo(args) -> int:
     res = run.execute()
     if not run.main:                        # torchrun: rank 0 reports
         return 0
-    beaten = []
+    beaten, linear = [], []
     main = res["methods"].get(cfg.method.name, {})
     final = main.get("final") or []
     for j, (name, b) in enumerate(zip(res["tasks"], res["baselines"])):
         v = final[j] if j < len(final) else None
         beaten.append(v is not None and b["value"] is not None and v > b["value"])
+        lv = (b.get("linear") or {}).get("value")
+        if lv is not None:
+            linear.append(v is not None and v > lv)
     _say("")
     _say(f"every task beats its baseline with {cfg.method.name}: {'yes' if all(beaten) else 'NO'} "
-         f"({sum(beaten)}/{len(beaten)})")
+         f"({sum(beaten)}/{len(beaten)})" + (f"; it beats the linear model on {sum(linear)}/{len(linear)}"
+                                             if linear else ""))
     _say(f"demo wall time {time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -204,13 +231,18 @@ def cmd_eval(args) -> int:
         from conure.checkpoint import nan_to_none
         _say(json.dumps(nan_to_none(res), indent=1))
         return 0
-    _say(f"{res['checkpoint']}: method {res['method']}, {args.split} split")
-    _say(f"{'task':>4} {'name':<14}{'metric':>8}{'value':>9}{'baseline':>10}   all metrics")
+    _say(f"{res['checkpoint']}: method {res['method']}, {args.split} split"
+         + ("" if args.split == "test" else " (baselines: test split)"))
+    _say(f"{'task':>4} {'name':<14}{'metric':>8}{'value':>9}{'baseline':>10}{'linear':>9}   all metrics")
     for r in res["tasks"]:
         others = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if k != "n")
         b = r["baseline"]
-        _say(f"{r['task']:>4} {r['name'][:13]:<14}{r['metric']:>8}{r['value']:>9.4f}{b['value']:>10.4f}   "
-             f"{others} (n={r['metrics'].get('n')}; baseline: {b['name']})")
+        lin = b.get("linear") or {}
+        lv = lin.get("value")
+        lin_text = "-" if lv is None or lv != lv else f"{lv:.4f}"      # NaN: the model could not be fitted
+        lin_note = f", linear: {lin['model']} l2 {lin['l2']:g}" if "model" in lin else ""
+        _say(f"{r['task']:>4} {r['name'][:13]:<14}{r['metric']:>8}{r['value']:>9.4f}{b['value']:>10.4f}"
+             f"{lin_text:>9}   {others} (n={r['metrics'].get('n')}; baseline: {b['name']}{lin_note})")
     return 0
 
 
@@ -240,12 +272,19 @@ def cmd_inspect(args) -> int:
     b = info["backbone"]
     _say(f"backbone NextItNet: {b['num_items'] - 1:,} items, {b['channels']} channels, kernel {b['kernel_size']}, "
          f"dilations {b['dilations']}")
-    _say(f"{'task':>4} {'name':<14}{'kind':<10}{'metric':>8}{'learned':>9}{'when':>9}{'now':>9}{'head params':>13}")
+    _say(f"{'task':>4} {'name':<14}{'kind':<10}{'metric':>8}{'learned':>9}{'when':>9}{'now':>9}{'head params':>13}"
+         f"{'baseline':>10}{'linear':>9}")
+
+    def num(v):
+        return f"{v:.4f}" if v is not None and v == v else "-"         # None or NaN: nothing to show
+
     for r in info["tasks"]:
-        when = f"{r['test_when_learned']:.4f}" if r.get("test_when_learned") is not None else "-"
-        now = f"{r['test']:.4f}" if r.get("test") is not None else "-"
         _say(f"{r['task']:>4} {r['name'][:13]:<14}{r['kind']:<10}{r['metric']:>8}{'yes' if r['learned'] else 'no':>9}"
-             f"{when:>9}{now:>9}{r.get('head_params', 0):>13,}")
+             f"{num(r.get('test_when_learned')):>9}{num(r.get('test')):>9}{r.get('head_params', 0):>13,}"
+             f"{num(r.get('baseline')):>10}{num(r.get('linear')):>9}")
+    if any(r.get("baseline") is not None for r in info["tasks"]):
+        _say("baseline, linear: test metric of the trivial predictor (popularity / majority class) and of the "
+             "bag-of-items linear model")
     _say(f"parameters stored: {info['params_stored']:,} ({info['bytes_stored'] / 1e6:.2f} MB)")
     names = [r["name"] for r in info["tasks"]]
     if info.get("matrix"):
@@ -320,8 +359,34 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    try:
+        import optuna  # noqa: F401 - an optional dependency: say how to get it before reading anything
+    except ImportError:
+        from conure.tune import OPTUNA_HINT
+        raise UsageError(OPTUNA_HINT) from None
+    from conure.tune import tune
+    if args.trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {args.trials}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    cfg, _ = _load_cfg(args.config, args.sets)
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{Path(args.config).stem}-{args.task}"
+    try:
+        res = tune(cfg, args.task, args.trials, out, space=args.space, timeout=args.timeout, echo=_say,
+                   config_name=args.config)
+    except KeyboardInterrupt:       # before the trials (data, earlier tasks): nothing of the study is lost
+        res = {"interrupted": True}
+    if res["interrupted"]:
+        _err(f"{PROG}: interrupted; continue with: conure tune --config {args.config} --task {args.task} --trials "
+             f"{args.trials}{''.join(' --set ' + s for s in args.sets)}{' --space ' + args.space if args.space else ''}"
+             f" --out {out}")
+        return 130
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "inspect": cmd_inspect,
-            "predict": cmd_predict, "export": cmd_export, "config": cmd_config}
+            "predict": cmd_predict, "export": cmd_export, "config": cmd_config, "tune": cmd_tune}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,6 +11,8 @@ them all, with comments). Sections:
   empty = the dataset kind's default sequence (:func:`conure.data.default_specs`);
 * ``model``: the NextItNet backbone; ``method``: which continual learner(s) and their options;
 * ``train``: :class:`conure.learner.TaskConfig` for every task (epochs, lr, batch size, ...);
+* ``baselines``: the reference models reported beside each task (:mod:`conure.linear`: a bag-of-items linear
+  model, or none);
 * ``output``: what a run writes besides results.json/config.yaml/log.csv (per-epoch checkpoints, plots,
   TensorBoard).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 import os
 import re
 import typing
@@ -36,11 +39,12 @@ from conure.baselines import METHODS, PeterRec
 from conure.data.readers import DATASET_KINDS
 from conure.data.tasks import TaskSpec, build_task_sequence, default_specs
 from conure.learner import ConureLearner, TaskConfig
+from conure.linear import DEFAULT_L2, DEFAULT_RIDGE_L2, linear_baseline
 from conure.models import NextItNet
 
-__all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "MethodConfig", "OutputConfig",
-           "load_config", "parse_config", "apply_sets", "config_to_dict", "dump_config", "defaults_yaml",
-           "builtin_configs", "find_config", "identity_diff"]
+__all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "MethodConfig", "BaselinesConfig",
+           "OutputConfig", "load_config", "parse_config", "apply_sets", "config_to_dict", "dump_config",
+           "defaults_yaml", "builtin_configs", "find_config", "identity_diff"]
 
 
 class ConfigError(ValueError):
@@ -130,6 +134,30 @@ class OutputConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    linear: bool = True
+    max_features: int = _default(linear_baseline, "max_features")
+    l2: List[float] = field(default_factory=lambda: list(DEFAULT_L2))
+    ridge_l2: List[float] = field(default_factory=lambda: list(DEFAULT_RIDGE_L2))
+    max_dim: int = _default(linear_baseline, "max_dim")
+
+    def __post_init__(self) -> None:
+        if self.max_features < 1:
+            raise ValueError("max_features must be >= 1")
+        if self.max_dim < 2:
+            raise ValueError("max_dim must be >= 2")
+        for name in ("l2", "ridge_l2"):
+            grid = getattr(self, name)
+            if not grid or any(not (v > 0 and math.isfinite(v)) for v in grid):
+                raise ValueError(f"{name} must be a non-empty list of positive numbers")
+
+    def options(self) -> Dict[str, Any]:
+        """Keyword arguments of :func:`conure.linear.linear_baseline`."""
+        return {"max_features": self.max_features, "l2": list(self.l2), "ridge_l2": list(self.ridge_l2),
+                "max_dim": self.max_dim}
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "cpu"
@@ -139,6 +167,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TaskConfig = field(default_factory=TaskConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -187,6 +216,14 @@ DOCS: Dict[str, str] = {
     "method.keep_ratios": "conure: share of a task's weights kept after pruning, per task (last entry repeats)",
     "method.reduction": "peterrec: bottleneck width C / reduction",
     "train": "how every task is learned (conure.learner.TaskConfig); per-task overrides go in tasks[i].train",
+    "baselines": "reference models reported beside every task (the trivial one, popularity or majority class, "
+                 "always): a bag-of-items linear model on the same input window",
+    "baselines.linear": "fit it (profile: logistic regression; ranking: ridge regression); false: trivial only",
+    "baselines.max_features": "the most frequent source items used as features (the rest are left out)",
+    "baselines.l2": "profile tasks: L2 strengths tried, strong to weak; the best on validation users is kept",
+    "baselines.ridge_l2": "ranking tasks: ridge L2 strengths tried, strong to weak (squared error averaged over "
+                          "users)",
+    "baselines.max_dim": "ridge: cap on min(users, features), the size of the matrix it factorises",
     "output": "what a run writes besides results.json, config.yaml and log.csv",
     "output.checkpoint_every_epoch": "checkpoint after every epoch (resume mid-task); false: after each task",
     "output.plots": "PNG plots (accuracy matrix, capacity, learning curves) under DIR/plots",
@@ -397,7 +434,7 @@ def parse_config(raw: Optional[Mapping[str, Any]], *, base_dir: Optional[Path] =
         raise ConfigError(f"a config must be a mapping of keys to values, got {_show(raw)}")
     cfg = _build(RunConfig, raw, "")
     if not cfg.tasks:
-        cfg.tasks = _check_tasks(default_specs(cfg.data.kind))
+        cfg.tasks = _check_tasks(default_specs(cfg.data.kind, train=True))
     if cfg.tasks[0]["kind"] != "next_item":
         raise ConfigError(f"tasks[0] ({cfg.tasks[0]['name']!r}): task 1 must be a next_item task (it trains the "
                           f"backbone on the histories every later task reads), got kind {cfg.tasks[0]['kind']!r}")
@@ -489,9 +526,19 @@ def _parse_value(text: str, tp, key: str) -> Any:
     return value
 
 
+def _unshared(value: Any) -> Any:
+    """A copy of nested mappings and lists in which no two places share an object (``copy.deepcopy`` keeps the
+    sharing of YAML aliases: ``train: *profile`` in two tasks, and ``--set`` on one would change both)."""
+    if isinstance(value, Mapping):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_unshared(v) for v in value]
+    return copy.deepcopy(value)
+
+
 def apply_sets(raw: Optional[Mapping[str, Any]], sets: Sequence[str]) -> Dict[str, Any]:
     """Apply ``key=value`` overrides to a raw config mapping (returns a new mapping; validation comes after)."""
-    out: Dict[str, Any] = copy.deepcopy(dict(raw or {}))
+    out: Dict[str, Any] = _unshared(dict(raw or {}))
     for item in sets:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set train.epochs=3)")
@@ -513,7 +560,7 @@ def apply_sets(raw: Optional[Mapping[str, Any]], sets: Sequence[str]) -> Dict[st
                 # tasks: [] means the data kind's default sequence: write it out so that one task can change.
                 kind = (out.get("data") or {}).get("kind", "synthetic")
                 try:
-                    node["tasks"] = default_specs(kind)
+                    node["tasks"] = default_specs(kind, train=True)
                 except Exception:  # an invalid kind is reported by validation
                     node["tasks"] = []
             if p not in node or node[p] is None:
@@ -674,16 +721,16 @@ def defaults_yaml() -> str:
         "conure run configuration: every key with its default.\n"
         "Any key may be left out; `conure train --config FILE --set key=value` overrides one.\n"
         "tasks: [] means the data kind's default sequence, e.g. for ml-100k / ml-1m:\n"
-        + "\n".join(f"  - {_flow(s)}" for s in default_specs("ml-1m"))))
+        + "\n".join(f"  - {_flow(s)}" for s in default_specs("ml-1m", train=True))))
 
 
 def identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
-    """Keys whose values differ between two resolved config dicts, ignoring what does not change results
-    (``output``, ``threads``). Used to refuse resuming a run under another config."""
+    """Keys whose values differ between two resolved config dicts, ignoring what does not change the learners
+    (``output``, ``threads``, ``device``, ``baselines``). Used to refuse resuming a run under another config."""
     diffs: List[str] = []
 
     def walk(x: Any, y: Any, where: str) -> None:
-        if where in ("output", "threads", "device"):
+        if where in ("output", "threads", "device", "baselines"):    # baselines: refitted by every run
             return
         if isinstance(x, Mapping) and isinstance(y, Mapping):
             for k in sorted(set(x) | set(y), key=str):

@@ -75,11 +75,12 @@ class Pool(nn.Module):
         return (torch.softmax(logits, dim=1)[..., None] * hidden).sum(1)
 
 
-def balanced_class_weight(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[K]`` float32 weights ``N / (K * n_k)`` of the training labels ``[N]`` (sklearn's "balanced"); a class
-    without training users gets weight 0 (it contributes no loss anyway)."""
+def balanced_class_weight(labels: torch.Tensor, num_classes: int, power: float = 1.0) -> torch.Tensor:
+    """``[K]`` float32 weights ``(N / (K * n_k)) ** power`` of the training labels ``[N]`` (``power`` 1: sklearn's
+    "balanced"; 0.5: half-way, in log scale, between it and no weighting); a class without training users gets
+    weight 0 (it contributes no loss anyway)."""
     n = torch.bincount(labels.to(torch.int64).cpu(), minlength=num_classes).to(torch.float64)
-    w = torch.where(n > 0, n.sum() / (num_classes * n.clamp_min(1.0)), torch.zeros_like(n))
+    w = torch.where(n > 0, n.sum() / (num_classes * n.clamp_min(1.0)), torch.zeros_like(n)) ** float(power)
     return w.to(torch.float32)
 
 

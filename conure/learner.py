@@ -19,7 +19,8 @@ every phase gets a fresh optimizer over the phase's trainable tensors only, and 
 weights not owned by the task being trained are copied back from a snapshot taken at the start of the phase.
 
 Metrics, after each task every learned task is evaluated on its test split (primary metric: ``mrr@5`` for ranking
-tasks, ``bacc``, balanced accuracy, for profile tasks: see :func:`conure.metrics.default_metric`). With ``R[i, j]`` = metric of task j after learning task i (0-based, T tasks):
+tasks, ``bacc``, balanced accuracy, for profile tasks: see :func:`conure.metrics.default_metric`). With
+``R[i, j]`` = metric of task j after learning task i (0-based, T tasks):
 
 * forgetting (Chaudhry et al., 2018): ``mean_{j < T-1} ( max_{j <= l < T-1} R[l, j] - R[T-1, j] )``;
 * backward transfer (Lopez-Paz & Ranzato, 2017): ``mean_{j < T-1} ( R[T-1, j] - R[j, j] )``.
@@ -48,6 +49,9 @@ from conure.nn import BottleneckPatch, check_task_id
 
 __all__ = ["TaskConfig", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint", "ResumeError",
            "derive_seed", "check_state_dtypes"]
+
+
+CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}   # TaskConfig.class_weight -> power of N / (K n_k)
 
 
 @dataclass
@@ -81,7 +85,8 @@ class TaskConfig:
                                         # output: "last" position (the paper), "mean" over the real positions, or
                                         # "attention" (learned weights over the positions); see conure.heads.Pool
     dropout: float = 0.0                # "item"/"profile" heads: dropout on the pooled user vector in training
-    class_weight: str = "none"          # "profile": "balanced" weighs each class's loss by N / (K * n_k)
+    class_weight: str = "none"          # "profile": "balanced" weighs class k's loss by N / (K * n_k); "sqrt": by
+                                        # its square root (between "none" and "balanced")
     label_smoothing: float = 0.0        # "profile": cross-entropy label smoothing
     head_warmup: int = 0                # "item"/"profile": epochs fitting the new head alone first (linear probe)
                                         # on the user vectors of the untouched backbone, computed once
@@ -107,8 +112,9 @@ class TaskConfig:
             raise ValueError(f"TaskConfig.pool must be one of {POOLS}, got {self.pool!r}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("TaskConfig: dropout and label_smoothing must be in [0, 1)")
-        if self.class_weight not in ("none", "balanced"):
-            raise ValueError(f"TaskConfig.class_weight must be 'none' or 'balanced', got {self.class_weight!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"TaskConfig.class_weight must be one of {tuple(CLASS_WEIGHTS)}, got "
+                             f"{self.class_weight!r}")
         if self.head_warmup < 0 or (self.head_lr is not None and not self.head_lr > 0):
             raise ValueError("TaskConfig: head_warmup must be >= 0 and head_lr > 0")
         if self.epochs < 0 or self.retrain_epochs < 0 or self.batch_size < 1:
@@ -354,8 +360,9 @@ class ContinualLearner:
                              num_negatives=cfg.num_negatives, rho=cfg.rho, sampler_mode=cfg.sampler_mode,
                              num_sampled=cfg.num_sampled, counts=data.target_counts, pool=cfg.pool,
                              dropout=cfg.dropout, label_smoothing=cfg.label_smoothing)
-        if data.kind == "profile" and cfg.class_weight == "balanced":
-            head.set_class_weight(balanced_class_weight(data.train.targets, data.num_targets))
+        if data.kind == "profile" and cfg.class_weight != "none":
+            head.set_class_weight(balanced_class_weight(data.train.targets, data.num_targets,
+                                                        CLASS_WEIGHTS[cfg.class_weight]))
         self.store[f"head_{task_id}"] = head.to(self.device)
         self._data[task_id] = data
         self._current = {"task": task_id, "name": data.name, "kind": data.kind, "num_targets": data.num_targets,
@@ -376,7 +383,8 @@ class ContinualLearner:
 
     def _fit(self, task_id: int, epochs: int, cfg: TaskConfig, phase: str) -> Dict[str, object]:
         """Train ``task_id``'s head and :meth:`_trainable` for up to ``epochs`` epochs with a fresh optimizer;
-        early-stop on the validation metric and end with the best weights of the phase (epoch 0 included).
+        early-stop on the validation metric and end with the best weights of the phase (epoch 0, the state before
+        training, included, except in phase ``"train"`` without a head warm-up, where its head is random).
 
         After every epoch's best/patience decision, :attr:`on_epoch_end` (if set) receives a dict: ``task``,
         ``phase``, ``epoch``, ``epochs``, ``stopped``, ``best_value``, ``best_epoch``, ``record`` (the epoch's history
@@ -401,10 +409,14 @@ class ContinualLearner:
         step = self._train_step(task_id, cfg, phase, gen)
         info_metric = (self._current if task_id not in self.tasks else self.tasks[task_id])["metric"]
         self._phase_start(task_id)
-        if point is None and phase == "train" and cfg.head_warmup > 0 and head.kind != "next_item":
+        warm = phase == "train" and cfg.head_warmup > 0 and head.kind != "next_item"
+        if point is None and warm:
             self._warm_head(task_id, cfg, info_metric)
         if point is None:
-            best_value, best_epoch, stopped, first = self._valid_metric(task_id), 0, False, 1
+            # The state before the first epoch competes for "best" unless its head is the untrained, random one
+            # (phase "train" without a warm-up): on a few hundred validation users a random head can win by luck.
+            start = self._valid_metric(task_id) if phase != "train" or warm else math.nan
+            best_value, best_epoch, stopped, first = start, 0, False, 1
             best = [p.detach().clone() for p in params]
         self.store.train()
         for epoch in range(first, epochs + 1):
@@ -480,7 +492,7 @@ class ContinualLearner:
                 return M.classification_metrics(scores, valid.targets, scores.shape[1])[metric]
             return M.ranking_metrics(M.target_ranks(scores, targets_dev).cpu(), cfg.eval_ks)[metric]
 
-        best_value, best_epoch = score(), 0
+        best_value, best_epoch = math.nan, 0        # the random head is no candidate (see _fit)
         best = [p.detach().clone() for p in params]
         head.train()
         for epoch in range(1, cfg.head_warmup + 1):

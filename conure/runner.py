@@ -54,11 +54,12 @@ from conure.data import DataError, build_task_sequence, load_dataset
 from conure.data.readers import is_utf8
 from conure.data.types import Split, TaskData
 from conure.learner import ContinualLearner, ResumeError, ResumePoint, TaskConfig, derive_seed
+from conure.linear import linear_baseline
 from conure.models import NextItNet
 
-__all__ = ["RunError", "Run", "build_tasks", "baselines", "new_learner", "resume_point", "phase_tensors",
-           "select_device", "iter_sequences", "read_sequences", "iter_predictions", "predict_rows",
-           "PredictStats", "prediction_text", "evaluate_checkpoint", "describe_checkpoint",
+__all__ = ["RunError", "Run", "build_tasks", "baselines", "linear_entry", "format_baseline", "new_learner",
+           "resume_point", "phase_tensors", "select_device", "iter_sequences", "read_sequences", "iter_predictions",
+           "predict_rows", "PredictStats", "prediction_text", "evaluate_checkpoint", "describe_checkpoint",
            "format_matrix", "format_capacity", "progress_enabled"]
 
 
@@ -126,23 +127,59 @@ def build_tasks(cfg: RunConfig) -> List[TaskData]:
 
 
 def task_metric(task: TaskData, tc: TaskConfig) -> str:
-    return tc.metric or ("acc" if task.kind == "profile" else f"mrr@{tc.eval_ks[0]}")
+    return tc.metric or M.default_metric(task.kind, tc.eval_ks)
 
 
-def baselines(tasks: Sequence[TaskData], task_cfgs: Sequence[TaskConfig]) -> List[Dict[str, Any]]:
-    """Per task, the trivial predictor on its test split: majority class (profile) or popularity (ranking)."""
+def linear_entry(task: TaskData, tc: TaskConfig, options: Mapping[str, Any]) -> Dict[str, Any]:
+    """:func:`conure.linear.linear_baseline` of one task with the run's metric and cut-offs; a task it cannot fit
+    (no validation users...) gets ``value`` NaN and the reason under ``"error"``."""
+    metric = task_metric(task, tc)
+    try:
+        return linear_baseline(task, metric, tc.eval_ks, **options)
+    except ValueError as e:
+        return {"name": "linear", "metric": metric, "value": math.nan, "error": str(e)}
+
+
+def baselines(tasks: Sequence[TaskData], task_cfgs: Sequence[TaskConfig],
+              linear: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Per task, the trivial predictor on its test split: majority class (profile) or popularity (ranking), as
+    ``{"name", "metric", "value", "metrics"}`` (``metrics``: every test metric of the task kind). With ``linear``
+    (options of :func:`conure.linear.linear_baseline`; ``{}``: its defaults), also the bag-of-items linear model
+    under ``"linear"`` (:func:`linear_entry`)."""
     out = []
     for t, tc in zip(tasks, task_cfgs):
         metric = task_metric(t, tc)
         if t.kind == "profile":
-            value = M.majority_accuracy(t.train.targets, t.test.targets) if len(t.test) else math.nan
-            out.append({"name": "majority", "metric": metric, "value": value})
+            logits = M.majority_logits(t.train.targets, len(t.test), t.num_targets)
+            metrics = M.classification_metrics(logits, t.test.targets, t.num_targets)
+            name = "majority"
         else:
             counts = t.target_counts if t.target_counts is not None else torch.ones(t.num_targets)
             ranks = M.popularity_ranks(counts, t.test.targets)
-            value = M.ranking_metrics(ranks, tc.eval_ks).get(metric, math.nan)
-            out.append({"name": "popularity", "metric": metric, "value": value})
+            metrics = M.ranking_metrics(ranks, tc.eval_ks)
+            name = "popularity"
+        entry = {"name": name, "metric": metric, "value": metrics.get(metric, math.nan), "metrics": metrics}
+        if linear is not None:
+            entry["linear"] = linear_entry(t, tc, linear)
+        out.append(entry)
     return out
+
+
+def _linear_value(b: Mapping[str, Any]) -> Optional[float]:
+    """The test ``value`` of a baselines entry's linear model; None when there is none or it is NaN."""
+    lin = b.get("linear") if isinstance(b, Mapping) else None
+    v = lin.get("value") if isinstance(lin, Mapping) else None
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def format_baseline(b: Mapping[str, Any]) -> str:
+    """One task's baselines for a report line: ``popularity mrr@5 0.0123, linear 0.0456`` (``linear -``: it could
+    not be fitted)."""
+    text = f"{b['name']} {b['metric']} {_fmt(b['value'], 0)}"
+    if isinstance(b.get("linear"), Mapping):
+        v = _linear_value(b)
+        text += f", linear {'-' if v is None else f'{v:.4f}'}"
+    return text
 
 
 def new_learner(cfg: RunConfig, method: str, num_items: int, device: torch.device) -> ContinualLearner:
@@ -489,16 +526,24 @@ class Run:
         self.task_cfgs = cfg.task_configs()
         self.names = [t.name for t in tasks]
         self.metrics = [task_metric(t, c) for t, c in zip(tasks, self.task_cfgs)]
-        self.baselines = baselines(tasks, self.task_cfgs)
         self.vocab = ckpt.vocab_meta(tasks)
         self.echo(f"data: {cfg.data.kind}{' ' + cfg.data.path if cfg.data.path else ''}: {len(tasks)} tasks, "
-                  f"{tasks[0].num_items - 1:,} source items, {len(tasks[0].train):,} train users "
+                  f"{tasks[0].num_items - 1:,} source items, {tasks[0].train.users.unique().numel():,} train users "
                   f"({time.perf_counter() - t0:.1f}s)")
+        self.baselines = self._baselines()
         for i, (t, b) in enumerate(zip(tasks, self.baselines), 1):
+            lin = b.get("linear")
+            if lin is None:
+                note = ""
+            elif "error" in lin:
+                note = f"; linear baseline skipped: {lin['error']}"
+            else:
+                note = (f", linear {_fmt(lin['value'], 0)} ({lin['model']}, l2 {lin['l2']:g}, {lin['features']:,} "
+                        f"item features, {lin['seconds']:.1f}s)")
             self.echo(f"  task {i} {t.name} ({t.kind}, {t.num_targets - (0 if t.kind == 'profile' else 1):,} "
                       f"{'classes' if t.kind == 'profile' else 'targets'}; users train/valid/test "
-                      f"{len(t.train):,}/{len(t.valid):,}/{len(t.test):,}): {b['name']} baseline "
-                      f"{b['metric']} {b['value']:.4f}")
+                      f"{t.train.users.unique().numel():,}/{len(t.valid):,}/{len(t.test):,}): {b['name']} baseline "
+                      f"{b['metric']} {b['value']:.4f}{note}")
 
         if resuming and self.main:
             self._rebuild_log()
@@ -512,6 +557,25 @@ class Run:
         if cfg.output.plots and self.main:
             self._plots()
         return results
+
+    def _baselines(self) -> List[Dict[str, Any]]:
+        """:func:`baselines` with the config's linear model, fitted on rank 0 (CPU) and sent to every rank."""
+        lin = self.cfg.baselines.options() if self.cfg.baselines.linear else None
+        answer: Tuple[Optional[List[Dict[str, Any]]], Optional[str]] = (None, None)
+        failure: Optional[BaseException] = None
+        if self.main:
+            try:
+                answer = (baselines(self.tasks, self.task_cfgs, lin), None)
+            except Exception as e:      # other ranks wait in the broadcast: tell them, then raise it here
+                answer, failure = (None, f"baselines: {type(e).__name__}: {e}"), e
+        result, error = D.broadcast_object(answer)
+        if failure is not None:
+            raise failure
+        if error is not None:
+            err = RunError(error)
+            err.reported_by_rank_0 = True
+            raise err
+        return result
 
     def _run_method(self, method: str, device: torch.device) -> None:
         cfg, tasks = self.cfg, self.tasks
@@ -703,19 +767,29 @@ class Run:
             ph = next((r for r in recs if r.get("event") == "phase" and r["phase"] == phase), None)
             if ph is not None:
                 parts.append(f"{phase} {len(epochs)} ep (best {ph['best_epoch']}, valid {ph['best_valid']:.4f})")
-            prune = next((r for r in recs if r.get("event") == "prune"), None)
+            prune = next((r for r in reversed(recs) if r.get("event") == "prune"), None)   # keep_ratio auto: last
             if phase == "train" and prune is not None:
                 kept, claimed = sum(prune["kept"].values()), sum(prune["claimed"].values())
                 parts.append(f"kept {kept:,}/{claimed:,} weights")
         test = summary["row"][t - 1]
         b = self.baselines[t - 1]
-        mark = "" if test is None or math.isnan(test) else (" > " if test > b["value"] else " <= ")
+
+        def mark(base: Optional[float]) -> str:
+            if test is None or math.isnan(test) or base is None or math.isnan(base):
+                return " "
+            return " > " if test > base else " <= "
+
+        lin = ""
+        if isinstance(b.get("linear"), Mapping):
+            v = _linear_value(b)
+            lin = f",{mark(v)}linear {'-' if v is None else f'{v:.4f}'}"
         self.echo(f"[{method}] task {t}/{len(self.tasks)} {self.names[t - 1]}: {'; '.join(parts)}; test "
-                  f"{self.metrics[t - 1]} {test:.4f}{mark}{b['name']} {b['value']:.4f} ({seconds:.1f}s)")
+                  f"{self.metrics[t - 1]} {test:.4f}{mark(b['value'])}{b['name']} {b['value']:.4f}{lin} "
+                  f"({seconds:.1f}s)")
 
     def _report(self) -> None:
         self.echo("")
-        self.echo("baselines (test): " + ", ".join(f"{n} {b['name']} {b['metric']} {b['value']:.4f}"
+        self.echo("baselines (test): " + "; ".join(f"{n} {format_baseline(b)}"
                                                    for n, b in zip(self.names, self.baselines)))
         for method, r in self.results.items():
             self.echo("")
@@ -1016,14 +1090,21 @@ def evaluate_checkpoint(path: os.PathLike, task: Optional[str] = None, split: st
         raise RunError(f"the data at {cfg.data.path or cfg.data.kind} gives another item vocabulary than the one "
                        f"{p.name} was trained on (did the data change?)")
     _with_eval_progress(learner, "eval")
-    base = baselines(tasks, cfg.task_configs())
+    task_cfgs = cfg.task_configs()
+    base = baselines(tasks, task_cfgs)
+    saved = meta.get("baselines") or []
     rows = []
     for t in ([t_sel] if t_sel else learner.learned_tasks):
         learner.attach_data(t, tasks[t - 1])
         m = learner.evaluate(t, split)
+        # the linear model the run fitted (same data: the vocabulary check above), else fitted now if configured
+        lin = saved[t - 1].get("linear") if t <= len(saved) and isinstance(saved[t - 1], Mapping) else None
+        if lin is None and cfg.baselines.linear:
+            lin = linear_entry(tasks[t - 1], task_cfgs[t - 1], cfg.baselines.options())
+        b = dict(base[t - 1], linear=lin) if lin is not None else base[t - 1]
         rows.append({"task": t, "name": names[t - 1], "kind": tasks[t - 1].kind,
                      "metric": learner.tasks[t]["metric"], "value": m[learner.tasks[t]["metric"]],
-                     "metrics": m, "baseline": base[t - 1]})
+                     "metrics": m, "baseline": b})
     return {"checkpoint": str(p), "method": learner.method, "split": split, "tasks": rows}
 
 
@@ -1048,9 +1129,14 @@ def describe_checkpoint(path: os.PathLike) -> Dict[str, Any]:
     prog = meta.get("progress", {})
     in_task = prog.get("in_task")
     rows = []
+    saved = meta.get("baselines") or []
     for t in range(1, len(names) + 1):
         r = {"task": t, "name": names[t - 1], "kind": meta["tasks"][t - 1]["kind"],
              "metric": meta["tasks"][t - 1]["metric"], "learned": t in learner.tasks}
+        b = saved[t - 1] if t <= len(saved) and isinstance(saved[t - 1], Mapping) else {}
+        r["baseline"] = b.get("value")                  # the trivial predictor's test value (None: not saved)
+        r["baseline_name"] = b.get("name")
+        r["linear"] = _linear_value(b)                   # the bag-of-items linear model's (None: not fitted)
         if t in learner.tasks and learner.results:
             last = learner.results[-1]
             r["test"] = last[t - 1] if t - 1 < len(last) else None

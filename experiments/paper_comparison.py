@@ -7,7 +7,8 @@ splits for every method within a seed), then writes
 * ``<out>/results.json``: everything measured, per seed and method (aggregate metrics only, no per-user data);
 * a Markdown report (``--report``, default ``<out>/RESULTS.md``): per task mean +- std over seeds of MRR@5 and
   HR@5 (item tasks) or accuracy (profile tasks) after the LAST task, parameters stored, wall time, the
-  popularity / majority-class baselines, Conure's accuracy matrix, Conure's task 1 dense vs after
+  popularity / majority-class baselines and a bag-of-items linear model per task (``conure.linear``), Conure's
+  accuracy matrix, Conure's task 1 dense vs after
   prune+retrain, SinMoAll's forgetting, and a check of each expected shape.
 
 Usage (from the repository root)::
@@ -62,6 +63,7 @@ from conure import metrics as M  # noqa: E402
 from conure.baselines import METHODS, make_method  # noqa: E402
 from conure.data import build_task_sequence, load_dataset, make_synthetic_interactions  # noqa: E402
 from conure.learner import ContinualLearner, TaskConfig, derive_seed  # noqa: E402
+from conure.linear import linear_baseline  # noqa: E402
 from conure.models import NextItNet  # noqa: E402
 
 METHOD_ORDER = ["sinmo", "sinmoall", "finecls", "fineall", "peterrec", "conure"]
@@ -201,10 +203,27 @@ def reference_baselines(tasks, split: str = "test") -> Dict[str, Dict[str, float
     for td in tasks:
         s = getattr(td, split)
         if td.kind == "profile":
-            out[td.name] = {"acc": M.majority_accuracy(td.train.targets, s.targets)}
+            const = M.majority_logits(td.train.targets, len(s), td.num_targets)
+            m = M.classification_metrics(const, s.targets, td.num_targets)
+            out[td.name] = {k: m[k] for k in METRIC_KEYS[True]}
         else:
             r = M.ranking_metrics(M.popularity_ranks(td.target_counts, s.targets), (5, 20))
             out[td.name] = {k: v for k, v in r.items() if k != "n"}
+    return out
+
+
+def linear_baselines(tasks, tcfgs, split: str = "test") -> Dict[str, Dict[str, Any]]:
+    """The bag-of-items linear model of each task (``conure.linear``: logistic regression for profile tasks, ridge
+    for item tasks), its L2 chosen on validation users with the metric the learners select epochs by; its metrics on
+    ``split`` ("test", or "valid" when tuning: then the test split is not scored)."""
+    out = {}
+    for td, tc in zip(tasks, tcfgs):
+        metric = tc.metric or M.default_metric(td.kind, tc.eval_ks)
+        ks = sorted(set(int(k) for k in tc.eval_ks) | {5, 20})
+        r = linear_baseline(td, metric, ks, test=split == "test")
+        out[td.name] = {"metrics": r["metrics"] if split == "test" else r["valid_metrics"], "metric": metric,
+                        "l2": r["l2"], "valid": r["valid"], "features": r["features"], "model": r["model"],
+                        "seconds": r["seconds"]}
     return out
 
 
@@ -213,7 +232,8 @@ def primary(kind: str) -> str:
     return "acc" if kind == "profile" else "mrr@5"
 
 
-METRIC_KEYS = {False: ("mrr@5", "hr@5", "ndcg@5", "mrr@20", "hr@20", "ndcg@20"), True: ("acc",)}   # by "is profile"
+METRIC_KEYS = {False: ("mrr@5", "hr@5", "ndcg@5", "mrr@20", "hr@20", "ndcg@20"),
+               True: ("acc", "bacc", "macro_f1")}   # by "is profile"
 
 
 def pick(metrics: Dict[str, float], kind: str) -> Dict[str, float]:
@@ -346,6 +366,10 @@ def run_seed(cfg, seed: int, methods: Sequence[str], split: str, log) -> Dict[st
         raise SystemExit("internal: one TaskConfig per task expected")
     out: Dict[str, Any] = {"seed": seed, "tasks": task_summary(tasks), "methods": {}}
     out["reference"] = reference_baselines(tasks, split)
+    out["linear"] = linear_baselines(tasks, tcfgs, split)
+    lin = out["linear"]
+    log(f"  seed {seed} linear baselines ({sum(v['seconds'] for v in lin.values()):.1f}s) {split} " + ", ".join(
+        f"{td.name} {primary(td.kind)}={lin[td.name]['metrics'].get(primary(td.kind), math.nan):.4f}" for td in tasks))
     shared = None
     if cfg["share_task1"] and any(m != "conure" for m in methods):
         shared = train_shared_task1(cfg, tasks, tcfgs, seed, split, log)
@@ -386,6 +410,10 @@ def summarise(runs: List[Dict[str, Any]], methods: Sequence[str]) -> Dict[str, A
     for n in names:
         keys = ("acc",) if kinds[n] == "profile" else ("mrr@5", "hr@5")
         summary["reference"][n] = {k: mean_std([r["reference"][n][k] for r in runs]) for k in keys}
+    if all("linear" in r for r in runs):        # results.json written before the linear rows have none
+        summary["linear"] = {n: {k: mean_std([r["linear"][n]["metrics"].get(k, math.nan) for r in runs])
+                                 for k in METRIC_KEYS[kinds[n] == "profile"]} for n in names}
+        summary["linear_seconds"] = mean_std([sum(v["seconds"] for v in r["linear"].values()) for r in runs])
     summary["checks"] = checks(runs, methods, names, kinds)
     return summary
 
@@ -564,6 +592,16 @@ def markdown_report(result: Dict[str, Any]) -> str:
             cells += [_cell(ref[n], "mrr@5"), _cell(ref[n], "hr@5")]
     cells += ["0", "-"]
     L.append("| " + " | ".join(cells) + " |")
+    if "linear" in summary:
+        cells = ["linear (bag of items)"]
+        for n in names:
+            if kinds[n] == "profile":
+                cells.append(_cell(summary["linear"][n], "acc"))
+            else:
+                cells += [_cell(summary["linear"][n], "mrr@5"), _cell(summary["linear"][n], "hr@5")]
+        secs = summary["linear_seconds"]
+        cells += ["-", f"{secs[0]:.0f} ± {secs[1]:.0f}"]
+        L.append("| " + " | ".join(cells) + " |")
     for meth in methods:
         row = summary["methods"][meth]
         cells = [METHOD_LABEL.get(meth, meth)]
@@ -576,6 +614,11 @@ def markdown_report(result: Dict[str, Any]) -> str:
         cells.append(f"{row['seconds'][0]:.0f} ± {row['seconds'][1]:.0f}")
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
+    if "linear" in summary:
+        L.append("Linear (bag of items): per task, a linear model of the set of items in the same input window "
+                 "(logistic regression for profile tasks, ridge regression to the targets for item tasks; "
+                 "`conure.linear`), its L2 strength chosen on validation users; wall time: all tasks together.")
+        L.append("")
     L.append("Params stored: mean over seeds (the vocabularies, hence embedding and head sizes, depend on the seed's "
              "training users). Wall time is per method and seed; the five baselines share one dense task-1 training per seed "
              "(bit-for-bit the same computation for each of them), whose time is included in each baseline's figure.")
@@ -655,6 +698,10 @@ def tune_report(result: Dict[str, Any]) -> str:
     for n in names:
         ref_cells.append(f"{statistics.fmean(r['reference'][n][sel[n]] for r in pts[0]['runs']):.4f}")
     L.append("| popularity / majority | - | " + " | ".join(ref_cells) + " | | |")
+    if all("linear" in r for r in pts[0]["runs"]):
+        cells = [f"{statistics.fmean(r['linear'][n]['metrics'].get(sel[n], math.nan) for r in pts[0]['runs']):.4f}"
+                 for n in names]
+        L.append("| linear (bag of items) | - | " + " | ".join(cells) + " | | |")
     for p in pts:
         label = ", ".join(f"{k}={json.dumps(v)}" for k, v in p["point"].items()) or "(config)"
         for meth in p["runs"][0]["methods"]:

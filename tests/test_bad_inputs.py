@@ -511,6 +511,19 @@ def _in_dir(ctx, fn):
         return fn()
 
 
+def _linear():
+    from conure import linear
+    return linear
+
+
+def _linear_no_valid():
+    from conure.data import make_synthetic_tasks
+    from conure.data.types import Split
+    task = make_synthetic_tasks(num_users=60, num_items=20, seq_len=6, seed=0, num_target_items=10)[2]
+    task.valid = Split(task.valid.users[:0], task.valid.inputs[:0], task.valid.targets[:0])
+    return _linear().linear_baseline(task)
+
+
 def _config_error():
     from conure.config import ConfigError
     return ConfigError
@@ -1661,7 +1674,7 @@ ROWS: List[Row] = [
     # ---- the command line: conure.cli (`python -m conure ...`) ---------------------------------------------------
     exits("cli.unknown_subcommand", "python -m conure", "an unknown subcommand (frobnicate)",
           "argument COMMAND: invalid choice: 'frobnicate' (choose from 'demo', 'train', 'eval', 'inspect', 'predict', "
-          "'export', 'config')", lambda c: cli_process(c, "frobnicate")),
+          "'export', 'config', 'tune')", lambda c: cli_process(c, "frobnicate")),
     behaves("cli.no_subcommand", "conure.cli.main", "no subcommand at all", "exit 2 after printing the usage (stdout)",
             lambda c: cli(c), lambda r, c: (r[0] == 2 and r[1].startswith("usage: conure") and not r[2].strip())
             or pytest.fail(str(r))),
@@ -1723,8 +1736,8 @@ ROWS: List[Row] = [
     raises("config.model_no_blocks", "config.load_config", "model.dilations []", _config_error(),
            "model: dilations must be a non-empty list of positive ints", _config("model: {dilations: []}\n")),
     raises("config.unknown_key", "config.load_config", "an unknown top-level key (colour)", _config_error(),
-           "unknown config key 'colour' (known keys: seed, device, threads, data, tasks, model, method, train, output)",
-           _config("colour: red\n")),
+           "unknown config key 'colour' (known keys: seed, device, threads, data, tasks, model, method, train, "
+           "baselines, output)", _config("colour: red\n")),
     raises("config.misspelt_key", "config.load_config", "a misspelt section (modle)", _config_error(),
            "unknown config key 'modle' (did you mean 'model'?)", _config("modle: {channels: 8}\n")),
     raises("config.misspelt_nested_key", "config.load_config", "a misspelt key in a section (train.epoch)",
@@ -1759,10 +1772,23 @@ ROWS: List[Row] = [
            "method: keep_ratios must be a non-empty list of values in [0, 1]",
            _config("method: {keep_ratios: [.nan]}\n")),
     raises("config.train_keep_ratio", "config.load_config", "train.keep_ratio: 2", _config_error(),
-           "train: TaskConfig.keep_ratio must be in [0, 1], got 2.0", _config("train: {keep_ratio: 2}\n")),
+           "train: TaskConfig.keep_ratio must be in [0, 1] or 'auto', got 2.0", _config("train: {keep_ratio: 2}\n")),
     raises("config.task_train_keep_ratio", "config.load_config", "a task's train.keep_ratio: -1", _config_error(),
-           "tasks[0].train: TaskConfig.keep_ratio must be in [0, 1], got -1.0",
+           "tasks[0].train: TaskConfig.keep_ratio must be in [0, 1] or 'auto', got -1.0",
            _config("tasks: [{name: a, kind: next_item, train: {keep_ratio: -1}}]\n")),
+    raises("config.baselines_l2_empty", "config.load_config", "baselines.l2: [] (no L2 strength to try)",
+           _config_error(), "baselines: l2 must be a non-empty list of positive numbers",
+           _config("baselines: {l2: []}\n")),
+    raises("config.baselines_max_features", "config.load_config", "baselines.max_features: 0", _config_error(),
+           "baselines: max_features must be >= 1", _config("baselines: {max_features: 0}\n")),
+
+    # ---- the linear baseline: conure.linear -----------------------------------------------------------------------
+    raises("linear.bag_of_items_1d", "linear.bag_of_items", "ids as a 1-D tensor", ValueError,
+           "bag_of_items: need an [N, L] tensor of item ids", lambda c: _linear().bag_of_items(torch.arange(3), 4)),
+    raises("linear.bag_of_items_negative", "linear.bag_of_items", "a negative id", ValueError,
+           "item ids must be >= 0 (0 = padding)", lambda c: _linear().bag_of_items(torch.tensor([[1, -2]]), 4)),
+    raises("linear.no_valid_users", "linear.linear_baseline", "a task without validation users", ValueError,
+           "valid split: no users (the linear model needs valid users)", lambda c: _linear_no_valid()),
 
     # ---- the task sequence: config.load_config and conure.runner.Run ------------------------------------------------
     behaves("config.tasks_empty", "config.load_config", "tasks: [] (an empty task list)",

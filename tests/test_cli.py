@@ -98,7 +98,7 @@ def test_demo_prints_and_writes_the_promised_results(tmp_path):
     res = json.loads((out / "results.json").read_text())
     names = ["next_item", "service2", "gender", "age", "later_items"]
     assert res["tasks"] == names and res["complete"] is True
-    assert res["metric"] == ["mrr@5", "mrr@5", "acc", "acc", "mrr@5"]
+    assert res["metric"] == ["mrr@5", "mrr@5", "bacc", "bacc", "mrr@5"]     # profile: balanced accuracy
     assert set(res["methods"]) == {"conure", "sinmoall"}
     for method, m in res["methods"].items():
         matrix = m["matrix"]
@@ -114,9 +114,11 @@ def test_demo_prints_and_writes_the_promised_results(tmp_path):
     assert res["methods"]["conure"]["forgetting"] == 0.0
     kinds = {b["name"] for b in res["baselines"]}
     assert kinds == {"popularity", "majority"} and all(isinstance(b["value"], float) for b in res["baselines"])
+    assert all(isinstance(b["linear"]["value"], float) for b in res["baselines"])       # the bag-of-items model
     # The report: per-task metrics against baselines, both matrices, capacity, parameters, wall time.
     for text in ("accuracy matrix (conure)", "accuracy matrix (sinmoall)", "capacity (conure)", "popularity",
-                 "majority", "parameters stored", "demo wall time", "[conure] task 5/5 later_items"):
+                 "majority", "parameters stored", "demo wall time", "[conure] task 5/5 later_items",
+                 "beats the linear model on"):
         assert text in r.stdout, text
     # Logs and plots.
     rows = list(csv.DictReader(open(out / "log.csv")))
@@ -170,6 +172,16 @@ def test_train_writes_a_run_directory(trained):
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert len(rows) == 3 * (2 + 1)                         # 3 tasks x (train + retrain epochs)
     assert "accuracy matrix (conure)" in r.stdout and "[conure] task 3/3 gender" in r.stdout
+    # beside each task's trivial baseline, the bag-of-items linear model (same input window), its L2 on valid users
+    assert [b["name"] for b in res["baselines"]] == ["popularity", "popularity", "majority"]
+    for b, model in zip(res["baselines"], ["ridge", "ridge", "logistic"]):
+        lin = b["linear"]
+        assert lin["name"] == "linear" and lin["model"] == model and lin["metric"] == b["metric"]
+        assert 0.0 <= lin["value"] <= 1.0 and lin["value"] == lin["metrics"][lin["metric"]]
+        assert lin["l2"] in saved["baselines"][("l2" if model == "logistic" else "ridge_l2")]
+        assert b["metrics"][b["metric"]] == b["value"]                  # the trivial predictor's every metric
+    report = next(line for line in r.stdout.splitlines() if line.startswith("baselines (test):"))
+    assert report.count("linear") == 3
     assert not (run / "plots").exists() and not (run / "tb").exists()   # output.plots/tensorboard: false
 
 
@@ -188,7 +200,7 @@ def test_config_defaults_documents_every_key():
     r = ok(conure_cmd("config", "--defaults"))
     defaults = config_to_dict(RunConfig())
     assert yaml.safe_load(r.stdout) == defaults
-    for key in ("seed", "channels", "keep_ratios", "epochs", "checkpoint_every_epoch"):
+    for key in ("seed", "channels", "keep_ratios", "epochs", "checkpoint_every_epoch", "linear", "max_features"):
         line = next(line for line in r.stdout.splitlines() if line.strip().startswith(key + ":"))
         assert "#" in line, line                               # each key has its comment
 
@@ -208,14 +220,18 @@ def test_eval_inspect_predict_export(trained, capsys):
     ev = json.loads(ok(r_eval).stdout)
     assert [t["value"] for t in ev["tasks"]] == res["methods"]["conure"]["final"]
     assert [t["name"] for t in ev["tasks"]] == res["tasks"] and "hr@20" in ev["tasks"][0]["metrics"]
+    assert [t["baseline"]["linear"]["value"] for t in ev["tasks"]] == [b["linear"]["value"] for b in res["baselines"]]
     r = ok(InProcess(["eval", "--checkpoint", d / "run", "--task", "service2"], capsys, d))
     assert r.stdout.count("service2") == 1 and "gender" not in r.stdout
     # inspect
     text = ok(r_inspect).stdout
     for s in ("method conure", "status: complete", "next_item", "service2", "gender", "capacity (conure)",
-              "parameters stored", "accuracy matrix (conure)"):
+              "parameters stored", "accuracy matrix (conure)", "linear"):
         assert s in text, s
+    gender = next(line for line in text.splitlines() if line.split()[:2] == ["3", "gender"])
+    assert gender.split()[-1] == f"{res['baselines'][2]['linear']['value']:.4f}"     # the linear column
     info = json.loads(ok(InProcess(["inspect", "--checkpoint", ck, "--json"], capsys, d)).stdout)
+    assert info["baselines"] == res["baselines"]
     assert info["params_stored"] == res["methods"]["conure"]["params_stored"]
     assert [t["learned"] for t in info["tasks"]] == [True, True, True]
     # predict, next-item task: 4 raw source ids per known user; the unknown-only user gets an empty row.

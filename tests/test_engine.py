@@ -368,9 +368,14 @@ def test_deterministic_from_seed(tasks):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_training_is_the_same_bits_for_one_and_two_threads():
-    """Run-to-run and thread-count independent training: the fused block deals fixed chunks of sequences to the
-    threads and sums their partial gradients in chunk order (B*L = 128*20 rows make four chunks here)."""
+def test_training_is_the_same_bits_run_to_run_at_a_given_thread_count():
+    """Training is deterministic on one machine and thread count: the same bits twice, at 1 and at 2 threads.
+
+    Across thread counts our operators give the same bits too (the fused block deals fixed chunks of sequences to
+    the threads and sums their partial gradients in chunk order: tests/test_fused.py checks it), but the rest of a
+    training step is torch's: the heads' GEMMs and the embedding's backward go through MKL/oneDNN, which may split a
+    reduction between threads on some CPUs (Intel Sapphire Rapids, measured: the embedding differed between 1 and 2
+    threads), so whole-training bits across thread counts are not promised (README: same machine, thread count)."""
     tasks = make_synthetic_tasks(num_users=800, num_items=80, seq_len=20, num_target_items=40, num_topics=6, seed=1)
 
     def run(threads):
@@ -384,9 +389,10 @@ def test_training_is_the_same_bits_for_one_and_two_threads():
         finally:
             torch.set_num_threads(before)
 
-    one, two, again = run(1), run(2), run(2)
-    for k in one:
-        assert torch.equal(one[k], two[k]) and torch.equal(two[k], again[k]), k
+    for threads in (1, 2):
+        first, again = run(threads), run(threads)
+        for k in first:
+            assert torch.equal(first[k], again[k]), (threads, k)
 
 
 def test_phase_hook_sees_each_phase_with_its_best_weights_and_changes_nothing(tasks):

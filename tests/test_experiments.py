@@ -50,6 +50,13 @@ def _check_results(result, seeds, methods=METHODS):
     for run in result["runs"]:
         assert [t["name"] for t in run["tasks"]] == TASKS
         assert set(run["reference"]) == set(TASKS)
+        # the bag-of-items linear model of every task, its L2 chosen on validation users
+        assert list(run["linear"]) == TASKS
+        for name, kind in zip(TASKS, ["next_item", "item", "profile", "profile", "profile"]):
+            lin = run["linear"][name]
+            assert lin["model"] == ("logistic" if kind == "profile" else "ridge") and lin["l2"] > 0
+            for k in ({"acc", "bacc"} if kind == "profile" else {"mrr@5", "hr@5", "mrr@20"}):
+                assert 0.0 <= lin["metrics"][k] <= 1.0
         for m in methods:
             rec = run["methods"][m]
             assert set(rec["final"]) == set(TASKS)
@@ -79,7 +86,7 @@ def _check_table(text, seeds):
     assert cols[0] == "method" and cols[-2:] == ["params stored", "wall time (s)"]
     assert len(cols) == 1 + 2 + 2 + 3 + 2          # two item tasks (MRR@5, HR@5), three profile tasks (acc)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    for label in LABELS + ["popularity / majority"]:
+    for label in LABELS + ["popularity / majority", "linear (bag of items)"]:
         assert label in rows, label
         assert len(rows[label].strip().strip("|").split("|")) == len(cols)
         assert "±" in rows[label]
@@ -151,7 +158,10 @@ def test_tune_reports_validation_only(tmp_path, script):
         assert "matrix" not in rec                    # the accuracy matrix is a test-split product
         assert set(rec["final"]) == set(TASKS)
     text = (tmp_path / "tune.md").read_text()
-    assert "VALID" in text and "keep_ratios" in text
+    assert "VALID" in text and "keep_ratios" in text and "| linear (bag of items) |" in text
+    # the linear rows are validation metrics too: the very values its L2 was selected by
+    lin = result["points"][0]["runs"][0]["linear"]["gender"]
+    assert lin["metrics"][lin["metric"]] == lin["valid"]
     tune = json.loads((tmp_path / "tune.json").read_text())
     assert tune["split"] == "valid" and tune["selection_metrics"]["next_item"] == "hr@20"
 

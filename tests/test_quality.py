@@ -241,3 +241,18 @@ def test_next_item_windows_over_the_whole_history():
         build_task_sequence(inter, [dict(spec, windows="some")], max_len=7)
     with pytest.raises(ValueError, match="next_item tasks only"):
         build_task_sequence(inter, [spec, {"name": "i", "kind": "item", "windows": "all"}], max_len=7)
+
+
+def test_shipped_configs_train_profile_tasks_with_the_measured_defaults_and_set_edits_one_task():
+    from conure.config import load_config
+    from conure.data.tasks import PROFILE_TRAIN, default_specs
+    for name in ("ml1m_paper", "ml100k"):
+        cfg, _ = load_config(name, ["tasks.3.train.lr=0.5"])
+        tcs = cfg.task_configs()
+        assert cfg.tasks[0]["windows"] == "all"
+        assert [tc.lr for tc in tcs[2:]] == [PROFILE_TRAIN["lr"], 0.5, PROFILE_TRAIN["lr"]]   # YAML aliases unshared
+        assert all(tc.pool == "mean" and tc.head_warmup == PROFILE_TRAIN["head_warmup"] for tc in tcs[2:])
+    specs = default_specs("ml-1m", train=True)
+    specs[2]["train"]["lr"] = 9.0
+    assert specs[3]["train"]["lr"] == PROFILE_TRAIN["lr"]
+    assert all("train" not in s for s in default_specs("ml-1m"))      # build_task_sequence takes these as they are

@@ -146,15 +146,26 @@ class TaskSpec:
         return {k: v for k, v in asdict(self).items() if k in ("name", "kind") or v != getattr(defaults, k)}
 
 
-def default_specs(dataset: str) -> List[Dict[str, object]]:
-    """A sensible four/five-task sequence for a dataset kind (see :data:`conure.data.readers.DATASET_KINDS`)."""
+# How profile tasks learn best on MovieLens-1M (experiments/ABLATION_ml1m.md): the head reads the mean over the
+# positions, is first fitted alone on the frozen user vectors (linear probe), then the free weights are fine-tuned
+# at a tenth of the task-1 learning rate.
+PROFILE_TRAIN = {"pool": "mean", "head_warmup": 100, "head_lr": 1e-3, "lr": 1e-4}
+
+
+def default_specs(dataset: str, train: bool = False) -> List[Dict[str, object]]:
+    """A sensible four/five-task sequence for a dataset kind (see :data:`conure.data.readers.DATASET_KINDS`).
+
+    ``train=True`` adds, as a run config's task entries do, a ``train`` mapping of TaskConfig overrides to the tasks
+    that learn better with them (:data:`PROFILE_TRAIN`); :func:`build_task_sequence` takes the specs without it."""
     if dataset in ("ml-100k", "ml-1m"):
+        def profile(name: str, attribute: str) -> Dict[str, object]:
+            spec: Dict[str, object] = {"name": name, "kind": "profile", "attribute": attribute}
+            return {**spec, "train": dict(PROFILE_TRAIN)} if train else spec     # one dict per task: --set edits one
+
         return [
-            {"name": "next_item", "kind": "next_item"},
+            {"name": "next_item", "kind": "next_item", "windows": "all"},
             {"name": "later_items", "kind": "item", "split": "time", "window": 0.2},
-            {"name": "gender", "kind": "profile", "attribute": "gender"},
-            {"name": "age", "kind": "profile", "attribute": "age_bracket"},
-            {"name": "occupation", "kind": "profile", "attribute": "occupation"},
+            profile("gender", "gender"), profile("age", "age_bracket"), profile("occupation", "occupation"),
         ]
     if dataset == "synthetic":
         from conure.data.synthetic import SYNTHETIC_SPECS
