@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 import yaml
 
 from conure.baselines import METHODS, PeterRec
@@ -442,9 +443,12 @@ def parse_config(raw: Optional[Mapping[str, Any]], *, base_dir: Optional[Path] =
         raise ConfigError("tasks: at most 255 tasks (owner maps are uint8)")
     for i, t in enumerate(cfg.tasks):
         try:
-            TaskConfig(**{**cfg.train.to_dict(), **dict(t.get("train") or {})})
+            tc = TaskConfig(**{**cfg.train.to_dict(), **dict(t.get("train") or {})})
         except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks[{i}].train: {_strip_prefix(str(e))}") from None
+        if tc.precision == "fp16" and (cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())):
+            raise ConfigError(f"tasks[{i}].train: precision fp16 needs a CUDA device (device: {cfg.device}); use bf16 "
+                              f"(or fp32) on the CPU")
     if cfg.data.path is not None:
         p = Path(os.path.expanduser(cfg.data.path))
         if not p.is_absolute():

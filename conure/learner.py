@@ -47,11 +47,27 @@ from conure.heads import POOLS, TaskHead, balanced_class_weight, head_from_confi
 from conure.models import NextItNet
 from conure.nn import BottleneckPatch, check_task_id
 
-__all__ = ["TaskConfig", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint", "ResumeError",
-           "derive_seed", "check_state_dtypes"]
+__all__ = ["TaskConfig", "autocast", "PRECISIONS", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint",
+           "ResumeError", "derive_seed", "check_state_dtypes"]
 
 
 CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}   # TaskConfig.class_weight -> power of N / (K n_k)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # TaskConfig.precision -> autocast dtype
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a training ``precision`` on ``device``: mixed precision computes the forward and the
+    loss in bfloat16/float16 where torch's autocast policy allows (LayerNorm statistics, softmax and losses stay
+    float32), while the parameters, their gradients and the optimizer state stay float32 ("master weights"), so a
+    frozen task's stored weights never change dtype or value. float16 needs CUDA (loss scaling, see ``_fit``)."""
+    dtype = PRECISIONS[precision]
+    device = torch.device(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (float16 training needs loss scaling and fast float16 "
+                         f"GEMMs, which CPUs lack); the model is on {device}: use bf16 (or fp32) on the CPU")
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -94,6 +110,7 @@ class TaskConfig:
                                         # scramble the free weights); early-stopped on the validation metric
     head_lr: Optional[float] = None     # learning rate of the head warm-up (None: lr)
     max_grad_norm: Optional[float] = None
+    precision: str = "fp32"             # training: "fp32", "bf16" (autocast, float32 master weights) or "fp16" (CUDA)
     evaluate_all: bool = True           # after the task, evaluate every learned task on test (accuracy matrix)
 
     def __post_init__(self) -> None:
@@ -115,6 +132,8 @@ class TaskConfig:
         if self.class_weight not in CLASS_WEIGHTS:
             raise ValueError(f"TaskConfig.class_weight must be one of {tuple(CLASS_WEIGHTS)}, got "
                              f"{self.class_weight!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TaskConfig.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.head_warmup < 0 or (self.head_lr is not None and not self.head_lr > 0):
             raise ValueError("TaskConfig: head_warmup must be >= 0 and head_lr > 0")
         if self.epochs < 0 or self.retrain_epochs < 0 or self.batch_size < 1:
@@ -352,6 +371,7 @@ class ContinualLearner:
             raise TypeError(f"{type(self).__name__}.learn: config must be a TaskConfig or None, got "
                             f"{type(config).__name__} (build one with TaskConfig(**options))")
         cfg = config if config is not None else TaskConfig()
+        autocast(cfg.precision, self.device)                   # fp16 off CUDA: refused before anything changes
         metric = cfg.metric or M.default_metric(data.kind, cfg.eval_ks)
         self._check_new_task(task_id)
         with torch.random.fork_rng(devices=[]):
@@ -403,6 +423,8 @@ class ContinualLearner:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, phase))
+        # float16 gradients underflow without loss scaling; a resumed fp16 phase starts a fresh scale
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         if point is not None:
             best = self._resume(point, params, opt, gen)
             best_value, best_epoch, stopped, first = point.best_value, point.best_epoch, point.stopped, point.epoch + 1
@@ -424,12 +446,19 @@ class ContinualLearner:
                 break
             start, total, count = time.perf_counter(), torch.zeros(()), 0
             for items, targets in step.batches(epoch):
-                loss = step.loss(items, targets)
+                with autocast(cfg.precision, self.device):
+                    loss = step.loss(items, targets)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if scaler is None else scaler.scale(loss)).backward()
                 if cfg.max_grad_norm:
+                    if scaler is not None:
+                        scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
+                if scaler is None:
+                    opt.step()
+                else:
+                    scaler.step(opt)
+                    scaler.update()
                 self._after_step(task_id)
                 total, count = total + loss.detach().cpu(), count + 1
             value = self._valid_metric(task_id)

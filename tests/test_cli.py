@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import conure
@@ -183,6 +184,20 @@ def test_train_writes_a_run_directory(trained):
     report = next(line for line in r.stdout.splitlines() if line.startswith("baselines (test):"))
     assert report.count("linear") == 3
     assert not (run / "plots").exists() and not (run / "tb").exists()   # output.plots/tensorboard: false
+
+
+def test_train_in_bf16_mixed_precision(tmp_path):
+    """``--set train.precision=bf16``: the run trains under bfloat16 autocast and stores float32 weights as usual;
+    fp16 on a CPU is one clear error."""
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    ok(conure_cmd("train", "--config", "tiny.yaml", "--out", "bf16", "--set", "train.precision=bf16", cwd=tmp_path))
+    res = json.loads((tmp_path / "bf16" / "results.json").read_text())
+    assert res["complete"] and res["config"]["train"]["precision"] == "bf16"
+    from conure import checkpoint as ckpt
+    tensors, _ = ckpt.load(ckpt.resolve_checkpoint(tmp_path / "bf16"))
+    assert {t.dtype for t in tensors.values()} <= {torch.float32, torch.float64, torch.uint8}
+    r = conure_cmd("train", "--config", "tiny.yaml", "--out", "fp16", "--set", "train.precision=fp16", cwd=tmp_path)
+    assert_error(r, "precision fp16 needs a CUDA device")
 
 
 def test_train_print_config_applies_typed_overrides(trained, capsys):

@@ -256,3 +256,28 @@ def test_shipped_configs_train_profile_tasks_with_the_measured_defaults_and_set_
     specs[2]["train"]["lr"] = 9.0
     assert specs[3]["train"]["lr"] == PROFILE_TRAIN["lr"]
     assert all("train" not in s for s in default_specs("ml-1m"))      # build_task_sequence takes these as they are
+
+
+# ------------------------------------------------------------------------------------------------ mixed precision
+def test_bf16_training_keeps_float32_master_weights_and_frozen_tasks_bit_identical(tasks):
+    learner = _learner(tasks)
+    learner.learn(tasks[0], 1, TaskConfig(epochs=2, retrain_epochs=1, lr=1e-2, batch_size=64, precision="bf16"))
+    probe = tasks[0].test.inputs[:32]
+    digest, scores = learner.task_digest(1), learner.predict(1, probe)
+    learner.learn(tasks[2], 2, TaskConfig(epochs=2, retrain_epochs=1, lr=1e-2, batch_size=64, precision="bf16",
+                                          pool="mean"))
+    assert all(t.dtype in (torch.float32, torch.uint8, torch.float64)
+               for t in learner.state_tensors().values())                # stored dtypes unchanged
+    assert learner.task_digest(1) == digest and torch.equal(learner.predict(1, probe), scores)
+    epochs = [r for r in learner.history if r.get("event") == "epoch"]
+    assert epochs and all(math.isfinite(r["loss"]) for r in epochs)
+    assert learner.evaluate(1, "test")["mrr@5"] > 0 and learner.evaluate(2, "test")["bacc"] > 0.55
+
+
+def test_fp16_needs_cuda_and_is_refused_before_anything_changes(tasks):
+    learner = _learner(tasks)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        learner.learn(tasks[0], 1, TaskConfig(epochs=1, precision="fp16"))
+    assert learner.learned_tasks == [] and "head_1" not in learner.store
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TaskConfig(precision="fp8")
