@@ -51,6 +51,17 @@ def _sets(p: argparse.ArgumentParser) -> None:
                         "--set method.compare=[sinmoall]")
 
 
+def _precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="compute the scores in float32 (default) or under bfloat16 autocast (faster on CPUs with "
+                        "AVX512-BF16/AMX; scores round differently, rankings may change among near ties)")
+
+
+def _autocast(precision: str):
+    from conure.learner import autocast
+    return autocast(precision, "cpu")       # eval and predict load the model on the CPU
+
+
 def build_parser() -> argparse.ArgumentParser:
     from conure import __version__
     parser = _Parser(prog=PROG, description="Continual user representation learning (Conure, SIGIR 2021): one "
@@ -89,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint (or run directory)")
     p.add_argument("--task", metavar="N", help="task id (1-based) or name; default: every learned task")
     p.add_argument("--split", choices=["test", "valid", "train"], default="test")
+    _precision(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_common(p)
 
@@ -107,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE", help="sequence TSV ('-' = stdin)")
     p.add_argument("--top-k", type=int, default=10, metavar="K", help="items per user (ranking tasks; default 10)")
     p.add_argument("--format", choices=["tsv", "json"], default="tsv")
+    _precision(p)
     p.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     p.add_argument("--exclude-seen", action="store_true",
                    help="next-item tasks: do not recommend items already in the user's history")
@@ -226,7 +239,8 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from conure.runner import evaluate_checkpoint
-    res = evaluate_checkpoint(args.checkpoint, args.task, args.split, echo=_say)
+    with _autocast(args.precision):
+        res = evaluate_checkpoint(args.checkpoint, args.task, args.split, echo=_say)
     if args.json:
         from conure.checkpoint import nan_to_none
         _say(json.dumps(nan_to_none(res), indent=1))
@@ -313,14 +327,15 @@ def cmd_predict(args) -> int:
         stats = PredictStats()
         batches = iter_predictions(model, itertools.chain([first], rows), top_k=args.top_k,
                                    exclude_seen=args.exclude_seen, stats=stats)
-        if args.output:
-            with AtomicWriter(args.output, binary=False) as out:
+        with _autocast(args.precision):
+            if args.output:
+                with AtomicWriter(args.output, binary=False) as out:
+                    for text in prediction_text(model, batches, args.format):
+                        out.write(text)
+            else:
                 for text in prediction_text(model, batches, args.format):
-                    out.write(text)
-        else:
-            for text in prediction_text(model, batches, args.format):
-                sys.stdout.write(text)
-                sys.stdout.flush()
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
     finally:
         rows.close()
     if stats.unknown:

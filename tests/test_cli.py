@@ -200,6 +200,22 @@ def test_train_in_bf16_mixed_precision(tmp_path):
     assert_error(r, "precision fp16 needs a CUDA device")
 
 
+def test_eval_and_predict_in_bf16(trained, capsys):
+    """``--precision bf16``: the same tasks and metrics, scores computed under bfloat16 autocast (close to float32,
+    not equal); predictions keep their shape."""
+    d, _ = trained
+    fp32 = json.loads(ok(InProcess(["eval", "--checkpoint", d / "run", "--json"], capsys, d)).stdout)
+    bf16 = json.loads(ok(InProcess(["eval", "--checkpoint", d / "run", "--json", "--precision", "bf16"], capsys,
+                                   d)).stdout)
+    assert [t["name"] for t in bf16["tasks"]] == [t["name"] for t in fp32["tasks"]]
+    for a, b in zip(fp32["tasks"], bf16["tasks"]):
+        assert a["metrics"].keys() == b["metrics"].keys() and abs(a["value"] - b["value"]) < 0.1, (a, b)
+    (d / "bf16.tsv").write_text("alice\t3 7 12 5 9\nbob\t40 41 42\n")
+    out = ok(InProcess(["predict", "--checkpoint", d / "run", "--task", "1", "--input", d / "bf16.tsv", "--top-k",
+                        "3", "--precision", "bf16"], capsys, d)).stdout.splitlines()
+    assert len(out) == 2 and all(len(line.split("\t")[1].split()) == 3 for line in out)
+
+
 def test_train_print_config_applies_typed_overrides(trained, capsys):
     d, _ = trained
     r = ok(InProcess(["train", "--config", "tiny.yaml", "--set", "model.channels=32", "--set",
