@@ -1,4 +1,6 @@
 """conure: continual user representation learning (Conure, SIGIR 2021) with compiled kernels."""
+__version__ = "0.1.0"   # before the imports: conure._build keys its cache on it while conure.ops loads
+
 from conure import ops, reference  # ops first: it loads the compiled extension (or warns and falls back)
 from conure import metrics
 from conure.baselines import METHODS, make_method
@@ -8,7 +10,6 @@ from conure.models import NextItNet
 from conure.nn import BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock
 from conure.ops import backend
 
-__version__ = "0.1.0"
 __all__ = [
     "ops", "reference", "metrics", "backend", "__version__",
     "MaskedCausalConv1d", "ResidualBlock", "BottleneckPatch", "CapacityError", "NextItNet",

@@ -12,6 +12,7 @@ Commands::
     conure config   [--defaults | FILE] [--set key=value ...]
     conure tune     --config FILE --task NAME --trials N [--out DIR] [--set key=value ...] [--timeout SECONDS]
                     [--space FILE]                      (needs optuna: pip install 'conure[tune]')
+    conure doctor   [--json]                            (backend, compiled library, compiler, CUDA, CPU, threads)
 
 Bad arguments, configs, data or checkpoints end with one line ``conure: error: ...`` on stderr and exit code 2
 (``--debug`` shows the traceback). An interrupted run says how to resume it (exit code 130).
@@ -161,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", metavar="FILE",
                    help="search space YAML: TaskConfig key -> {low, high, log} | {int: [low, high]} | "
                         "{choices: [...]} (default: lr, batch_size, weight_decay, head options, keep_ratio...)")
+    _add_common(p)
+
+    p = sub.add_parser("doctor", help="how conure runs here: backend, compiled library, compiler, CUDA, CPU, threads",
+                       description="Print the operators' backend (compiled or reference) and where the compiled "
+                       "library came from (built at install, or compiled at first import into the cache, and where), "
+                       "conure's and torch's versions, the C++ compiler, ninja, CUDA (torch's, nvcc, GPUs), the CPU "
+                       "model and the instruction sets conure's speed depends on (AVX2, AVX-512F, AVX512-BF16, "
+                       "AMX-BF16), threads and the environment switches that are set. Paste it into bug reports.")
+    p.add_argument("--json", action="store_true", help="print JSON")
     _add_common(p)
     return parser
 
@@ -400,8 +410,16 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from conure import doctor
+    r = doctor.report()
+    _say(json.dumps(r, indent=2) if args.json else doctor.format_report(r))
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "inspect": cmd_inspect,
-            "predict": cmd_predict, "export": cmd_export, "config": cmd_config, "tune": cmd_tune}
+            "predict": cmd_predict, "export": cmd_export, "config": cmd_config, "tune": cmd_tune,
+            "doctor": cmd_doctor}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

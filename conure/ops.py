@@ -7,67 +7,46 @@ Operators (namespace ``torch.ops.conure``; schemas and kernels in ``csrc/``):
 * ``magnitude_prune_(weight, owner, task, keep_ratio) -> kept``
 * ``magnitude_prune_many_(weights, owners, task, keep_ratio) -> kept``
 
-If the compiled extension is missing or was built against another torch, importing conure warns once and these
-functions run the pure-torch twins in :mod:`conure.reference`.  ``CONURE_REQUIRE_EXTENSION=1`` turns that into an
-ImportError; ``CONURE_FORCE_REFERENCE=1`` uses the reference even when the extension is present.
-:func:`backend` tells which one is in use.
+The compiled library is ``conure._C`` when the install built it against the running torch, else the one compiled
+at first import into a per-user cache (:mod:`conure._build`; :func:`extension_info` says which and where). If neither
+can be had (no compiler, a compile error), importing conure warns once, naming the cause, and these functions run
+the pure-torch twins in :mod:`conure.reference`.  ``CONURE_REQUIRE_EXTENSION=1`` turns that into an ImportError;
+``CONURE_FORCE_REFERENCE=1`` uses the reference even when the extension is present. :func:`backend` tells which one
+is in use.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
 import os
 import warnings
-from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
 
-from conure import reference
+from conure import _build, reference
 
 __all__ = [
     "backend",
     "extension_error",
+    "extension_info",
     "masked_causal_conv1d",
     "magnitude_prune_",
     "magnitude_prune_many_",
 ]
 
-_FIX = "reinstall conure against the running torch: pip install --no-build-isolation ."
+
+def _load_extension() -> dict:
+    """Load the compiled operators (:func:`conure._build.load`: ``conure._C`` built at install, else the library
+    compiled at first import into the cache); :func:`extension_info`'s dict, ``error`` None on success."""
+    return _build.load()
 
 
-def _load_extension() -> Optional[str]:
-    """Import conure._C; return None on success, else a sentence naming the cause and the fix."""
-    info_path = Path(__file__).with_name("_build_info.json")
-    built_with = None
-    if info_path.exists():
-        try:
-            built_with = json.loads(info_path.read_text())["torch_version"]
-        except (ValueError, KeyError, OSError):
-            built_with = None
-    if built_with is not None and built_with != torch.__version__:
-        return (f"conure's compiled extension was built against torch {built_with} but torch {torch.__version__} "
-                f"is running; {_FIX}")
-    if importlib.util.find_spec("conure._C") is None:
-        return f"conure's compiled extension (conure._C) is not built; {_FIX}"
-    try:
-        importlib.import_module("conure._C")  # runs the TORCH_LIBRARY registrations: torch.ops.conure.*
-    except ImportError as exc:  # e.g. undefined symbols from another torch build
-        return f"conure's compiled extension failed to load ({exc}); {_FIX}"
-    return None
-
-
-_EXTENSION_ERROR: Optional[str] = None
-if os.environ.get("CONURE_FORCE_REFERENCE", "") not in ("", "0"):
-    _EXTENSION_ERROR = "CONURE_FORCE_REFERENCE is set"
-else:
-    _EXTENSION_ERROR = _load_extension()
-    if _EXTENSION_ERROR is not None:
-        if os.environ.get("CONURE_REQUIRE_EXTENSION", "") not in ("", "0"):
-            raise ImportError(_EXTENSION_ERROR + " (CONURE_REQUIRE_EXTENSION is set)")
-        warnings.warn(_EXTENSION_ERROR + "; falling back to the pure-torch reference operators.",
-                      RuntimeWarning, stacklevel=2)
+_INFO = _load_extension()
+_EXTENSION_ERROR: Optional[str] = _INFO["error"]
+if _EXTENSION_ERROR is not None and not _build.reference_forced():
+    if os.environ.get("CONURE_REQUIRE_EXTENSION", "") not in ("", "0"):
+        raise ImportError(_EXTENSION_ERROR + " (CONURE_REQUIRE_EXTENSION is set)")
+    warnings.warn(_EXTENSION_ERROR + "\nconure falls back to the pure-torch reference operators (slower; "
+                  "CONURE_REQUIRE_EXTENSION=1 makes this an error).", RuntimeWarning, stacklevel=2)
 
 _COMPILED = _EXTENSION_ERROR is None
 
@@ -80,6 +59,13 @@ def backend() -> str:
 def extension_error() -> Optional[str]:
     """Why the extension is not in use, or None."""
     return _EXTENSION_ERROR
+
+
+def extension_info() -> dict:
+    """Where the operators came from: ``source`` ("aot": ``conure._C`` built at install; "jit": compiled at first
+    import into the cache; None: the reference is in use), ``path`` (the library), ``cache_dir``, ``sources`` (the
+    csrc/ compiled), ``built_now`` (this process compiled it), ``build_seconds``, ``log`` and ``error``."""
+    return dict(_INFO)
 
 
 def cuda_available() -> bool:

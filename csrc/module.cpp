@@ -1,4 +1,5 @@
-// The Python module conure._C: importing it runs the TORCH_LIBRARY registrations of the other sources.
+// The Python module conure._C (built by setup.py only): importing it runs the TORCH_LIBRARY registrations of the
+// other sources.
 #include <Python.h>
 
 extern "C" {

@@ -1674,7 +1674,7 @@ ROWS: List[Row] = [
     # ---- the command line: conure.cli (`python -m conure ...`) ---------------------------------------------------
     exits("cli.unknown_subcommand", "python -m conure", "an unknown subcommand (frobnicate)",
           "argument COMMAND: invalid choice: 'frobnicate' (choose from 'demo', 'train', 'eval', 'inspect', 'predict', "
-          "'export', 'config', 'tune')", lambda c: cli_process(c, "frobnicate")),
+          "'export', 'config', 'tune', 'doctor')", lambda c: cli_process(c, "frobnicate")),
     behaves("cli.no_subcommand", "conure.cli.main", "no subcommand at all", "exit 2 after printing the usage (stdout)",
             lambda c: cli(c), lambda r, c: (r[0] == 2 and r[1].startswith("usage: conure") and not r[2].strip())
             or pytest.fail(str(r))),
