@@ -234,6 +234,7 @@ def primary(kind: str) -> str:
 
 METRIC_KEYS = {False: ("mrr@5", "hr@5", "ndcg@5", "mrr@20", "hr@20", "ndcg@20"),
                True: ("acc", "bacc", "macro_f1")}   # by "is profile"
+PROFILE_COLUMNS = ("acc", "bacc")       # profile columns of the report's main table
 
 
 def pick(metrics: Dict[str, float], kind: str) -> Dict[str, float]:
@@ -403,13 +404,13 @@ def summarise(runs: List[Dict[str, Any]], methods: Sequence[str]) -> Dict[str, A
         row: Dict[str, Any] = {}
         for n in names:
             for key in METRIC_KEYS[kinds[n] == "profile"]:
-                row[f"{n}/{key}"] = mean_std([r["methods"][m]["final"][n][key] for r in runs])
+                row[f"{n}/{key}"] = mean_std([r["methods"][m]["final"][n].get(key, math.nan) for r in runs])
         row["params_stored"] = mean_std([r["methods"][m]["params_stored"] for r in runs])
         row["seconds"] = mean_std([r["methods"][m]["seconds"] for r in runs])
         summary["methods"][m] = row
     for n in names:
-        keys = ("acc",) if kinds[n] == "profile" else ("mrr@5", "hr@5")
-        summary["reference"][n] = {k: mean_std([r["reference"][n][k] for r in runs]) for k in keys}
+        keys = PROFILE_COLUMNS if kinds[n] == "profile" else ("mrr@5", "hr@5")
+        summary["reference"][n] = {k: mean_std([r["reference"][n].get(k, math.nan) for r in runs]) for k in keys}
     if all("linear" in r for r in runs):        # results.json written before the linear rows have none
         summary["linear"] = {n: {k: mean_std([r["linear"][n]["metrics"].get(k, math.nan) for r in runs])
                                  for k in METRIC_KEYS[kinds[n] == "profile"]} for n in names}
@@ -571,13 +572,15 @@ def markdown_report(result: Dict[str, Any]) -> str:
     L.append("")
     L.append("## Test metrics after the last task (mean ± std over seeds)")
     L.append("")
-    L.append("Item tasks: MRR@5 / HR@5, full ranking over the task's target vocabulary; profile tasks: accuracy. "
-             "Every method is evaluated once all tasks are learned (what a deployed model would give).")
+    L.append("Item tasks: MRR@5 / HR@5, full ranking over the task's target vocabulary; profile tasks: accuracy and "
+             "balanced accuracy (bacc: the mean recall over classes, 1 / #classes for any constant guess; results "
+             "older than bacc show n/a). Every method is evaluated once all tasks are learned (what a deployed model "
+             "would give).")
     L.append("")
     head = ["method"]
     for i, n in enumerate(names, 1):
         if kinds[n] == "profile":
-            head.append(f"T{i} {n} acc")
+            head += [f"T{i} {n} {k}" for k in PROFILE_COLUMNS]
         else:
             head += [f"T{i} {n} MRR@5", f"T{i} {n} HR@5"]
     head += ["params stored", "wall time (s)"]
@@ -587,7 +590,7 @@ def markdown_report(result: Dict[str, Any]) -> str:
     cells = ["popularity / majority"]
     for n in names:
         if kinds[n] == "profile":
-            cells.append(_cell(ref[n], "acc"))
+            cells += [_cell(ref[n], k) for k in PROFILE_COLUMNS]
         else:
             cells += [_cell(ref[n], "mrr@5"), _cell(ref[n], "hr@5")]
     cells += ["0", "-"]
@@ -596,7 +599,7 @@ def markdown_report(result: Dict[str, Any]) -> str:
         cells = ["linear (bag of items)"]
         for n in names:
             if kinds[n] == "profile":
-                cells.append(_cell(summary["linear"][n], "acc"))
+                cells += [_cell(summary["linear"][n], k) for k in PROFILE_COLUMNS]
             else:
                 cells += [_cell(summary["linear"][n], "mrr@5"), _cell(summary["linear"][n], "hr@5")]
         secs = summary["linear_seconds"]
@@ -607,7 +610,7 @@ def markdown_report(result: Dict[str, Any]) -> str:
         cells = [METHOD_LABEL.get(meth, meth)]
         for n in names:
             if kinds[n] == "profile":
-                cells.append(_cell(row, f"{n}/acc"))
+                cells += [_cell(row, f"{n}/{k}") for k in PROFILE_COLUMNS]
             else:
                 cells += [_cell(row, f"{n}/mrr@5"), _cell(row, f"{n}/hr@5")]
         cells.append(f"{row['params_stored'][0]:,.0f}")
