@@ -433,7 +433,7 @@ class ContinualLearner:
         self._phase_start(task_id)
         warm = phase == "train" and cfg.head_warmup > 0 and head.kind != "next_item"
         if point is None and warm:
-            self._warm_head(task_id, cfg, info_metric)
+            self._warm_head(task_id, cfg)
         if point is None:
             # The state before the first epoch competes for "best" unless its head is the untrained, random one
             # (phase "train" without a warm-up): on a few hundred validation users a random head can win by luck.
@@ -493,10 +493,12 @@ class ContinualLearner:
                                    task_id, getattr(self._data[task_id], split), info))})
         return {"best_epoch": best_epoch, "best_valid": best_value}
 
-    def _warm_head(self, task_id: int, cfg: TaskConfig, metric: str) -> None:
+    def _warm_head(self, task_id: int, cfg: TaskConfig) -> None:
         """Linear probing before fine-tuning: train the head alone on the pooled user vectors of the backbone as it
-        is (computed once, in eval mode) for up to ``cfg.head_warmup`` epochs; keep the epoch with the best
-        validation ``metric`` (patience ``cfg.patience``). Seeded, the same on every rank."""
+        is (computed once, in eval mode) for up to ``cfg.head_warmup`` epochs, and keep the epoch with the lowest
+        validation loss (the head's own loss on the validation users: smooth, where a metric such as balanced
+        accuracy on a few hundred users jumps from epoch to epoch and stops a fit early by chance), patience
+        ``max(10, cfg.patience)``: a head-only epoch is cheap. Seeded, the same on every rank."""
         head, data = self.store[f"head_{task_id}"], self._data[task_id]
         with torch.no_grad():
             was_training = self.store.training
@@ -509,19 +511,18 @@ class ContinualLearner:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(params, lr=cfg.head_lr or cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, "head_warmup"))
-        train, valid = data.train, data.valid
-        targets_dev = valid.targets.to(self.device)
+        train, valid_targets = data.train, data.valid.targets.to(self.device)
+        patience = max(10, cfg.patience or 0)
 
-        def score() -> float:
+        def valid_loss() -> float:
             head.eval()
-            with torch.no_grad():
-                scores = head.scores(feats["valid"])
+            with torch.no_grad():   # the same negatives every epoch (item heads that sample): a fixed generator
+                value = float(head.user_loss(feats["valid"], valid_targets,
+                                             torch.Generator().manual_seed(derive_seed(self.seed, task_id, "valid"))))
             head.train()
-            if head.kind == "profile":
-                return M.classification_metrics(scores, valid.targets, scores.shape[1])[metric]
-            return M.ranking_metrics(M.target_ranks(scores, targets_dev).cpu(), cfg.eval_ks)[metric]
+            return value
 
-        best_value, best_epoch = math.nan, 0        # the random head is no candidate (see _fit)
+        best_loss, best_epoch = math.inf, 0         # the random head is no candidate (see _fit)
         best = [p.detach().clone() for p in params]
         head.train()
         for epoch in range(1, cfg.head_warmup + 1):
@@ -532,17 +533,17 @@ class ContinualLearner:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            value = score()
-            if M.improves(metric, value, best_value):
-                best_value, best_epoch = value, epoch
+            value = valid_loss()
+            if value < best_loss:
+                best_loss, best_epoch = value, epoch
                 best = [p.detach().clone() for p in params]
-            elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+            elif epoch - best_epoch >= patience:
                 break
         with torch.no_grad():
             for p, b in zip(params, best):
                 p.copy_(b)
-        self.history.append({"event": "head_warmup", "task": task_id, "epochs": epoch if cfg.head_warmup else 0,
-                             "best_epoch": best_epoch, "best_valid": best_value})
+        self.history.append({"event": "head_warmup", "task": task_id, "epochs": epoch, "best_epoch": best_epoch,
+                             "best_valid_loss": best_loss, "best_valid": self._valid_metric(task_id)})
 
     def _resume(self, point: ResumePoint, params: List[nn.Parameter], opt: torch.optim.Optimizer,
                 gen: torch.Generator) -> List[torch.Tensor]:

@@ -84,7 +84,8 @@ def _check_table(text, seeds):
     header = next(line for line in text.splitlines() if line.startswith("| method |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols[0] == "method" and cols[-2:] == ["params stored", "wall time (s)"]
-    assert len(cols) == 1 + 2 + 2 + 3 + 2          # two item tasks (MRR@5, HR@5), three profile tasks (acc)
+    assert len(cols) == 1 + 2 + 2 + 3 * 2 + 2      # two item tasks (MRR@5, HR@5), three profile tasks (acc, bacc)
+    assert "T3 gender bacc" in cols and "T5 occupation acc" in cols
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     for label in LABELS + ["popularity / majority", "linear (bag of items)"]:
         assert label in rows, label
