@@ -37,6 +37,7 @@ from conure import checkpoint as ckpt  # noqa: E402
 from conure import metrics as M  # noqa: E402
 from conure.config import load_config  # noqa: E402
 from conure.learner import ContinualLearner  # noqa: E402
+from conure.linear import linear_baseline  # noqa: E402
 from conure.runner import build_tasks, new_learner  # noqa: E402
 
 
@@ -102,8 +103,7 @@ def main(argv=None) -> int:
             i = names.index(tname)
             task = tasks[i]
             key = (seed, "_reference", tname)
-            if key not in done and task.kind == "profile" and _has_linear():
-                from conure.linear import linear_baseline
+            if key not in done and task.kind == "profile":
                 metric = M.default_metric(task.kind)
                 lin = linear_baseline(task, metric, tcfgs[i].eval_ks)
                 const = M.classification_metrics(M.majority_logits(task.train.targets, len(task.test),
@@ -137,14 +137,6 @@ def main(argv=None) -> int:
                     f"| best epochs {[p['best_epoch'] for p in epochs]} ({rec['seconds']:.0f}s)")
     print(table(runs_path))
     return 0
-
-
-def _has_linear() -> bool:
-    try:
-        from conure.linear import linear_baseline  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _copy(learner: ContinualLearner) -> ContinualLearner:
