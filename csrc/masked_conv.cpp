@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <cfenv>
 #include <cmath>
 
@@ -32,14 +33,38 @@ MkldnnMatmul find_mkldnn_matmul() {
   return fn;
 }
 
+// at::native::mkldnn_matmul refuses to run (for float32 too: it is ATen's bfloat16 path) unless oneDNN may use
+// AVX512BW/VL/DQ or AVX-NE-CONVERT (ONEDNN_MAX_CPU_ISA caps what it may use): on an AVX2-only CPU every call would
+// throw. Probed once per dtype with a 2x2 product, rather than re-deriving ATen's rule here; ATen's own GEMM
+// (MKL/OpenBLAS) takes what oneDNN does not.
+bool mkldnn_usable(MkldnnMatmul fn, at::ScalarType dtype) {
+  auto probe = [fn](at::ScalarType t) {
+    try {
+      const at::Tensor a = at::ones({2, 2}, t);
+      at::Tensor out = at::empty({2, 2}, t);
+      fn(a, a, out, 0.0f, 1.0f);
+      return true;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  };
+  static const bool float_ok = probe(at::kFloat);
+  static const bool bf16_ok = probe(at::kBFloat16);
+  return dtype == at::kFloat ? float_ok : bf16_ok;
+}
+
 void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   const auto dtype = out.scalar_type();
   if (out.is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16) && out.is_contiguous()) {
-    if (MkldnnMatmul fn = find_mkldnn_matmul()) {
+    MkldnnMatmul fn = find_mkldnn_matmul();
+    if (fn != nullptr && mkldnn_usable(fn, dtype)) {
       fn(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
       return;
     }
   }
+  // A kernel's internal GEMM: no autograd here even when an operand is a leaf that requires grad (the fused
+  // blocks pass their weights as they are); ATen's out= variants refuse such operands otherwise.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   if (out.dim() == 3) {  // batched: a is [T, M, K] or [1, M, K] (broadcast), b is [T, K, N]
     const at::Tensor a3 = a.size(0) == out.size(0) ? a : a.expand({out.size(0), a.size(1), a.size(2)});
     if (accumulate) {
@@ -255,7 +280,10 @@ TORCH_LIBRARY(conure, m) {
         "int dilation, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)");
   m.def("magnitude_prune_many_(Tensor[] weights, Tensor(a!)[] owners, int task, float keep_ratio) -> Tensor");
   // Which GEMM the CPU conv uses ("onednn" or "aten"), for diagnostics and benchmarks.
-  m.def("cpu_gemm_backend() -> str", []() { return std::string(conure::find_mkldnn_matmul() ? "onednn" : "aten"); });
+  m.def("cpu_gemm_backend() -> str", []() {
+    const conure::MkldnnMatmul fn = conure::find_mkldnn_matmul();
+    return std::string(fn != nullptr && conure::mkldnn_usable(fn, at::kFloat) ? "onednn" : "aten");
+  });
   m.def("has_cuda() -> bool", []() {
 #ifdef CONURE_WITH_CUDA
     return true;
