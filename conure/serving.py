@@ -13,6 +13,9 @@ share:
 The tasks' GEMMs stay one per task (their inputs differ after the first conv).
 
 Post-LN backbones (``NextItNet(pre_ln=False)``) go through ``multi_task_forward_post_ln``, the same sharing.
+
+The vectors are the backbone's output at the last position: what a head with ``pool="last"`` reads. A head that
+pools over positions (``"mean"``, ``"attention"``) needs every position: ``learner.user_vectors(task, items)``.
 """
 from __future__ import annotations
 
