@@ -107,7 +107,7 @@ class TaskConfig:
     head_warmup: int = 0                # "item"/"profile": epochs fitting the new head alone first (linear probe)
                                         # on the user vectors of the untouched backbone, computed once
                                         # (linear probing, then fine-tuning: a random head's gradients no longer
-                                        # scramble the free weights); early-stopped on the validation metric
+                                        # scramble the free weights); early-stopped on the validation loss
     head_lr: Optional[float] = None     # learning rate of the head warm-up (None: lr)
     max_grad_norm: Optional[float] = None
     precision: str = "fp32"             # training: "fp32", "bf16" (autocast, float32 master weights) or "fp16" (CUDA)
@@ -429,7 +429,7 @@ class ContinualLearner:
             best = self._resume(point, params, opt, gen)
             best_value, best_epoch, stopped, first = point.best_value, point.best_epoch, point.stopped, point.epoch + 1
         step = self._train_step(task_id, cfg, phase, gen)
-        info_metric = (self._current if task_id not in self.tasks else self.tasks[task_id])["metric"]
+        info_metric = self._info(task_id)["metric"]
         self._phase_start(task_id)
         warm = phase == "train" and cfg.head_warmup > 0 and head.kind != "next_item"
         if point is None and warm:
@@ -576,8 +576,12 @@ class ContinualLearner:
             p.requires_grad_(False)
         return {"best_epoch": record["best_epoch"], "best_valid": record["best_valid"]}
 
+    def _info(self, task_id: int) -> Dict[str, object]:
+        """The task's record (name, kind, metric, config...): the one being learned, or a learned one."""
+        return self._current if task_id not in self.tasks else self.tasks[task_id]
+
     def _valid_metric(self, task_id: int) -> float:
-        info = self._current if task_id not in self.tasks else self.tasks[task_id]
+        info = self._info(task_id)
         return float(self._evaluate(task_id, self._data[task_id].valid, info)[info["metric"]])
 
     def _end(self, task_id: int) -> Dict[str, object]:
@@ -940,7 +944,7 @@ class _AutoKeep:
         store = learner.store
         self.state = {k: v.detach().clone() for k, v in store.state_dict().items()}
         self.dense = learner._valid_metric(task_id)
-        self.metric = learner._current["metric"]
+        self.metric = learner._info(task_id)["metric"]
         self.hook, learner.on_epoch_end = learner.on_epoch_end, None
 
     def restore(self) -> None:

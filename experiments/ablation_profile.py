@@ -69,19 +69,31 @@ def task1_learner(cfg, tasks, seed: int, cache: Path, log) -> ContinualLearner:
     return learner
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments the experiment scripts of this kind share (config, overrides, seeds, tasks, out, threads)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--tasks", nargs="+", required=True, help="names of the later tasks to learn as task 2")
-    ap.add_argument("--variant", action="append", default=[], help="name:key=value,... (TaskConfig overrides)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv) -> tuple:
+    """``(args, out directory)``: the arguments, torch's thread count set, the output directory made."""
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    return args, out
+
+
+def main(argv=None) -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--variant", action="append", default=[], help="name:key=value,... (TaskConfig overrides)")
+    args, out = parse(ap, argv)
     runs_path = out / "runs.jsonl"
     done = set()
     if runs_path.exists():

@@ -14,7 +14,6 @@ each share of the training users (seeded subsample) and each profile task: fit t
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -37,7 +36,7 @@ from conure.linear import linear_baseline  # noqa: E402
 from conure.runner import build_tasks  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_profile import _copy, task1_learner  # noqa: E402
+from ablation_profile import _copy, parse, parser, task1_learner  # noqa: E402
 
 
 def subsample(task, share: float, seed: int):
@@ -49,19 +48,10 @@ def subsample(task, share: float, seed: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--set", action="append", default=[], dest="sets")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--tasks", nargs="+", required=True)
+    ap = parser(__doc__)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
     ap.add_argument("--epochs", type=int, default=None, help="override the tasks' epochs (0: the head warm-up only)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = parse(ap, argv)
     path = out / "curve.jsonl"
     done = set()
     if path.exists():
