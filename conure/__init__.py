@@ -1,11 +1,11 @@
 """conure: continual user representation learning (Conure, SIGIR 2021) with compiled kernels."""
-__version__ = "0.1.0"   # before the imports: conure._build keys its cache on it while conure.ops loads
+from conure.version import __version__  # first: conure._build keys its cache on it while conure.ops loads
 
 from conure import ops, reference  # ops first: it loads the compiled extension (or warns and falls back)
 from conure import metrics
 from conure.baselines import METHODS, make_method
 from conure.heads import ItemHead, NextItemHead, ProfileHead
-from conure.learner import ContinualLearner, ConureLearner, FrozenWeightsError, TaskConfig
+from conure.learner import ContinualLearner, ConureLearner, FrozenWeightsError, TaskConfig, TrainConfig
 from conure.models import NextItNet
 from conure.nn import BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock
 from conure.ops import backend
@@ -14,5 +14,5 @@ __all__ = [
     "ops", "reference", "metrics", "backend", "__version__",
     "MaskedCausalConv1d", "ResidualBlock", "BottleneckPatch", "CapacityError", "NextItNet",
     "NextItemHead", "ItemHead", "ProfileHead",
-    "ContinualLearner", "ConureLearner", "FrozenWeightsError", "TaskConfig", "METHODS", "make_method",
+    "ContinualLearner", "ConureLearner", "FrozenWeightsError", "TaskConfig", "TrainConfig", "METHODS", "make_method",
 ]

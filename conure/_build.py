@@ -179,7 +179,7 @@ def key_parts(root: Path, torch_module=None) -> Dict[str, str]:
     """Everything the compiled library depends on, as strings: the input of :func:`cache_key`."""
     if torch_module is None:
         import torch as torch_module
-    from conure import __version__
+    from conure.version import __version__
     flavour = _cuda_flavour(torch_module)
     cxx = compiler()
     return {

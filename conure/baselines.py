@@ -22,14 +22,15 @@ an ordinary dense convolution; their owner maps are not counted as stored (a pla
 from __future__ import annotations
 
 import copy
-from typing import Dict
 
 import torch
 
-from conure.learner import ContinualLearner, ConureLearner, PatchStack, derive_seed
-from conure.models import NextItNet
+from conure.hashing import derive_seed
+from conure.learner import ContinualLearner, ConureLearner
+from conure.models import NextItNet, PatchStack
+from conure.registry import METHODS, Option, check_method_options, method_class
 
-__all__ = ["SinMo", "SinMoAll", "FineCls", "FineAll", "PeterRec", "METHODS", "make_method"]
+__all__ = ["SinMo", "SinMoAll", "FineCls", "FineAll", "PeterRec", "METHODS", "make_method", "ConureLearner"]
 
 
 class _DenseLearner(ContinualLearner):
@@ -130,11 +131,18 @@ class FineAll(_DenseLearner):
         return list(self._net(task_id).parameters())
 
 
+def _positive_int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be an integer >= 1, got {value!r}")
+    return value
+
+
 class PeterRec(_DenseLearner):
     """Task 1 trains the backbone; each later task adds a bottleneck patch (C -> C/reduction -> C, residual,
     identity at start) to the residual branch of every block and trains the patches and its head only."""
 
     method = "peterrec"
+    options = {"reduction": Option(8, "peterrec: bottleneck width C / reduction", lambda v: _positive_int(v))}
 
     def __init__(self, backbone: NextItNet, *, reduction: int = 8, seed: int = 0) -> None:
         super().__init__(backbone, seed=seed)
@@ -162,16 +170,13 @@ class PeterRec(_DenseLearner):
         return list(self.store[f"patch_{task_id}"].parameters())
 
 
-METHODS: Dict[str, type] = {"conure": ConureLearner, "sinmo": SinMo, "sinmoall": SinMoAll, "finecls": FineCls,
-                            "fineall": FineAll, "peterrec": PeterRec}
+# METHODS (conure.registry) holds every learner class, registered when it is defined: Conure's (conure.learner)
+# and the baselines above once this module is imported.
 
 
 def make_method(name: str, backbone: NextItNet, **options) -> ContinualLearner:
-    """A continual learner by name (see the table above) over ``backbone`` (a fresh NextItNet, all weights free).
-
-    ``options``: ``seed`` for all; ``keep_ratios`` for conure; ``reduction`` for peterrec.
-    """
-    key = name.lower()
-    if key not in METHODS:
-        raise ValueError(f"make_method: unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[key](backbone, **options)
+    """A continual learner by name (see the table above, or any registered method) over ``backbone`` (a fresh
+    NextItNet, all weights free). ``options``: ``seed`` for all, and the options the method declares (conure:
+    ``keep_ratios``; peterrec: ``reduction``), validated against its declaration."""
+    klass = method_class(name)
+    return klass(backbone, **check_method_options(name, options))

@@ -16,7 +16,7 @@ writer is killed.
 
 Two kinds of checkpoint share the container:
 
-* ``kind: "run"`` (:mod:`conure.runner`): a learner after its last completed task, plus, mid-task, the state
+* ``kind: "run"`` (:mod:`conure.run`): a learner after its last completed task, plus, mid-task, the state
   needed to resume at the next epoch;
 * ``kind: "export"`` (:func:`export_task`): one task's inference model (its backbone weights masked to the owners
   1..N, owner maps, embedding, head N, vocabularies); :func:`load_inference` gives an :class:`InferenceModel`.
@@ -36,10 +36,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-import conure
-from conure.heads import head_from_config
-from conure.learner import ContinualLearner, PatchStack, check_state_dtypes
-from conure.models import NextItNet
+from conure.learner import ContinualLearner, check_state_dtypes
+from conure.models import NextItNet, build_module, module_config
+from conure.version import __version__
 
 __all__ = ["CheckpointError", "FORMAT", "VERSION", "save", "load", "checksum", "atomic_write_bytes",
            "atomic_write_text", "learner_tensors", "learner_meta", "learner_from", "vocab_meta", "export_task",
@@ -223,7 +222,7 @@ def save(path: PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
     meta = dict(meta)
     meta.setdefault("format", FORMAT)
     meta.setdefault("version", VERSION)
-    meta.setdefault("conure_version", conure.__version__)
+    meta.setdefault("conure_version", __version__)
     meta.setdefault("torch_version", torch.__version__)
     meta.setdefault("written", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     meta_text = json.dumps(meta, sort_keys=True, default=_json_default, allow_nan=True)
@@ -267,7 +266,7 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
         raise CheckpointError(f"{path}: unreadable checkpoint format version {info.get('version')!r}") from None
     if version > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version} was written by a newer conure; this "
-                              f"conure ({conure.__version__}) reads version {VERSION}: upgrade conure")
+                              f"conure ({__version__}) reads version {VERSION}: upgrade conure")
     if version < 1 or version != VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format version {version} (this conure reads "
                               f"version {VERSION})")
@@ -475,12 +474,6 @@ def inference_model(learner: ContinualLearner, task: int, vocab: Mapping[str, An
     return InferenceModel(backbone, head, patches, fwd, meta)
 
 
-def _module_cfg(m: nn.Module) -> Dict[str, Any]:
-    if isinstance(m, NextItNet):
-        return {"type": "NextItNet", **m.config()}
-    return m.config()
-
-
 def export_task(learner: ContinualLearner, task: int, path: PathLike, vocab: Mapping[str, Any], *,
                 max_len: Optional[int] = None,
                 extra: Optional[Mapping[str, Any]] = None) -> Tuple[Path, InferenceModel]:
@@ -488,26 +481,16 @@ def export_task(learner: ContinualLearner, task: int, path: PathLike, vocab: Map
     model = inference_model(learner, task, vocab, max_len=max_len, extra=extra)
     tensors = {f"backbone/{k}": v for k, v in model.backbone.state_dict().items()}
     tensors.update({f"head/{k}": v for k, v in model.head.state_dict().items()})
-    modules = {"backbone": _module_cfg(model.backbone), "head": _module_cfg(model.head)}
+    modules = {"backbone": module_config(model.backbone), "head": module_config(model.head)}
     if model.patches is not None:
         tensors.update({f"patch/{k}": v for k, v in model.patches.state_dict().items()})
-        modules["patch"] = _module_cfg(model.patches)
+        modules["patch"] = module_config(model.patches)
     owners = {}
     for name, m in model.backbone.conv_layers():
         counts = torch.bincount(m.owner.flatten().to(torch.int64), minlength=task + 1).tolist()
         owners[name] = {str(t): int(c) for t, c in enumerate(counts) if c}
     meta = {"kind": "export", "modules": modules, "owners": owners, **model.info}
     return save(path, tensors, meta), model
-
-
-def _build(cfg: Mapping[str, Any]) -> nn.Module:
-    c = dict(cfg)
-    kind = c.pop("type", None)
-    if kind == "NextItNet":
-        return NextItNet(**c)
-    if kind == "PatchStack":
-        return PatchStack(**c)
-    return head_from_config(dict(cfg))
 
 
 def load_inference(path: PathLike, device: Union[str, torch.device] = "cpu") -> InferenceModel:
@@ -518,7 +501,7 @@ def load_inference(path: PathLike, device: Union[str, torch.device] = "cpu") -> 
         for key in ("backbone", "head", "patch"):
             if key not in meta["modules"]:
                 continue
-            module = _build(meta["modules"][key])
+            module = build_module(meta["modules"][key])
             state = {k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(key + "/")}
             check_state_dtypes(module.state_dict(), state, key)
             module.load_state_dict(state, strict=True)

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "their baselines, the accuracy matrices and Conure's capacity table; write DIR/results.json, "
                        "log.csv, plots, checkpoints.")
     p.add_argument("--out", default="conure-demo", metavar="DIR", help="output directory (default: ./conure-demo)")
+    p.add_argument("--ddp", action="store_true",
+                   help="instead: the data-parallel demo, launched with torchrun (its options: conure demo --ddp "
+                        "--help); must be the first option")
     _sets(p)
     _add_common(p)
 
@@ -160,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="start no new trial after this many seconds (rerun to continue)")
     p.add_argument("--space", metavar="FILE",
-                   help="search space YAML: TaskConfig key -> {low, high, log} | {int: [low, high]} | "
+                   help="search space YAML: TrainConfig key -> {low, high, log} | {int: [low, high]} | "
                         "{choices: [...]} (default: lr, batch_size, weight_decay, head options, keep_ratio...)")
     _add_common(p)
 
@@ -198,8 +201,10 @@ def _load_cfg(path: Optional[str], sets: Sequence[str]):
 
 # ------------------------------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
+    if args.ddp:
+        raise UsageError("demo: --ddp must come first (conure demo --ddp [its options])")
     from conure.config import builtin_configs
-    from conure.runner import Run
+    from conure.run import Run
     t0 = time.perf_counter()
     cfg, _ = _load_cfg(str(builtin_configs()["demo"]), args.sets)
     out = Path(args.out)
@@ -229,7 +234,7 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from conure.config import dump_config
-    from conure.runner import Run
+    from conure.run import Run
     cfg, _ = _load_cfg(args.config, args.sets)
     if args.print_config:
         sys.stdout.write(dump_config(cfg, comments=True))
@@ -237,7 +242,7 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     run = Run(cfg, out, resume=args.resume, overwrite=args.overwrite, echo=_say)
     try:
-        run.execute()                       # under torchrun: on every rank, rank 0 writes (conure.runner)
+        run.execute()                       # under torchrun: on every rank, rank 0 writes (conure.run)
     except KeyboardInterrupt:
         if run.main:
             launch = "conure" if run.ctx is None else "torchrun <the same options> -m conure"
@@ -248,7 +253,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from conure.runner import evaluate_checkpoint
+    from conure.commands import evaluate_checkpoint
     with _autocast(args.precision):
         res = evaluate_checkpoint(args.checkpoint, args.task, args.split, echo=_say)
     if args.json:
@@ -271,7 +276,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from conure.runner import describe_checkpoint, format_capacity, format_matrix
+    from conure.commands import describe_checkpoint
+    from conure.report import format_capacity, format_matrix
     info = describe_checkpoint(args.checkpoint)
     if args.json:
         from conure.checkpoint import nan_to_none
@@ -327,7 +333,8 @@ def cmd_predict(args) -> int:
     is computed, so an error half-way leaves the batches before it there."""
     import itertools
     from conure.checkpoint import AtomicWriter
-    from conure.runner import PredictStats, iter_predictions, iter_sequences, open_model, prediction_text
+    from conure.commands import open_model
+    from conure.predict import PredictStats, iter_predictions, iter_sequences, prediction_text
     if args.top_k < 1:
         raise UsageError("--top-k must be >= 1")
     rows = iter_sequences(sys.stdin, name="<stdin>") if args.input == "-" else iter_sequences(args.input)
@@ -358,7 +365,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from conure.runner import export_checkpoint
+    from conure.commands import export_checkpoint
     path, model = export_checkpoint(args.checkpoint, args.task, args.out)
     n = sum(p.numel() for p in model.parameters())
     _say(f"exported task {model.task} ({model.name}, {model.kind}) of method {model.method}: {n:,} parameters -> "
@@ -426,6 +433,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     _setup_warnings()
+    if argv[:2] == ["demo", "--ddp"]:              # its own options and failure handling (one line per rank)
+        from conure import demo_ddp
+        return demo_ddp.main(argv[2:])
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -451,7 +461,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from conure.config import ConfigError
         from conure.data import DataError
         from conure.nn import CapacityError
-        from conure.runner import RunError
+        from conure.run import RunError
         known = (UsageError, ConfigError, CheckpointError, DataError, RunError, CapacityError)
         msg = " ".join(str(e).split()) or type(e).__name__
         if getattr(e, "reported_by_rank_0", False):     # torchrun: an error every rank met, printed by rank 0

@@ -10,7 +10,7 @@ them all, with comments). Sections:
   kind's keys), each optionally with a ``train`` mapping that overrides the ``train`` section for that task;
   empty = the dataset kind's default sequence (:func:`conure.data.default_specs`);
 * ``model``: the NextItNet backbone; ``method``: which continual learner(s) and their options;
-* ``train``: :class:`conure.learner.TaskConfig` for every task (epochs, lr, batch size, ...);
+* ``train``: :class:`conure.learner.TrainConfig` for every task (epochs, lr, batch size, ...);
 * ``baselines``: the reference models reported beside each task (:mod:`conure.linear`: a bag-of-items linear
   model, or none);
 * ``output``: what a run writes besides results.json/config.yaml/log.csv (per-epoch checkpoints, plots,
@@ -29,19 +29,20 @@ import math
 import os
 import re
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import yaml
 
-from conure.baselines import METHODS, PeterRec
-from conure.data.readers import DATASET_KINDS
+from conure.baselines import METHODS
+from conure.data import DATASETS
 from conure.data.tasks import TaskSpec, build_task_sequence, default_specs
-from conure.learner import ConureLearner, TaskConfig
+from conure.learner import TrainConfig
 from conure.linear import DEFAULT_L2, DEFAULT_RIDGE_L2, linear_baseline
 from conure.models import NextItNet
+from conure.registry import method_options
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "MethodConfig", "BaselinesConfig",
            "OutputConfig", "load_config", "parse_config", "apply_sets", "config_to_dict", "dump_config",
@@ -68,11 +69,11 @@ class DataConfig:
     test_frac: float = _default(build_task_sequence, "test_frac")
 
     def __post_init__(self) -> None:
-        if self.kind not in DATASET_KINDS:
-            raise ValueError(f"kind must be one of {list(DATASET_KINDS)}, got {self.kind!r}")
-        if self.kind == "synthetic" and self.path is not None:
-            raise ValueError("the synthetic dataset takes no path (set data.path: null)")
-        if self.kind != "synthetic" and not self.path:
+        if self.kind not in DATASETS:
+            raise ValueError(f"kind must be one of {list(DATASETS)}, got {self.kind!r}")
+        if not DATASETS[self.kind].needs_path and self.path is not None:
+            raise ValueError(f"the {self.kind} dataset takes no path (set data.path: null)")
+        if DATASETS[self.kind].needs_path and not self.path:
             raise ValueError(f"data kind {self.kind!r} needs data.path (the file or directory to read)")
         if self.max_len < 1 or self.min_len < 1:
             raise ValueError("max_len and min_len must be >= 1")
@@ -97,16 +98,10 @@ class ModelConfig:
             raise ValueError("dilations must be a non-empty list of positive ints (one block each)")
 
 
-_KEEP = _default(ConureLearner, "keep_ratios")
-
-
 @dataclass
-class MethodConfig:
+class _MethodSection:
     name: str = "conure"
     compare: List[str] = field(default_factory=list)
-    keep_ratios: List[float] = field(default_factory=lambda: [float(_KEEP)] if isinstance(_KEEP, (int, float))
-                                     else [float(x) for x in _KEEP])
-    reduction: int = _default(PeterRec, "reduction")
 
     def __post_init__(self) -> None:
         for n in [self.name] + list(self.compare):
@@ -116,14 +111,36 @@ class MethodConfig:
         self.compare = [c.lower() for c in self.compare]
         if self.name in self.compare or len(set(self.compare)) != len(self.compare):
             raise ValueError(f"each method may appear once (name {self.name!r}, compare {self.compare})")
-        if not self.keep_ratios or any(not 0.0 <= r <= 1.0 for r in self.keep_ratios):
-            raise ValueError("keep_ratios must be a non-empty list of values in [0, 1]")
-        if self.reduction < 1:
-            raise ValueError("reduction must be >= 1")
+        for f in fields(self):
+            if "option" in f.metadata:
+                setattr(self, f.name, f.metadata["option"].validate(getattr(self, f.name), f.name))
 
     @property
     def names(self) -> List[str]:
         return [self.name] + list(self.compare)
+
+    def options(self, method: str) -> Dict[str, Any]:
+        """The constructor options of ``method`` (those it declares) from this section."""
+        return {key: copy.deepcopy(getattr(self, key)) for key in method_options(method)}
+
+
+def _method_section() -> type:
+    """The ``method`` section: name, compare, and one key per option a registered method declares
+    (:mod:`conure.registry`), typed like its default, documented by its declaration."""
+    extra, seen = [], set()
+    for method, klass in sorted(METHODS.items()):
+        for key, opt in (getattr(klass, "options", None) or {}).items():
+            if key in seen:
+                continue
+            seen.add(key)
+            d = opt.default
+            tp = List[float] if isinstance(d, list) else type(d)
+            extra.append((key, tp, field(default_factory=lambda d=d: copy.deepcopy(d),
+                                         metadata={"option": opt, "doc": f"{method}: {opt.doc}"})))
+    return make_dataclass("MethodConfig", extra, bases=(_MethodSection,))
+
+
+MethodConfig = _method_section()
 
 
 @dataclass
@@ -167,7 +184,7 @@ class RunConfig:
     tasks: List[Dict[str, Any]] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    train: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -182,10 +199,10 @@ class RunConfig:
         """The task specs as :func:`conure.data.build_task_sequence` takes them (``train`` keys removed)."""
         return [{k: v for k, v in t.items() if k != "train"} for t in self.tasks]
 
-    def task_configs(self) -> List[TaskConfig]:
-        """One :class:`TaskConfig` per task: the ``train`` section updated with the task's own ``train``."""
+    def task_configs(self) -> List[TrainConfig]:
+        """One :class:`TrainConfig` per task: the ``train`` section updated with the task's own ``train``."""
         base = self.train.to_dict()
-        return [TaskConfig(**{**base, **dict(t.get("train") or {})}) for t in self.tasks]
+        return [TrainConfig(**{**base, **dict(t.get("train") or {})}) for t in self.tasks]
 
     def task_names(self) -> List[str]:
         return [str(t["name"]) for t in self.tasks]
@@ -196,7 +213,7 @@ DOCS: Dict[str, str] = {
     "device": "cpu | cuda | cuda:N | auto (cuda when available)",
     "threads": "torch CPU threads (null: torch's default)",
     "data": "where the interactions come from and how task data is cut",
-    "data.kind": "one of " + ", ".join(DATASET_KINDS),
+    "data.kind": "one of " + ", ".join(DATASETS),
     "data.path": "file or directory the reader reads (relative to the current directory); null for synthetic",
     "data.options": "reader options, e.g. {min_rating: 4} for MovieLens; synthetic: {num_users: 2000, ...}",
     "data.max_len": "L: the most recent L items of each history are the input (left padded)",
@@ -212,11 +229,10 @@ DOCS: Dict[str, str] = {
     "model.dilations": "one residual block (two dilated causal convs) per entry",
     "model.pre_ln": "LayerNorm before each conv (false: after, as the original NextItNet)",
     "method": "the continual learner(s)",
-    "method.name": "conure | sinmo | sinmoall | finecls | fineall | peterrec",
+    "method.name": " | ".join(sorted(METHODS)),
     "method.compare": "more methods trained on the same tasks for contrast, e.g. [sinmoall]",
-    "method.keep_ratios": "conure: share of a task's weights kept after pruning, per task (last entry repeats)",
-    "method.reduction": "peterrec: bottleneck width C / reduction",
-    "train": "how every task is learned (conure.learner.TaskConfig); per-task overrides go in tasks[i].train",
+    **{f"method.{f.name}": f.metadata["doc"] for f in fields(MethodConfig) if "doc" in f.metadata},
+    "train": "how every task is learned (conure.learner.TrainConfig); per-task overrides go in tasks[i].train",
     "baselines": "reference models reported beside every task (the trivial one, popularity or majority class, "
                  "always): a bag-of-items linear model on the same input window",
     "baselines.linear": "fit it (profile: logistic regression; ranking: ridge regression); false: trivial only",
@@ -234,15 +250,8 @@ DOCS: Dict[str, str] = {
 
 
 def _taskconfig_docs() -> Dict[str, str]:
-    """The trailing comments of TaskConfig's fields in its source (they document each field)."""
-    out: Dict[str, str] = {}
-    try:
-        src = inspect.getsource(TaskConfig)
-    except (OSError, TypeError):
-        return out
-    for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", src, re.M):
-        out[f"train.{m.group(1)}"] = m.group(2).strip()
-    return out
+    """The ``train`` keys' documentation: each TrainConfig field's metadata."""
+    return {f"train.{f.name}": f.metadata["doc"] for f in fields(TrainConfig) if f.metadata.get("doc")}
 
 
 DOCS.update({k: v for k, v in _taskconfig_docs().items() if k not in DOCS})
@@ -374,17 +383,17 @@ def _build(cls, raw: Mapping[str, Any], where: str):
 
 
 def _strip_prefix(msg: str) -> str:
-    return re.sub(r"^TaskConfig(\.\w+)?:\s*", "", msg)
+    return re.sub(r"^TrainConfig(\.\w+)?:\s*", "", msg)
 
 
 _SPEC_KEYS = [f.name for f in fields(TaskSpec)]
-_TRAIN_KEYS = [f.name for f in fields(TaskConfig)]
+_TRAIN_KEYS = [f.name for f in fields(TrainConfig)]
 
 
 def _check_tasks(value: Any) -> List[Dict[str, Any]]:
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"tasks: expected a list of task mappings, got {_show(value)}")
-    spec_hints, train_hints = _hints(TaskSpec), _hints(TaskConfig)
+    spec_hints, train_hints = _hints(TaskSpec), _hints(TrainConfig)
     out = []
     for i, entry in enumerate(value):
         where = f"tasks[{i}]"
@@ -427,7 +436,7 @@ def _check_tasks(value: Any) -> List[Dict[str, Any]]:
 def parse_config(raw: Optional[Mapping[str, Any]], *, base_dir: Optional[Path] = None) -> RunConfig:
     """Validate a raw mapping (as loaded from YAML) into a :class:`RunConfig` with every default filled in:
     tasks default to the dataset kind's sequence, per-task train overrides are checked by building each task's
-    TaskConfig, and a relative ``data.path`` is made absolute against ``base_dir`` (default: the current
+    TrainConfig, and a relative ``data.path`` is made absolute against ``base_dir`` (default: the current
     directory)."""
     if raw is None:
         raw = {}
@@ -443,7 +452,7 @@ def parse_config(raw: Optional[Mapping[str, Any]], *, base_dir: Optional[Path] =
         raise ConfigError("tasks: at most 255 tasks (owner maps are uint8)")
     for i, t in enumerate(cfg.tasks):
         try:
-            tc = TaskConfig(**{**cfg.train.to_dict(), **dict(t.get("train") or {})})
+            tc = TrainConfig(**{**cfg.train.to_dict(), **dict(t.get("train") or {})})
         except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks[{i}].train: {_strip_prefix(str(e))}") from None
         if tc.precision == "fp16" and (cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())):
@@ -485,7 +494,7 @@ def _type_at(parts: List[str], key: str):
                 name = parts[i + 3]
                 if name not in _TRAIN_KEYS or i + 4 != len(parts):
                     raise _unknown(name, _TRAIN_KEYS, f"tasks.{parts[i + 1]}.train")
-                return _hints(TaskConfig)[name]
+                return _hints(TrainConfig)[name]
             if sub not in _SPEC_KEYS or i + 3 != len(parts):
                 raise _unknown(sub, _SPEC_KEYS + ["train"], f"tasks.{parts[i + 1]}")
             return _hints(TaskSpec)[sub]
@@ -660,7 +669,7 @@ def load_config(path: Optional[str], sets: Sequence[str] = ()) -> Tuple[RunConfi
 # ---------------------------------------------------------------------------------------------------- output
 def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        if isinstance(value, TaskConfig):
+        if isinstance(value, TrainConfig):
             return _plain(value.to_dict())
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):

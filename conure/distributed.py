@@ -4,7 +4,8 @@ Every rank (one process per GPU, or per CPU share) holds the whole learner: back
 of a task (Conure: train, then retrain after pruning; baselines: train) runs as DDP:
 
 * the task's modules (``"backbone"`` and every store entry of the task: ``head_<t>``, ``backbone_<t>``,
-  ``patch_<t>``) are wrapped as one :class:`TaskModel` in ``DistributedDataParallel`` for the phase (frozen
+  ``patch_<t>``) are wrapped as one :class:`conure.backends.TaskModel` in ``DistributedDataParallel`` for the phase
+  (frozen
   parameters have ``requires_grad=False`` and are not reduced); DDP broadcasts them from rank 0 when the phase starts
   and averages the gradients of every step, before the optimizer step and the learner's copy-back of frozen conv
   entries (unchanged);
@@ -27,55 +28,43 @@ Replicas are checked, not assumed: at the start and end of every phase and after
 the task's training data), the digests are all-gathered and any difference raises :class:`ReplicaMismatchError`
 naming the ranks and tensors. Pruning itself is deterministic (same weights -> same owner maps).
 
+This module is a leaf: the process group, collectives, replica checks and the evaluation shards. The DDP phase
+itself (``DistributedDataParallel`` around the task's modules, the sampler, the loss weights) is
+:class:`conure.backends.DDPBackend`, which the learner receives; the memory model of large output tables is
+:func:`conure.heads.head_memory`.
+
 Use
 ---
-* ``torchrun --nproc_per_node N -m conure.distributed --demo``: a small synthetic sequence, accuracy matrix on rank 0.
+* ``torchrun --nproc_per_node N -m conure demo --ddp``: a small synthetic sequence, accuracy matrix on rank 0
+  (:mod:`conure.demo_ddp`); ``torchrun ... -m conure train --config F`` trains a run with DDP.
 * In a program: ``ctx = init_distributed()`` (None when not launched by torchrun), build the learner on
   ``ctx.device``, call ``learn`` on every rank, guard writing with ``is_main_process()``, ``teardown()`` at the end.
   The learner finds the initialized process group itself (``learner.dist_context``: a :class:`DistContext`, ``None``
-  = the default group if initialized, ``False`` = never distributed).
-
-Memory of large item vocabularies (V items, C channels, B users x L positions per batch, P = B*L, S sampled
-negatives, float32, Adam), see :func:`head_memory`: the output table needs ``4 * (V*C + V)`` bytes for each of weight,
-gradient and Adam's two moments whatever the loss (DDP adds nothing: ``gradient_as_bucket_view=True``); the full
-softmax adds ``~3 * P * V * 4`` bytes of logits (forward, log-softmax, gradient), the sampled softmax
-``~3 * P * (S+1) * 4 + (P+S) * C * 4 + 40 * V``. B=256, L=50, V=646K, C=256, S=1024: full-softmax logits 33.1 GB
-per copy (~99 GB with backward), sampled 157 MB + 14 MB + 26 MB; the table's weight + gradient + Adam state
-2.66 GB (task 1 trains the V x C item embedding too: another 2.65 GB). Measured on a scaled-down case
-(``tests/test_distributed.py``): V=100K, C=32, B=16, L=20, S=256: peak +24 MB sampled vs +385 MB full
-(estimates: gradient + activations, 18 MB and 397 MB).
+  = the default group if initialized, ``False`` = never distributed; or give it ``learner.backend`` directly).
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import dataclasses
 import datetime
-import gc
-import hashlib
-import inspect
-import json
-import math
 import os
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data.distributed import DistributedSampler
 
 from conure.data.types import Split
+from conure.hashing import tensor_digest
 
 __all__ = ["DistContext", "DistributedError", "ReplicaMismatchError", "init_distributed", "context", "teardown",
            "is_distributed", "is_main_process", "get_rank", "get_world_size", "barrier", "all_gather_object",
-           "broadcast_object", "gather_rows", "fingerprint", "verify_replicas", "TaskModel", "DDPTrainStep",
-           "eval_shard", "loss_terms", "head_memory", "main", "ran_process_group", "exit_process"]
+           "broadcast_object", "gather_rows", "digest", "fingerprint", "verify_replicas", "eval_shard", "loss_terms",
+           "maybe_fault", "ran_process_group", "exit_process"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 FAULT_ENV = "CONURE_DIST_FAULT"       # testing: "RANK:TASK[:PHASE[:EPOCH]]" -> that rank os._exit(17)s there
@@ -225,7 +214,7 @@ def teardown(sync: bool = True) -> None:
     failure: no barrier, since the other ranks may be elsewhere and a barrier would wait for them until the timeout).
 
     The barrier first makes every rank's earlier collectives finish. It does not make the process safe to end the
-    usual way: see :func:`exit_process`, which the ``conure`` command and ``python -m conure.distributed`` end with.
+    usual way: see :func:`exit_process`, which the ``conure`` command ends with.
     """
     if dist.is_available() and dist.is_initialized():
         if sync:
@@ -253,7 +242,7 @@ def exit_process(code: int = 0) -> NoReturn:
     :func:`teardown` narrows that window but cannot close it (the barrier's caller is woken the same way), and
     ``destroy_process_group`` does not stop the workers once ``DistributedDataParallel`` has run (the group's
     threads were still there after the wrapper and the module were deleted), so they live until the process ends.
-    CI on 0f07d1e had a two-rank run abort this way with the barrier in place, after 0 of 42 local runs had.
+    (The incident that showed it: ``docs/INCIDENTS.md``.)
     Nothing conure writes is pending here: checkpoints and result files are closed (atomic renames) before, and log
     handlers flush in their ``atexit`` handler.
     """
@@ -317,20 +306,12 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- replica checks
-def _digest(*tensors: torch.Tensor, chunk: int = 1 << 26) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        flat = t.detach().reshape(-1).contiguous()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        raw = flat.view(torch.uint8) if flat.numel() else flat.to(torch.uint8)
-        for i in range(0, raw.numel(), chunk):
-            h.update(raw[i:i + chunk].cpu().numpy())
-    return h.hexdigest()[:16]
+digest = tensor_digest       # the replica checks' tensor hash (conure.hashing)
 
 
 def fingerprint(module: nn.Module) -> Dict[str, str]:
     """sha256 (16 hex digits) of every tensor in ``module.state_dict()`` (bit-exact: values, shape, dtype)."""
-    return {name: _digest(t) for name, t in module.state_dict().items()}
+    return {name: digest(t) for name, t in module.state_dict().items()}
 
 
 def verify_replicas(learner: Any, where: str, ctx: Optional[DistContext] = None,
@@ -356,32 +337,7 @@ def verify_replicas(learner: Any, where: str, ctx: Optional[DistContext] = None,
                                    f"weights must match bit for bit.")
 
 
-# -------------------------------------------------------------------------------------------- DDP training
-class TaskModel(nn.Module):
-    """The modules one task trains and uses, as one module for DDP: ``"backbone"`` and every store entry of the
-    task (``head_<t>``, ``backbone_<t>``, ``patch_<t>``). ``forward(items, targets, generator)`` is the head's
-    training loss on the learner's forward for the task."""
-
-    def __init__(self, learner: Any, task_id: int) -> None:
-        super().__init__()
-        names = ["backbone"] + [n for n in learner.store if n.endswith(f"_{task_id}")]
-        self.parts = nn.ModuleDict({n: learner.store[n] for n in names})
-        self.task_id = task_id
-        self._encode = learner._encode
-        inside = {id(p) for p in self.parameters()}
-        outside = [n for n, p in learner.store.named_parameters() if p.requires_grad and id(p) not in inside]
-        if outside:
-            raise DistributedError(f"task {task_id}: trainable parameters outside the task's modules: {outside[:4]}")
-
-    def forward(self, items: torch.Tensor, targets: torch.Tensor, generator: Optional[torch.Generator] = None,
-                touch_head: bool = False) -> torch.Tensor:
-        head = self.parts[f"head_{self.task_id}"]
-        loss = head.loss(self._encode(self.task_id, items), items, targets, generator)
-        if touch_head:      # no loss terms on this rank (the head skipped its parameters): give DDP zero grads
-            loss = loss + 0.0 * sum(p.sum() for p in head.parameters() if p.requires_grad)
-        return loss
-
-
+# ------------------------------------------------------------------------------------- pieces of DDP phases
 def loss_terms(head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
     """How many terms the head's mean loss averages over a batch: users (profile), non-padding targets (next_item
     positions, item targets; for BPR an approximation: its pairs are ~ targets x negatives)."""
@@ -390,7 +346,7 @@ def loss_terms(head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
     return (targets != 0).sum().to(torch.float64)
 
 
-def _maybe_fault(ctx: DistContext, task_id: int, phase: str, epoch: int) -> None:
+def maybe_fault(ctx: DistContext, task_id: int, phase: str, epoch: int) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -404,74 +360,6 @@ def _maybe_fault(ctx: DistContext, task_id: int, phase: str, epoch: int) -> None
         os._exit(17)
 
 
-# Buffers (owner maps, sampling counts) are identical by construction and verified: no per-forward broadcast.
-_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                   else {"broadcast_buffers": False})
-
-
-class DDPTrainStep:
-    """One phase of one task on this rank under DDP: :meth:`batches` (this rank's shard of an epoch; and
-    :meth:`num_batches`), :meth:`loss`
-    (through ``DistributedDataParallel``), :meth:`mean_loss` (the epoch's global mean loss), :meth:`close` (drop the
-    DDP wrapper, verify the replicas). The learner's loop (``_fit``) drives it like its single-process step.
-
-    Every trainable parameter is used by every step (a batch without loss terms touches the head's parameters with
-    weight 0), so DDP runs with ``find_unused_parameters=False`` (class attribute: set True for a custom head with
-    data-dependent unused parameters)."""
-
-    find_unused_parameters = False
-
-    def __init__(self, learner: Any, task_id: int, cfg: Any, phase: str, generator: torch.Generator,
-                 ctx: DistContext) -> None:
-        from conure.learner import derive_seed
-        self.learner, self.task_id, self.cfg, self.phase, self.generator, self.ctx = (
-            learner, task_id, cfg, phase, generator, ctx)
-        self.head = learner.store[f"head_{task_id}"]
-        self.train = learner._data[task_id].train
-        t = self.train
-        verify_replicas(learner, f"task {task_id} {phase}: phase start", ctx,
-                        extra={"data/train": _digest(t.users, t.inputs, t.targets)})
-        self.model = TaskModel(learner, task_id)
-        self.ddp = DistributedDataParallel(
-            self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            process_group=ctx.group, find_unused_parameters=self.find_unused_parameters,
-            gradient_as_bucket_view=True, **_NO_BUFFER_SYNC)
-        self.sampler = DistributedSampler(range(len(t)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                          seed=derive_seed(learner.seed, task_id, phase, "shuffle"), drop_last=False)
-
-    def num_batches(self) -> int:
-        """Steps per epoch, the same on every rank."""
-        return math.ceil(self.sampler.num_samples / self.cfg.batch_size)
-
-    def batches(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        _maybe_fault(self.ctx, self.task_id, self.phase, epoch)
-        self.sampler.set_epoch(epoch)
-        order = torch.tensor(list(iter(self.sampler)), dtype=torch.int64)
-        dev = self.learner.device
-        for start in range(0, order.numel(), self.cfg.batch_size):
-            rows = order[start:start + self.cfg.batch_size]
-            yield self.train.inputs[rows].to(dev), self.train.targets[rows].to(dev)
-
-    def loss(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        local = loss_terms(self.head, targets).to(self.ctx.comm_device)
-        total = self.ctx.all_reduce_sum(local)
-        loss = self.ddp(items, targets, self.generator, bool(local == 0))
-        scale = local * self.ctx.world_size / total.clamp_min(1.0)     # DDP averages: sum of terms / global count
-        return loss * scale.to(loss.device, loss.dtype)
-
-    def mean_loss(self, total: torch.Tensor, count: int) -> float:
-        s = self.ctx.all_reduce_sum(torch.as_tensor(total, dtype=torch.float64).reshape(1))
-        return float(s) / self.ctx.world_size / max(count, 1)
-
-    def close(self) -> None:
-        for p in self.model.parameters():
-            p.grad = None                   # views into DDP's buckets
-        self.ddp = self.model = None
-        gc.collect()                        # the reducer (and its autograd hooks) goes now, not at some later gc
-        verify_replicas(self.learner, f"task {self.task_id} {self.phase}: phase end", self.ctx)
-
-
 def eval_shard(ctx: Optional[DistContext], split: Split, protocol: str = "full"
                ) -> Tuple[Split, Callable[[torch.Tensor], torch.Tensor]]:
     """This rank's contiguous share of ``split`` and the function that all-gathers per-user results (ranks, hits)
@@ -483,149 +371,3 @@ def eval_shard(ctx: Optional[DistContext], split: Split, protocol: str = "full"
     part = dataclasses.replace(split, users=split.users[rows], inputs=split.inputs[rows],
                                targets=split.targets[rows])
     return part, ctx.gather_rows
-
-
-# ------------------------------------------------------------------------------------------------- memory
-def head_memory(batch: int, length: int, vocab: int, channels: int, num_sampled: int = 0, *,
-                optimizer_states: int = 2, bytes_per: int = 4) -> Dict[str, int]:
-    """Estimated bytes of a next-item output layer over ``vocab`` items with ``channels`` channels for a batch of
-    ``batch`` users x ``length`` positions (P = batch * length scored positions, an upper bound: padding is skipped).
-
-    * ``table``: weight + bias; ``grad``: the same (dense); ``optimizer``: ``optimizer_states`` copies (Adam: 2);
-    * ``logits``: one ``[P, V]`` copy (full softmax) or ``[P, S+1]`` (sampled); ``activations``: ~3 copies of it
-      (logits, log-softmax, gradient), plus for the sampled softmax the ``[P+S, C]`` gathered rows and ~40 bytes per
-      item of sampling buffers (float64 probabilities, logQ);
-    * ``total`` = table + grad + optimizer + activations. Item heads (last position only): ``length=1``.
-    """
-    p, v, c, s = batch * length, vocab, channels, num_sampled
-    table = (v * c + v) * bytes_per
-    if s > 0:
-        logits = p * (s + 1) * bytes_per
-        activations = 3 * logits + (p + s) * c * bytes_per + 40 * v
-    else:
-        logits = p * v * bytes_per
-        activations = 3 * logits
-    out = {"positions": p, "table": table, "grad": table, "optimizer": optimizer_states * table, "logits": logits,
-           "activations": activations}
-    out["total"] = out["table"] + out["grad"] + out["optimizer"] + activations
-    return out
-
-
-# --------------------------------------------------------------------------------------------------- demo
-def _task_hashes(learner: Any) -> List[str]:
-    """Per learned task j (Conure): sha256 of everything task j's output depends on."""
-    out = []
-    for j in learner.learned_tasks:
-        h = hashlib.sha256()
-        for _, m in learner.backbone.conv_layers():
-            active = (m.owner >= 1) & (m.owner <= j)
-            h.update(active.cpu().numpy().tobytes())
-            h.update(torch.where(active, m.weight.detach(), torch.zeros_like(m.weight)).cpu().numpy().tobytes())
-        for p in learner.backbone.shared_parameters():
-            h.update(p.detach().cpu().numpy().tobytes())
-        h.update(_digest(*[v for _, v in sorted(learner.head(j).state_dict().items())]).encode())
-        out.append(h.hexdigest()[:16])
-    return out
-
-
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m conure.distributed",
-        description="Learn a small synthetic task sequence with DDP (launch with torchrun) and print the accuracy "
-                    "matrix on rank 0. Without torchrun: one process, no DDP.")
-    ap.add_argument("--demo", action="store_true", help="run the demo (the defaults below)")
-    ap.add_argument("--tasks", default="synthetic", choices=["synthetic"], help="task sequence")
-    ap.add_argument("--num-tasks", type=int, default=3, help="first N tasks of the synthetic sequence (1-4)")
-    ap.add_argument("--method", default="conure")
-    ap.add_argument("--num-users", type=int, default=1200)
-    ap.add_argument("--num-items", type=int, default=60)
-    ap.add_argument("--seq-len", type=int, default=12)
-    ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--dilations", default="1,4")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--retrain-epochs", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=32, help="per rank (global batch = this x world size)")
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--num-sampled", type=int, default=16, help="sampled-softmax negatives (0: full softmax)")
-    ap.add_argument("--keep-ratio", type=float, default=0.5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
-    ap.add_argument("--timeout", type=float, default=120.0, help="process-group timeout, seconds")
-    ap.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if CUDA, else cpu), cpu or cuda")
-    ap.add_argument("--json", default=None, help="rank 0 writes the results here")
-    return ap.parse_args(argv)
-
-
-def _demo(args: argparse.Namespace) -> Dict[str, Any]:
-    from conure.baselines import make_method
-    from conure.data import make_synthetic_tasks
-    from conure.learner import TaskConfig
-    from conure.models import NextItNet
-
-    torch.set_num_threads(args.threads)
-    ctx = init_distributed(timeout=args.timeout, device=None if args.device == "auto" else args.device)
-    device = ctx.device if ctx is not None else torch.device(
-        "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    main_rank = ctx is None or ctx.is_main
-    tasks = make_synthetic_tasks(num_users=args.num_users, num_items=args.num_items, seq_len=args.seq_len,
-                                 num_target_items=40, num_topics=6, seed=args.seed)[:args.num_tasks]
-    torch.manual_seed(args.seed)
-    backbone = NextItNet(tasks[0].num_items, args.channels, 3, [int(d) for d in args.dilations.split(",")])
-    options = {"keep_ratios": args.keep_ratio} if args.method == "conure" else {}
-    learner = make_method(args.method, backbone, seed=args.seed, **options).to(device)
-    hashes, t0 = [], time.perf_counter()
-    for t, task in enumerate(tasks, start=1):
-        cfg = TaskConfig(epochs=args.epochs, retrain_epochs=args.retrain_epochs, lr=args.lr,
-                         batch_size=args.batch_size, num_sampled=args.num_sampled if task.kind != "profile" else 0)
-        summary = learner.learn(task, t, cfg)
-        if args.method == "conure":
-            hashes.append(_task_hashes(learner))
-        if main_rank:
-            print(f"task {t} ({task.name}, {task.kind}): {summary['metric']} row = "
-                  f"{[round(x, 4) for x in summary['row']]}", flush=True)
-    owners = _digest(*[m.owner for _, m in learner.backbone.conv_layers()])
-    every = all_gather_object({"owners": owners, "store": _digest(*learner.store.state_dict().values())})
-    result = {"world_size": 1 if ctx is None else ctx.world_size, "backend": None if ctx is None else ctx.backend,
-              "method": args.method, "batch_size_per_rank": args.batch_size,
-              "matrix": learner.accuracy_matrix().tolist(), "forgetting": learner.forgetting(),
-              "backward_transfer": learner.backward_transfer(), "task_hashes": hashes, "replicas": every,
-              "epoch_losses": [r["loss"] for r in learner.history if r.get("event") == "epoch"],
-              "seconds": time.perf_counter() - t0}
-    if main_rank:
-        names = [t.name for t in tasks]
-        print(f"accuracy matrix ({args.method}, world size {result['world_size']}, global batch "
-              f"{args.batch_size * result['world_size']}): row i = after task i, column j = task j's test metric")
-        print("            " + " ".join(f"{n[:10]:>10}" for n in names))
-        for i, row in enumerate(result["matrix"]):
-            print(f"{names[i][:10]:>10}  " + " ".join("         -" if math.isnan(x) else f"{x:10.4f}" for x in row))
-        print(f"forgetting {result['forgetting']:.6f}  backward transfer {result['backward_transfer']:.6f}  "
-              f"replicas identical: {all(e == every[0] for e in every)}  ({result['seconds']:.1f} s)", flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
-    return result
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parse(argv)
-    try:
-        _demo(args)
-    except BaseException as e:        # a clear line on every failing rank, then exit without waiting on peers
-        if isinstance(e, SystemExit) and not e.code:
-            raise
-        traceback.print_exc()
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        print(f"conure.distributed: rank {get_rank()} failed: {type(e).__name__}: {msg}", file=sys.stderr,
-              flush=True)
-        sys.stdout.flush()
-        os._exit(1)
-    teardown()
-    return 0
-
-
-if __name__ == "__main__":
-    from conure import distributed as _module       # the imported module, whose state the learner shares
-    _code = _module.main()
-    if _module.ran_process_group():
-        _module.exit_process(_code)
-    sys.exit(_code)

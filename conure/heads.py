@@ -25,8 +25,8 @@ pooled user vector while training the head.
 
 Sampled softmax (:func:`sampled_softmax_loss`) never builds ``[P, V]`` logits (P = scored positions: up to B*L for
 next_item, the B users' targets for item); beyond the ``V x C`` table and its dense gradient (and Adam's two
-moments) it needs ``O(P * (S + 1) + S * C + V)`` floats for S = ``num_sampled``. Figures in
-:mod:`conure.distributed` (``head_memory``).
+moments) it needs ``O(P * (S + 1) + S * C + V)`` floats for S = ``num_sampled``: :func:`head_memory` is the model
+(figures for the paper's 646K-item vocabulary in ``docs/MEMORY.md``).
 """
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conure.data.samplers import NegativeSampler, PopularitySampler, UniformSampler
+from conure.data.samplers import NegativeSampler, make_sampler
 from conure.nn import gather_last
 
 __all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "Pool", "POOLS", "make_head", "head_from_config",
-           "make_sampler", "sampled_softmax_loss", "balanced_class_weight"]
+           "head_memory", "sampled_softmax_loss", "balanced_class_weight"]
 
 POOLS = ("last", "mean", "attention")
 
@@ -82,16 +82,6 @@ def balanced_class_weight(labels: torch.Tensor, num_classes: int, power: float =
     n = torch.bincount(labels.to(torch.int64).cpu(), minlength=num_classes).to(torch.float64)
     w = torch.where(n > 0, n.sum() / (num_classes * n.clamp_min(1.0)), torch.zeros_like(n)) ** float(power)
     return w.to(torch.float32)
-
-
-def make_sampler(counts: Optional[torch.Tensor], size: int, rho: float = 1.0, mode: str = "rank") -> NegativeSampler:
-    """The negative sampler over ids ``1..size-1``: popularity from ``counts`` (see
-    :class:`conure.data.samplers.PopularitySampler`), or uniform when ``counts`` is None."""
-    if counts is None:
-        return UniformSampler(size)
-    if counts.shape != (size,):
-        raise ValueError(f"target counts must have shape [{size}], got {tuple(counts.shape)}")
-    return PopularitySampler(counts, rho=rho, mode=mode)
 
 
 def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -161,7 +151,8 @@ class _SamplingHead(TaskHead):
         if self._sampler is None or key != self._sampler_key:
             c = self.counts.detach().cpu()
             c = c if bool((c[1:] > 0).any()) else None
-            self._sampler = make_sampler(c, self.counts.numel(), self.rho, self.sampler_mode)
+            self._sampler = make_sampler(self.counts.numel(), "uniform" if c is None else "popularity", self.rho,
+                                         self.sampler_mode, counts=c)
             self._sampler_key = key
         return self._sampler
 
@@ -336,3 +327,28 @@ def head_from_config(config: Dict[str, object]) -> TaskHead:
     if cls is None:
         raise ValueError(f"head_from_config: unknown head type in {config!r}")
     return cls(**cfg)
+
+
+def head_memory(batch: int, length: int, vocab: int, channels: int, num_sampled: int = 0, *,
+                optimizer_states: int = 2, bytes_per: int = 4) -> Dict[str, int]:
+    """Estimated bytes of a next-item output layer over ``vocab`` items with ``channels`` channels for a batch of
+    ``batch`` users x ``length`` positions (P = batch * length scored positions, an upper bound: padding is skipped).
+
+    * ``table``: weight + bias; ``grad``: the same (dense); ``optimizer``: ``optimizer_states`` copies (Adam: 2);
+    * ``logits``: one ``[P, V]`` copy (full softmax) or ``[P, S+1]`` (sampled); ``activations``: ~3 copies of it
+      (logits, log-softmax, gradient), plus for the sampled softmax the ``[P+S, C]`` gathered rows and ~40 bytes per
+      item of sampling buffers (float64 probabilities, logQ);
+    * ``total`` = table + grad + optimizer + activations. Item heads (last position only): ``length=1``.
+    """
+    p, v, c, s = batch * length, vocab, channels, num_sampled
+    table = (v * c + v) * bytes_per
+    if s > 0:
+        logits = p * (s + 1) * bytes_per
+        activations = 3 * logits + (p + s) * c * bytes_per + 40 * v
+    else:
+        logits = p * v * bytes_per
+        activations = 3 * logits
+    out = {"positions": p, "table": table, "grad": table, "optimizer": optimizer_states * table, "logits": logits,
+           "activations": activations}
+    out["total"] = out["table"] + out["grad"] + out["optimizer"] + activations
+    return out

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -42,17 +41,21 @@ import torch
 import torch.nn as nn
 
 from conure import metrics as M
+from conure.backends import PhaseBackend, PhaseInputs, backend_for
+from conure.callbacks import Callback, EpochState, EvalState, FunctionHooks, PhaseEndState, PhaseState, TaskEndState
 from conure.data.types import TASK_KINDS, Split, TaskData
-from conure.heads import POOLS, TaskHead, balanced_class_weight, head_from_config, make_head
-from conure.models import NextItNet
-from conure.nn import BottleneckPatch, check_task_id
+from conure.hashing import derive_seed, tensor_digest
+from conure.heads import POOLS, TaskHead, balanced_class_weight, make_head
+from conure.models import NextItNet, PatchStack, build_module, module_config
+from conure.nn import check_task_id
+from conure.registry import METHODS, Option, register_method
 
-__all__ = ["TaskConfig", "autocast", "PRECISIONS", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint",
-           "ResumeError", "derive_seed", "check_state_dtypes"]
+__all__ = ["TrainConfig", "TaskConfig", "autocast", "PRECISIONS", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint",
+           "ResumeError", "derive_seed", "check_state_dtypes"]   # derive_seed: conure.hashing's
 
 
-CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}   # TaskConfig.class_weight -> power of N / (K n_k)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # TaskConfig.precision -> autocast dtype
+CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}   # TrainConfig.class_weight -> power of N / (K n_k)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # TrainConfig.precision -> autocast dtype
 
 
 def autocast(precision: str, device: torch.device):
@@ -70,74 +73,92 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-@dataclass
-class TaskConfig:
-    """How one task is learned. Every field is JSON-able (``dataclasses.asdict``)."""
+def _doc(default, doc: str):
+    """A dataclass field with its documentation in the field's metadata (``conure config --defaults`` prints it)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
 
-    epochs: int = 10                    # training epochs (Conure: before pruning)
-    retrain_epochs: int = 5             # Conure: epochs after pruning (skipped when nothing was pruned)
-    keep_ratio: Optional[Union[float, str]] = None  # Conure: share kept per layer (null: the learner's; auto: search)
-                                        # "auto": the smallest of keep_candidates whose retrained validation
-                                        # metric is within keep_tolerance of the dense one
-    keep_candidates: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7)   # keep_ratio "auto": tried smallest first
-    keep_tolerance: float = 0.01        # keep_ratio "auto": relative loss of validation metric allowed
-    optimizer: str = "adam"             # "adam" or "adamw"; a fresh one per phase
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    patience: Optional[int] = None      # early stopping after this many epochs without improvement (None: never)
-    metric: Optional[str] = None        # validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "bacc"
-                                        # (profile: balanced accuracy, which a constant guess cannot win)
-    eval_ks: Tuple[int, ...] = (5, 20)
-    eval_batch_size: int = 512
-    item_loss: str = "softmax"          # "item" tasks: "softmax" (full) or "bpr" (popularity-sampled negatives)
-    num_negatives: int = 4              # BPR negatives per positive
-    rho: float = 1.0                    # popularity sampler: temperature ("rank") or exponent ("power"); the
-                                        # release's 0.3 (rank) pushed BPR below popularity in our full-ranking tests
-    sampler_mode: str = "rank"          # conure.data.samplers.PopularitySampler mode (LambdaFM ranks or power)
-    num_sampled: int = 0                # "next_item" and "item" (softmax loss) tasks: sampled-softmax negatives
-                                        # shared by a batch (0 = full softmax); for large vocabularies
-    pool: str = "last"                  # "item"/"profile" heads: how the user vector is read from the backbone
-                                        # output: "last" position (the paper), "mean" over the real positions, or
-                                        # "attention" (learned weights over the positions); see conure.heads.Pool
-    dropout: float = 0.0                # "item"/"profile" heads: dropout on the pooled user vector in training
-    class_weight: str = "none"          # "profile": "balanced" weighs class k's loss by N / (K * n_k); "sqrt": by
-                                        # its square root (between "none" and "balanced")
-    label_smoothing: float = 0.0        # "profile": cross-entropy label smoothing
-    head_warmup: int = 0                # "item"/"profile": epochs fitting the new head alone first (linear probe)
-                                        # on the user vectors of the untouched backbone, computed once
-                                        # (linear probing, then fine-tuning: a random head's gradients no longer
-                                        # scramble the free weights); early-stopped on the validation loss
-    head_lr: Optional[float] = None     # learning rate of the head warm-up (None: lr)
-    max_grad_norm: Optional[float] = None
-    precision: str = "fp32"             # training: "fp32", "bf16" (autocast, float32 master weights) or "fp16" (CUDA)
-    evaluate_all: bool = True           # after the task, evaluate every learned task on test (accuracy matrix)
+
+@dataclass
+class TrainConfig:
+    """How one task is learned: the run config's ``train:`` section (and a task's ``train:`` overrides). Every field
+    is JSON-able (``dataclasses.asdict``)."""
+
+    epochs: int = _doc(10, "training epochs (Conure: before pruning)")
+    retrain_epochs: int = _doc(5, "Conure: epochs after pruning (skipped when nothing was pruned)")
+    keep_ratio: Optional[Union[float, str]] = _doc(None,
+                        "Conure: share kept per layer (null: the learner's); 'auto': the smallest of keep_candidates "
+                        "whose retrained validation metric is within keep_tolerance of the dense one")
+    keep_candidates: Tuple[float, ...] = _doc((0.1, 0.2, 0.3, 0.5, 0.7), 'keep_ratio "auto": tried smallest first')
+    keep_tolerance: float = _doc(0.01, 'keep_ratio "auto": relative loss of validation metric allowed')
+    optimizer: str = _doc("adam", '"adam" or "adamw"; a fresh one per phase')
+    lr: float = _doc(1e-3, "learning rate")
+    weight_decay: float = _doc(0.0, "weight decay (adamw: decoupled)")
+    batch_size: int = _doc(64, "users per batch")
+    patience: Optional[int] = _doc(None, "early stopping after this many epochs without improvement (None: never)")
+    metric: Optional[str] = _doc(None,
+                        'validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "bacc" (profile: balanced '
+                        "accuracy, which a constant guess cannot win)")
+    eval_ks: Tuple[int, ...] = _doc((5, 20), "K of the ranking metrics (mrr@K, hr@K, ndcg@K)")
+    eval_batch_size: int = _doc(512, "users per evaluation batch")
+    item_loss: str = _doc("softmax", '"item" tasks: "softmax" (full) or "bpr" (popularity-sampled negatives)')
+    num_negatives: int = _doc(4, "BPR negatives per positive")
+    rho: float = _doc(1.0,
+                        "popularity sampler: temperature (\"rank\") or exponent (\"power\"); the release's 0.3 (rank) "
+                        "pushed BPR below popularity in our full-ranking tests")
+    sampler_mode: str = _doc("rank", "conure.data.samplers.PopularitySampler mode (LambdaFM ranks or power)")
+    num_sampled: int = _doc(0,
+                        '"next_item" and "item" (softmax loss) tasks: sampled-softmax negatives shared by a batch '
+                        "(0 = full softmax); for large vocabularies")
+    pool: str = _doc("last",
+                        '"item"/"profile" heads: how the user vector is read from the backbone output: "last" '
+                        'position (the paper), "mean" over the real positions, or "attention" (learned weights '
+                        "over the positions); see conure.heads.Pool")
+    dropout: float = _doc(0.0, '"item"/"profile" heads: dropout on the pooled user vector in training')
+    class_weight: str = _doc("none",
+                        "\"profile\": \"balanced\" weighs class k's loss by N / (K * n_k); \"sqrt\": by its square "
+                        'root (between "none" and "balanced")')
+    label_smoothing: float = _doc(0.0, '"profile": cross-entropy label smoothing')
+    head_warmup: int = _doc(0,
+                        '"item"/"profile": epochs fitting the new head alone first (linear probe) on the user '
+                        "vectors of the untouched backbone, computed once (linear probing, then fine-tuning: a random "
+                        "head's gradients no longer scramble the free weights); early-stopped on the validation loss")
+    head_lr: Optional[float] = _doc(None, "learning rate of the head warm-up (None: lr)")
+    max_grad_norm: Optional[float] = _doc(None, "clip the gradient norm to this (None: no clipping)")
+    precision: str = _doc("fp32", 'training: "fp32", "bf16" (autocast, float32 master weights) or "fp16" (CUDA)')
+    evaluate_all: bool = _doc(True, "after the task, evaluate every learned task on test (accuracy matrix)")
 
     def __post_init__(self) -> None:
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
         if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"TaskConfig.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+            raise ValueError(f"TrainConfig.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.keep_ratio is not None and self.keep_ratio != "auto" and not (
                 isinstance(self.keep_ratio, (int, float)) and 0.0 <= self.keep_ratio <= 1.0):
-            raise ValueError(f"TaskConfig.keep_ratio must be in [0, 1] or 'auto', got {self.keep_ratio!r}")
+            raise ValueError(f"TrainConfig.keep_ratio must be in [0, 1] or 'auto', got {self.keep_ratio!r}")
         self.keep_candidates = tuple(sorted(float(r) for r in self.keep_candidates))
         if not self.keep_candidates or any(not 0.0 < r < 1.0 for r in self.keep_candidates):
-            raise ValueError(f"TaskConfig.keep_candidates must be values in (0, 1), got {self.keep_candidates!r}")
+            raise ValueError(f"TrainConfig.keep_candidates must be values in (0, 1), got {self.keep_candidates!r}")
         if not self.keep_tolerance >= 0.0:
-            raise ValueError(f"TaskConfig.keep_tolerance must be >= 0, got {self.keep_tolerance!r}")
+            raise ValueError(f"TrainConfig.keep_tolerance must be >= 0, got {self.keep_tolerance!r}")
         if self.pool not in POOLS:
-            raise ValueError(f"TaskConfig.pool must be one of {POOLS}, got {self.pool!r}")
+            raise ValueError(f"TrainConfig.pool must be one of {POOLS}, got {self.pool!r}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError("TaskConfig: dropout and label_smoothing must be in [0, 1)")
+            raise ValueError("TrainConfig: dropout and label_smoothing must be in [0, 1)")
         if self.class_weight not in CLASS_WEIGHTS:
-            raise ValueError(f"TaskConfig.class_weight must be one of {tuple(CLASS_WEIGHTS)}, got "
+            raise ValueError(f"TrainConfig.class_weight must be one of {tuple(CLASS_WEIGHTS)}, got "
                              f"{self.class_weight!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"TaskConfig.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(f"TrainConfig.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.head_warmup < 0 or (self.head_lr is not None and not self.head_lr > 0):
-            raise ValueError("TaskConfig: head_warmup must be >= 0 and head_lr > 0")
+            raise ValueError("TrainConfig: head_warmup must be >= 0 and head_lr > 0")
         if self.epochs < 0 or self.retrain_epochs < 0 or self.batch_size < 1:
-            raise ValueError("TaskConfig: epochs and retrain_epochs must be >= 0 and batch_size >= 1")
+            raise ValueError("TrainConfig: epochs and retrain_epochs must be >= 0 and batch_size >= 1")
+
+    def metric_for(self, kind: str) -> str:
+        """The validation and accuracy-matrix metric of a task of ``kind``: ``metric``, else the kind's default
+        (:func:`conure.metrics.default_metric`). The one rule the learner and the runs use."""
+        return self.metric or M.default_metric(kind, self.eval_ks)
 
     def to_dict(self) -> Dict[str, object]:
         d = dataclasses.asdict(self)
@@ -146,10 +167,14 @@ class TaskConfig:
         return d
 
 
+TaskConfig = TrainConfig     # its name before 0.2 (the YAML ``train:`` section is what it holds)
+
+
 @dataclass
 class ResumePoint:
     """A phase of a task as it was after its last completed epoch: what :attr:`ContinualLearner.resume_from`
-    continues from (:mod:`conure.runner` reads it from a checkpoint written by an ``on_epoch_end`` hook)."""
+    continues from (:func:`conure.run.resume_point` reads it from a checkpoint written by
+    :class:`conure.run_callbacks.EpochCheckpoint`)."""
 
     task: int
     phase: str                              # "train" or "retrain"
@@ -169,73 +194,6 @@ class ResumeError(ValueError):
     """A :class:`ResumePoint` that does not fit the learner or the task it is applied to."""
 
 
-def derive_seed(seed: int, *parts) -> int:
-    """A 63-bit seed derived from ``seed`` and labels (task id, phase...), stable across runs and platforms."""
-    text = "/".join(str(p) for p in (seed,) + parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2 ** 63 - 1)
-
-
-class PatchStack(nn.ModuleList):
-    """One :class:`~conure.nn.BottleneckPatch` per residual block (PeterRec)."""
-
-    def __init__(self, channels: int, num_blocks: int, reduction: int = 8) -> None:
-        super().__init__(BottleneckPatch(channels, reduction) for _ in range(num_blocks))
-        self.channels, self.num_blocks, self.reduction = channels, num_blocks, reduction
-
-    def config(self) -> Dict[str, object]:
-        return {"type": "PatchStack", "channels": self.channels, "num_blocks": self.num_blocks,
-                "reduction": self.reduction}
-
-
-def _module_config(module: nn.Module) -> Dict[str, object]:
-    if isinstance(module, NextItNet):
-        return {"type": "NextItNet", **module.config()}
-    return module.config()
-
-
-def _build_module(config: Dict[str, object]) -> nn.Module:
-    cfg = dict(config)
-    kind = cfg.pop("type", None)
-    if kind == "NextItNet":
-        return NextItNet(**cfg)
-    if kind == "PatchStack":
-        return PatchStack(**cfg)
-    return head_from_config(config)
-
-
-_METHODS: Dict[str, type] = {}
-
-
-def _distributed():
-    from conure import distributed    # imported late: `python -m conure.distributed` runs that module as __main__
-    return distributed
-
-
-class _LocalStep:
-    """One phase's batches and loss in this process alone (several processes: conure.distributed.DDPTrainStep)."""
-
-    def __init__(self, learner: "ContinualLearner", task_id: int, cfg: TaskConfig, generator: torch.Generator):
-        self.learner, self.task_id, self.cfg, self.generator = learner, task_id, cfg, generator
-        self.head = learner.store[f"head_{task_id}"]
-
-    def num_batches(self) -> int:
-        return math.ceil(len(self.learner._data[self.task_id].train) / self.cfg.batch_size)
-
-    def batches(self, epoch: int):
-        train, dev = self.learner._data[self.task_id].train, self.learner.device
-        for batch in train.batches(self.cfg.batch_size, shuffle=True, generator=self.generator):
-            yield batch.inputs.to(dev), batch.targets.to(dev)
-
-    def loss(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.head.loss(self.learner._encode(self.task_id, items), items, targets, self.generator)
-
-    def mean_loss(self, total: torch.Tensor, count: int) -> float:
-        return float(total) / max(count, 1)
-
-    def close(self) -> None:
-        pass
-
-
 class ContinualLearner:
     """What every method shares: task bookkeeping, heads, the training loop with early stopping, evaluation,
     the accuracy matrix, and state round-trips. Subclasses say which forward a task uses (:meth:`_encode`), what a
@@ -246,10 +204,12 @@ class ContinualLearner:
     """
 
     method = "base"
+    backend: Optional[PhaseBackend] = None   # local or DDP phases (conure.backends); None: from dist_context
     dist_context = None   # conure.distributed.DistContext; None: the initialized process group if any; False: never
-    on_epoch_end = None   # callable(state) after every epoch, see _fit; e.g. per-epoch logs and checkpoints
     resume_from = None    # a ResumePoint: learning its task continues from there (see _fit); cleared once used
-    on_phase_end = None   # callable(state) after every phase (train, retrain), its best parameters restored, see _fit
+    # Plain function hooks, called after ``callbacks`` (see conure.callbacks for the states they receive):
+    on_epoch_end = None   # callable(EpochState) after every epoch
+    on_phase_end = None   # callable(PhaseEndState) after every phase (train, retrain), its best parameters restored
 
     def __init__(self, backbone: NextItNet, *, seed: int = 0) -> None:
         if not isinstance(backbone, NextItNet):
@@ -260,14 +220,16 @@ class ContinualLearner:
         self.results: List[List[float]] = []             # row i: primary test metric of tasks 1..i+1 after task i+1
         self.history: List[Dict[str, object]] = []       # JSON-able records: epochs, prunes, task ends
         self._data: Dict[int, TaskData] = {}
+        self.callbacks: List[Callback] = []              # conure.callbacks.Callback instances, called in order
+        self._epoch_events = True                        # False while keep_ratio "auto" searches (see _AutoKeep)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.method != "base":
-            _METHODS[cls.method] = cls
+            register_method(cls)
 
     # --- what subclasses provide ---------------------------------------------------------------------------------
-    def learn(self, task_data: TaskData, task_id: int, config: Optional[TaskConfig] = None) -> Dict[str, object]:
+    def learn(self, task_data: TaskData, task_id: int, config: Optional[TrainConfig] = None) -> Dict[str, object]:
         raise NotImplementedError
 
     def _encode(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
@@ -350,7 +312,7 @@ class ContinualLearner:
             p.requires_grad_(False)
         self.history.append({"event": "aborted", "task": task_id})
 
-    def _begin(self, data: TaskData, task_id: int, config: Optional[TaskConfig]) -> TaskConfig:
+    def _begin(self, data: TaskData, task_id: int, config: Optional[TrainConfig]) -> TrainConfig:
         """Validate, then create the task's head. Raises before changing anything."""
         check_task_id(task_id, f"{type(self).__name__}.learn")
         expected = len(self.tasks) + 1
@@ -367,12 +329,12 @@ class ContinualLearner:
         if data.train.targets.dim() != want or data.test.targets.dim() != 1 or data.valid.targets.dim() != 1:
             raise ValueError(f"task {data.name!r} ({data.kind}): train targets must be {want}-D and valid/test "
                              f"targets 1-D (see conure.data.types)")
-        if config is not None and not isinstance(config, TaskConfig):
-            raise TypeError(f"{type(self).__name__}.learn: config must be a TaskConfig or None, got "
-                            f"{type(config).__name__} (build one with TaskConfig(**options))")
-        cfg = config if config is not None else TaskConfig()
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"{type(self).__name__}.learn: config must be a TrainConfig or None, got "
+                            f"{type(config).__name__} (build one with TrainConfig(**options))")
+        cfg = config if config is not None else TrainConfig()
         autocast(cfg.precision, self.device)                   # fp16 off CUDA: refused before anything changes
-        metric = cfg.metric or M.default_metric(data.kind, cfg.eval_ks)
+        metric = cfg.metric_for(data.kind)
         self._check_new_task(task_id)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, task_id, "head"))
@@ -390,26 +352,36 @@ class ContinualLearner:
         self._prepare(task_id)
         return cfg
 
-    def _train_step(self, task_id: int, cfg: TaskConfig, phase: str, generator: torch.Generator):
-        """A phase's batches and loss: in this process, or DDP over the ranks of a process group."""
-        ctx = _distributed().context(self.dist_context)
-        if ctx is None:
-            return _LocalStep(self, task_id, cfg, generator)
-        return _distributed().DDPTrainStep(self, task_id, cfg, phase, generator, ctx)
+    def execution_backend(self) -> PhaseBackend:
+        """The :class:`~conure.backends.PhaseBackend` phases and evaluations run on: :attr:`backend` if set, else
+        DDP over the process group of :attr:`dist_context` (or the initialized default group), else local."""
+        return backend_for(self.backend if self.backend is not None else self.dist_context)
+
+    def _phase_inputs(self, task_id: int, cfg: TrainConfig, phase: str, generator: torch.Generator) -> PhaseInputs:
+        names = ["backbone"] + [n for n in self.store if n.endswith(f"_{task_id}")]
+        return PhaseInputs(task_id=task_id, phase=phase, batch_size=cfg.batch_size, generator=generator,
+                           train=self._data[task_id].train, encode=self._encode,
+                           modules={n: self.store[n] for n in names}, store=self.store, device=self.device,
+                           shuffle_seed=derive_seed(self.seed, task_id, phase, "shuffle"))
+
+    def _emit(self, event: str, *args) -> None:
+        if event == "on_epoch_end" and not self._epoch_events:
+            return
+        for cb in self.callbacks + [FunctionHooks(self)]:
+            getattr(cb, event)(*args)
 
     def _verify_replicas(self, where: str) -> None:
         """Under DDP: raise if the ranks' learners (weights, owner maps) differ; else nothing."""
-        _distributed().verify_replicas(self, where, _distributed().context(self.dist_context))
+        self.execution_backend().verify(self.store, where)
 
-    def _fit(self, task_id: int, epochs: int, cfg: TaskConfig, phase: str) -> Dict[str, object]:
+    def _fit(self, task_id: int, epochs: int, cfg: TrainConfig, phase: str) -> Dict[str, object]:
         """Train ``task_id``'s head and :meth:`_trainable` for up to ``epochs`` epochs with a fresh optimizer;
         early-stop on the validation metric and end with the best weights of the phase (epoch 0, the state before
         training, included, except in phase ``"train"`` without a head warm-up, where its head is random).
 
-        After every epoch's best/patience decision, :attr:`on_epoch_end` (if set) receives a dict: ``task``,
-        ``phase``, ``epoch``, ``epochs``, ``stopped``, ``best_value``, ``best_epoch``, ``record`` (the epoch's history
-        entry) and the live ``learner``, ``optimizer``, ``generator``, ``best`` (best parameters so far) and
-        ``params`` (the trained parameters). With :attr:`resume_from` on this task, a phase that had ended before it
+        The callbacks (:mod:`conure.callbacks`) see the phase start, every batch, every epoch after its
+        best/patience decision (an :class:`~conure.callbacks.EpochState`) and the phase end.
+        With :attr:`resume_from` on this task, a phase that had ended before it
         is skipped (its saved result is returned) and the phase it names continues after its epoch (:meth:`_resume`)."""
         point = self.resume_from if self.resume_from is not None and self.resume_from.task == task_id else None
         if point is not None and point.phase != phase:
@@ -428,7 +400,7 @@ class ContinualLearner:
         if point is not None:
             best = self._resume(point, params, opt, gen)
             best_value, best_epoch, stopped, first = point.best_value, point.best_epoch, point.stopped, point.epoch + 1
-        step = self._train_step(task_id, cfg, phase, gen)
+        step = self.execution_backend().steps(self._phase_inputs(task_id, cfg, phase, gen))
         info_metric = self._info(task_id)["metric"]
         self._phase_start(task_id)
         warm = phase == "train" and cfg.head_warmup > 0 and head.kind != "next_item"
@@ -440,12 +412,15 @@ class ContinualLearner:
             start = self._valid_metric(task_id) if phase != "train" or warm else math.nan
             best_value, best_epoch, stopped, first = start, 0, False, 1
             best = [p.detach().clone() for p in params]
+        phase_state = PhaseState(task=task_id, phase=phase, epochs=epochs, first_epoch=first,
+                                 num_batches=step.num_batches(), learner=self)
+        self._emit("on_phase_start", phase_state)
         self.store.train()
         for epoch in range(first, epochs + 1):
             if stopped:
                 break
             start, total, count = time.perf_counter(), torch.zeros(()), 0
-            for items, targets in step.batches(epoch):
+            for batch, (items, targets) in enumerate(step.batches(epoch)):
                 with autocast(cfg.precision, self.device):
                     loss = step.loss(items, targets)
                 opt.zero_grad(set_to_none=True)
@@ -461,6 +436,7 @@ class ContinualLearner:
                     scaler.update()
                 self._after_step(task_id)
                 total, count = total + loss.detach().cpu(), count + 1
+                self._emit("on_train_batch_end", phase_state, batch)
             value = self._valid_metric(task_id)
             record = {"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
                       "loss": step.mean_loss(total, count), "valid": value, "seconds": time.perf_counter() - start}
@@ -470,11 +446,10 @@ class ContinualLearner:
                 best = [p.detach().clone() for p in params]
             elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
                 stopped = True
-            if self.on_epoch_end is not None:
-                self.on_epoch_end({"task": task_id, "phase": phase, "epoch": epoch, "epochs": epochs,
-                                   "stopped": stopped, "best_value": best_value, "best_epoch": best_epoch,
-                                   "record": record, "learner": self, "optimizer": opt, "generator": gen,
-                                   "best": best, "params": params})
+            self._emit("on_epoch_end", EpochState(
+                task=task_id, phase=phase, epoch=epoch, epochs=epochs, stopped=stopped, best_value=best_value,
+                best_epoch=best_epoch, record=record, learner=self, optimizer=opt, generator=gen, best=best,
+                params=params))
         with torch.no_grad():
             for p, b in zip(params, best):
                 p.copy_(b)
@@ -484,16 +459,14 @@ class ContinualLearner:
         self._phase_end(task_id)
         self.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
                              "best_valid": best_value})
-        if self.on_phase_end is not None:
-            # e.g. Conure's task metrics before pruning (phase "train"); evaluation is read-only: no RNG, no change.
-            info = self._current
-            self.on_phase_end({"task": task_id, "phase": phase, "best_epoch": best_epoch, "best_valid": best_value,
-                               "learner": self,
-                               "evaluate": lambda split="test": dict(self._evaluate(
-                                   task_id, getattr(self._data[task_id], split), info))})
+        # e.g. Conure's task metrics before pruning (phase "train"); evaluation is read-only: no RNG, no change.
+        info = self._current
+        self._emit("on_phase_end", PhaseEndState(
+            task=task_id, phase=phase, best_epoch=best_epoch, best_valid=best_value, learner=self,
+            evaluate=lambda split="test": dict(self._evaluate(task_id, getattr(self._data[task_id], split), info))))
         return {"best_epoch": best_epoch, "best_valid": best_value}
 
-    def _warm_head(self, task_id: int, cfg: TaskConfig) -> None:
+    def _warm_head(self, task_id: int, cfg: TrainConfig) -> None:
         """Linear probing before fine-tuning: train the head alone on the pooled user vectors of the backbone as it
         is (computed once, in eval mode) for up to ``cfg.head_warmup`` epochs, and keep the epoch with the lowest
         validation loss (the head's own loss on the validation users: smooth, where a metric such as balanced
@@ -601,6 +574,7 @@ class ContinualLearner:
                    "metric": self.tasks[task_id]["metric"], "row": row,
                    "valid": self._valid_metric(task_id), "params_stored": self.params_stored()}
         self.history.append(summary)
+        self._emit("on_task_end", TaskEndState(task=task_id, summary=summary, learner=self))
         return summary
 
     # --- evaluation ----------------------------------------------------------------------------------------------
@@ -659,7 +633,9 @@ class ContinualLearner:
         head = self.store[f"head_{task_id}"]
         gen = torch.Generator().manual_seed(seed)
         batch_size = int(info["config"]["eval_batch_size"])
-        split, gather = _distributed().eval_shard(_distributed().context(self.dist_context), split, protocol)
+        split, gather = self.execution_backend().eval_shard(split, protocol)
+        state = EvalState(task=task_id, num_batches=math.ceil(len(split) / batch_size), learner=self)
+        self._emit("on_eval_start", state)
         outs = []
         for batch in split.batches(batch_size):
             scores = head.scores(self._user_vectors(task_id, batch.inputs))
@@ -669,7 +645,9 @@ class ContinualLearner:
                 outs.append(M.sampled_ranks(scores, batch.targets, num_negatives, gen).cpu())
             else:
                 outs.append(M.target_ranks(scores, batch.targets).cpu())
+            self._emit("on_eval_batch_end", state)
         self.store.train(was_training)
+        self._emit("on_eval_end", state)
         if info["kind"] == "profile":
             # logits and label side by side: one gather across ranks keeps each row's label with its logits
             k = int(info["num_targets"])
@@ -731,7 +709,7 @@ class ContinualLearner:
         """Everything else, JSON-able: method, options, module configs, task metadata, results, history."""
         return {"format": "conure.learner", "version": 1, "method": self.method, "seed": self.seed,
                 "options": self._options(),
-                "modules": {name: _module_config(m) for name, m in self.store.items()},
+                "modules": {name: module_config(m) for name, m in self.store.items()},
                 "tasks": [dict(self.tasks[t], task=t) for t in self.learned_tasks],
                 "results": [list(r) for r in self.results],
                 "history": copy.deepcopy(self.history)}
@@ -742,9 +720,9 @@ class ContinualLearner:
         use :meth:`attach_data` to evaluate by split name)."""
         if meta.get("format") != "conure.learner":
             raise ValueError("from_state: meta is not a conure learner state (format != 'conure.learner')")
-        klass = _METHODS.get(str(meta.get("method")))
+        klass = METHODS.get(str(meta.get("method")))
         if klass is None:
-            raise ValueError(f"from_state: unknown method {meta.get('method')!r} (known: {sorted(_METHODS)})")
+            raise ValueError(f"from_state: unknown method {meta.get('method')!r} (known: {sorted(METHODS)})")
         if cls is not ContinualLearner and not issubclass(klass, cls):
             raise ValueError(f"from_state: state holds method {meta['method']!r}, not {cls.method!r}")
         missing = [key for key in ("seed", "modules", "tasks", "results") if key not in meta]
@@ -753,7 +731,7 @@ class ContinualLearner:
         ids = [int(t["task"]) for t in meta["tasks"]]
         if ids != list(range(1, len(ids) + 1)):
             raise ValueError(f"from_state: the learned task ids must be 1, 2, ... in order, got {ids}")
-        modules = {name: _build_module(c) for name, c in meta["modules"].items()}
+        modules = {name: build_module(c) for name, c in meta["modules"].items()}
         learner = klass(modules.pop("backbone"), seed=int(meta["seed"]), **meta.get("options", {}))
         for name, m in modules.items():
             learner.store[name] = m
@@ -787,6 +765,18 @@ def check_state_dtypes(expected: Dict[str, torch.Tensor], given: Dict[str, torch
         raise ValueError(f"{where}: tensor {name} has dtype {got.dtype}, the model needs {want.dtype}")
 
 
+def _keep_ratios(value) -> List[Union[float, str]]:
+    """Conure's ``keep_ratios`` option as a list of floats in [0, 1] or ``"auto"``; raises ValueError."""
+    ratios = [value] if isinstance(value, (int, float, str)) else list(value)
+    try:
+        ratios = [r if r == "auto" else float(r) for r in ratios]
+    except (TypeError, ValueError):
+        ratios = []
+    if not ratios or any(r != "auto" and not 0.0 <= r <= 1.0 for r in ratios):
+        raise ValueError(f"must be a non-empty list of values in [0, 1] or 'auto', got {value!r}")
+    return ratios
+
+
 class FrozenWeightsError(RuntimeError):
     """A finished task's weights changed while a later task was learned."""
 
@@ -797,30 +787,29 @@ class ConureLearner(ContinualLearner):
     Args:
         backbone: a fresh :class:`~conure.models.NextItNet` (all weights free).
         keep_ratios: share of its weights each task keeps when pruned: one float for every task, or a list with one
-            per task (tasks beyond its end use the last entry); ``"auto"`` searches it (see ``TaskConfig``).
-            ``TaskConfig.keep_ratio`` overrides it per call.
+            per task (tasks beyond its end use the last entry); ``"auto"`` searches it (see ``TrainConfig``).
+            ``TrainConfig.keep_ratio`` overrides it per call.
             The default 0.3 frees ~70% of what each task claimed, as in the paper.
         seed: makes shuffling, negative sampling and head initialisation deterministic.
     """
 
     method = "conure"
+    options = {"keep_ratios": Option([0.3], "share of a task's weights kept after pruning, per task (last entry "
+                                            "repeats; 'auto': searched, see train.keep_candidates)",
+                                     lambda v: _keep_ratios(v))}
 
     def __init__(self, backbone: NextItNet, *, keep_ratios: Union[float, Sequence[float]] = 0.3,
                  seed: int = 0) -> None:
         super().__init__(backbone, seed=seed)
-        ratios = [keep_ratios] if isinstance(keep_ratios, (int, float, str)) else list(keep_ratios)
         try:
-            ratios = [r if r == "auto" else float(r) for r in ratios]
-        except (TypeError, ValueError):
-            ratios = []
-        if not ratios or any(r != "auto" and not 0.0 <= r <= 1.0 for r in ratios):
-            raise ValueError(f"ConureLearner: keep_ratios must be in [0, 1] or 'auto', got {keep_ratios!r}")
-        self.keep_ratios = ratios
+            self.keep_ratios = _keep_ratios(keep_ratios)
+        except ValueError as e:
+            raise ValueError(f"ConureLearner: keep_ratios {e}") from None
         self._snapshots = None    # during a phase: (weight, not-owned-by-the-task mask, values at phase start)
         self._auto = None         # keep_ratio "auto": the search state of the task being pruned
         self.frozen_digests: Dict[int, str] = {}   # task -> task_digest() when it was frozen, checked every phase
 
-    def learn(self, task_data: TaskData, task_id: int, config: Optional[TaskConfig] = None) -> Dict[str, object]:
+    def learn(self, task_data: TaskData, task_id: int, config: Optional[TrainConfig] = None) -> Dict[str, object]:
         """Learn a task: claim the free weights -> train -> prune -> retrain -> freeze (then evaluate all tasks)."""
         cfg = self._begin(task_data, task_id, config)          # checks (ids, data, free capacity), head; or raises
         with self._undo_on_error(task_id):
@@ -853,7 +842,6 @@ class ConureLearner(ContinualLearner):
     def task_digest(self, task_id: int) -> str:
         """sha256 of everything task ``task_id``'s outputs depend on that it owns: its conv entries (positions and
         values), its head, and for task 1 the embedding and LayerNorms."""
-        digest = hashlib.sha256()
         tensors = []
         for _, layer in self.backbone.conv_layers():
             owned = layer.owner == task_id
@@ -861,9 +849,7 @@ class ConureLearner(ContinualLearner):
         tensors += list(self.head(task_id).state_dict().values())
         if task_id == 1:
             tensors += list(self.backbone.shared_parameters())
-        for t in tensors:
-            digest.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return tensor_digest(*tensors, length=64)
 
     def _verify_frozen(self, where: str) -> None:
         """Raise :class:`FrozenWeightsError` if a finished task's weights changed (the no-forgetting guarantee)."""
@@ -872,7 +858,7 @@ class ConureLearner(ContinualLearner):
                 raise FrozenWeightsError(f"{where}: the frozen weights of task {t} changed; its outputs would no "
                                          f"longer be those it was evaluated with")
 
-    def keep_ratio(self, task_id: int, cfg: Optional[TaskConfig] = None) -> Union[float, str]:
+    def keep_ratio(self, task_id: int, cfg: Optional[TrainConfig] = None) -> Union[float, str]:
         """The keep ratio of ``task_id``: ``cfg.keep_ratio`` if set, else the learner's (a float or ``"auto"``)."""
         if cfg is not None and cfg.keep_ratio is not None:
             return cfg.keep_ratio
@@ -902,7 +888,7 @@ class ConureLearner(ContinualLearner):
 
     def _abort(self, task_id):
         if self._auto is not None:                    # interrupted in a keep_ratio "auto" search
-            self.on_epoch_end, self._auto = self._auto.hook, None
+            self._epoch_events, self._auto = True, None
         if self._snapshots is not None:
             self._after_step(task_id)                 # interrupted between a step and its restore
         for _, m in self.backbone.conv_layers():
@@ -937,7 +923,8 @@ class _AutoKeep:
     smallest first, starts from it, is pruned, retrained and accepted if its validation metric is within
     ``keep_tolerance`` (relative) of the dense one; the largest candidate is kept if none is. Per-epoch hooks are off
     during the search (a run interrupted in it resumes from the end of training and searches again, with the same
-    seeds), and every candidate is recorded in the history (``{"event": "auto_keep", ...}``)."""
+    seeds; callbacks see no epoch of it), and every candidate is recorded in the history
+    (``{"event": "auto_keep", ...}``)."""
 
     def __init__(self, learner: "ConureLearner", task_id: int) -> None:
         self.learner, self.task = learner, task_id
@@ -945,12 +932,12 @@ class _AutoKeep:
         self.state = {k: v.detach().clone() for k, v in store.state_dict().items()}
         self.dense = learner._valid_metric(task_id)
         self.metric = learner._info(task_id)["metric"]
-        self.hook, learner.on_epoch_end = learner.on_epoch_end, None
+        learner._epoch_events = False
 
     def restore(self) -> None:
         self.learner.store.load_state_dict(self.state, strict=True)
 
-    def accept(self, keep: float, cfg: TaskConfig) -> bool:
+    def accept(self, keep: float, cfg: TrainConfig) -> bool:
         learner = self.learner
         value = learner._valid_metric(self.task)
         slack = cfg.keep_tolerance * abs(self.dense)
@@ -959,5 +946,5 @@ class _AutoKeep:
         learner.history.append({"event": "auto_keep", "task": self.task, "keep_ratio": keep, "valid": value,
                                 "dense_valid": self.dense, "accepted": ok or last})
         if ok or last:
-            learner.on_epoch_end, learner._auto = self.hook, None
+            learner._epoch_events, learner._auto = True, None
         return ok or last

@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 
 from conure import ops
-from conure.nn import CapacityError, MaskedCausalConv1d, ResidualBlock, check_task_id, gather_last
+from conure.heads import head_from_config
+from conure.nn import BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock, check_task_id, gather_last
 
-__all__ = ["NextItNet"]
+__all__ = ["NextItNet", "PatchStack", "module_config", "build_module"]
 
 
 class NextItNet(nn.Module):
@@ -163,3 +164,33 @@ class NextItNet(nn.Module):
             tasks[t] = row
         return {"layers": layers, "total_weights": total, "free": free / max(total, 1), "tasks": tasks,
                 "free_bytes": free * (wsize + 1)}
+
+
+class PatchStack(nn.ModuleList):
+    """One :class:`~conure.nn.BottleneckPatch` per residual block (PeterRec)."""
+
+    def __init__(self, channels: int, num_blocks: int, reduction: int = 8) -> None:
+        super().__init__(BottleneckPatch(channels, reduction) for _ in range(num_blocks))
+        self.channels, self.num_blocks, self.reduction = channels, num_blocks, reduction
+
+    def config(self) -> Dict[str, object]:
+        return {"type": "PatchStack", "channels": self.channels, "num_blocks": self.num_blocks,
+                "reduction": self.reduction}
+
+
+def module_config(module: nn.Module) -> Dict[str, object]:
+    """The JSON config of a stored module (backbone, patch stack, head) that :func:`build_module` rebuilds."""
+    if isinstance(module, NextItNet):
+        return {"type": "NextItNet", **module.config()}
+    return module.config()
+
+
+def build_module(config: Mapping[str, object]) -> nn.Module:
+    """A fresh module from :func:`module_config`'s output (weights not included)."""
+    cfg = dict(config)
+    kind = cfg.pop("type", None)
+    if kind == "NextItNet":
+        return NextItNet(**cfg)
+    if kind == "PatchStack":
+        return PatchStack(**cfg)
+    return head_from_config(dict(config))

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conure import fused, ops
+from conure.checks import MAX_TASK, check_task_id
 
 __all__ = [
     "MAX_TASK",
@@ -35,18 +36,10 @@ __all__ = [
     "gather_last",
 ]
 
-MAX_TASK = 255  # owner maps are uint8
 
 
 class CapacityError(RuntimeError):
     """A new task found no free weight in some convolution (earlier tasks kept all of them)."""
-
-
-def check_task_id(task, where: str = "task") -> int:
-    """Return ``task`` if it is an int in [1, 255], else raise ValueError naming ``where``."""
-    if isinstance(task, bool) or not isinstance(task, int) or not 1 <= task <= MAX_TASK:
-        raise ValueError(f"{where}: task id must be an int in [1, {MAX_TASK}] (owner maps are uint8), got {task!r}")
-    return task
 
 
 def last_positions(items: torch.Tensor) -> torch.Tensor:
@@ -184,12 +177,3 @@ def gather_last(hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """``hidden [B, L, C]`` at :func:`last_positions` of ``items [B, L]`` -> ``[B, C]``."""
     idx = last_positions(items).to(hidden.device)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-
-
-
-def __getattr__(name: str):
-    # NextItNet lives in conure.models (it imports this module); reachable here too, like the other layers.
-    if name == "NextItNet":
-        from conure.models import NextItNet
-        return NextItNet
-    raise AttributeError(f"module 'conure.nn' has no attribute {name!r}")

@@ -6,7 +6,7 @@
 * ``learning_curves.png``: per task, training loss and validation metric by epoch, one line per method and phase.
 
 Every function returns the path it wrote. Importing this module does not import matplotlib; the functions raise
-ImportError when it is not installed (:class:`conure.runner.Run` then skips the plots with a note).
+ImportError when it is not installed (:class:`conure.run.Run` then skips the plots with a note).
 """
 from __future__ import annotations
 

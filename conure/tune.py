@@ -1,14 +1,14 @@
 """Hyper-parameter tuning of one task of a run config with Optuna (``conure tune``), on validation users only.
 
 A continual learner learns tasks in order, so tuning task ``k`` means: learn tasks ``1..k-1`` once, the way ``conure
-train`` would (the config's method and its per-task :class:`~conure.learner.TaskConfig`), then try many settings of
+train`` would (the config's method and its per-task :class:`~conure.learner.TrainConfig`), then try many settings of
 task ``k`` from that same learner state. What :func:`tune` writes in its directory ``OUT``:
 
 * ``prefix.safetensors``: the learner after tasks ``1..k-1`` (:mod:`conure.checkpoint` format, ``kind:
   "tune-prefix"``), with a hash of what it depends on (seed, data, the earlier tasks and their training, model,
   method); a later call with the same config reuses it, another config relearns it;
 * ``study.db``: the Optuna study (SQLite), named after the task. Every trial rebuilds the learner from the prefix,
-  samples TaskConfig overrides from the search space and learns task ``k``; the validation metric after every
+  samples TrainConfig overrides from the search space and learns task ``k``; the validation metric after every
   training epoch goes to a median pruner, the trial's value is the task's validation metric once learned (after
   Conure's pruning and retraining). Running the same command again resumes the study: it adds trials until
   ``trials`` of them are complete or pruned. A study written under another config is refused;
@@ -19,7 +19,7 @@ No test metric is ever computed: the test split of every task is replaced by an 
 learner's own end-of-task evaluation then scores no user), so choosing settings cannot leak the test users.
 
 The search space (:func:`default_space`, or a YAML file: ``key: {low, high, log}``, ``{int: [low, high]}`` or
-``{choices: [...]}``, keys being TaskConfig fields, see :func:`parse_space`) defaults to the learning rate, batch
+``{choices: [...]}``, keys being TrainConfig fields, see :func:`parse_space`) defaults to the learning rate, batch
 size, weight decay (0, or a log range with AdamW), and for item/profile tasks the head's dropout, pooling and
 warm-up, Conure's keep ratio, and the class weighting of profile tasks; epochs stay the config's.
 
@@ -46,8 +46,9 @@ from conure import checkpoint as ckpt
 from conure import metrics as M
 from conure.config import RunConfig, config_to_dict, parse_config
 from conure.data.types import Split, TaskData
-from conure.learner import ContinualLearner, TaskConfig
-from conure.runner import RunError, build_tasks, new_learner, select_device
+from conure.hashing import json_digest, update_tensor
+from conure.learner import ContinualLearner, TrainConfig
+from conure.run import RunError, build_tasks, new_learner, select_device
 
 __all__ = ["TuneError", "Param", "tune", "default_space", "parse_space", "load_space", "find_task", "OPTUNA_HINT"]
 
@@ -96,7 +97,7 @@ def default_space(kind: str, method: str = "conure") -> Dict[str, Dict[str, Any]
 
 @dataclass(frozen=True)
 class Param:
-    """One searched TaskConfig field: a float range (``or_zero``: 0 or the range), an int range, or choices."""
+    """One searched TrainConfig field: a float range (``or_zero``: 0 or the range), an int range, or choices."""
 
     key: str
     kind: str                               # "float", "int" or "choices"
@@ -108,7 +109,7 @@ class Param:
 
     @property
     def switch(self) -> str:
-        """Optuna's name of the on/off parameter of an ``or_zero`` range ('.' is in no TaskConfig field name)."""
+        """Optuna's name of the on/off parameter of an ``or_zero`` range ('.' is in no TrainConfig field name)."""
         return f"{self.key}.nonzero"
 
     def suggest(self, trial: Any) -> Any:
@@ -145,7 +146,7 @@ class Param:
 
 
 def _hint_types(tp: Any) -> Tuple[type, ...]:
-    """The plain types a TaskConfig field's annotation admits (``Optional[Union[float, str]]`` -> float, str,
+    """The plain types a TrainConfig field's annotation admits (``Optional[Union[float, str]]`` -> float, str,
     NoneType)."""
     if typing.get_origin(tp) is Union:
         out: Tuple[type, ...] = ()
@@ -176,26 +177,26 @@ def _number(value: Any) -> Any:
     return value
 
 
-def parse_space(raw: Any, base: TaskConfig, *, method: str = "conure", where: str = "space") -> List[Param]:
-    """Validate a search space mapping (TaskConfig field -> range) into :class:`Param` objects.
+def parse_space(raw: Any, base: TrainConfig, *, method: str = "conure", where: str = "space") -> List[Param]:
+    """Validate a search space mapping (TrainConfig field -> range) into :class:`Param` objects.
 
     Forms: ``{low: 1e-5, high: 1e-2, log: true}`` (float; ``or_zero: true`` also tries 0), ``{int: [1, 8]}``
     (optionally ``log: true``), ``{choices: [a, b, ...]}`` (None, booleans, numbers, strings). Every value is checked
-    by building a TaskConfig over ``base``; ``keep_ratio`` needs the conure method. Raises :class:`TuneError` naming
+    by building a TrainConfig over ``base``; ``keep_ratio`` needs the conure method. Raises :class:`TuneError` naming
     the bad key."""
     if not isinstance(raw, Mapping) or not raw:
-        raise TuneError(f"{where}: expected a non-empty mapping of TaskConfig keys to ranges, e.g. "
+        raise TuneError(f"{where}: expected a non-empty mapping of TrainConfig keys to ranges, e.g. "
                         f"lr: {{low: 1e-5, high: 1e-2, log: true}}")
-    field_names = [f.name for f in dataclasses.fields(TaskConfig)]
+    field_names = [f.name for f in dataclasses.fields(TrainConfig)]
     tunable = [n for n in field_names if n not in _NOT_TUNABLE]
-    hints = typing.get_type_hints(TaskConfig)
+    hints = typing.get_type_hints(TrainConfig)
     base_dict = base.to_dict()
     params: List[Param] = []
     for key, spec in raw.items():
         at = f"{where}: {key}"
         if key not in field_names:
             close = difflib.get_close_matches(str(key), tunable, n=1)
-            raise TuneError(f"{where}: unknown key {key!r}: not a TaskConfig field"
+            raise TuneError(f"{where}: unknown key {key!r}: not a TrainConfig field"
                             + (f" (did you mean {close[0]!r}?)" if close else f" (tunable: {', '.join(tunable)})"))
         if key in _NOT_TUNABLE:
             raise TuneError(f"{at}: not tunable (metric, eval_ks and eval_batch_size define how trials are scored; "
@@ -260,7 +261,7 @@ def parse_space(raw: Any, base: TaskConfig, *, method: str = "conure", where: st
             values = [low, high] + ([0.0] if or_zero else [])
         for v in values:
             try:
-                TaskConfig(**{**base_dict, key: v})
+                TrainConfig(**{**base_dict, key: v})
             except (TypeError, ValueError) as e:
                 raise TuneError(f"{at}: {v!r} is not a valid value ({e})") from None
         params.append(p)
@@ -283,12 +284,12 @@ def load_space(path: Union[str, Path]) -> Dict[str, Any]:
         at = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
         raise TuneError(f"{at}: invalid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
     if not isinstance(raw, Mapping):
-        raise TuneError(f"space file {p}: expected a mapping of TaskConfig keys to ranges, got {type(raw).__name__}")
+        raise TuneError(f"space file {p}: expected a mapping of TrainConfig keys to ranges, got {type(raw).__name__}")
     return dict(raw)
 
 
 def _overrides(params: Sequence[Param], trial: Any) -> Dict[str, Any]:
-    """A trial's TaskConfig overrides."""
+    """A trial's TrainConfig overrides."""
     out = {p.key: p.suggest(trial) for p in params}
     # Decoupled weight decay: with Adam, weight_decay is an L2 term the adaptive step scales away; unless the space
     # searches the optimizer itself, a positive decay means AdamW.
@@ -316,10 +317,6 @@ def _without_test(task: TaskData) -> TaskData:
     return dataclasses.replace(task, test=Split(t.users[:0], t.inputs[:0], t.targets[:0]))
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _data_digest(tasks: Sequence[TaskData]) -> str:
     """sha256 of the tasks' train and validation data: the config names the data files, this notices when they
     changed (the test splits are empty here)."""
@@ -328,8 +325,7 @@ def _data_digest(tasks: Sequence[TaskData]) -> str:
         h.update(f"{t.name}/{t.kind}/{t.num_items}/{t.num_targets}".encode())
         for split in (t.train, t.valid):
             for x in (split.users, split.inputs, split.targets):
-                h.update(str((x.dtype, tuple(x.shape))).encode())
-                h.update(x.contiguous().cpu().numpy().tobytes())
+                update_tensor(h, x)
     return h.hexdigest()
 
 
@@ -359,7 +355,7 @@ def _diff(a: Any, b: Any, where: str = "") -> List[str]:
     return [] if a == b else [where or "(all)"]
 
 
-def _valid_baseline(task: TaskData, tc: TaskConfig, metric: str) -> Tuple[str, float]:
+def _valid_baseline(task: TaskData, tc: TrainConfig, metric: str) -> Tuple[str, float]:
     """The trivial predictor on the validation users: majority class (profile) or popularity (ranking)."""
     v = task.valid
     if task.kind == "profile":
@@ -390,7 +386,7 @@ def _prefix(cfg: RunConfig, tasks: Sequence[TaskData], index: int, out: Path, id
     there. Returns ``(tensors, learner meta, "cached" or "learned")``."""
     path = out / PREFIX_FILE
     ident = {**ident, "data_digest": data_digest}
-    digest = _digest(ident)
+    digest = json_digest(ident)
     ckpt.remove_stale_temps(path)
     if path.exists():
         try:
@@ -530,7 +526,7 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
     if out.exists() and not out.is_dir():
         raise TuneError(f"--out {out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    metric = base.metric or M.default_metric(kind, base.eval_ks)
+    metric = base.metric_for(kind)
     direction = "minimize" if metric in M.LOWER_IS_BETTER else "maximize"
     ident = _identity(cfg, index)
 
@@ -612,7 +608,7 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
         def objective(trial: Any) -> float:
             overrides = _overrides(params, trial)
             trial.set_user_attr("overrides", overrides)
-            tc = TaskConfig(**{**base.to_dict(), **overrides, "evaluate_all": False})
+            tc = TrainConfig(**{**base.to_dict(), **overrides, "evaluate_all": False})
             learner = ContinualLearner.from_state(tensors, meta).to(device)
             learner.dist_context = False
             epochs = [0]

@@ -413,9 +413,9 @@ class StubModel:
 def predict_in_process(monkeypatch, capsys, cwd, argv, model=None, stdin=None):
     """``conure predict`` through conure.cli.main in this process; ``model`` replaces the checkpoint's."""
     import io
-    import conure.runner
+    import conure.commands
     if model is not None:
-        monkeypatch.setattr(conure.runner, "open_model", lambda checkpoint, task: model)
+        monkeypatch.setattr(conure.commands, "open_model", lambda checkpoint, task: model)
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin) if isinstance(stdin, str) else stdin)
     return InProcess(["predict", "--checkpoint", "stub.safetensors", *argv], capsys, cwd)

@@ -1,7 +1,7 @@
 """Data-parallel continual training (conure.distributed): DDP over gloo on CPU processes, loopback only.
 
 The multi-process tests launch ``python -m torch.distributed.run`` (torchrun) or plain processes with torchrun's
-environment variables, on 127.0.0.1 with a free port, and run ``python -m conure.distributed --demo``: a 3-task
+environment variables, on 127.0.0.1 with a free port, and run ``python -m conure demo --ddp``: a 3-task
 synthetic sequence (next_item and item with sampled softmax, then gender) on a tiny NextItNet.
 """
 import json
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from conure import distributed as D
-from conure.heads import ItemHead, NextItemHead
+from conure.heads import ItemHead, NextItemHead, head_memory
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*compiled extension.*")
 
@@ -45,7 +45,7 @@ def env(**extra):
 def torchrun(nproc, *args, timeout=120, **extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--monitor-interval", "0.5",
-           "-m", "conure.distributed", "--demo", "--device", "cpu", *args]
+           "-m", "conure", "demo", "--ddp", "--device", "cpu", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env(**extra), capture_output=True, text=True, timeout=timeout)
 
 
@@ -96,7 +96,7 @@ def test_a_dead_rank_fails_the_job_without_hanging():
     for rank in (0, 1):
         e = env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=str(port), CONURE_DIST_FAULT="1:1:train:2")
-        procs.append(subprocess.Popen([sys.executable, "-m", "conure.distributed", "--demo", "--device", "cpu",
+        procs.append(subprocess.Popen([sys.executable, "-m", "conure", "demo", "--ddp", "--device", "cpu",
                                        "--timeout", "30"], cwd=ROOT, env=e, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     try:
@@ -108,7 +108,7 @@ def test_a_dead_rank_fails_the_job_without_hanging():
     elapsed = time.perf_counter() - t0
     assert procs[1].returncode == 17 and "fault injection" in outs[1][1]
     assert procs[0].returncode == 1, outs[0][1][-2000:]
-    assert "conure.distributed: rank 0 failed" in outs[0][1]
+    assert "conure demo --ddp: rank 0 failed" in outs[0][1]
     assert elapsed < 60
 
 
@@ -122,7 +122,7 @@ def test_torchrun_reports_a_dead_rank():
 
 # ---------------------------------------------------------------------------------------- in-process pieces
 def test_distributed_sampler_gives_disjoint_equal_shards_covering_the_global_batches():
-    """What DDPTrainStep relies on: rank r's step s plus the other ranks' step s = one process's step s with the
+    """What conure.backends.DDPSteps relies on: rank r's step s plus the other ranks' step s = one process's step s with the
     global batch; disjoint shards; the same number of steps on every rank (padding when N % W != 0)."""
     n, batch, seed = 203, 8, 1234
     for world in (2, 3):
@@ -240,8 +240,8 @@ def test_item_head_sampled_softmax():
 
 
 def test_head_memory_formula_example():
-    m = D.head_memory(256, 50, 646_000, 256, 1024)
-    full = D.head_memory(256, 50, 646_000, 256, 0)
+    m = head_memory(256, 50, 646_000, 256, 1024)
+    full = head_memory(256, 50, 646_000, 256, 0)
     assert full["logits"] == 256 * 50 * 646_000 * 4 and round(full["logits"] / 1e9, 1) == 33.1
     assert round(m["logits"] / 1e6, 1) == 52.5 and round((m["table"] + m["grad"] + m["optimizer"]) / 1e9, 2) == 2.66
     assert m["total"] < full["total"] / 30
@@ -281,7 +281,7 @@ def test_sampled_softmax_peak_memory_measured():
     (S=256) stays near its estimate (the dense table gradient plus small terms); the full softmax materialises the
     [B*L, V] logits ~3 times.
 
-    The model is :func:`conure.distributed.head_memory` (tensor bytes). What RSS adds beyond tensors, and the margin
+    The model is :func:`conure.heads.head_memory` (tensor bytes). What RSS adds beyond tensors, and the margin
     covers: allocator rounding and arena slack (x1.5 of the estimate) and a fixed 8 MB for torch's and glibc's
     bookkeeping. The kernels' code pages differ by CPU (MKL/oneDNN load their AVX2, AVX-512 or AMX paths on first
     use; on an Intel Sapphire Rapids this test once measured 37.9 MB against a 35.4 MB bound with them counted),
@@ -290,7 +290,7 @@ def test_sampled_softmax_peak_memory_measured():
                        timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
     peak = {int(k): v for k, v in json.loads(p.stdout.strip().splitlines()[-1]).items()}
-    est_s, est_f = D.head_memory(16, 20, 100_000, 32, 256), D.head_memory(16, 20, 100_000, 32, 0)
+    est_s, est_f = head_memory(16, 20, 100_000, 32, 256), head_memory(16, 20, 100_000, 32, 0)
     need_s = est_s["grad"] + est_s["activations"]
     need_f = est_f["grad"] + est_f["activations"]
     assert peak[256] < 1.5 * need_s + 8e6, (peak, need_s)

@@ -93,7 +93,7 @@ def test_default_space_keys_are_taskconfig_fields_and_depend_on_kind_and_method(
 
 
 @pytest.mark.parametrize("space, fragments", [
-    ({"learning_rate": {"low": 1e-4, "high": 1e-2}}, ["learning_rate", "not a TaskConfig field"]),
+    ({"learning_rate": {"low": 1e-4, "high": 1e-2}}, ["learning_rate", "not a TrainConfig field"]),
     ({"lr": {"low": 1e-2, "high": 1e-4}}, ["lr", "low must be below high"]),
     ({"lr": {"low": 0.0, "high": 1e-2, "log": True}}, ["lr", "log range needs low > 0"]),
     ({"lr": {"min": 1e-4, "max": 1e-2}}, ["lr", "unknown: max, min"]),
@@ -197,8 +197,9 @@ def test_the_test_split_is_never_evaluated(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ContinualLearner, "_evaluate", guarded)
     monkeypatch.setattr(ContinualLearner, "evaluate", evaluate)
-    import conure.runner
-    monkeypatch.setattr(conure.runner, "baselines", lambda *a, **k: pytest.fail("test-split baselines computed"))
+    import conure.run
+    for name in ("baselines", "trivial_baselines"):
+        monkeypatch.setattr(conure.run, name, lambda *a, **k: pytest.fail("test-split baselines computed"))
     res = tune(cfg, "service2", 2, tmp_path / "s", space={"lr": {"low": 1e-4, "high": 3e-3, "log": True}},
                echo=quiet([]))
     assert res["metric"] == "mrr@5" and res["best"] is not None and seen["users"] > 0

@@ -25,10 +25,12 @@ import numpy as np
 
 from conure.data.errors import DataError
 from conure.data.interactions import FirstSeenIndex, Interactions, ItemSequences
+from conure.data.tasks import PROFILE_TRAIN
+from conure.registry import DatasetKind, dataset_kind, register_dataset
 
 __all__ = [
     "read_ml100k", "read_ml1m", "read_recbole", "read_conure", "read_seq_tsv", "read_attribute_csv",
-    "load_dataset", "DATASET_KINDS", "ML_AGE_BRACKETS", "ML1M_OCCUPATIONS",
+    "load_dataset", "ML_AGE_BRACKETS", "ML1M_OCCUPATIONS",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -881,27 +883,41 @@ def read_seq_tsv(path: PathLike, *, attributes: Optional[PathLike] = None, user_
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
-DATASET_KINDS = ("ml-100k", "ml-1m", "recbole", "conure", "seq-tsv", "synthetic")
-
-
 def load_dataset(kind: str, path: Optional[PathLike] = None, **options) -> Interactions:
-    """Read a dataset of ``kind`` (one of :data:`DATASET_KINDS`) into :class:`Interactions`.
+    """Read a dataset of ``kind`` (a registered kind: :data:`conure.registry.DATASETS`) into :class:`Interactions`.
 
-    ``options`` go to the reader: :func:`read_ml100k`, :func:`read_ml1m`, :func:`read_recbole`,
+    ``options`` go to the kind's reader: :func:`read_ml100k`, :func:`read_ml1m`, :func:`read_recbole`,
     :func:`read_conure`, :func:`read_seq_tsv`, or for ``"synthetic"`` (no path)
     :func:`conure.data.synthetic.make_synthetic_interactions`.
     """
-    if kind == "synthetic":
-        from conure.data.synthetic import make_synthetic_interactions
+    spec = dataset_kind(kind)
+    if not spec.needs_path:
         if path is not None:
-            raise ValueError("the synthetic dataset takes no path")
-        return make_synthetic_interactions(**options)
-    readers: Dict[str, Callable[..., Interactions]] = {
-        "ml-100k": read_ml100k, "ml-1m": read_ml1m, "recbole": read_recbole, "conure": read_conure,
-        "seq-tsv": read_seq_tsv,
-    }
-    if kind not in readers:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}")
+            raise ValueError(f"the {kind} dataset takes no path")
+        return spec.reader(**options)
     if path is None:
         raise ValueError(f"dataset kind {kind!r} needs a path")
-    return readers[kind](path, **options)
+    return spec.reader(path, **options)
+
+
+def _movielens_specs(train: bool) -> List[Dict[str, object]]:
+    def profile(name: str, attribute: str) -> Dict[str, object]:
+        spec: Dict[str, object] = {"name": name, "kind": "profile", "attribute": attribute}
+        return {**spec, "train": dict(PROFILE_TRAIN)} if train else spec     # one dict per task: --set edits one
+
+    return [
+        {"name": "next_item", "kind": "next_item", "windows": "all"},
+        {"name": "later_items", "kind": "item", "split": "time", "window": 0.2},
+        profile("gender", "gender"), profile("age", "age_bracket"), profile("occupation", "occupation"),
+    ]
+
+
+def _sequence_specs(train: bool) -> List[Dict[str, object]]:
+    return [{"name": "next_item", "kind": "next_item"},
+            {"name": "later_items", "kind": "item", "split": "time", "window": 0.2}]
+
+
+for _kind, _reader, _specs in (("ml-100k", read_ml100k, _movielens_specs), ("ml-1m", read_ml1m, _movielens_specs),
+                               ("recbole", read_recbole, _sequence_specs), ("conure", read_conure, _sequence_specs),
+                               ("seq-tsv", read_seq_tsv, _sequence_specs)):
+    register_dataset(DatasetKind(_kind, _reader, _specs))

@@ -157,14 +157,24 @@ class PopularitySampler(NegativeSampler):
         return draw.reshape(*positives.shape, num).to(positives.device)
 
 
-def make_sampler(task: TaskData, kind: str = "uniform", rho: float = 0.3, mode: str = "rank") -> NegativeSampler:
-    """A sampler over ``task``'s target ids: ``"uniform"`` or ``"popularity"`` (from ``task.target_counts``)."""
-    if task.kind == "profile":
-        raise ValueError(f"task {task.name!r} is a profile task: negatives are for item targets")
+def make_sampler(task: Union[TaskData, int], kind: str = "uniform", rho: float = 1.0, mode: str = "rank", *,
+                 counts: Optional[torch.Tensor] = None) -> NegativeSampler:
+    """The one sampler factory: negatives over the target ids ``1..size-1`` of ``task`` (a :class:`TaskData`:
+    ``size = task.num_targets``, popularity from ``task.target_counts``) or of a vocabulary of ``size = task`` ids
+    (an int: popularity from ``counts``, shape ``[size]``). ``kind``: ``"uniform"`` or ``"popularity"``
+    (:class:`PopularitySampler` with ``rho`` and ``mode``; the TrainConfig defaults)."""
+    if isinstance(task, TaskData):
+        if task.kind == "profile":
+            raise ValueError(f"task {task.name!r} is a profile task: negatives are for item targets")
+        size, counts, name = task.num_targets, task.target_counts, f"task {task.name!r}"
+    else:
+        size, name = int(task), "the vocabulary"
     if kind == "uniform":
-        return UniformSampler(task.num_targets)
+        return UniformSampler(size)
     if kind == "popularity":
-        if task.target_counts is None:
-            raise ValueError(f"task {task.name!r} has no target_counts")
-        return PopularitySampler(task.target_counts, rho=rho, mode=mode)
+        if counts is None:
+            raise ValueError(f"{name} has no target_counts")
+        if counts.shape != (size,):
+            raise ValueError(f"target counts must have shape [{size}], got {tuple(counts.shape)}")
+        return PopularitySampler(counts, rho=rho, mode=mode)
     raise ValueError(f"sampler kind must be 'uniform' or 'popularity', got {kind!r}")

@@ -28,6 +28,7 @@ import numpy as np
 from conure.data.interactions import Interactions, ItemSequences
 from conure.data.tasks import TaskSpec, build_task_sequence
 from conure.data.types import TaskData
+from conure.registry import DatasetKind, register_dataset
 
 __all__ = ["make_synthetic_interactions", "make_synthetic_tasks", "SYNTHETIC_SPECS"]
 
@@ -170,3 +171,7 @@ def make_synthetic_tasks(num_users: int = 2000, num_items: int = 400, seq_len: i
     return build_task_sequence(inter, SYNTHETIC_SPECS if specs is None else specs,
                                max_len=seq_len if max_len is None else max_len, min_len=min_len, seed=seed,
                                valid_frac=valid_frac, test_frac=test_frac)
+
+
+register_dataset(DatasetKind("synthetic", make_synthetic_interactions,
+                             lambda train: [dict(s) for s in SYNTHETIC_SPECS], needs_path=False))

@@ -45,6 +45,7 @@ import torch
 from conure.data.errors import DataError
 from conure.data.interactions import Interactions, ItemSequences
 from conure.data.types import TASK_KINDS, Split, TaskData
+from conure.registry import dataset_kind
 
 __all__ = ["TaskSpec", "build_task_sequence", "default_specs", "TRAIN", "VALID", "TEST"]
 
@@ -153,25 +154,11 @@ PROFILE_TRAIN = {"pool": "mean", "head_warmup": 100, "head_lr": 1e-3, "lr": 1e-4
 
 
 def default_specs(dataset: str, train: bool = False) -> List[Dict[str, object]]:
-    """A sensible four/five-task sequence for a dataset kind (see :data:`conure.data.readers.DATASET_KINDS`).
+    """The task sequence a dataset kind gets by default (its registration: :data:`conure.registry.DATASETS`).
 
-    ``train=True`` adds, as a run config's task entries do, a ``train`` mapping of TaskConfig overrides to the tasks
+    ``train=True`` adds, as a run config's task entries do, a ``train`` mapping of TrainConfig overrides to the tasks
     that learn better with them (:data:`PROFILE_TRAIN`); :func:`build_task_sequence` takes the specs without it."""
-    if dataset in ("ml-100k", "ml-1m"):
-        def profile(name: str, attribute: str) -> Dict[str, object]:
-            spec: Dict[str, object] = {"name": name, "kind": "profile", "attribute": attribute}
-            return {**spec, "train": dict(PROFILE_TRAIN)} if train else spec     # one dict per task: --set edits one
-
-        return [
-            {"name": "next_item", "kind": "next_item", "windows": "all"},
-            {"name": "later_items", "kind": "item", "split": "time", "window": 0.2},
-            profile("gender", "gender"), profile("age", "age_bracket"), profile("occupation", "occupation"),
-        ]
-    if dataset == "synthetic":
-        from conure.data.synthetic import SYNTHETIC_SPECS
-        return [dict(s) for s in SYNTHETIC_SPECS]
-    return [{"name": "next_item", "kind": "next_item"},
-            {"name": "later_items", "kind": "item", "split": "time", "window": 0.2}]
+    return [dict(s) for s in dataset_kind(dataset).default_specs(train)]
 
 
 # ---------------------------------------------------------------------------------------------- array helpers
