@@ -30,15 +30,18 @@ single-task graph; for an all-task graph T (the tasks in ``tasks`` order), excep
 block 0's first conv input (pre-LN with shared embedding and LayerNorm). ``B`` is dynamic; the state of a user may
 be stored anywhere between events. :func:`state_from_streaming` converts a :class:`conure.streaming.StreamingState`
 (ring buffers indexed by position) into this layout. Stepping a left-padded history one column at a time (padding
-id 0 included) reproduces the full forward at every position, as :mod:`conure.streaming` does; the streaming
-graph reads the newest position, so it serves heads with ``pool: last`` (mean/attention heads need every position:
-export them with :class:`TaskGraph`).
+id 0 included) reproduces the full forward at every position, as :mod:`conure.streaming` does. A head with ``pool:
+mean`` or ``attention`` adds one state ``pool_t`` after the conv states: ``[B, C + 1]`` (mean: the sum of the
+outputs at real positions, their count) or ``[B, C + 2]`` (attention, an online softmax: the sum of
+``exp(l - m) * h``, the sum of ``exp(l - m)``, the largest logit ``m`` so far); zeros = no real item yet (padding
+steps leave it as it is), so the pooled vector equals :class:`conure.heads.Pool` over the history at every step.
 
 Bad inputs (the same in both runtimes): an item id outside ``[0, num_items)`` is read as padding (0) (map raw ids
 with the vocabulary file first, dropping unknown ones, as ``conure predict`` does); an all-padding row gets the
 scores of an all-padding history (``conure predict`` reports such a user as empty: check ``(items != 0).any(1)``);
-``L = 0`` and a dtype other than int64 are rejected by the runtime with an error (onnxruntime: ``InvalidArgument``
-/ ``Fail``; torch.export: a ``RuntimeError``/``AssertionError`` naming the input), never a crash.
+``L = 0`` is an error from the runtime (onnxruntime: ``RUNTIME_EXCEPTION`` from ArgMax; torch: ``IndexError``), not
+NaN scores; ids of another dtype: onnxruntime refuses them (``INVALID_ARGUMENT``), the ``.pt2`` program reads int32
+ids like int64. docs/DEPLOY.md has the table.
 
 Vocabulary file (:func:`vocab_document`, written beside the model as ``<stem>.vocab.json``): ``items`` (raw item id
 -> input index), ``item_ids`` (index -> raw id, null at 0), ``max_len`` (``conure predict`` keeps a history's last
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -225,6 +229,32 @@ class _Head(nn.Module):
         logits = (hidden @ self.query).masked_fill(~real, float("-inf"))
         return (torch.softmax(logits, dim=1).unsqueeze(-1) * hidden).sum(1)
 
+    def pool_step(self, h: torch.Tensor, real: torch.Tensor, state: torch.Tensor):
+        """The pooled user vector after one more position, from running statistics (the streaming step).
+
+        ``h [B, C]``: the backbone output at the new position; ``real [B, 1]`` bool: its item is not padding;
+        ``state``: mean ``[B, C + 1]`` = (sum of h over real positions, their count); attention ``[B, C + 2]`` =
+        (sum of exp(l - m) h, sum of exp(l - m), m) over real positions, l = h . query, m = the largest l so far
+        (an online softmax). All zeros: no real position yet. Returns (user [B, C], new state); while a user has no
+        real position the vector is ``h``, as :class:`conure.heads.Pool` reads position L - 1 of an empty row.
+        """
+        c = h.shape[1]
+        if self.mode == "mean":
+            total, count = state[:, :c] + h, state[:, c:] + 1
+            state = torch.where(real, torch.cat([total, count], dim=1), state)
+            total, count = state[:, :c], state[:, c:]
+            return torch.where(count > 0, total / count.clamp_min(1.0), h), state
+        acc, norm, top = state[:, :c], state[:, c:c + 1], state[:, c + 1:]
+        logit = (h @ self.query).unsqueeze(1)                                     # [B, 1]
+        seen = norm > 0
+        top2 = torch.where(seen, torch.maximum(top, logit), logit)
+        # the old sums rescaled to the new maximum; 0 when there are none (exp of a stale m could overflow)
+        scale = torch.where(seen, torch.exp(torch.minimum(top - top2, torch.zeros_like(top))), torch.zeros_like(top))
+        weight = torch.exp(logit - top2)
+        state = torch.where(real, torch.cat([acc * scale + weight * h, norm * scale + weight, top2], dim=1), state)
+        acc, norm = state[:, :c], state[:, c:c + 1]
+        return torch.where(norm > 0, acc / torch.where(norm > 0, norm, torch.ones_like(norm)), h), state
+
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         if self.kind == "item":
             return F.linear(user, self.proj_w, self.proj_b) @ self.table_t + self.mask
@@ -342,8 +372,8 @@ class AllTasksGraph(nn.Module):
 
 
 class StreamGraph(nn.Module):
-    """The streaming step: ``forward(items [B] int64, state_0, ..., state_{2n-1})`` -> (per task: scores[, top-k];
-    then new_state_0, ..., new_state_{2n-1}); state layout in the module docstring."""
+    """The streaming step: ``forward(items [B] int64, state_0, ..., state_{2n-1}[, pool_t ...])`` -> (per task:
+    scores[, top-k]; then new_state_0, ..., new_state_{2n-1}[, new_pool_t ...]); layout in the module docstring."""
 
     def __init__(self, models: Sequence[Any], top_k: Optional[int] = None, single: bool = True) -> None:
         super().__init__()
@@ -351,10 +381,6 @@ class StreamGraph(nn.Module):
             raise ExportError("export: no task to export")
         self.nets = nn.ModuleList(_TaskNet(m) for m in models)
         for net, m in zip(self.nets, models):
-            if net.head.mode != "last":
-                raise ExportError(f"export: the streaming step reads the newest position, so it serves heads with "
-                                 f"pool 'last'; task {m.task} ({m.name}) pools '{net.head.mode}' (export it as a "
-                                 f"full graph instead)")
             if net.kernel_size < 2:
                 raise ExportError("export: the streaming step needs kernel_size >= 2 (a kernel of 1 keeps no state)")
             net.head = _Head(m.head, top_k)
@@ -367,16 +393,24 @@ class StreamGraph(nn.Module):
         self.num_items = int(self.nets[0].embedding.shape[0])
         self.channels = int(self.nets[0].embedding.shape[1])
         self.num_convs = 2 * len(self.nets[0].blocks)
+        # tasks whose head pools over positions carry running pooling statistics as extra state
+        self.pooled = [i for i, net in enumerate(self.nets) if net.head.mode != "last"]
 
-    def state_shapes(self, batch_size: int) -> List[Tuple[int, int, int, int]]:
-        """``[T_c, B, R_c, C]`` of every conv's state, in forward order."""
+    def state_shapes(self, batch_size: int) -> List[Tuple[int, ...]]:
+        """Every state tensor's shape, in input order: ``[T_c, B, R_c, C]`` per conv (forward order), then
+        ``[B, C + 1]`` (mean) or ``[B, C + 2]`` (attention) per pooled task."""
         net = self.nets[0]
-        shapes = []
+        shapes: List[Tuple[int, ...]] = []
         for c in range(self.num_convs):
             conv = net.blocks[c // 2].conv1 if c % 2 == 0 else net.blocks[c // 2].conv2
             rows = 1 if (c == 0 and self.share_ln) else len(self.nets)
             shapes.append((rows, batch_size, conv.span, self.channels))
+        for i in self.pooled:
+            shapes.append((batch_size, self.channels + (1 if self.nets[i].head.mode == "mean" else 2)))
         return shapes
+
+    def state_names(self) -> List[str]:
+        return [f"state_{c}" for c in range(self.num_convs)] + [f"pool_{self.tasks[i]}" for i in self.pooled]
 
     def output_names(self) -> List[str]:
         out = []
@@ -384,18 +418,20 @@ class StreamGraph(nn.Module):
             sfx = "" if self.single else f"_{t}"
             out += [f"scores{sfx}"] + ([f"topk_scores{sfx}", f"topk_indices{sfx}"] if net.head.top_k is not None
                                        else [])
-        return out + [f"new_state_{c}" for c in range(self.num_convs)]
+        return out + ["new_" + n for n in self.state_names()]
 
     def input_names(self) -> List[str]:
-        return ["items"] + [f"state_{c}" for c in range(self.num_convs)]
+        return ["items"] + self.state_names()
 
     def forward(self, items: torch.Tensor, *states: torch.Tensor):
         _check_items(items)
         items = _clean_ids(items, self.num_items)
+        real = (items != 0).unsqueeze(1)                                          # [B, 1]
         x0 = F.embedding(items, self.nets[0].embedding) if self.share_embedding else None
         a1 = F.relu(self.nets[0].blocks[0].ln1(x0)) if self.share_ln else None
         scores: List[torch.Tensor] = []
         new = [[None] * len(self.nets) for _ in range(self.num_convs)]
+        new_pool: List[torch.Tensor] = []
         for t, net in enumerate(self.nets):
             x = x0 if x0 is not None else F.embedding(items, net.embedding)
             for b, block in enumerate(net.blocks):
@@ -403,12 +439,15 @@ class StreamGraph(nn.Module):
                 s1 = states[c][0 if (c == 0 and self.share_ln) else t]
                 x, n1, n2 = block.step(x, s1, states[c + 1][t], a1 if b == 0 else None)
                 new[c][t], new[c + 1][t] = n1, n2
+            if net.head.mode != "last":
+                x, pool = net.head.pool_step(x, real, states[self.num_convs + self.pooled.index(t)])
+                new_pool.append(pool)
             scores += net.head.outputs(net.head.scores(x))
         out_states = []
         for c in range(self.num_convs):
             parts = new[c][:1] if (c == 0 and self.share_ln) else new[c]
             out_states.append(torch.stack(parts, dim=0))
-        return tuple(scores + out_states)
+        return tuple(scores + out_states + new_pool)
 
 
 def initial_state(graph: StreamGraph, batch_size: int) -> List[torch.Tensor]:
@@ -418,7 +457,8 @@ def initial_state(graph: StreamGraph, batch_size: int) -> List[torch.Tensor]:
 
 def state_from_streaming(state) -> List[torch.Tensor]:
     """A :class:`conure.streaming.StreamingState`'s ring buffers (slot ``position % R``) in the exported layout
-    (oldest first): one ``[T_c, B, R_c, C]`` tensor per conv. The state must hold the tasks in the graph's order."""
+    (oldest first): one ``[T_c, B, R_c, C]`` tensor per conv. The state must hold the tasks in the graph's order.
+    :mod:`conure.streaming` keeps no pooling statistics: this serves graphs whose heads all pool ``last``."""
     out = []
     for ring in state.rings:
         r = ring.shape[2]
@@ -452,8 +492,10 @@ def _example(graph: nn.Module) -> Tuple[tuple, Any, List[str]]:
     batch = torch.export.Dim("batch", min=1)
     if isinstance(graph, StreamGraph):
         items = torch.arange(1, 4, dtype=torch.int64) % graph.num_items
-        states = tuple(torch.zeros(s) for s in graph.state_shapes(3))
-        dyn = ({0: batch}, tuple({1: batch} for _ in states))   # forward(items, *states)
+        shapes = graph.state_shapes(3)
+        states = tuple(torch.zeros(s) for s in shapes)
+        # forward(items, *states): the batch is axis 1 of the conv states, axis 0 of the pooling states
+        dyn = ({0: batch}, tuple({1 if len(s) == 4 else 0: batch} for s in shapes))
         return (items,) + states, dyn, graph.input_names()
     length = torch.export.Dim("length", min=1)
     items = (torch.arange(3 * 7, dtype=torch.int64).view(3, 7) % graph.num_items)
@@ -468,11 +510,11 @@ def _exported(graph: nn.Module):
 
 def export_pt2(graph: nn.Module, path: PathLike) -> Path:
     """``torch.export.export`` the graph (dynamic batch, and length for full graphs) and ``torch.export.save`` it."""
-    from conure.checkpoint import AtomicWriter
-    ep = _exported(graph)
-    with AtomicWriter(path) as f:
-        torch.export.save(ep, f._f)
-    return Path(path)
+    import io
+    from conure.checkpoint import atomic_write_bytes
+    buffer = io.BytesIO()
+    torch.export.save(_exported(graph), buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def export_onnx(graph: nn.Module, path: PathLike, opset: int = 18) -> Path:
@@ -480,12 +522,18 @@ def export_onnx(graph: nn.Module, path: PathLike, opset: int = 18) -> Path:
     self-contained ``.onnx`` file, written atomically."""
     from conure.checkpoint import atomic_write_bytes
     args, dyn, names = _example(graph)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
+    # the exporter logs a warning per torchvision op it cannot register: noise for a graph that has none
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(graph, args, input_names=names, output_names=graph.output_names(),
                                         dynamic_shapes=dyn, opset_version=opset, dynamo=True, verbose=False,
                                         external_data=False, optimize=True)
+    finally:
+        registry_log.setLevel(level)
     proto = program.model_proto
     return atomic_write_bytes(path, proto.SerializeToString())
 
@@ -519,8 +567,8 @@ def vocab_document(models: Sequence[Any], graph: nn.Module, fmt: str) -> Dict[st
         entry["classes" if m.kind == "profile" else "targets"] = m.target_names()
         doc["tasks"].append(entry)
     if isinstance(graph, StreamGraph):
-        doc["state"] = [{"name": f"state_{c}", "shape": [s[0], "B", s[2], s[3]], "dtype": "float32"}
-                        for c, s in enumerate(graph.state_shapes(1))]
+        doc["state"] = [{"name": n, "shape": [s[0], "B", s[2], s[3]] if len(s) == 4 else ["B", s[1]],
+                         "dtype": "float32"} for n, s in zip(graph.state_names(), graph.state_shapes(1))]
     return doc
 
 
