@@ -36,7 +36,7 @@ outputs at real positions, their count) or ``[B, C + 2]`` (attention, an online 
 ``exp(l - m) * h``, the sum of ``exp(l - m)``, the largest logit ``m`` so far); zeros = no real item yet (padding
 steps leave it as it is), so the pooled vector equals :class:`conure.heads.Pool` over the history at every step.
 
-Bad inputs (the same in both runtimes): an item id outside ``[0, num_items)`` is read as padding (0) (map raw ids
+Bad inputs (both runtimes alike unless said): an item id outside ``[0, num_items)`` is read as padding (0) (map raw ids
 with the vocabulary file first, dropping unknown ones, as ``conure predict`` does); an all-padding row gets the
 scores of an all-padding history (``conure predict`` reports such a user as empty: check ``(items != 0).any(1)``);
 ``L = 0`` is an error from the runtime (onnxruntime: ``RUNTIME_EXCEPTION`` from ArgMax; torch: ``IndexError``), not
@@ -50,13 +50,12 @@ every output column.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -183,7 +182,9 @@ class _Head(nn.Module):
         self.mode = pooling.mode if pooling is not None else "last"
         if self.mode == "attention":
             self.register_buffer("query", pooling.query.detach().to(torch.float32).clone())
-        f32 = lambda t: t.detach().to(torch.float32).clone()     # noqa: E731
+
+        def f32(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(torch.float32).clone()
         if isinstance(head, NextItemHead):
             self.kind, n = "next_item", head.num_items
             self.register_buffer("w", f32(head.out.weight))

@@ -433,3 +433,18 @@ def test_cli_round_trip(tmp_path, capsys):
             else:
                 assert [task["targets"][int(j)] for j in idx] == p["items"]
                 np.testing.assert_allclose(results[task["topk_scores"]][row], p["scores"], atol=2e-6)
+
+    # the streaming step of every task (mean and attention heads included), event by event from zero state, ends
+    # where the full graph is for the same (left-padded) history
+    code, out, err = cli(capsys, "export", "--checkpoint", run, "--task", "all", "--stream", "--format", "pt2",
+                         "--out", tmp_path / "step.pt2")
+    assert code == 0 and "streaming step" in out, err
+    svocab = json.loads((tmp_path / "step.vocab.json").read_text())
+    step = torch.export.load(str(tmp_path / "step.pt2")).module()
+    state = [torch.zeros([1 if d == "B" else d for d in s["shape"]]) for s in svocab["state"]]
+    assert [s["name"] for s in svocab["state"]] == svocab["inputs"][1:]
+    for item in x[0]:                                        # u1's left-padded row, padding steps included
+        res = dict(zip(svocab["outputs"], step(torch.tensor([int(item)]), *state)))
+        state = [res["new_" + s["name"]] for s in svocab["state"]]
+    for task in svocab["tasks"]:
+        close(res[task["scores"]], torch.from_numpy(results[task["scores"]][:1]), f"stream {task['name']}")
