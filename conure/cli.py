@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="next-item tasks: do not recommend items already in the user's history")
     _add_common(p)
 
-    p = sub.add_parser("export", help="write one task's inference model (safetensors + JSON)",
+    p = sub.add_parser("export", help="write a task's inference model (safetensors), or ONNX / PyTorch 2 graphs",
                        description="Write task N's inference model: backbone weights masked to owners 1..N with "
-                       "their owner maps, embedding, head N and vocabularies; 'conure predict' loads it.")
+                       "their owner maps, embedding, head N and vocabularies; 'conure predict' loads it. With --format "
+                       "onnx or pt2: task N, every task (--task all) or the streaming step (--stream) as a graph that "
+                       "runs without conure, plus FILE stem + .vocab.json (docs/DEPLOY.md).")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint or run directory")
     p.add_argument("--task", required=True, metavar="N", help="task id (1-based) or name; 'all': every learned task "
                    "in one graph (onnx, pt2)")
