@@ -8,7 +8,7 @@ Commands::
     conure eval     --checkpoint CKPT [--task N] [--split test|valid] [--json]
     conure inspect  --checkpoint CKPT [--json]
     conure predict  --checkpoint CKPT --task N --input FILE [--top-k K] [--format tsv|json] [--output FILE]
-    conure export   --checkpoint CKPT --task N --out FILE
+    conure export   --checkpoint CKPT --task N|all --out FILE [--format safetensors|onnx|pt2] [--top-k K] [--stream]
     conure config   [--defaults | FILE] [--set key=value ...]
     conure tune     --config FILE --task NAME --trials N [--out DIR] [--set key=value ...] [--timeout SECONDS]
                     [--space FILE]                      (needs optuna: pip install 'conure[tune]')
@@ -129,12 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="next-item tasks: do not recommend items already in the user's history")
     _add_common(p)
 
-    p = sub.add_parser("export", help="write one task's inference model (safetensors + JSON)",
+    p = sub.add_parser("export", help="write a task's inference model (safetensors), or ONNX / PyTorch 2 graphs",
                        description="Write task N's inference model: backbone weights masked to owners 1..N with "
-                       "their owner maps, embedding, head N and vocabularies; 'conure predict' loads it.")
+                       "their owner maps, embedding, head N and vocabularies; 'conure predict' loads it. With --format "
+                       "onnx or pt2: task N, every task (--task all) or the streaming step (--stream) as a graph that "
+                       "runs without conure, plus FILE stem + .vocab.json (docs/DEPLOY.md).")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run checkpoint or run directory")
-    p.add_argument("--task", required=True, metavar="N", help="task id (1-based) or name")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file (.safetensors)")
+    p.add_argument("--task", required=True, metavar="N", help="task id (1-based) or name; 'all': every learned task "
+                   "in one graph (onnx, pt2)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (.safetensors, .onnx, .pt2)")
+    p.add_argument("--format", choices=["safetensors", "onnx", "pt2"], default="safetensors",
+                   help="safetensors (for 'conure predict'), or a graph without conure: ONNX, PyTorch 2 export; the "
+                   "graphs get a vocabulary file beside them (FILE stem + .vocab.json); see docs/DEPLOY.md")
+    p.add_argument("--top-k", type=int, metavar="K", help="onnx, pt2: also output the top-K scores and indices")
+    p.add_argument("--stream", action="store_true", help="onnx, pt2: the streaming step (one item per user, state in "
+                   "and out) instead of the whole history")
     _add_common(p)
 
     p = sub.add_parser("config", help="print the default config (documented) or a resolved one",
@@ -365,6 +374,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format != "safetensors" or args.top_k is not None or args.stream or args.task == "all":
+        from conure.export import cli_export
+        return cli_export(args, UsageError, _say)
     from conure.commands import export_checkpoint
     path, model = export_checkpoint(args.checkpoint, args.task, args.out)
     n = sum(p.numel() for p in model.parameters())

@@ -12,10 +12,12 @@ from conure.report import json_capacity, linear_value
 from conure.run import RunError, build_tasks, linear_entry, trivial_baselines
 from conure.run_callbacks import ProgressBars
 
-__all__ = ["check_task", "open_model", "export_checkpoint", "evaluate_checkpoint", "describe_checkpoint"]
+__all__ = ["load_run", "check_task", "open_model", "export_checkpoint", "evaluate_checkpoint",
+           "describe_checkpoint"]
 
 
-def _load_run(path: os.PathLike, device: str = "cpu") -> Tuple[ContinualLearner, Dict[str, Any], Path]:
+def load_run(path: os.PathLike, device: str = "cpu") -> Tuple[ContinualLearner, Dict[str, Any], Path]:
+    """A run checkpoint (file or run directory): the learner, the checkpoint's meta, the resolved path."""
     p = ckpt.resolve_checkpoint(path)
     tensors, meta = ckpt.load(p, kind="run")
     learner = ckpt.learner_from(tensors, meta["learner"], "learner/", device)
@@ -59,7 +61,7 @@ def open_model(path: os.PathLike, task: Optional[str]) -> "ckpt.InferenceModel":
 
 
 def export_checkpoint(path: os.PathLike, task: str, out: os.PathLike) -> Tuple[Path, "ckpt.InferenceModel"]:
-    learner, meta, p = _load_run(path)
+    learner, meta, p = load_run(path)
     names = [t["name"] for t in meta["tasks"]]
     t = check_task(task, learner.learned_tasks, names)
     return ckpt.export_task(learner, t, out, meta["vocab"], max_len=meta.get("max_len"),
@@ -69,7 +71,7 @@ def export_checkpoint(path: os.PathLike, task: str, out: os.PathLike) -> Tuple[P
 def evaluate_checkpoint(path: os.PathLike, task: Optional[str] = None, split: str = "test",
                         echo: Callable[[str], None] = print) -> Dict[str, Any]:
     """Re-read the run's data (from the config saved in the checkpoint) and evaluate learned tasks."""
-    learner, meta, p = _load_run(path)
+    learner, meta, p = load_run(path)
     names = [t["name"] for t in meta["tasks"]]
     t_sel = check_task(task, learner.learned_tasks, names)
     cfg = parse_config(meta["config"])
@@ -142,3 +144,6 @@ def describe_checkpoint(path: os.PathLike) -> Dict[str, Any]:
     if hasattr(learner, "capacity"):
         info["capacity"] = json_capacity(learner.capacity())
     return info
+
+
+_load_run = load_run      # the name before 0.2
