@@ -1,8 +1,14 @@
-"""End-to-end: one epoch of task 1 (next-item prediction) on MovieLens-100K, conure against the pure-torch reference.
+"""End-to-end: one epoch of a task on MovieLens-100K, conure against the pure-torch reference.
 
     python benchmarks/e2e_ml100k.py [--data ../shared/data/ml-100k] [--repeats 5] [--threads 1] [--json FILE]
+                                    [--task next_item|gender] [--max-len 50] [--positions needed|all]
 
-Each measurement is a fresh process that loads ML-100K, builds task 1 (L=50, every user's history, the user split of
+``--task gender``: a later task instead of task 1: task 1 is claimed without training (0 epochs, half its weights
+kept), then one epoch of the gender task (profile head, ``pool: last``) is timed at ``--max-len`` (100 is the issue's
+later-task shape). ``--positions all`` makes the head read every position (``reads`` returns None), which is what
+conure did before the backbone computed only the positions a head reads.
+
+Each measurement is a fresh process that loads ML-100K, builds the task (L=50, every user's history, the user split of
 the task builder), makes the paper-shaped backbone (C=256, K=3, 8 blocks, dilations (1, 4) * 4) and times
 ``ConureLearner.learn`` for one training epoch (batch 32; Adam; no pruning, no retraining, the validation pass that
 ends the epoch included). The reference side runs the very same code with ``CONURE_FORCE_REFERENCE=1``: every
@@ -35,30 +41,39 @@ from conure import ops
 from conure.data import build_task_sequence, load_dataset
 from conure.learner import ConureLearner, TaskConfig
 from conure.models import NextItNet
+from conure.heads import ProfileHead
+if {positions!r} == "all":
+    ProfileHead.reads = lambda self, items: None
 inter = load_dataset("ml-100k", {data!r})
-task = build_task_sequence(inter, [{{"name": "next_item", "kind": "next_item"}}], max_len=50, seed=0)[0]
-net = NextItNet(task.num_items, 256, 3, (1, 4) * 4)
+specs = [{{"name": "next_item", "kind": "next_item"}}, {{"name": "gender", "kind": "profile", "attribute": "gender"}}]
+tasks = build_task_sequence(inter, specs, max_len={max_len}, seed=0)
+net = NextItNet(tasks[0].num_items, 256, 3, (1, 4) * 4)
 learner = ConureLearner(net, keep_ratios=1.0, seed=0)
-cfg = TaskConfig(epochs=1, retrain_epochs=0, keep_ratio=1.0, batch_size=32, evaluate_all=False)
+cfg = TaskConfig(epochs=1, retrain_epochs=0, keep_ratio=1.0, batch_size=32, evaluate_all=False, pool="last")
+task_id = 1 if {task!r} == "next_item" else 2
+if task_id == 2:
+    learner.learn(tasks[0], 1, TaskConfig(epochs=0, retrain_epochs=0, keep_ratio=0.5, evaluate_all=False))
+task = tasks[task_id - 1]
 rss = lambda key: int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
 open("/proc/self/clear_refs", "w").write("5")
 before = rss("VmRSS")
 start = {clock}()
-learner.learn(task, 1, cfg)
+learner.learn(task, task_id, cfg)
 ms = ({clock}() - start) * 1e3
 print(json.dumps({{"backend": ops.backend(), "ms": ms, "peak_mib": (rss("VmHWM") - before) / 1024,
                   "train_users": len(task.train)}}))
 """
 
 
-def measure(data: Path, reference: bool, threads: int, clock: str) -> dict:
+def measure(data: Path, reference: bool, threads: int, clock: str, task: str = "next_item", max_len: int = 50,
+            positions: str = "needed") -> dict:
     env = dict(os.environ)
     env.pop("CONURE_FORCE_REFERENCE", None)
     if reference:
         env["CONURE_FORCE_REFERENCE"] = "1"
         env.pop("CONURE_REQUIRE_EXTENSION", None)
-    code = CHILD.format(root=str(ROOT), threads=threads, data=str(data),
-                        clock="time.process_time" if clock == "cpu" else "time.perf_counter")
+    code = CHILD.format(root=str(ROOT), threads=threads, data=str(data), task=task, max_len=max_len,
+                        positions=positions, clock="time.process_time" if clock == "cpu" else "time.perf_counter")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"e2e child failed ({'reference' if reference else 'ours'}):\n{res.stderr[-3000:]}")
@@ -76,17 +91,22 @@ def main(argv=None) -> list:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", default="cpu", choices=["wall", "cpu"])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--task", default="next_item", choices=["next_item", "gender"])
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--positions", default="needed", choices=["needed", "all"])
     args = parser.parse_args(argv)
     if not (args.data / "u.data").exists():
         print(f"e2e: skipped, no MovieLens-100K at {args.data} (u.data missing)")
         return []
     ours, ref = [], []
     for _ in range(args.repeats):
-        ours.append(measure(args.data, False, args.threads, args.clock))
-        ref.append(measure(args.data, True, args.threads, args.clock))
+        ours.append(measure(args.data, False, args.threads, args.clock, args.task, args.max_len, args.positions))
+        ref.append(measure(args.data, True, args.threads, args.clock, args.task, args.max_len, args.positions))
     t_ours = statistics.median(r["ms"] for r in ours)
     t_ref = statistics.median(r["ms"] for r in ref)
-    row = {"name": f"e2e ML-100K task 1, one epoch (B=32, L=50, {ours[0]['train_users']} training users)",
+    what = "task 1" if args.task == "next_item" else f"later task {args.task} (pool last, positions {args.positions})"
+    row = {"name": f"e2e ML-100K {what}, one epoch (B=32, L={args.max_len}, {ours[0]['train_users']} training "
+                   f"users)",
            "ours_ms": round(t_ours, 1), "reference_ms": round(t_ref, 1), "ratio": round(t_ref / t_ours, 3),
            "ours_peak_mib": round(statistics.median(r["peak_mib"] for r in ours), 1),
            "reference_peak_mib": round(statistics.median(r["peak_mib"] for r in ref), 1)}

@@ -38,7 +38,8 @@ class PhaseInputs:
     batch_size: int
     generator: torch.Generator                  # the phase's generator (shuffling, negatives), seeded by the learner
     train: Split
-    encode: Callable[[int, torch.Tensor], torch.Tensor]   # (task, items [B, L]) -> hidden states [B, L, C]
+    encode: Callable[[int, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]   # (task, items [B, L]) -> the
+    # hidden states [B, n, C] of the last n positions the head reads and their items [B, n] (n = L, or 1)
     modules: Dict[str, nn.Module]               # "backbone" and the task's own store entries (head_<t>, ...)
     store: nn.Module                            # every module of the learner (replica checks)
     device: torch.device
@@ -110,7 +111,8 @@ class LocalSteps(PhaseSteps):
 
     def loss(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         i = self.inputs
-        return i.head.loss(i.encode(i.task_id, items), items, targets, i.generator)
+        hidden, window = i.encode(i.task_id, items)
+        return i.head.loss(hidden, window, targets, i.generator)
 
 
 class LocalBackend(PhaseBackend):
@@ -140,7 +142,8 @@ class TaskModel(nn.Module):
     def forward(self, items: torch.Tensor, targets: torch.Tensor, generator: Optional[torch.Generator] = None,
                 touch_head: bool = False) -> torch.Tensor:
         head = self.parts[f"head_{self.task_id}"]
-        loss = head.loss(self._encode(self.task_id, items), items, targets, generator)
+        hidden, window = self._encode(self.task_id, items)
+        loss = head.loss(hidden, window, targets, generator)
         if touch_head:      # no loss terms on this rank (the head skipped its parameters): give DDP zero grads
             loss = loss + 0.0 * sum(p.sum() for p in head.parameters() if p.requires_grad)
         return loss

@@ -73,8 +73,8 @@ class SinMo(_DenseLearner):
         net.reset_parameters(torch.Generator().manual_seed(derive_seed(self.seed, task_id, "backbone")))
         self.store[f"backbone_{task_id}"] = self._make_dense(net)
 
-    def _encode(self, task_id, items):
-        return self._net(task_id)(items, 1)
+    def _encode(self, task_id, items, out_len=None):
+        return self._net(task_id)(items, 1, out_len=out_len)
 
     def _trainable(self, task_id):
         return list(self._net(task_id).parameters())
@@ -88,8 +88,8 @@ class SinMoAll(_DenseLearner):
     def _prepare(self, task_id):
         self._task1_backbone()
 
-    def _encode(self, task_id, items):
-        return self.backbone(items, 1)
+    def _encode(self, task_id, items, out_len=None):
+        return self.backbone(items, 1, out_len=out_len)
 
     def _trainable(self, task_id):
         return list(self.backbone.parameters())
@@ -103,8 +103,8 @@ class FineCls(_DenseLearner):
     def _prepare(self, task_id):
         self._task1_backbone()
 
-    def _encode(self, task_id, items):
-        return self.backbone(items, 1)
+    def _encode(self, task_id, items, out_len=None):
+        return self.backbone(items, 1, out_len=out_len)
 
     def _trainable(self, task_id):
         return list(self.backbone.parameters()) if task_id == 1 else []
@@ -124,8 +124,8 @@ class FineAll(_DenseLearner):
         else:
             self.store[f"backbone_{task_id}"] = copy.deepcopy(self.store["backbone"])
 
-    def _encode(self, task_id, items):
-        return self._net(task_id)(items, 1)
+    def _encode(self, task_id, items, out_len=None):
+        return self._net(task_id)(items, 1, out_len=out_len)
 
     def _trainable(self, task_id):
         return list(self._net(task_id).parameters())
@@ -160,9 +160,9 @@ class PeterRec(_DenseLearner):
             patch = PatchStack(self.backbone.channels, len(self.backbone.blocks), self.reduction)
         self.store[f"patch_{task_id}"] = patch.to(self.device)
 
-    def _encode(self, task_id, items):
+    def _encode(self, task_id, items, out_len=None):
         patches = None if task_id == 1 else self.store[f"patch_{task_id}"]
-        return self.backbone(items, 1, patches)
+        return self.backbone(items, 1, patches, out_len=out_len)
 
     def _trainable(self, task_id):
         if task_id == 1:

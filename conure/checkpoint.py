@@ -414,7 +414,9 @@ class InferenceModel(nn.Module):
     @torch.no_grad()
     def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
         items = items.to(self.backbone.embedding.weight.device)
-        return self.head.pool(self.backbone(items, self.forward_task, self.patches), items)
+        n = self.head.reads(items)         # a last-position head: only the positions it depends on are computed
+        hidden = self.backbone(items, self.forward_task, self.patches, out_len=n)
+        return self.head.pool(hidden, items if n is None else items[:, items.shape[1] - n:])
 
     @torch.no_grad()
     def scores(self, items: torch.Tensor) -> torch.Tensor:

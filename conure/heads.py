@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conure.data.samplers import NegativeSampler, make_sampler
-from conure.nn import gather_last
+from conure.nn import gather_last, left_padded
 
 __all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "Pool", "POOLS", "make_head", "head_from_config",
            "head_memory", "sampled_softmax_loss", "balanced_class_weight"]
@@ -107,6 +107,11 @@ def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
 
 class TaskHead(nn.Module):
     kind = "base"
+
+    def reads(self, items: torch.Tensor) -> Optional[int]:
+        """How many of the last positions of the backbone output this head reads for ``items [B, L]``: None (all,
+        the default), or 1 (a last-position head on left-padded rows), so the backbone can compute only those."""
+        return None
 
     def pool(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The user vector ``[B, C]`` this head reads from ``hidden [B, L, C]`` (default: the last real position)."""
@@ -223,6 +228,9 @@ class ItemHead(_SamplingHead):
     def pool(self, hidden, items):
         return self.pooling(hidden, items)
 
+    def reads(self, items):
+        return 1 if self.pooling.mode == "last" and left_padded(items) else None
+
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         s = self.proj(user) @ self.table.weight.T
         return s.index_fill(-1, torch.zeros(1, dtype=torch.long, device=s.device), float("-inf"))
@@ -284,6 +292,9 @@ class ProfileHead(TaskHead):
 
     def pool(self, hidden, items):
         return self.pooling(hidden, items)
+
+    def reads(self, items):
+        return 1 if self.pooling.mode == "last" and left_padded(items) else None
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         return self.out(user)

@@ -232,8 +232,9 @@ class ContinualLearner:
     def learn(self, task_data: TaskData, task_id: int, config: Optional[TrainConfig] = None) -> Dict[str, object]:
         raise NotImplementedError
 
-    def _encode(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``[B, L, C]`` used by task ``task_id``."""
+    def _encode(self, task_id: int, items: torch.Tensor, out_len: Optional[int] = None) -> torch.Tensor:
+        """Hidden states ``[B, L, C]`` used by task ``task_id`` (the last ``out_len`` positions only, if given:
+        ``NextItNet.forward(..., out_len=)``)."""
         raise NotImplementedError
 
     def _trainable(self, task_id: int) -> List[nn.Parameter]:
@@ -360,7 +361,7 @@ class ContinualLearner:
     def _phase_inputs(self, task_id: int, cfg: TrainConfig, phase: str, generator: torch.Generator) -> PhaseInputs:
         names = ["backbone"] + [n for n in self.store if n.endswith(f"_{task_id}")]
         return PhaseInputs(task_id=task_id, phase=phase, batch_size=cfg.batch_size, generator=generator,
-                           train=self._data[task_id].train, encode=self._encode,
+                           train=self._data[task_id].train, encode=self._encode_read,
                            modules={n: self.store[n] for n in names}, store=self.store, device=self.device,
                            shuffle_seed=derive_seed(self.seed, task_id, phase, "shuffle"))
 
@@ -588,8 +589,15 @@ class ContinualLearner:
         if not isinstance(items, torch.Tensor) or items.dtype != torch.int64:
             raise ValueError(f"items must be an int64 tensor [B, L] of item ids, got {type(items).__name__}"
                              f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
-        items = items.to(self.device)
-        return self.store[f"head_{task_id}"].pool(self._encode(task_id, items), items)
+        hidden, window = self._encode_read(task_id, items.to(self.device))
+        return self.store[f"head_{task_id}"].pool(hidden, window)
+
+    def _encode_read(self, task_id: int, items: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What task ``task_id``'s head reads of ``items [B, L]``: the hidden states ``[B, n, C]`` of the last n
+        positions it needs (``head.reads``: all, or only the last one) and those positions' items ``[B, n]``."""
+        n = self.store[f"head_{task_id}"].reads(items)
+        hidden = self._encode(task_id, items, n)
+        return hidden, items if n is None else items[:, items.shape[1] - n:]
 
     @torch.no_grad()
     def predict(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
@@ -870,8 +878,8 @@ class ConureLearner(ContinualLearner):
     def _check_new_task(self, task_id: int) -> None:
         self.backbone.check_free(task_id)
 
-    def _encode(self, task_id, items):
-        return self.backbone(items, task_id)
+    def _encode(self, task_id, items, out_len=None):
+        return self.backbone(items, task_id, out_len=out_len)
 
     def _trainable(self, task_id):
         params = list(self.backbone.conv_weights())       # only entries owned by task_id move (op + restore)

@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from conure import ops
 from conure.heads import head_from_config
-from conure.nn import BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock, check_task_id, gather_last
+from conure.nn import (BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock, check_task_id, gather_last,
+                       left_padded)
 
 __all__ = ["NextItNet", "PatchStack", "module_config", "build_module"]
 
@@ -53,7 +54,12 @@ class NextItNet(nn.Module):
                 block.ln1.reset_parameters()
                 block.ln2.reset_parameters()
 
-    def forward(self, items: torch.Tensor, task: int, patches: Optional[Sequence[nn.Module]] = None) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, task: int, patches: Optional[Sequence[nn.Module]] = None,
+                out_len: Optional[int] = None) -> torch.Tensor:
+        """``[B, L, C]``; with ``out_len``, only the last ``out_len`` positions ``[B, out_len, C]``, computed from the
+        inputs they depend on alone: each block gets the last positions its output needs plus its receptive field
+        (:meth:`window_lengths`), so a head that reads the last position skips most of the early layers' work
+        (the values equal the full forward's up to GEMM rounding)."""
         check_task_id(task, "NextItNet.forward")
         if not isinstance(items, torch.Tensor) or items.dim() != 2 or items.dtype != torch.int64:
             raise ValueError("NextItNet.forward: items must be an int64 tensor [B, L], got "
@@ -68,16 +74,35 @@ class NextItNet(nn.Module):
                                  f"(0 = padding), got ids from {lo} to {hi}")
         if patches is not None and len(patches) != len(self.blocks):
             raise ValueError(f"NextItNet.forward: need one patch per block ({len(self.blocks)}), got {len(patches)}")
-        x = self.embedding(items)
+        if out_len is None or out_len >= items.shape[1]:
+            x = self.embedding(items)
+            for n, block in enumerate(self.blocks):
+                x = block(x, task, None if patches is None else patches[n])
+            return x
+        if isinstance(out_len, bool) or not isinstance(out_len, int) or out_len < 1:
+            raise ValueError(f"NextItNet.forward: out_len must be an int >= 1, got {out_len!r}")
+        windows = self.window_lengths(out_len, items.shape[1])
+        x = self.embedding(items[:, items.shape[1] - windows[0]:])
         for n, block in enumerate(self.blocks):
-            x = block(x, task, None if patches is None else patches[n])
-        return x
+            x = block(x[:, x.shape[1] - windows[n]:], task, None if patches is None else patches[n])
+        return x[:, x.shape[1] - out_len:]
+
+    def window_lengths(self, out_len: int, length: int) -> List[int]:
+        """Per block, how many of the last input positions its output's last ``out_len`` positions depend on
+        (capped at ``length``): ``out_len`` plus the receptive field of that block and the ones after it (a block
+        of dilation d reads ``(K - 1) * (d + 2d)`` earlier positions: conv1 at d, conv2 at 2d)."""
+        need, out = out_len, []
+        for d in reversed(self.dilations):
+            need += (self.kernel_size - 1) * 3 * d
+            out.append(min(need, length))
+        return out[::-1]
 
     def user_vector(self, items: torch.Tensor, task: int,
                     patches: Optional[Sequence[nn.Module]] = None) -> torch.Tensor:
-        """Backbone output at the last non-padding position of each row: ``[B, C]``."""
-        hidden = self.forward(items, task, patches)
-        return gather_last(hidden, items)
+        """Backbone output at the last non-padding position of each row: ``[B, C]`` (only the positions it depends
+        on are computed when every row is left padded)."""
+        n = 1 if left_padded(items) else None
+        return gather_last(self.forward(items, task, patches, out_len=n), items[:, items.shape[1] - 1:] if n else items)
 
     # --- the owner maps ------------------------------------------------------------------------------------------
     def conv_layers(self) -> List[Tuple[str, MaskedCausalConv1d]]:

@@ -26,7 +26,7 @@ from conure import fused, ops
 from conure.checks import MAX_TASK, check_task_id
 
 __all__ = [
-    "MAX_TASK",
+    "MAX_TASK", "left_padded",
     "CapacityError",
     "check_task_id",
     "MaskedCausalConv1d",
@@ -171,6 +171,14 @@ class ResidualBlock(nn.Module):
                 and self.conv2.dilation == 2 * self.conv1.dilation and self.ln1.eps == self.ln2.eps
                 and self.ln1.weight is not None and self.ln2.weight is not None
                 and self.ln1.bias is not None and self.ln2.bias is not None)
+
+
+def left_padded(items: torch.Tensor) -> bool:
+    """True when every row of ``items [B, L]`` ends with a real item or is all padding (its last real position is
+    then L - 1, :func:`last_positions`): what lets a last-position reader compute the last position only."""
+    if items.dim() != 2 or items.shape[1] == 0:
+        return False
+    return not bool(((items[:, -1] == 0) & (items != 0).any(dim=1)).any())
 
 
 def gather_last(hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
