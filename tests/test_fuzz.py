@@ -20,7 +20,7 @@ What is drawn:
   and stream_step_ / stream_step_post_ln_ against their reference twins.
 
 The reference itself cannot do L = 0 (``F.conv1d`` rejects it); there the op is checked against the exact answer
-(empty output, zero weight/bias gradient). See tests/test_bad_inputs.py for the reference's known defects.
+(empty output, zero weight/bias gradient). See tests/bad_inputs/ for the reference's known defects.
 """
 from __future__ import annotations
 
