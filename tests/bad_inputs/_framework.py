@@ -80,6 +80,7 @@ class Row:
     fused: bool = False  # needs the compiled fused operators (conure.fused.available())
     compiled_only: bool = False  # needs the compiled extension (raw torch.ops calls, compiled behaviour; the
     # reference backend's own defects are the ref.* rows)
+    cuda: bool = False  # needs a CUDA device (e.g. a device mismatch with the CPU)
     run: Optional[Callable] = None  # the decorated function: run(ctx), or run() when isolated
     module: str = ""  # the module that defines it (its name as imported)
     order: int = 0  # its place in that module
@@ -134,6 +135,8 @@ def _row(template: Row):
             test = pytest.mark.skipif(conure.backend() != "compiled", reason="needs the compiled extension")(test)
         if row.fused:
             test = pytest.mark.skipif(not _fused_available(), reason="needs the compiled fused operators")(test)
+        if row.cuda:
+            test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test)
         return test
 
     return decorate

@@ -222,6 +222,114 @@ def test_fused_block_nan_x(c):
     return block(x=_nan_at((2, 6, 4), (0, 2, 1)))
 
 
+# (moved from tests/test_fused.py test_block_bad_inputs / test_block_device_mismatch)
+@raises(
+    "fused.block.x_channels",
+    "fused.residual_block",
+    "x with 6 channels, w1 expects 4",
+    ValueError,
+    "x has 6 channels but w1 expects C_in=4",
+    fused=True,
+)
+def test_fused_block_x_channels(ctx):
+    return block(x=torch.randn(2, 6, 6))
+
+
+@raises("fused.block.w1_rank", "fused.residual_block", "w1 2-D", ValueError, "w1 must be a 3-D tensor", fused=True)
+def test_fused_block_w1_rank(ctx):
+    return block(w1=block_inputs()[1][0])
+
+
+@raises(
+    "fused.block.owner_shape", "fused.residual_block", "owner2 of w1's shape", ValueError, "owner2 shape", fused=True
+)
+def test_fused_block_owner_shape(ctx):
+    return block(owner2=torch.ones(3, 4, 3, dtype=torch.uint8))
+
+
+@raises(
+    "fused.block.ln2_shape",
+    "fused.residual_block",
+    "ln2_bias of 4 for C_mid = 3",
+    ValueError,
+    "ln2_bias must have shape [3]",
+    fused=True,
+)
+def test_fused_block_ln2_shape(ctx):
+    return block(ln2_bias=torch.zeros(4))
+
+
+@raises(
+    "fused.block.w1_dtype",
+    "fused.residual_block",
+    "w1 float64, x float32",
+    TypeError,
+    "w1 must have x's dtype",
+    fused=True,
+)
+def test_fused_block_w1_dtype(ctx):
+    return block(w1=block_inputs()[1].double())
+
+
+@raises(
+    "fused.block.ln_dtype",
+    "fused.residual_block",
+    "ln1_weight float64, x float32",
+    TypeError,
+    "ln1_weight must have x's dtype",
+    fused=True,
+)
+def test_fused_block_ln_dtype(ctx):
+    return block(ln1_weight=torch.ones(4, dtype=torch.float64))
+
+
+@raises(
+    "fused.block.task_negative",
+    "fused.residual_block",
+    "task -1",
+    ValueError,
+    "task must be an int in [0, 255]",
+    fused=True,
+)
+def test_fused_block_task_negative(ctx):
+    return block(task=-1)
+
+
+@raises("fused.block.task_bool", "fused.residual_block", "task True", ValueError, "task must be an int", fused=True)
+def test_fused_block_task_bool(ctx):
+    return block(task=True)
+
+
+@raises("fused.block.task_float", "fused.residual_block", "task 1.0", ValueError, "task must be an int", fused=True)
+def test_fused_block_task_float(ctx):
+    return block(task=1.0)
+
+
+@raises(
+    "fused.block.dilation_zero",
+    "fused.residual_block",
+    "dilation 0",
+    ValueError,
+    "dilation must be an int >= 1",
+    fused=True,
+)
+def test_fused_block_dilation_zero(ctx):
+    return block(dilation=0)
+
+
+@raises(
+    "fused.block.device_cuda",
+    "fused.residual_block",
+    "w1 on cuda, the rest on cpu",
+    ValueError,
+    "w1 is on cuda",
+    fused=True,
+    cuda=True,
+)
+def test_fused_block_device_cuda(ctx):
+    return block(w1=block_inputs()[1].cuda())
+
+
 @raises(
     "fused.post.ln_pre_sizes",
     "fused.residual_block_post_ln",
@@ -287,6 +395,19 @@ def test_fused_post_nan_x(c):
     return post_block(x=_nan_at((2, 6, 4), (0, 2, 1)))
 
 
+# (moved from tests/test_fused.py test_post_ln_layer_norm_sizes_are_checked)
+@raises(
+    "fused.post.ln2_shape",
+    "fused.residual_block_post_ln",
+    "ln2_bias of 3 for C = 4",
+    ValueError,
+    "residual_block_post_ln: ln2_bias must have shape [4]",
+    fused=True,
+)
+def test_fused_post_ln2_shape(ctx):
+    return post_block(ln2_bias=torch.zeros(3))
+
+
 @raises(
     "fused.multi.out_len",
     "fused.multi_task_forward",
@@ -347,6 +468,34 @@ def test_fused_multi_weight_shape(c):
     return stack("multi_task_forward", wcols=[torch.randn(1, 11, 4), torch.randn(1, 12, 4)])
 
 
+# (moved from tests/test_streaming.py test_serving_bad_inputs and tests/test_fuzz.py)
+@raises(
+    "fused.multi.weight1_shape",
+    "fused.multi_task_forward",
+    "a second weight [1, 11, 4] (K * C_in = 12)",
+    ValueError,
+    "weight 1 must be",
+    fused=True,
+)
+def test_fused_multi_weight1_shape(ctx):
+    return stack("multi_task_forward", wcols=[block_inputs()[6][0], torch.randn(1, 11, 4)])
+
+
+@behaves(
+    "fused.multi.huge_dilation",
+    "fused.multi_task_forward",
+    "dilation 2**62",
+    "same as any dilation >= L",
+    _close_pair,
+    fused=True,
+)
+def test_fused_multi_huge_dilation(ctx):
+    return (
+        stack("multi_task_forward", dilations=[2**62], out_len=2),
+        stack("multi_task_forward", dilations=[1000], out_len=2),
+    )
+
+
 @raises(
     "fused.stream.pos_negative",
     "fused.stream_step_",
@@ -395,6 +544,19 @@ def test_fused_stream_ring_noncontiguous(c):
     return stack("stream_step_", rings=[torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 4, 8)[..., ::2]])
 
 
+# (moved from tests/test_streaming.py test_stream_bad_inputs)
+@raises(
+    "fused.stream.weight_count",
+    "fused.stream_step_",
+    "1 weight for 1 block (needs 2)",
+    ValueError,
+    "need 2 weights and 4 LayerNorm vectors per block",
+    fused=True,
+)
+def test_fused_stream_weight_count(ctx):
+    return stack("stream_step_", wcols=[block_inputs()[6][0]])
+
+
 @raises(
     "fused.stream_post.pos_negative",
     "fused.stream_step_post_ln_",
@@ -417,6 +579,19 @@ def test_fused_stream_post_pos_negative(c):
 )
 def test_fused_multi_post_ln_size(c):
     return stack("multi_task_forward_post_ln", ln_params=[torch.ones(4)] * 3 + [torch.ones(3)])
+
+
+# (moved from tests/test_streaming.py test_multi_task_forward_post_ln_matches_its_reference_twin)
+@raises(
+    "fused.multi_post.ln1_size",
+    "fused.multi_task_forward_post_ln",
+    "conv1's LayerNorm weight [3] (C_mid = 4)",
+    ValueError,
+    "multi_task_forward_post_ln: LayerNorm vector 0 must have shape [4]",
+    fused=True,
+)
+def test_fused_multi_post_ln1_size(ctx):
+    return stack("multi_task_forward_post_ln", ln_params=[torch.ones(3)] + [torch.ones(4)] * 3)
 
 
 @raises(
@@ -554,3 +729,74 @@ def test_raw_stream_meta_mixed():
     SS = torch.ops.conure.stream_step_
     y = SS(xb[:, 0], torch.tensor([3, 1]), [rings[0].to("meta"), rings[1]], wc, l4, [1], 3, 1e-5)
     raise NoError(y.device.type)
+
+
+# (moved from tests/test_fused.py test_raw_op_checks and tests/test_streaming.py)
+@raises(
+    "raw.block.task_300",
+    "torch.ops.conure.residual_block",
+    "task 300",
+    RuntimeError,
+    "task must be in",
+    compiled_only=True,
+    fused=True,
+    isolated=True,
+)
+def test_raw_block_task_300():
+    from conure import fused  # noqa: F401 - importing it registers the fused operators
+
+    xb, w1, o1, w2, o2, ln, wc, l4, rings = block_inputs()
+    torch.ops.conure.residual_block(xb, w1, o1, w2, o2, *ln, 300, 1, 1e-5)
+
+
+@raises(
+    "raw.block.w1_shape",
+    "torch.ops.conure.residual_block",
+    "w2 passed as w1",
+    RuntimeError,
+    "w1 must be",
+    compiled_only=True,
+    fused=True,
+    isolated=True,
+)
+def test_raw_block_w1_shape():
+    from conure import fused  # noqa: F401 - importing it registers the fused operators
+
+    xb, w1, o1, w2, o2, ln, wc, l4, rings = block_inputs()
+    torch.ops.conure.residual_block(xb, w2, o2, w2, o2, *ln, 1, 1, 1e-5)
+
+
+@raises(
+    "raw.block_bwd.grad_y_shape",
+    "torch.ops.conure.residual_block_backward",
+    "grad_y of another batch size",
+    RuntimeError,
+    "grad_y must be like x",
+    compiled_only=True,
+    fused=True,
+    isolated=True,
+)
+def test_raw_block_bwd_grad_y_shape():
+    from conure import fused  # noqa: F401 - importing it registers the fused operators
+
+    xb, w1, o1, w2, o2, ln, wc, l4, rings = block_inputs()
+    y, h, st = torch.ops.conure.residual_block(xb, w1, o1, w2, o2, *ln, 1, 1, 1e-5)
+    torch.ops.conure.residual_block_backward(y[:1], xb, h, st, w1, o1, w2, o2, *ln, 1, 1, [True] * 7)
+
+
+@raises(
+    "raw.stream_post.ln_size",
+    "torch.ops.conure.stream_step_post_ln_",
+    "conv1's LayerNorm weight [3] (C_mid = 4)",
+    RuntimeError,
+    "LayerNorm vector 0 must be [4]",
+    compiled_only=True,
+    fused=True,
+    isolated=True,
+)
+def test_raw_stream_post_ln_size():
+    from conure import fused  # noqa: F401 - importing it registers the fused operators
+
+    xb, w1, o1, w2, o2, ln, wc, l4, rings = block_inputs()
+    ln_params = [torch.ones(3)] + [torch.ones(4)] * 3
+    torch.ops.conure.stream_step_post_ln_(xb[:, 0], torch.tensor([1, 0]), rings, wc, ln_params, [1], 3, 1e-5)

@@ -466,6 +466,41 @@ def test_op_conv_noncontiguous(ctx):
     return _noncontig(ctx)
 
 
+# (moved from tests/test_ops.py test_conv_bad_input / test_conv_device_mismatch)
+@raises(
+    "op.conv.w_rank_owner_3d",
+    "ops.masked_causal_conv1d",
+    "weight 2-D, owner still 3-D",
+    ValueError,
+    "weight must be a 3-D",
+)
+def test_op_conv_w_rank_owner_3d(ctx):
+    a = conv_args()
+    return conv(weight=a["weight"][:, :, 0])
+
+
+@raises("op.conv.x_int", "ops.masked_causal_conv1d", "x int64, weight float32", TypeError, "floating dtype")
+def test_op_conv_x_int(ctx):
+    return conv(x=torch.ones(2, 5, 4, dtype=torch.long))
+
+
+@raises("op.conv.task_fraction", "ops.masked_causal_conv1d", "task 1.5", ValueError, "task must be")
+def test_op_conv_task_fraction(ctx):
+    return conv(task=1.5)
+
+
+@raises(
+    "op.conv.device_cuda",
+    "ops.masked_causal_conv1d",
+    "x on cuda, weight/owner on cpu",
+    ValueError,
+    "one device",
+    cuda=True,
+)
+def test_op_conv_device_cuda(ctx):
+    return conv(x=torch.randn(2, 5, 4, device="cuda"))
+
+
 @raises(
     "op.prune.keep_above_1",
     "ops.magnitude_prune_many_",
