@@ -282,8 +282,8 @@ def test_checkpoint_save_disk_full(ctx):
     _ckpt_error(),
     "checkpoint not found: nope.safetensors",
 )
-def test_checkpoint_load_missing(c):
-    return _in_dir(c, lambda: _load_learner("nope.safetensors"))
+def test_checkpoint_load_missing(ctx):
+    return _in_dir(ctx, lambda: _load_learner("nope.safetensors"))
 
 
 @raises(
@@ -293,8 +293,8 @@ def test_checkpoint_load_missing(c):
     _ckpt_error(),
     "cdir is a directory, not a checkpoint file",
 )
-def test_checkpoint_load_directory(c):
-    return ((c.tmp / "cdir").mkdir(), _in_dir(c, lambda: _load_learner("cdir")))[1]
+def test_checkpoint_load_directory(ctx):
+    return ((ctx.tmp / "cdir").mkdir(), _in_dir(ctx, lambda: _load_learner("cdir")))[1]
 
 
 @raises(

@@ -40,8 +40,8 @@ def _export_disk_full(ctx):
     "argument COMMAND: invalid choice: 'frobnicate' (choose from 'demo', 'train', 'eval', 'inspect', 'predict', "
     "'export', 'config', 'tune', 'doctor')",
 )
-def test_cli_unknown_subcommand(c):
-    return cli_process(c, "frobnicate")
+def test_cli_unknown_subcommand(ctx):
+    return cli_process(ctx, "frobnicate")
 
 
 @behaves(
@@ -51,8 +51,8 @@ def test_cli_unknown_subcommand(c):
     "exit 2 after printing the usage (stdout)",
     lambda r, c: (r[0] == 2 and r[1].startswith("usage: conure") and not r[2].strip()) or pytest.fail(str(r)),
 )
-def test_cli_no_subcommand(c):
-    return cli(c)
+def test_cli_no_subcommand(ctx):
+    return cli(ctx)
 
 
 @exits(
@@ -61,8 +61,8 @@ def test_cli_no_subcommand(c):
     "train without --config",
     "the following arguments are required: --config (see 'conure train --help')",
 )
-def test_cli_missing_required_option(c):
-    return cli_process(c, "train")
+def test_cli_missing_required_option(ctx):
+    return cli_process(ctx, "train")
 
 
 @exits(
@@ -71,8 +71,8 @@ def test_cli_missing_required_option(c):
     "train with an option it does not have (--epochs 3)",
     "unrecognized arguments: --epochs 3",
 )
-def test_cli_unknown_option(c):
-    return cli(c, "train", "--config", "demo", "--epochs", "3")
+def test_cli_unknown_option(ctx):
+    return cli(ctx, "train", "--config", "demo", "--epochs", "3")
 
 
 @exits(
@@ -81,8 +81,8 @@ def test_cli_unknown_option(c):
     "eval --checkpoint with no value",
     "argument --checkpoint: expected one argument",
 )
-def test_cli_option_without_value(c):
-    return cli(c, "eval", "--checkpoint")
+def test_cli_option_without_value(ctx):
+    return cli(ctx, "eval", "--checkpoint")
 
 
 @exits(
@@ -91,8 +91,8 @@ def test_cli_option_without_value(c):
     "train --config of a file that does not exist",
     "config file not found: nope.yaml (shipped examples: demo, ml100k, ml1m_paper)",
 )
-def test_cli_config_missing(c):
-    return cli(c, "train", "--config", "nope.yaml", "--out", "out")
+def test_cli_config_missing(ctx):
+    return cli(ctx, "train", "--config", "nope.yaml", "--out", "out")
 
 
 @exits(
@@ -101,8 +101,8 @@ def test_cli_config_missing(c):
     "train --config of a directory",
     "config path is a directory, not a YAML file: cfgdir",
 )
-def test_cli_config_directory(c):
-    return ((c.tmp / "cfgdir").mkdir(), cli(c, "train", "--config", "cfgdir", "--out", "out"))[1]
+def test_cli_config_directory(ctx):
+    return ((ctx.tmp / "cfgdir").mkdir(), cli(ctx, "train", "--config", "cfgdir", "--out", "out"))[1]
 
 
 @exits(
@@ -111,8 +111,8 @@ def test_cli_config_directory(c):
     "eval --checkpoint of a directory without one",
     "empty: no checkpoint in this directory (looked for *.safetensors)",
 )
-def test_cli_checkpoint_dir_without_checkpoint(c):
-    return ((c.tmp / "empty").mkdir(), cli(c, "eval", "--checkpoint", "empty"))[1]
+def test_cli_checkpoint_dir_without_checkpoint(ctx):
+    return ((ctx.tmp / "empty").mkdir(), cli(ctx, "eval", "--checkpoint", "empty"))[1]
 
 
 @fixed(
@@ -123,11 +123,11 @@ def test_cli_checkpoint_dir_without_checkpoint(c):
     _exit_text("Not a directory: afile"),
     check=_exit_check("Not a directory: afile"),
 )
-def test_cli_export_parent_is_file(c):
+def test_cli_export_parent_is_file(ctx):
     return (
-        _copy_run(c),
-        _a_file(c),
-        cli(c, "export", "--checkpoint", "run", "--task", "1", "--out", "afile/e.safetensors"),
+        _copy_run(ctx),
+        _a_file(ctx),
+        cli(ctx, "export", "--checkpoint", "run", "--task", "1", "--out", "afile/e.safetensors"),
     )[2]
 
 

@@ -85,8 +85,8 @@ def _d(name):
     _d("DataError"),
     "MovieLens-100K ratings file not found",
 )
-def test_data_ml100k_missing(c):
-    return _d("read_ml100k")(c.tmp / "nope")
+def test_data_ml100k_missing(ctx):
+    return _d("read_ml100k")(ctx.tmp / "nope")
 
 
 @raises(
@@ -96,8 +96,8 @@ def test_data_ml100k_missing(c):
     _d("DataError"),
     "ratings file u.data not found in directory",
 )
-def test_data_ml100k_dir_without_file(c):
-    return _d("read_ml100k")(c.tmp)
+def test_data_ml100k_dir_without_file(ctx):
+    return _d("read_ml100k")(ctx.tmp)
 
 
 @raises("data.ml100k.empty", "read_ml100k", "empty file", _d("DataError"), "u.data: file holds no data lines")
@@ -470,8 +470,8 @@ def test_data_seq_tsv_no_items(ctx):
     _d("DataError"),
     "expected a sequence file, found a directory",
 )
-def test_data_seq_tsv_directory(c):
-    return _d("read_seq_tsv")(c.tmp)
+def test_data_seq_tsv_directory(ctx):
+    return _d("read_seq_tsv")(ctx.tmp)
 
 
 @raises(
@@ -519,14 +519,14 @@ def test_data_attributes_duplicate(ctx):
 
 
 @raises("data.load.unknown_kind", "load_dataset", "kind 'netflix'", ValueError, "unknown dataset kind 'netflix'")
-def test_data_load_unknown_kind(c):
-    return _d("load_dataset")("netflix", c.tmp)
+def test_data_load_unknown_kind(ctx):
+    return _d("load_dataset")("netflix", ctx.tmp)
 
 
 @raises(
     "data.load.no_path", "load_dataset", "kind 'ml-1m' without a path", ValueError, "dataset kind 'ml-1m' needs a path"
 )
-def test_data_load_no_path(c):
+def test_data_load_no_path(ctx):
     return _d("load_dataset")("ml-1m")
 
 

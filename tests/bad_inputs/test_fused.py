@@ -100,7 +100,7 @@ def stack(fn_name, **over):
     "residual_block: x must be a 3-D tensor [B, L, C], got (6, 4)",
     fused=True,
 )
-def test_fused_block_x_rank(c):
+def test_fused_block_x_rank(ctx):
     return block(x=torch.randn(6, 4))
 
 
@@ -112,7 +112,7 @@ def test_fused_block_x_rank(c):
     "residual_block: x must be a floating tensor, got torch.int64",
     fused=True,
 )
-def test_fused_block_x_int(c):
+def test_fused_block_x_int(ctx):
     return block(x=torch.ones(2, 6, 4, dtype=torch.long))
 
 
@@ -124,7 +124,7 @@ def test_fused_block_x_int(c):
     "w1 must have x's dtype torch.float64",
     fused=True,
 )
-def test_fused_block_dtype_mismatch(c):
+def test_fused_block_dtype_mismatch(ctx):
     return block(x=torch.randn(2, 6, 4, dtype=torch.float64))
 
 
@@ -136,7 +136,7 @@ def test_fused_block_dtype_mismatch(c):
     "owner1 must be a uint8 tensor, got torch.int64",
     fused=True,
 )
-def test_fused_block_owner_dtype(c):
+def test_fused_block_owner_dtype(ctx):
     return block(owner1=torch.ones(3, 4, 3, dtype=torch.long))
 
 
@@ -148,7 +148,7 @@ def test_fused_block_owner_dtype(c):
     "w2 must be [C=4, C_mid=3, K=3] to follow w1 (3, 4, 3), got (4, 2, 3)",
     fused=True,
 )
-def test_fused_block_w2_shape(c):
+def test_fused_block_w2_shape(ctx):
     return block(w2=torch.randn(4, 2, 3), owner2=torch.ones(4, 2, 3, dtype=torch.uint8))
 
 
@@ -160,14 +160,14 @@ def test_fused_block_w2_shape(c):
     "ln1_weight must have shape [4], got (5,)",
     fused=True,
 )
-def test_fused_block_ln_shape(c):
+def test_fused_block_ln_shape(ctx):
     return block(ln1_weight=torch.ones(5))
 
 
 @raises(
     "fused.block.eps", "fused.residual_block", "eps 0", ValueError, "eps must be a positive number, got 0.0", fused=True
 )
-def test_fused_block_eps(c):
+def test_fused_block_eps(ctx):
     return block(eps=0.0)
 
 
@@ -179,7 +179,7 @@ def test_fused_block_eps(c):
     "task must be an int in [0, 255]",
     fused=True,
 )
-def test_fused_block_task_256(c):
+def test_fused_block_task_256(ctx):
     return block(task=256)
 
 
@@ -191,7 +191,7 @@ def test_fused_block_task_256(c):
     _close_pair,
     fused=True,
 )
-def test_fused_block_huge_dilation(c):
+def test_fused_block_huge_dilation(ctx):
     return (block(dilation=2**62), block(dilation=1000))
 
 
@@ -203,7 +203,7 @@ def test_fused_block_huge_dilation(c):
     lambda y, c: y.shape == (2, 0, 4) or pytest.fail(str(y.shape)),
     fused=True,
 )
-def test_fused_block_length_zero(c):
+def test_fused_block_length_zero(ctx):
     return block(x=torch.randn(2, 0, 4))
 
 
@@ -218,7 +218,7 @@ def test_fused_block_length_zero(c):
     ),
     fused=True,
 )
-def test_fused_block_nan_x(c):
+def test_fused_block_nan_x(ctx):
     return block(x=_nan_at((2, 6, 4), (0, 2, 1)))
 
 
@@ -338,7 +338,7 @@ def test_fused_block_device_cuda(ctx):
     "residual_block_post_ln: ln1_weight must have shape [3], got (4,)",
     fused=True,
 )
-def test_fused_post_ln_pre_sizes(c):
+def test_fused_post_ln_pre_sizes(ctx):
     return post_block(
         ln1_weight=torch.ones(4), ln1_bias=torch.zeros(4), ln2_weight=torch.ones(3), ln2_bias=torch.zeros(3)
     )
@@ -352,7 +352,7 @@ def test_fused_post_ln_pre_sizes(c):
     "owner2 shape (3, 4, 3) != its weight's shape (4, 3, 3)",
     fused=True,
 )
-def test_fused_post_owner_shape(c):
+def test_fused_post_owner_shape(ctx):
     return post_block(owner2=torch.ones(3, 4, 3, dtype=torch.uint8))
 
 
@@ -364,7 +364,7 @@ def test_fused_post_owner_shape(c):
     "w1 is on cpu but x is on meta",
     fused=True,
 )
-def test_fused_post_device(c):
+def test_fused_post_device(ctx):
     return post_block(x=torch.randn(2, 6, 4, device="meta"))
 
 
@@ -376,7 +376,7 @@ def test_fused_post_device(c):
     lambda y, c: y.shape == (2, 0, 4) or pytest.fail(str(y.shape)),
     fused=True,
 )
-def test_fused_post_length_zero(c):
+def test_fused_post_length_zero(ctx):
     return post_block(x=torch.randn(2, 0, 4))
 
 
@@ -391,7 +391,7 @@ def test_fused_post_length_zero(c):
     ),
     fused=True,
 )
-def test_fused_post_nan_x(c):
+def test_fused_post_nan_x(ctx):
     return post_block(x=_nan_at((2, 6, 4), (0, 2, 1)))
 
 
@@ -416,7 +416,7 @@ def test_fused_post_ln2_shape(ctx):
     "out_len must be an int in [1, L=6], got 7",
     fused=True,
 )
-def test_fused_multi_out_len(c):
+def test_fused_multi_out_len(ctx):
     return stack("multi_task_forward", out_len=7)
 
 
@@ -428,7 +428,7 @@ def test_fused_multi_out_len(c):
     "need at least one block (dilations is empty)",
     fused=True,
 )
-def test_fused_multi_no_blocks(c):
+def test_fused_multi_no_blocks(ctx):
     return stack("multi_task_forward", dilations=[])
 
 
@@ -440,7 +440,7 @@ def test_fused_multi_no_blocks(c):
     "every dilation must be an int >= 1, got 0",
     fused=True,
 )
-def test_fused_multi_dilation_zero(c):
+def test_fused_multi_dilation_zero(ctx):
     return stack("multi_task_forward", dilations=[0])
 
 
@@ -452,7 +452,7 @@ def test_fused_multi_dilation_zero(c):
     "need 2 weights and 4 LayerNorm vectors per block (1 blocks), got 1 and 4",
     fused=True,
 )
-def test_fused_multi_weight_count(c):
+def test_fused_multi_weight_count(ctx):
     return stack("multi_task_forward", wcols=[torch.randn(1, 12, 4)])
 
 
@@ -464,7 +464,7 @@ def test_fused_multi_weight_count(c):
     "weight 0 must be [T=1, K*C_in=12, C_out], got (1, 11, 4)",
     fused=True,
 )
-def test_fused_multi_weight_shape(c):
+def test_fused_multi_weight_shape(ctx):
     return stack("multi_task_forward", wcols=[torch.randn(1, 11, 4), torch.randn(1, 12, 4)])
 
 
@@ -504,7 +504,7 @@ def test_fused_multi_huge_dilation(ctx):
     "stream_step_: pos must be >= 0, got -1",
     fused=True,
 )
-def test_fused_stream_pos_negative(c):
+def test_fused_stream_pos_negative(ctx):
     return stack("stream_step_", pos=torch.tensor([-1, 0]))
 
 
@@ -516,7 +516,7 @@ def test_fused_stream_pos_negative(c):
     "pos must be an int64 tensor [2] on cpu, got (2,) torch.int32",
     fused=True,
 )
-def test_fused_stream_pos_dtype(c):
+def test_fused_stream_pos_dtype(ctx):
     return stack("stream_step_", pos=torch.tensor([1, 0], dtype=torch.int32))
 
 
@@ -528,7 +528,7 @@ def test_fused_stream_pos_dtype(c):
     "ring 1 must be a contiguous (1, 2, 4, 4) tensor of torch.float32 on cpu, got (1, 2, 3, 4)",
     fused=True,
 )
-def test_fused_stream_ring_shape(c):
+def test_fused_stream_ring_shape(ctx):
     return stack("stream_step_", rings=[torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 3, 4)])
 
 
@@ -540,7 +540,7 @@ def test_fused_stream_ring_shape(c):
     "ring 1 must be a contiguous (1, 2, 4, 4) tensor",
     fused=True,
 )
-def test_fused_stream_ring_noncontiguous(c):
+def test_fused_stream_ring_noncontiguous(ctx):
     return stack("stream_step_", rings=[torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 4, 8)[..., ::2]])
 
 
@@ -565,7 +565,7 @@ def test_fused_stream_weight_count(ctx):
     "stream_step_: pos must be >= 0, got -1",
     fused=True,
 )
-def test_fused_stream_post_pos_negative(c):
+def test_fused_stream_post_pos_negative(ctx):
     return stack("stream_step_post_ln_", pos=torch.tensor([-1, 0]))
 
 
@@ -577,7 +577,7 @@ def test_fused_stream_post_pos_negative(c):
     "multi_task_forward_post_ln: LayerNorm vector 3 must have shape [4], got (3,)",
     fused=True,
 )
-def test_fused_multi_post_ln_size(c):
+def test_fused_multi_post_ln_size(ctx):
     return stack("multi_task_forward_post_ln", ln_params=[torch.ones(4)] * 3 + [torch.ones(3)])
 
 
@@ -602,7 +602,7 @@ def test_fused_multi_post_ln1_size(ctx):
     "stream_step_post_ln_: LayerNorm vector 0 must have shape [4], got (3,)",
     fused=True,
 )
-def test_fused_stream_post_ln_size(c):
+def test_fused_stream_post_ln_size(ctx):
     return stack("stream_step_post_ln_", ln_params=[torch.ones(3)] + [torch.ones(4)] * 3)
 
 

@@ -265,15 +265,15 @@ def test_learner_learn_empty_train(ctx):
     ValueError,
     "task 2 has not been learned (learned: [1])",
 )
-def test_learner_evaluate_unlearned(c):
-    return c.learner.evaluate(2)
+def test_learner_evaluate_unlearned(ctx):
+    return ctx.learner.evaluate(2)
 
 
 @raises(
     "learner.evaluate.task_zero", "ConureLearner.evaluate", "task 0", ValueError, "task id must be an int in [1, 255]"
 )
-def test_learner_evaluate_task_zero(c):
-    return c.learner.evaluate(0)
+def test_learner_evaluate_task_zero(ctx):
+    return ctx.learner.evaluate(0)
 
 
 @raises(
@@ -283,8 +283,8 @@ def test_learner_evaluate_task_zero(c):
     ValueError,
     "split must be 'train', 'valid', 'test' or a Split",
 )
-def test_learner_evaluate_split(c):
-    return c.learner.evaluate(1, "dev")
+def test_learner_evaluate_split(ctx):
+    return ctx.learner.evaluate(1, "dev")
 
 
 @raises(
@@ -294,8 +294,8 @@ def test_learner_evaluate_split(c):
     ValueError,
     "protocol must be 'full' or 'sampled'",
 )
-def test_learner_evaluate_protocol(c):
-    return c.learner.evaluate(1, protocol="x")
+def test_learner_evaluate_protocol(ctx):
+    return ctx.learner.evaluate(1, protocol="x")
 
 
 @raises(
@@ -305,8 +305,8 @@ def test_learner_evaluate_protocol(c):
     ValueError,
     "target_ranks: targets must lie in [1, 30]",
 )
-def test_learner_evaluate_wrong_taskdata(c):
-    return c.learner.evaluate(1, data=c.tasks[2])
+def test_learner_evaluate_wrong_taskdata(ctx):
+    return ctx.learner.evaluate(1, data=ctx.tasks[2])
 
 
 @fixed(
@@ -318,8 +318,8 @@ def test_learner_evaluate_wrong_taskdata(c):
     error=TypeError,
     fragment="TaskData",
 )
-def test_learner_evaluate_data_not_taskdata(c):
-    return c.learner.evaluate(1, data=object())
+def test_learner_evaluate_data_not_taskdata(ctx):
+    return ctx.learner.evaluate(1, data=object())
 
 
 @raises(
@@ -340,8 +340,8 @@ def test_learner_evaluate_no_data(ctx):
     "accepted: mrr@0 = hr@0 = ndcg@0 = 0",
     lambda r, c: (r["mrr@0"] == 0 and r["hr@0"] == 0) or pytest.fail(str(r)),
 )
-def test_learner_evaluate_ks_zero(c):
-    return c.learner.evaluate(1, ks=[0])
+def test_learner_evaluate_ks_zero(ctx):
+    return ctx.learner.evaluate(1, ks=[0])
 
 
 @raises(
@@ -351,22 +351,22 @@ def test_learner_evaluate_ks_zero(c):
     ValueError,
     "task 2 has not been learned",
 )
-def test_learner_predict_unlearned(c):
-    return c.learner.predict(2, c.items)
+def test_learner_predict_unlearned(ctx):
+    return ctx.learner.predict(2, ctx.items)
 
 
 @raises(
     "learner.predict.task_bool", "ConureLearner.predict", "task True", ValueError, "task id must be an int in [1, 255]"
 )
-def test_learner_predict_task_bool(c):
-    return c.learner.predict(True, c.items)
+def test_learner_predict_task_bool(ctx):
+    return ctx.learner.predict(True, ctx.items)
 
 
 @raises(
     "learner.predict.int32", "ConureLearner.predict", "items int32", ValueError, "items must be an int64 tensor [B, L]"
 )
-def test_learner_predict_int32(c):
-    return c.learner.predict(1, c.items.int())
+def test_learner_predict_int32(ctx):
+    return ctx.learner.predict(1, ctx.items.int())
 
 
 @fixed(
@@ -378,8 +378,8 @@ def test_learner_predict_int32(c):
     error=ValueError,
     fragment="items must be an int64 tensor",
 )
-def test_learner_predict_list(c):
-    return c.learner.predict(1, c.items.tolist())
+def test_learner_predict_list(ctx):
+    return ctx.learner.predict(1, ctx.items.tolist())
 
 
 @fixed(
@@ -391,8 +391,8 @@ def test_learner_predict_list(c):
     error=ValueError,
     fragment="num_items",
 )
-def test_learner_predict_out_of_vocabulary(c):
-    return c.learner.predict(1, c.items + 1000)
+def test_learner_predict_out_of_vocabulary(ctx):
+    return ctx.learner.predict(1, ctx.items + 1000)
 
 
 @fixed(
@@ -404,8 +404,8 @@ def test_learner_predict_out_of_vocabulary(c):
     error=ValueError,
     fragment="L = 0",
 )
-def test_learner_predict_length_zero(c):
-    return c.learner.predict(1, c.items[:, :0])
+def test_learner_predict_length_zero(ctx):
+    return ctx.learner.predict(1, ctx.items[:, :0])
 
 
 @behaves(
@@ -415,8 +415,8 @@ def test_learner_predict_length_zero(c):
     "returns [0, num_targets]",
     lambda r, c: r.shape == (0, 31) or pytest.fail(str(r.shape)),
 )
-def test_learner_predict_empty_batch(c):
-    return c.learner.predict(1, c.items[:0])
+def test_learner_predict_empty_batch(ctx):
+    return ctx.learner.predict(1, ctx.items[:0])
 
 
 @raises(

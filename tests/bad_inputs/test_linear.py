@@ -27,7 +27,7 @@ def _linear_no_valid():
     ValueError,
     "bag_of_items: need an [N, L] tensor of item ids",
 )
-def test_linear_bag_of_items_1d(c):
+def test_linear_bag_of_items_1d(ctx):
     return _linear().bag_of_items(torch.arange(3), 4)
 
 
@@ -38,7 +38,7 @@ def test_linear_bag_of_items_1d(c):
     ValueError,
     "item ids must be >= 0 (0 = padding)",
 )
-def test_linear_bag_of_items_negative(c):
+def test_linear_bag_of_items_negative(ctx):
     return _linear().bag_of_items(torch.tensor([[1, -2]]), 4)
 
 
@@ -49,5 +49,5 @@ def test_linear_bag_of_items_negative(c):
     ValueError,
     "valid split: no users (the linear model needs valid users)",
 )
-def test_linear_no_valid_users(c):
+def test_linear_no_valid_users(ctx):
     return _linear_no_valid()

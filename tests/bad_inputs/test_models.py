@@ -18,47 +18,47 @@ from ._framework import _net, behaves, fixed, raises
     ValueError,
     "num_items counts the padding id 0 and must be >= 2",
 )
-def test_net_ctor_num_items(c):
+def test_net_ctor_num_items(ctx):
     return conure.NextItNet(1, 8)
 
 
 @raises("net.ctor_no_blocks", "NextItNet(...)", "dilations ()", ValueError, "need at least one block")
-def test_net_ctor_no_blocks(c):
+def test_net_ctor_no_blocks(ctx):
     return conure.NextItNet(10, 8, 3, ())
 
 
 @raises("net.items_int32", "NextItNet.forward", "items int32", ValueError, "items must be an int64 tensor [B, L]")
-def test_net_items_int32(c):
+def test_net_items_int32(ctx):
     return _net()(torch.ones(2, 5, dtype=torch.int32), 1)
 
 
 @raises("net.items_float", "NextItNet.forward", "items float32", ValueError, "items must be an int64 tensor")
-def test_net_items_float(c):
+def test_net_items_float(ctx):
     return _net()(torch.ones(2, 5), 1)
 
 
 @raises("net.items_1d", "NextItNet.forward", "items 1-D", ValueError, "items must be an int64 tensor [B, L], got (5,)")
-def test_net_items_1d(c):
+def test_net_items_1d(ctx):
     return _net()(torch.ones(5, dtype=torch.long), 1)
 
 
 @raises("net.items_list", "NextItNet.forward", "items a list", ValueError, "got list")
-def test_net_items_list(c):
+def test_net_items_list(ctx):
     return _net()([[1, 2]], 1)
 
 
 @raises("net.task_zero", "NextItNet.forward", "task 0", ValueError, "task id must be an int in [1, 255]")
-def test_net_task_zero(c):
+def test_net_task_zero(ctx):
     return _net()(torch.ones(2, 5, dtype=torch.long), 0)
 
 
 @raises("net.task_256", "NextItNet.forward", "task 256", ValueError, "task id must be an int in [1, 255]")
-def test_net_task_256(c):
+def test_net_task_256(ctx):
     return _net()(torch.ones(2, 5, dtype=torch.long), 256)
 
 
 @raises("net.task_str", "NextItNet.user_vector", "task '1'", ValueError, "task id must be an int in [1, 255]")
-def test_net_task_str(c):
+def test_net_task_str(ctx):
     return _net().user_vector(torch.ones(2, 5, dtype=torch.long), "1")
 
 
@@ -72,7 +72,7 @@ def test_net_task_str(c):
     error=ValueError,
     fragment="num_items",
 )
-def test_net_item_id_too_large(c):
+def test_net_item_id_too_large(ctx):
     return _net(31)(torch.full((2, 5), 31), 1)
 
 
@@ -85,7 +85,7 @@ def test_net_item_id_too_large(c):
     error=ValueError,
     fragment="num_items",
 )
-def test_net_item_id_negative(c):
+def test_net_item_id_negative(ctx):
     return _net(31)(torch.full((2, 5), -1), 1)
 
 
@@ -97,7 +97,7 @@ def test_net_item_id_negative(c):
     lambda y, c: y.shape == (2, 0, 8) or pytest.fail(str(y.shape)),
     compiled_only=True,
 )
-def test_net_length_zero_forward(c):
+def test_net_length_zero_forward(ctx):
     return _net()(torch.ones(2, 0, dtype=torch.long), 1)
 
 
@@ -110,7 +110,7 @@ def test_net_length_zero_forward(c):
     error=ValueError,
     fragment="L = 0",
 )
-def test_net_length_zero_user_vector(c):
+def test_net_length_zero_user_vector(ctx):
     return _net().user_vector(torch.ones(2, 0, dtype=torch.long), 1)
 
 
@@ -121,7 +121,7 @@ def test_net_length_zero_user_vector(c):
     "returns [0, C]",
     lambda y, c: y.shape == (0, 8) or pytest.fail(str(y.shape)),
 )
-def test_net_empty_batch(c):
+def test_net_empty_batch(ctx):
     return _net().user_vector(torch.ones(0, 5, dtype=torch.long), 1)
 
 
@@ -132,7 +132,7 @@ def test_net_empty_batch(c):
     "the output at position L - 1 (no error)",
     _expect_equal_pair,
 )
-def test_net_all_padding(c):
+def test_net_all_padding(ctx):
     return (lambda n, i: (n.user_vector(i, 1), n(i, 1)[:, -1]))(_net(), torch.zeros(2, 5, dtype=torch.long))
 
 
@@ -143,7 +143,7 @@ def test_net_all_padding(c):
     "same output as task 1 (tasks 1..5's weights = task 1's)",
     _expect_equal_pair,
 )
-def test_net_task_beyond_learned(c):
+def test_net_task_beyond_learned(ctx):
     return (lambda n, i: (n(i, 5), n(i, 1)))(
         (lambda n: (n.claim_free_(1), n)[1])(_net()), torch.ones(2, 5, dtype=torch.long)
     )
@@ -159,22 +159,22 @@ def test_net_task_beyond_learned(c):
         or pytest.fail(str(y.isnan().any(-1)))
     ),
 )
-def test_net_nan_embedding(c):
+def test_net_nan_embedding(ctx):
     return (
         lambda n: (n.embedding.weight.data[3].fill_(math.nan), n(torch.tensor([[1, 3, 1, 1, 1, 1, 1], [1] * 7]), 1))[1]
     )(_net())
 
 
 @raises("net.prune_task_zero", "NextItNet.prune_", "task 0", ValueError, "NextItNet.prune_: task id must be")
-def test_net_prune_task_zero(c):
+def test_net_prune_task_zero(ctx):
     return _net().prune_(0, 0.5)
 
 
 @raises("net.prune_keep", "NextItNet.prune_", "keep_ratio 2", ValueError, "keep_ratio must be a number in [0, 1]")
-def test_net_prune_keep(c):
+def test_net_prune_keep(ctx):
     return (lambda n: (n.claim_free_(1), n.prune_(1, 2))[1])(_net())
 
 
 @raises("net.claim_full", "NextItNet.claim_free_", "no free weight left", conure.CapacityError, "no free weights left")
-def test_net_claim_full(c):
+def test_net_claim_full(ctx):
     return (lambda n: (n.claim_free_(1), n.claim_free_(2)))(_net())

@@ -15,7 +15,7 @@ from ._framework import behaves, raises
     ValueError,
     "channels, kernel_size and dilation must be >= 1",
 )
-def test_nn_conv_ctor_kernel_zero(c):
+def test_nn_conv_ctor_kernel_zero(ctx):
     return conure.MaskedCausalConv1d(4, 3, 0)
 
 
@@ -26,7 +26,7 @@ def test_nn_conv_ctor_kernel_zero(c):
     ValueError,
     "channels, kernel_size and dilation must be >= 1",
 )
-def test_nn_conv_ctor_dilation_zero(c):
+def test_nn_conv_ctor_dilation_zero(ctx):
     return conure.MaskedCausalConv1d(4, 3, 2, 0)
 
 
@@ -37,7 +37,7 @@ def test_nn_conv_ctor_dilation_zero(c):
     TypeError,
     "type must be tuple of ints",
 )
-def test_nn_conv_ctor_float_channels(c):
+def test_nn_conv_ctor_float_channels(ctx):
     return conure.MaskedCausalConv1d(4.5, 3, 2)
 
 
@@ -48,12 +48,12 @@ def test_nn_conv_ctor_float_channels(c):
     TypeError,
     "x and weight must share one floating dtype",
 )
-def test_nn_conv_forward_dtype(c):
+def test_nn_conv_forward_dtype(ctx):
     return conure.MaskedCausalConv1d(4, 3, 2)(torch.randn(2, 5, 4, dtype=torch.float64), 1)
 
 
 @raises("nn.conv.forward_rank", "MaskedCausalConv1d.forward", "x 2-D", ValueError, "x must be a 3-D tensor")
-def test_nn_conv_forward_rank(c):
+def test_nn_conv_forward_rank(ctx):
     return conure.MaskedCausalConv1d(4, 3, 2)(torch.randn(5, 4), 1)
 
 
@@ -64,7 +64,7 @@ def test_nn_conv_forward_rank(c):
     ValueError,
     "task must be an int in [0, 255]",
 )
-def test_nn_conv_forward_task_none(c):
+def test_nn_conv_forward_task_none(ctx):
     return conure.MaskedCausalConv1d(4, 3, 2)(torch.randn(2, 5, 4), None)
 
 
@@ -75,17 +75,17 @@ def test_nn_conv_forward_task_none(c):
     ValueError,
     "x has 5 channels",
 )
-def test_nn_block_channels(c):
+def test_nn_block_channels(ctx):
     return conure.ResidualBlock(4, 3, 1)(torch.randn(2, 5, 5), 1)
 
 
 @raises("nn.block.rank", "ResidualBlock.forward", "x 2-D", ValueError, "must be a 3-D tensor")
-def test_nn_block_rank(c):
+def test_nn_block_rank(ctx):
     return conure.ResidualBlock(4, 3, 1)(torch.randn(5, 4), 1)
 
 
 @raises("nn.block.task_256", "ResidualBlock.forward", "task 256", ValueError, "task must be an int in [0, 255]")
-def test_nn_block_task_256(c):
+def test_nn_block_task_256(ctx):
     return conure.ResidualBlock(4, 3, 1)(torch.randn(2, 5, 4), 256)
 
 
@@ -96,5 +96,5 @@ def test_nn_block_task_256(c):
     "the identity: returns x exactly",
     _expect_equal_pair,
 )
-def test_nn_block_task_zero(c):
+def test_nn_block_task_zero(ctx):
     return (lambda b, x: (b(x, 0), x))(conure.ResidualBlock(4, 3, 1), torch.randn(2, 5, 4))

@@ -89,17 +89,17 @@ def _last_tap(ctx):
 
 
 @raises("op.conv.x_rank", "ops.masked_causal_conv1d", "x 2-D", ValueError, "x must be a 3-D tensor [B, L, C_in]")
-def test_op_conv_x_rank(c):
+def test_op_conv_x_rank(ctx):
     return conv(x=torch.randn(5, 4))
 
 
 @raises("op.conv.x_not_tensor", "ops.masked_causal_conv1d", "x a list", ValueError, "x must be a 3-D tensor")
-def test_op_conv_x_not_tensor(c):
+def test_op_conv_x_not_tensor(ctx):
     return conv(x=[[[1.0] * 4] * 5] * 2)
 
 
 @raises("op.conv.w_rank", "ops.masked_causal_conv1d", "weight 2-D", ValueError, "weight must be a 3-D tensor")
-def test_op_conv_w_rank(c):
+def test_op_conv_w_rank(ctx):
     return conv(weight=torch.randn(3, 4), owner=torch.ones(3, 4, dtype=torch.uint8))
 
 
@@ -110,17 +110,17 @@ def test_op_conv_w_rank(c):
     ValueError,
     "x has 6 channels but weight expects C_in=4",
 )
-def test_op_conv_channels(c):
+def test_op_conv_channels(ctx):
     return conv(x=torch.randn(2, 5, 6))
 
 
 @raises("op.conv.c_out_zero", "ops.masked_causal_conv1d", "weight C_out = 0", ValueError, "has an empty dimension")
-def test_op_conv_c_out_zero(c):
+def test_op_conv_c_out_zero(ctx):
     return conv(weight=torch.randn(0, 4, 3), owner=torch.ones(0, 4, 3, dtype=torch.uint8))
 
 
 @raises("op.conv.k_zero", "ops.masked_causal_conv1d", "weight K = 0", ValueError, "has an empty dimension")
-def test_op_conv_k_zero(c):
+def test_op_conv_k_zero(ctx):
     return conv(weight=torch.randn(3, 4, 0), owner=torch.ones(3, 4, 0, dtype=torch.uint8))
 
 
@@ -134,7 +134,7 @@ def test_op_conv_k_zero(c):
     error=ValueError,
     fragment="empty dimension",
 )
-def test_op_conv_c_in_zero(c):
+def test_op_conv_c_in_zero(ctx):
     return conv(x=torch.randn(2, 5, 0), weight=torch.randn(3, 0, 3), owner=torch.ones(3, 0, 3, dtype=torch.uint8))
 
 
@@ -145,14 +145,14 @@ def test_op_conv_c_in_zero(c):
     TypeError,
     "x and weight must share one floating dtype",
 )
-def test_op_conv_dtype_mismatch(c):
+def test_op_conv_dtype_mismatch(ctx):
     return conv(x=torch.randn(2, 5, 4, dtype=torch.float64))
 
 
 @raises(
     "op.conv.int_tensors", "ops.masked_causal_conv1d", "x and weight int64", TypeError, "must share one floating dtype"
 )
-def test_op_conv_int_tensors(c):
+def test_op_conv_int_tensors(ctx):
     return conv(x=torch.ones(2, 5, 4, dtype=torch.long), weight=torch.ones(3, 4, 3, dtype=torch.long))
 
 
@@ -163,17 +163,17 @@ def test_op_conv_int_tensors(c):
     TypeError,
     "must share one floating dtype, got torch.complex64",
 )
-def test_op_conv_complex(c):
+def test_op_conv_complex(ctx):
     return conv(x=torch.randn(2, 5, 4, dtype=torch.complex64), weight=torch.randn(3, 4, 3, dtype=torch.complex64))
 
 
 @raises("op.conv.owner_int64", "ops.masked_causal_conv1d", "owner int64", TypeError, "owner must be uint8")
-def test_op_conv_owner_int64(c):
+def test_op_conv_owner_int64(ctx):
     return conv(owner=torch.ones(3, 4, 3, dtype=torch.long))
 
 
 @raises("op.conv.owner_bool", "ops.masked_causal_conv1d", "owner bool", TypeError, "owner must be uint8")
-def test_op_conv_owner_bool(c):
+def test_op_conv_owner_bool(ctx):
     return conv(owner=torch.ones(3, 4, 3, dtype=torch.bool))
 
 
@@ -186,7 +186,7 @@ def test_op_conv_owner_bool(c):
     error=TypeError,
     fragment="owner must be",
 )
-def test_op_conv_owner_none(c):
+def test_op_conv_owner_none(ctx):
     return conv(owner=None)
 
 
@@ -197,7 +197,7 @@ def test_op_conv_owner_none(c):
     ValueError,
     "owner shape (2, 4, 3) != weight shape (3, 4, 3)",
 )
-def test_op_conv_owner_shape(c):
+def test_op_conv_owner_shape(ctx):
     return conv(owner=torch.ones(2, 4, 3, dtype=torch.uint8))
 
 
@@ -208,12 +208,12 @@ def test_op_conv_owner_shape(c):
     ValueError,
     "must be on one device",
 )
-def test_op_conv_device_mismatch(c):
+def test_op_conv_device_mismatch(ctx):
     return conv(x=torch.randn(2, 5, 4, device="meta"))
 
 
 @raises("op.conv.task_negative", "ops.masked_causal_conv1d", "task -1", ValueError, "task must be an int in [0, 255]")
-def test_op_conv_task_negative(c):
+def test_op_conv_task_negative(ctx):
     return conv(task=-1)
 
 
@@ -224,34 +224,34 @@ def test_op_conv_task_negative(c):
     ValueError,
     "task must be an int in [0, 255]",
 )
-def test_op_conv_task_256(c):
+def test_op_conv_task_256(ctx):
     return conv(task=256)
 
 
 @raises("op.conv.task_float", "ops.masked_causal_conv1d", "task 1.0", ValueError, "task must be an int")
-def test_op_conv_task_float(c):
+def test_op_conv_task_float(ctx):
     return conv(task=1.0)
 
 
 @raises("op.conv.task_bool", "ops.masked_causal_conv1d", "task True", ValueError, "task must be an int")
-def test_op_conv_task_bool(c):
+def test_op_conv_task_bool(ctx):
     return conv(task=True)
 
 
 @raises("op.conv.task_numpy", "ops.masked_causal_conv1d", "task np.int64(1)", ValueError, "task must be an int")
-def test_op_conv_task_numpy(c):
+def test_op_conv_task_numpy(ctx):
     return conv(task=np.int64(1))
 
 
 @raises("op.conv.dilation_zero", "ops.masked_causal_conv1d", "dilation 0", ValueError, "dilation must be an int >= 1")
-def test_op_conv_dilation_zero(c):
+def test_op_conv_dilation_zero(ctx):
     return conv(dilation=0)
 
 
 @raises(
     "op.conv.dilation_float", "ops.masked_causal_conv1d", "dilation 2.0", ValueError, "dilation must be an int >= 1"
 )
-def test_op_conv_dilation_float(c):
+def test_op_conv_dilation_float(ctx):
     return conv(dilation=2.0)
 
 
@@ -306,17 +306,17 @@ def test_op_conv_dilation_int64_overflow():
     "Expected a value of type 'int' for argument 'dilation'",
     compiled_only=True,
 )
-def test_op_conv_dilation_beyond_int64(c):
+def test_op_conv_dilation_beyond_int64(ctx):
     return conv(dilation=2**70)
 
 
 @raises("op.conv.bias_shape", "ops.masked_causal_conv1d", "bias [C_out + 1]", ValueError, "bias must have shape [3]")
-def test_op_conv_bias_shape(c):
+def test_op_conv_bias_shape(ctx):
     return conv(bias=torch.randn(4))
 
 
 @raises("op.conv.bias_2d", "ops.masked_causal_conv1d", "bias [1, C_out]", ValueError, "bias must have shape [3]")
-def test_op_conv_bias_2d(c):
+def test_op_conv_bias_2d(ctx):
     return conv(bias=torch.randn(1, 3))
 
 
@@ -327,7 +327,7 @@ def test_op_conv_bias_2d(c):
     TypeError,
     "bias must match weight's dtype and device",
 )
-def test_op_conv_bias_dtype(c):
+def test_op_conv_bias_dtype(ctx):
     return conv(bias=torch.randn(3, dtype=torch.float64))
 
 
@@ -338,7 +338,7 @@ def test_op_conv_bias_dtype(c):
     TypeError,
     "bias must match weight's dtype and device",
 )
-def test_op_conv_bias_device(c):
+def test_op_conv_bias_device(ctx):
     return conv(bias=torch.randn(3, device="meta"))
 
 
@@ -349,7 +349,7 @@ def test_op_conv_bias_device(c):
     "NaN propagates to y[0, 1 .. 1+(K-1)*dilation] only: no leak into other rows or earlier times",
     check_nan_propagates,
 )
-def test_op_conv_nan_x(c):
+def test_op_conv_nan_x(ctx):
     return conv(x=_nan_at((2, 5, 4), (0, 1, 2)))
 
 
@@ -360,7 +360,7 @@ def test_op_conv_nan_x(c):
     "y holds Inf/NaN where that weight reaches (IEEE arithmetic, nothing hidden)",
     lambda y, c: (y[..., 0].isinf() | y[..., 0].isnan()).all() or pytest.fail("no Inf"),
 )
-def test_op_conv_inf_active_weight(c):
+def test_op_conv_inf_active_weight(ctx):
     return conv(weight=_nan_at((3, 4, 3), (0, 0, 2)).nan_to_num(nan=math.inf))
 
 
@@ -372,7 +372,7 @@ def test_op_conv_inf_active_weight(c):
     lambda y, c: y.isfinite().all() or pytest.fail("NaN leaked"),
     compiled_only=True,
 )
-def test_op_conv_nan_inactive_weight(c):
+def test_op_conv_nan_inactive_weight(ctx):
     return conv(
         weight=_nan_at((3, 4, 3), (0, 0, 0)), owner=torch.tensor([0] + [1] * 35, dtype=torch.uint8).view(3, 4, 3)
     )
@@ -387,7 +387,7 @@ def test_op_conv_nan_inactive_weight(c):
     "finite y, like the compiled op",
     check=lambda y, c: y.isfinite().all() or pytest.fail("NaN"),
 )
-def test_ref_conv_nan_inactive_weight(c):
+def test_ref_conv_nan_inactive_weight(ctx):
     return reference.masked_causal_conv1d(
         torch.randn(2, 5, 4),
         _nan_at((3, 4, 3), (0, 0, 0)),
@@ -403,7 +403,7 @@ def test_ref_conv_nan_inactive_weight(c):
     "returns an empty [0, L, C_out]",
     lambda y, c: y.shape == (0, 5, 3) or pytest.fail(str(y.shape)),
 )
-def test_op_conv_empty_batch(c):
+def test_op_conv_empty_batch(ctx):
     return conv(x=torch.randn(0, 5, 4))
 
 
@@ -427,7 +427,7 @@ def test_op_conv_length_zero(ctx):
     "an empty [B, 0, C_out] like the compiled op",
     check=lambda y, c: y.shape == (2, 0, 3) or pytest.fail(str(y.shape)),
 )
-def test_ref_conv_length_zero(c):
+def test_ref_conv_length_zero(ctx):
     return reference.masked_causal_conv1d(
         torch.randn(2, 0, 4), torch.randn(3, 4, 3), torch.ones(3, 4, 3, dtype=torch.uint8), 1
     )
@@ -440,7 +440,7 @@ def test_ref_conv_length_zero(c):
     "no weight is active: y == bias everywhere",
     lambda y, c: torch.equal(y, torch.arange(3.0).expand(2, 5, 3)) or pytest.fail("not bias"),
 )
-def test_op_conv_task_zero(c):
+def test_op_conv_task_zero(ctx):
     return conv(task=0, bias=torch.arange(3.0))
 
 
@@ -508,7 +508,7 @@ def test_op_conv_device_cuda(ctx):
     ValueError,
     "keep_ratio must be a number in [0, 1]",
 )
-def test_op_prune_keep_above_1(c):
+def test_op_prune_keep_above_1(ctx):
     return prune(keep=1.5)
 
 
@@ -519,7 +519,7 @@ def test_op_prune_keep_above_1(c):
     ValueError,
     "keep_ratio must be a number in [0, 1]",
 )
-def test_op_prune_keep_negative(c):
+def test_op_prune_keep_negative(ctx):
     return prune(keep=-0.1)
 
 
@@ -530,32 +530,32 @@ def test_op_prune_keep_negative(c):
     ValueError,
     "keep_ratio must be a number in [0, 1]",
 )
-def test_op_prune_keep_nan(c):
+def test_op_prune_keep_nan(ctx):
     return prune(keep=math.nan)
 
 
 @raises("op.prune.keep_str", "ops.magnitude_prune_many_", "keep_ratio '0.5'", ValueError, "keep_ratio must be a number")
-def test_op_prune_keep_str(c):
+def test_op_prune_keep_str(ctx):
     return prune(keep="0.5")
 
 
 @raises("op.prune.keep_bool", "ops.magnitude_prune_many_", "keep_ratio True", ValueError, "keep_ratio must be a number")
-def test_op_prune_keep_bool(c):
+def test_op_prune_keep_bool(ctx):
     return prune(keep=True)
 
 
 @raises("op.prune.task_negative", "ops.magnitude_prune_many_", "task -3", ValueError, "task must be an int in [0, 255]")
-def test_op_prune_task_negative(c):
+def test_op_prune_task_negative(ctx):
     return prune(task=-3)
 
 
 @raises("op.prune.task_256", "ops.magnitude_prune_many_", "task 256", ValueError, "task must be an int in [0, 255]")
-def test_op_prune_task_256(c):
+def test_op_prune_task_256(ctx):
     return prune(task=256)
 
 
 @raises("op.prune.owner_dtype", "ops.magnitude_prune_many_", "owner int32", TypeError, "owner 0 must be a uint8 tensor")
-def test_op_prune_owner_dtype(c):
+def test_op_prune_owner_dtype(ctx):
     return prune(owners=[torch.ones(4, 6, dtype=torch.int32)])
 
 
@@ -566,7 +566,7 @@ def test_op_prune_owner_dtype(c):
     ValueError,
     "owner 0 shape (2, 6) != weight shape (4, 6)",
 )
-def test_op_prune_owner_shape(c):
+def test_op_prune_owner_shape(ctx):
     return prune(owners=[torch.ones(2, 6, dtype=torch.uint8)])
 
 
@@ -577,14 +577,14 @@ def test_op_prune_owner_shape(c):
     ValueError,
     "owner 0 must be contiguous (it is written in place)",
 )
-def test_op_prune_owner_noncontiguous(c):
+def test_op_prune_owner_noncontiguous(ctx):
     return prune(owners=[torch.ones(6, 4, dtype=torch.uint8).T])
 
 
 @raises(
     "op.prune.int_weight", "ops.magnitude_prune_many_", "weight int64", TypeError, "weight 0 must be a floating tensor"
 )
-def test_op_prune_int_weight(c):
+def test_op_prune_int_weight(ctx):
     return prune(weights=[torch.ones(4, 6, dtype=torch.long)])
 
 
@@ -598,7 +598,7 @@ def test_op_prune_int_weight(c):
     error=TypeError,
     fragment="must be a floating tensor",
 )
-def test_op_prune_weight_not_tensor(c):
+def test_op_prune_weight_not_tensor(ctx):
     return ops.magnitude_prune_([1.0, 2.0], torch.ones(2, dtype=torch.uint8), 1, 0.5)
 
 
@@ -609,7 +609,7 @@ def test_op_prune_weight_not_tensor(c):
     ValueError,
     "need as many owners as weights",
 )
-def test_op_prune_lengths(c):
+def test_op_prune_lengths(ctx):
     return prune(owners=[torch.ones(4, 6, dtype=torch.uint8)] * 2)
 
 
@@ -620,7 +620,7 @@ def test_op_prune_lengths(c):
     ValueError,
     "need as many owners as weights (at least one)",
 )
-def test_op_prune_empty_lists(c):
+def test_op_prune_empty_lists(ctx):
     return prune(weights=[], owners=[])
 
 
@@ -632,7 +632,7 @@ def test_op_prune_empty_lists(c):
     "weights must share one floating dtype",
     compiled_only=True,
 )
-def test_op_prune_mixed_dtypes(c):
+def test_op_prune_mixed_dtypes(ctx):
     return prune(
         weights=[torch.randn(3), torch.randn(3, dtype=torch.float64)],
         owners=[torch.ones(3, dtype=torch.uint8), torch.ones(3, dtype=torch.uint8)],
@@ -646,7 +646,7 @@ def test_op_prune_mixed_dtypes(c):
     RuntimeError,
     "magnitude_prune_: a weight owned by task 1 is NaN",
 )
-def test_op_prune_nan_owned(c):
+def test_op_prune_nan_owned(ctx):
     return prune(weights=[_nan_at((4, 6), (1, 2))])
 
 
@@ -657,7 +657,7 @@ def test_op_prune_nan_owned(c):
     "ignored: kept count and owners as without it",
     lambda r, c: (r[0] == 12 and int(r[1][0, 0]) == 2) or pytest.fail(str(r)),
 )
-def test_op_prune_nan_not_owned(c):
+def test_op_prune_nan_not_owned(ctx):
     return (lambda o: (prune(weights=[_nan_at((4, 6), (0, 0))], owners=[o], task=1, keep=0.5), o))(
         torch.tensor([2] + [1] * 23, dtype=torch.uint8).view(4, 6)
     )
@@ -670,7 +670,7 @@ def test_op_prune_nan_not_owned(c):
     "Inf is the largest magnitude: kept first",
     lambda r, c: (r[0] == 2 and r[1].tolist() == [0, 1, 0, 1]) or pytest.fail(str(r)),
 )
-def test_op_prune_inf_owned(c):
+def test_op_prune_inf_owned(ctx):
     return (lambda o: (ops.magnitude_prune_(torch.tensor([1.0, -math.inf, 2.0, math.inf]), o, 1, 0.5), o))(
         torch.ones(4, dtype=torch.uint8)
     )
@@ -683,7 +683,7 @@ def test_op_prune_inf_owned(c):
     "returns 0, owners unchanged",
     lambda r, c: (r[0] == 0 and bool((r[1] == 1).all())) or pytest.fail(str(r)),
 )
-def test_op_prune_task_absent(c):
+def test_op_prune_task_absent(ctx):
     return (lambda o: (ops.magnitude_prune_(torch.randn(6), o, 5, 0.5), o))(torch.ones(6, dtype=torch.uint8))
 
 
@@ -694,7 +694,7 @@ def test_op_prune_task_absent(c):
     "returns 0",
     lambda r, c: r == 0 or pytest.fail(str(r)),
 )
-def test_op_prune_empty_tensor(c):
+def test_op_prune_empty_tensor(ctx):
     return ops.magnitude_prune_(torch.randn(0, 3), torch.ones(0, 3, dtype=torch.uint8), 1, 0.5)
 
 
@@ -705,7 +705,7 @@ def test_op_prune_empty_tensor(c):
     "accepted (read detached)",
     lambda r, c: r == 3 or pytest.fail(str(r)),
 )
-def test_op_prune_weight_requires_grad(c):
+def test_op_prune_weight_requires_grad(ctx):
     return ops.magnitude_prune_(torch.nn.Parameter(torch.randn(10)), torch.ones(10, dtype=torch.uint8), 1, 0.3)
 
 
@@ -716,7 +716,7 @@ def test_op_prune_weight_requires_grad(c):
     "iterated along dim 0 (rows as the list): same result as magnitude_prune_ on the tensor",
     lambda r, c: (r[0] == 6 and r[1].flatten().tolist() == [0] * 6 + [1] * 6) or pytest.fail(str(r)),
 )
-def test_op_prune_tensor_not_list(c):
+def test_op_prune_tensor_not_list(ctx):
     return (lambda w, o: (ops.magnitude_prune_many_(w, o, 1, 0.5), o))(
         torch.arange(12.0).view(3, 4), torch.ones(3, 4, dtype=torch.uint8)
     )
