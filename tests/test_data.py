@@ -954,7 +954,7 @@ def encode(value, root: str):
     dict order; ``root`` (the directory the inputs were written to) becomes ``{root}`` in every string."""
     if isinstance(value, BaseException):
         cls = type(value)
-        out = {"exception": f"{cls.__module__}.{cls.__qualname__}", "message": encode(str(value), root)}
+        out = {"exception": cls.__qualname__, "message": encode(str(value), root)}  # (the name: modules may move)
         if isinstance(value, DataError):
             out["path"], out["line"] = encode(value.path, root), encode(value.line, root)
         return out
