@@ -15,6 +15,7 @@ Plain torch.cuda.Event timing (warmup, then the median of repeats); no pytest-be
 
 Peak memory (torch.cuda.max_memory_allocated during the timed calls) stands beside each time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from conure import ops, reference
 
-MiB = 2.0 ** 20
+MiB = 2.0**20
 
 
 def event_time(fn, warmup=5, repeats=20):
@@ -79,6 +80,7 @@ def fmt_mib(mib):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def conv_case(dtype, dilation, B=512, L=50, C=256, K=3, task=2, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
@@ -137,19 +139,25 @@ def bench_conv(args, deadline, rows, records):
         del gemm_fwd, gemm_all
         for dilation in (1, 2, 4, 8):
             case = conv_case(dtype, dilation)
-            rec = {"dtype": str(dtype).replace("torch.", ""), "dilation": dilation,
-                   "inputs_mib": torch.cuda.memory_allocated() / MiB}
+            rec = {
+                "dtype": str(dtype).replace("torch.", ""),
+                "dilation": dilation,
+                "inputs_mib": torch.cuda.memory_allocated() / MiB,
+            }
             rec["conure_ms"], rec["conure_peak_mib"] = event_time(conv_step(ops.masked_causal_conv1d, case, dilation))
             rec["eager_ms"], rec["eager_peak_mib"] = event_time(
-                conv_step(reference.masked_causal_conv1d, case, dilation))
+                conv_step(reference.masked_causal_conv1d, case, dilation)
+            )
             rec["compiled_ms"] = rec["compiled_peak_mib"] = rec["compile_s"] = None
             rec["conure_tflops"] = flops_all / rec["conure_ms"] / 1e9
             rec["cublas_gemm3_ms"] = t_gemm_all
             rec["cublas_gemm3_tflops"] = flops_all / t_gemm_all / 1e9
             rec["cublas_gemm_fwd_tflops"] = flops_fwd / t_gemm_fwd / 1e9
             recs[(dtype, dilation)] = rec
-            log(f"conv {rec['dtype']} dilation {dilation}: conure {fmt_ms(rec['conure_ms'])}, eager "
-                f"{fmt_ms(rec['eager_ms'])}, cuBLAS 3 GEMMs {fmt_ms(t_gemm_all)}")
+            log(
+                f"conv {rec['dtype']} dilation {dilation}: conure {fmt_ms(rec['conure_ms'])}, eager "
+                f"{fmt_ms(rec['eager_ms'])}, cuBLAS 3 GEMMs {fmt_ms(t_gemm_all)}"
+            )
             del case
             torch.cuda.empty_cache()
     for dtype, dilation in cases:
@@ -167,8 +175,10 @@ def bench_conv(args, deadline, rows, records):
             torch.cuda.synchronize()
             rec["compile_s"] = time.monotonic() - t0
             rec["compiled_ms"], rec["compiled_peak_mib"] = event_time(conv_step(compiled, case, dilation))
-            log(f"conv {rec['dtype']} dilation {dilation}: torch.compile {fmt_ms(rec['compiled_ms'])} "
-                f"(compiled in {rec['compile_s']:.0f} s)")
+            log(
+                f"conv {rec['dtype']} dilation {dilation}: torch.compile {fmt_ms(rec['compiled_ms'])} "
+                f"(compiled in {rec['compile_s']:.0f} s)"
+            )
         except Exception as exc:  # keep the other rows
             log(f"torch.compile failed ({dtype}, dilation {dilation}): {exc!r}")
         del case
@@ -182,7 +192,8 @@ def bench_conv(args, deadline, rows, records):
             f"| {fmt_ms(rec['compiled_ms'])} ({fmt_mib(rec['compiled_peak_mib'])}) "
             f"| {rec['eager_ms'] / rec['conure_ms']:.2f}x "
             f"| {rec['conure_tflops']:.1f} | {rec['cublas_gemm3_tflops']:.1f} ({fmt_ms(rec['cublas_gemm3_ms'])}) "
-            f"| {rec['cublas_gemm_fwd_tflops']:.1f} | {rec['inputs_mib']:.0f} |")
+            f"| {rec['cublas_gemm_fwd_tflops']:.1f} | {rec['inputs_mib']:.0f} |"
+        )
 
 
 def prune_case(seed=0, layers=16, shape=(256, 256, 3)):
@@ -193,7 +204,7 @@ def prune_case(seed=0, layers=16, shape=(256, 256, 3)):
     pick = torch.rand(layers * numel, device="cuda", generator=g)
     saved = torch.where(pick < 0.5, 2, torch.where(pick < 0.75, 1, 0)).to(torch.uint8)
     flat = saved.clone()
-    owners = [flat[i * numel:(i + 1) * numel].view(shape) for i in range(layers)]
+    owners = [flat[i * numel : (i + 1) * numel].view(shape) for i in range(layers)]
     return weights, owners, flat, saved
 
 
@@ -204,7 +215,7 @@ def bench_prune(rows, records):
         flat.copy_(saved)
 
     for name, fn in (("conure", ops.magnitude_prune_many_), ("reference", reference.magnitude_prune_many_)):
-        ms, peak = wall_time(lambda: fn(weights, owners, 2, 0.5), setup)
+        ms, peak = wall_time(lambda: fn(weights, owners, 2, 0.5), setup)  # noqa: B023 - called within the iteration
         records.append({"prune": name, "ms": ms, "peak_mib": peak})
         rows.append(f"| {name} | {fmt_ms(ms)} | {fmt_mib(peak)} |")
     # both must agree on what they keep
@@ -241,8 +252,23 @@ def kernel_times(records):
     out = []
     for evt in prof.key_averages():
         name = evt.key
-        short = next((k for k in ("mask_weight", "scatter_grad", "prune_setup", "prune_hist", "prune_select",
-                                  "prune_ties", "prune_scan", "prune_write") if k in name), None)
+        short = next(
+            (
+                k
+                for k in (
+                    "mask_weight",
+                    "scatter_grad",
+                    "prune_setup",
+                    "prune_hist",
+                    "prune_select",
+                    "prune_ties",
+                    "prune_scan",
+                    "prune_write",
+                )
+                if k in name
+            ),
+            None,
+        )
         if short is None:
             continue
         total_us = None
@@ -263,8 +289,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="also write the Markdown here")
     parser.add_argument("--json", help="write the raw numbers here")
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds; torch.compile rows are skipped when "
-                                                                     "less than a minute is left")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="seconds; torch.compile rows are skipped when less than a minute is left",
+    )
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     args = parser.parse_args()
     deadline = time.monotonic() + args.budget
@@ -276,29 +306,56 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
 
     records = []
-    lines = [f"# conure GPU benchmark: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-             f"CUDA {torch.version.cuda}", ""]
+    lines = [
+        f"# conure GPU benchmark: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+        "",
+    ]
     prune_rows = []
     bench_prune(prune_rows, records)
     log("\n".join(prune_rows))
-    lines += ["## magnitude prune, 16 tensors of 256x256x3 float32, keep 0.5 of task 2's half", "",
-              "Wall time per call (each ends in a host sync).", "",
-              "| op | time | peak MiB |", "|---|---|---|"] + prune_rows + [""]
+    lines += (
+        [
+            "## magnitude prune, 16 tensors of 256x256x3 float32, keep 0.5 of task 2's half",
+            "",
+            "Wall time per call (each ends in a host sync).",
+            "",
+            "| op | time | peak MiB |",
+            "|---|---|---|",
+        ]
+        + prune_rows
+        + [""]
+    )
     try:
         krows = kernel_times(records)
-        lines += ["## conure kernels (torch.profiler, float32; conv dilation 1)", "",
-                  "| kernel | launches per step | us per launch | GB/s |", "|---|---|---|---|"] + krows + [""]
+        lines += (
+            [
+                "## conure kernels (torch.profiler, float32; conv dilation 1)",
+                "",
+                "| kernel | launches per step | us per launch | GB/s |",
+                "|---|---|---|---|",
+            ]
+            + krows
+            + [""]
+        )
         log("\n".join(krows))
     except Exception as exc:
         lines += [f"(kernel profile failed: {exc!r})", ""]
     conv_rows = []
     bench_conv(args, deadline, conv_rows, records)
-    lines += ["## masked causal conv, forward + backward (B=512, L=50, C=256, K=3; TF32 off)", "",
-              "Time per step (peak MiB in parentheses). TFLOP/s counts 3 GEMMs of 2*B*L*C*C*K flops each. cuBLAS: "
-              "the same three GEMMs done as one [B*L, 3C] x [3C, C] layer.", "",
-              "| dtype | dilation | conure | eager reference | torch.compile reference | speed-up vs eager "
-              "| conure TFLOP/s | cuBLAS 3 GEMMs TFLOP/s (time) | cuBLAS fwd GEMM TFLOP/s | inputs MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|"] + conv_rows + [""]
+    lines += (
+        [
+            "## masked causal conv, forward + backward (B=512, L=50, C=256, K=3; TF32 off)",
+            "",
+            "Time per step (peak MiB in parentheses). TFLOP/s counts 3 GEMMs of 2*B*L*C*C*K flops each. cuBLAS: "
+            "the same three GEMMs done as one [B*L, 3C] x [3C, C] layer.",
+            "",
+            "| dtype | dilation | conure | eager reference | torch.compile reference | speed-up vs eager "
+            "| conure TFLOP/s | cuBLAS 3 GEMMs TFLOP/s (time) | cuBLAS fwd GEMM TFLOP/s | inputs MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        + conv_rows
+        + [""]
+    )
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -11,6 +11,7 @@ modules). Printed per run: the process's peak resident set (VmHWM, imports of co
 growth over the resident set after the imports (the high-water mark is reset just before the call), and the
 wall time of the call. Both sides must return the same data (a digest of every output array is compared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,12 @@ def write_recbole(path: Path, lines: int, seed: int = 0) -> None:
             items = rng.zipf(1.3, n) * 7_919 % 20_000 + 1  # popular head, ids spread over the range
             ratings = rng.integers(1, 6, n)
             stamps = 978_300_000 + rng.integers(0, 5_000_000, n) // 7 * 7  # multiples of 7 s: ties
-            f.write("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in
-                            zip(users.tolist(), items.tolist(), ratings.tolist(), stamps.tolist())))
+            f.write(
+                "".join(
+                    f"{u}\t{i}\t{r}\t{t}\n"
+                    for u, i, r, t in zip(users.tolist(), items.tolist(), ratings.tolist(), stamps.tolist())
+                )
+            )
 
 
 def write_conure(path: Path, users: int, per_user: int, seed: int = 0) -> None:
@@ -97,15 +102,16 @@ def write_conure(path: Path, users: int, per_user: int, seed: int = 0) -> None:
             ids = (rng.zipf(1.2, int(lengths.sum())) * 7_919 % 100_000 + 1).tolist()
             out, k = [], 0
             for length in lengths.tolist():
-                out.append(",".join(map(str, ids[k:k + length])))
+                out.append(",".join(map(str, ids[k : k + length])))
                 k += length
             f.write("\n".join(out) + "\n")
 
 
 def git_show(rev: str, out_dir: Path) -> None:
     for name in ("interactions", "readers"):
-        text = subprocess.run(["git", "show", f"{rev}:conure/data/{name}.py"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout
+        text = subprocess.run(
+            ["git", "show", f"{rev}:conure/data/{name}.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
         (out_dir / f"{name}.py").write_text(text)
 
 
@@ -124,8 +130,11 @@ def main(argv=None) -> None:
     parser.add_argument("--lines", type=int, default=2_000_000, help="RecBole .inter lines")
     parser.add_argument("--users", type=int, default=300_000, help="Conure task-1 users (lines)")
     parser.add_argument("--items-per-user", type=int, default=50)
-    parser.add_argument("--rev", default=WHOLE_FILE_REV, help="revision of the old readers (default: the last "
-                                                              "with the whole-file readers)")
+    parser.add_argument(
+        "--rev",
+        default=WHOLE_FILE_REV,
+        help="revision of the old readers (default: the last with the whole-file readers)",
+    )
     parser.add_argument("--inputs", default="recbole,conure", help="comma-separated: recbole, conure")
     parser.add_argument("--sides", default="old,new", help="comma-separated: old, new")
     args = parser.parse_args(argv)
@@ -154,14 +163,19 @@ def main(argv=None) -> None:
             for side in args.sides.split(","):
                 r = measure(fn, path, str(old_dir) if side == "old" else "")
                 digests[side] = r["digest"]
-                print(f"| {label} | {path.stat().st_size / 2**20:.0f} | {side} | {r['peak_mb']:.0f} | "
-                      f"{r['growth_mb']:.0f} | {r['seconds']:.2f} | {r['users']:,} | {r['items']:,} | "
-                      f"{r['events']:,} |", flush=True)
+                print(
+                    f"| {label} | {path.stat().st_size / 2**20:.0f} | {side} | {r['peak_mb']:.0f} | "
+                    f"{r['growth_mb']:.0f} | {r['seconds']:.2f} | {r['users']:,} | {r['items']:,} | "
+                    f"{r['events']:,} |",
+                    flush=True,
+                )
             if len(set(digests.values())) > 1:
                 raise SystemExit(f"{fn}: old and new returned different data ({digests})")
         print()
-        print("peak RSS: VmHWM of the process (conure + torch imports included); growth: VmHWM minus the resident "
-              "set just before the call")
+        print(
+            "peak RSS: VmHWM of the process (conure + torch imports included); growth: VmHWM minus the resident "
+            "set just before the call"
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Peak memory: growth of the process's resident high-water mark during the timed c
 
 Skipped (exit 0, a line saying so) when the data directory is absent: its licence forbids shipping it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,15 +66,29 @@ print(json.dumps({{"backend": ops.backend(), "ms": ms, "peak_mib": (rss("VmHWM")
 """
 
 
-def measure(data: Path, reference: bool, threads: int, clock: str, task: str = "next_item", max_len: int = 50,
-            positions: str = "needed") -> dict:
+def measure(
+    data: Path,
+    reference: bool,
+    threads: int,
+    clock: str,
+    task: str = "next_item",
+    max_len: int = 50,
+    positions: str = "needed",
+) -> dict:
     env = dict(os.environ)
     env.pop("CONURE_FORCE_REFERENCE", None)
     if reference:
         env["CONURE_FORCE_REFERENCE"] = "1"
         env.pop("CONURE_REQUIRE_EXTENSION", None)
-    code = CHILD.format(root=str(ROOT), threads=threads, data=str(data), task=task, max_len=max_len,
-                        positions=positions, clock="time.process_time" if clock == "cpu" else "time.perf_counter")
+    code = CHILD.format(
+        root=str(ROOT),
+        threads=threads,
+        data=str(data),
+        task=task,
+        max_len=max_len,
+        positions=positions,
+        clock="time.process_time" if clock == "cpu" else "time.perf_counter",
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"e2e child failed ({'reference' if reference else 'ours'}):\n{res.stderr[-3000:]}")
@@ -105,16 +120,21 @@ def main(argv=None) -> list:
     t_ours = statistics.median(r["ms"] for r in ours)
     t_ref = statistics.median(r["ms"] for r in ref)
     what = "task 1" if args.task == "next_item" else f"later task {args.task} (pool last, positions {args.positions})"
-    row = {"name": f"e2e ML-100K {what}, one epoch (B=32, L={args.max_len}, {ours[0]['train_users']} training "
-                   f"users)",
-           "ours_ms": round(t_ours, 1), "reference_ms": round(t_ref, 1), "ratio": round(t_ref / t_ours, 3),
-           "ours_peak_mib": round(statistics.median(r["peak_mib"] for r in ours), 1),
-           "reference_peak_mib": round(statistics.median(r["peak_mib"] for r in ref), 1)}
+    row = {
+        "name": f"e2e ML-100K {what}, one epoch (B=32, L={args.max_len}, {ours[0]['train_users']} training users)",
+        "ours_ms": round(t_ours, 1),
+        "reference_ms": round(t_ref, 1),
+        "ratio": round(t_ref / t_ours, 3),
+        "ours_peak_mib": round(statistics.median(r["peak_mib"] for r in ours), 1),
+        "reference_peak_mib": round(statistics.median(r["peak_mib"] for r in ref), 1),
+    }
     print(f"threads {args.threads}, clock {args.clock}, repeats {args.repeats}")
     print("| case | ours ms | reference ms | ratio | ours peak MiB | reference peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| {row['name']} | {row['ours_ms']:.1f} | {row['reference_ms']:.1f} | {row['ratio']:.2f} | "
-          f"{row['ours_peak_mib']} | {row['reference_peak_mib']} |")
+    print(
+        f"| {row['name']} | {row['ours_ms']:.1f} | {row['reference_ms']:.1f} | {row['ratio']:.2f} | "
+        f"{row['ours_peak_mib']} | {row['reference_peak_mib']} |"
+    )
     if args.json:
         args.json.write_text(json.dumps([row], indent=1))
     return [row]

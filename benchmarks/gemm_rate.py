@@ -11,6 +11,7 @@ Prints GFLOP/s (2 * M * N * K per GEMM, medians of process CPU time) of
   2 weight gradients, i.e. 7 conv-sized GEMM loads;
 * all-task serving (5 tasks): the convs' GEMM work it does (rows each block needs for the last position) per second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def median_seconds(fn, repeats: int) -> float:
 def serving_flops(batch: int, length: int, tasks: int) -> float:
     """GEMM flops of MultiTaskServer: each conv computes only the positions the last output position depends on."""
     flops, need = 0.0, 1
-    for d in reversed(model_cases.DILATIONS):      # walk back from the last block: conv2 (2d), then conv1 (d)
+    for d in reversed(model_cases.DILATIONS):  # walk back from the last block: conv2 (2d), then conv1 (d)
         for dil in (2 * d, d):
             rows = batch * min(need, length)
             flops += 2.0 * rows * C * K * C
@@ -68,12 +69,22 @@ def main(argv=None) -> None:
     w = torch.randn(C, C, K, generator=g)
     owner = torch.ones(C, C, K, dtype=torch.uint8)
     xt = x.transpose(1, 2).contiguous()
-    rows = [("torch.mm (MKL sgemm)", conv_flops, lambda: a @ b),
-            ("F.conv1d (oneDNN convolution; L+K-1 outputs)", conv_flops * (L + K - 1) / L,
-             lambda: F.conv1d(xt, w, padding=K - 1))]
+    rows = [
+        ("torch.mm (MKL sgemm)", conv_flops, lambda: a @ b),
+        (
+            "F.conv1d (oneDNN convolution; L+K-1 outputs)",
+            conv_flops * (L + K - 1) / L,
+            lambda: F.conv1d(xt, w, padding=K - 1),
+        ),
+    ]
     if fused.available():
-        rows.append(("conure masked conv forward (oneDNN GEMM per tap)", conv_flops,
-                     lambda: torch.ops.conure.masked_causal_conv1d(x, w, owner, 1, None, 1)))
+        rows.append(
+            (
+                "conure masked conv forward (oneDNN GEMM per tap)",
+                conv_flops,
+                lambda: torch.ops.conure.masked_causal_conv1d(x, w, owner, 1, None, 1),
+            )
+        )
         ours, _ = model_cases.block_case(B, L, 1)
         rows.append(("fused block forward + backward (7 conv GEMM loads)", 7 * conv_flops, ours))
         serve, _ = model_cases.serve_case(B, L)

@@ -20,6 +20,7 @@ Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``ben
 * ``bf16``: the training step under CPU bfloat16 autocast, ours against float32 ours (and the reference under the same
   autocast against it) -- optional rows, only where the CPU has native bfloat16 (AVX512-BF16).
 """
+
 from __future__ import annotations
 
 import copy
@@ -64,24 +65,41 @@ def reference_backbone(net: NextItNet, items: torch.Tensor, task: int) -> torch.
     """The backbone as a pure-torch composition of conure.reference ops, on ``net``'s parameters."""
     x = net.embedding(items)
     for block in net.blocks:
-        x = reference.residual_block(x, block.conv1.weight, block.conv1.owner, block.conv2.weight, block.conv2.owner,
-                                     block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, task,
-                                     block.conv1.dilation, block.ln1.eps)
+        x = reference.residual_block(
+            x,
+            block.conv1.weight,
+            block.conv1.owner,
+            block.conv2.weight,
+            block.conv2.owner,
+            block.ln1.weight,
+            block.ln1.bias,
+            block.ln2.weight,
+            block.ln2.bias,
+            task,
+            block.conv1.dilation,
+            block.ln1.eps,
+        )
     return x
 
 
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def block_case(batch: int, length: int, dilation: int, post_ln: bool = False):
     from conure import fused
+
     g = torch.Generator().manual_seed(batch + dilation)
     x = torch.randn(batch, length, C, generator=g, requires_grad=True)
     w1 = (torch.randn(C, C, K, generator=g) / (C * K) ** 0.5).requires_grad_()
     w2 = (torch.randn(C, C, K, generator=g) / (C * K) ** 0.5).requires_grad_()
     o1 = torch.randint(0, 3, (C, C, K), generator=g, dtype=torch.uint8)
     o2 = torch.randint(0, 3, (C, C, K), generator=g, dtype=torch.uint8)
-    ln = [(1 + 0.1 * torch.randn(C, generator=g)).requires_grad_(), (0.1 * torch.randn(C, generator=g)).requires_grad_(),
-          (1 + 0.1 * torch.randn(C, generator=g)).requires_grad_(), (0.1 * torch.randn(C, generator=g)).requires_grad_()]
+    ln = [
+        (1 + 0.1 * torch.randn(C, generator=g)).requires_grad_(),
+        (0.1 * torch.randn(C, generator=g)).requires_grad_(),
+        (1 + 0.1 * torch.randn(C, generator=g)).requires_grad_(),
+        (0.1 * torch.randn(C, generator=g)).requires_grad_(),
+    ]
     grad = torch.randn(batch, length, C, generator=g)
     leaves = [x, w1, w2, *ln]
 
@@ -90,6 +108,7 @@ def block_case(batch: int, length: int, dilation: int, post_ln: bool = False):
             for t in leaves:
                 t.grad = None
             fn(x, w1, o1, w2, o2, *ln, 2, dilation).backward(grad)
+
         return run
 
     if post_ln:
@@ -116,6 +135,7 @@ def train_step_case(batch: int, length: int, autocast: str = ""):
             loss = hidden.float().square().mean()
             loss.backward()
             opt.step()
+
         return run
 
     ours = make(ours_net, lambda net, items, task: net(items, task))
@@ -204,28 +224,28 @@ def cases() -> Dict[str, Factory]:
     out: Dict[str, Factory] = {}
     for batch in (32, 256):
         for dilation in (1, 4):
-            out[f"block fwd+bwd B={batch} L=50 d={dilation}"] = \
-                (lambda b=batch, d=dilation: block_case(b, 50, d))
+            out[f"block fwd+bwd B={batch} L=50 d={dilation}"] = lambda b=batch, d=dilation: block_case(b, 50, d)
     for batch in (32, 256):
-        out[f"post-LN block fwd+bwd B={batch} L=50 d=1"] = (lambda b=batch: block_case(b, 50, 1, post_ln=True))
+        out[f"post-LN block fwd+bwd B={batch} L=50 d=1"] = lambda b=batch: block_case(b, 50, 1, post_ln=True)
     for batch in (32, 256):
-        out[f"train step paper B={batch} L=50"] = (lambda b=batch: train_step_case(b, 50))
+        out[f"train step paper B={batch} L=50"] = lambda b=batch: train_step_case(b, 50)
     for batch in (32, 256):
-        out[f"stream step vs full L=100 B={batch}"] = (lambda b=batch: stream_case(b, 100))
+        out[f"stream step vs full L=100 B={batch}"] = lambda b=batch: stream_case(b, 100)
     for batch in (32, 256):
-        out[f"post-LN stream step vs full L=100 B={batch}"] = (lambda b=batch: stream_case(b, 100, pre_ln=False))
+        out[f"post-LN stream step vs full L=100 B={batch}"] = lambda b=batch: stream_case(b, 100, pre_ln=False)
     for batch, length in ((32, 50), (32, 100), (256, 50)):
-        out[f"serve 5 tasks vs loop B={batch} L={length}"] = (lambda b=batch, l=length: serve_case(b, l))
+        out[f"serve 5 tasks vs loop B={batch} L={length}"] = lambda b=batch, l=length: serve_case(b, l)
     for batch, length in ((32, 50), (32, 100)):
-        out[f"post-LN serve 5 tasks vs loop B={batch} L={length}"] = \
-            (lambda b=batch, l=length: serve_case(b, l, pre_ln=False))
+        out[f"post-LN serve 5 tasks vs loop B={batch} L={length}"] = lambda b=batch, l=length: serve_case(
+            b, l, pre_ln=False
+        )
     for batch, length in ((32, 50), (256, 50)):
-        out[f"serve 5 tasks vs reference loop B={batch} L={length}"] = \
-            (lambda b=batch, l=length: serve_case(b, l, reference=True))
+        out[f"serve 5 tasks vs reference loop B={batch} L={length}"] = lambda b=batch, l=length: serve_case(
+            b, l, reference=True
+        )
     for batch in (32, 256):
-        out[f"serve 5 tasks streaming step vs loop B={batch}"] = (lambda b=batch: serve_stream_case(b, 100))
+        out[f"serve 5 tasks streaming step vs loop B={batch}"] = lambda b=batch: serve_stream_case(b, 100)
     if _has_bf16():
         out["bf16 autocast train step B=256 L=50 (ours bf16 vs ours f32)"] = lambda: bf16_vs_f32_case(256, 50)
-        out["bf16 autocast train step B=256 L=50 (ours vs reference, both bf16)"] = \
-            lambda: bf16_reference_case(256, 50)
+        out["bf16 autocast train step B=256 L=50 (ours vs reference, both bf16)"] = lambda: bf16_reference_case(256, 50)
     return out

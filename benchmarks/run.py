@@ -19,6 +19,7 @@ process's maximum resident set while the case runs, measured in a fresh subproce
 does not count time spent waiting for a core (use it with ``--threads 1``: with more threads, idle OpenMP workers
 spinning at a barrier are counted too).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ def conv_case(batch, length, dilation, backward, dtype=torch.float32):
             else:
                 with torch.no_grad():
                     op(x, weight, owner, 2, None, dilation)
+
         return run
 
     return make(ops.masked_causal_conv1d), make(reference.masked_causal_conv1d)
@@ -71,6 +73,7 @@ def prune_case():
                 o.copy_(src)
             for w, o in zip(weights, work):
                 prune(w, o, 2, 0.3)
+
         return run
 
     return make(ops.magnitude_prune_), make(reference.magnitude_prune_)
@@ -85,14 +88,17 @@ def cases(suite):
                 for backward in (False, True):
                     kind = "fwd+bwd" if backward else "fwd"
                     out[f"conv {kind} B={batch} L={length} d={dilation}"] = (
-                        lambda b=batch, l=length, d=dilation, bw=backward: conv_case(b, l, d, bw))
-        for batch, length in ((32, 50), (256, 50)):       # bfloat16: the taps meet in one GEMM (one rounding)
+                        lambda b=batch, l=length, d=dilation, bw=backward: conv_case(b, l, d, bw)
+                    )
+        for batch, length in ((32, 50), (256, 50)):  # bfloat16: the taps meet in one GEMM (one rounding)
             for dilation in (1, 4):
-                out[f"conv bf16 fwd+bwd B={batch} L={length} d={dilation}"] = (
-                    lambda b=batch, l=length, d=dilation: conv_case(b, l, d, True, torch.bfloat16))
+                out[f"conv bf16 fwd+bwd B={batch} L={length} d={dilation}"] = lambda b=batch, l=length, d=dilation: (
+                    conv_case(b, l, d, True, torch.bfloat16)
+                )
         out["prune 16x256x256x3 keep=0.3"] = prune_case
     if suite in ("model", "all"):
         from benchmarks import model_cases  # noqa: PLC0415  (added with the model-level suite)
+
         out.update(model_cases.cases())
     return out
 
@@ -127,12 +133,14 @@ def peak_rss_mib(suite, name, which, threads):
     smaller "peak" than ours).
     """
     root = str(Path(__file__).resolve().parent.parent)
-    code = (f"import sys, re, torch; sys.path.insert(0, {root!r}); torch.set_num_threads({threads});"
-            f"from benchmarks.run import cases; fns = cases({suite!r})[{name!r}]();"
-            f"fn = fns[{0 if which == 'ours' else 1}];"
-            "rss = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
-            "open('/proc/self/clear_refs', 'w').write('5'); before = rss('VmRSS'); fn(); fn();"
-            "print((rss('VmHWM') - before) / 1024)")
+    code = (
+        f"import sys, re, torch; sys.path.insert(0, {root!r}); torch.set_num_threads({threads});"
+        f"from benchmarks.run import cases; fns = cases({suite!r})[{name!r}]();"
+        f"fn = fns[{0 if which == 'ours' else 1}];"
+        "rss = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
+        "open('/proc/self/clear_refs', 'w').write('5'); before = rss('VmRSS'); fn(); fn();"
+        "print((rss('VmHWM') - before) / 1024)"
+    )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="0")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return float(res.stdout.strip().splitlines()[-1])
@@ -146,8 +154,12 @@ def main(argv=None):
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="wall clock (default) or process CPU time (robust on a shared machine with --threads 1)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall clock (default) or process CPU time (robust on a shared machine with --threads 1)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few cases per family, 3 repeats")
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -155,9 +167,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     rows = []
-    print(f"torch {torch.__version__}, conure backend {ops.backend()}, threads {args.threads}, "
-          f"cpu gemm {torch.ops.conure.cpu_gemm_backend() if ops.backend() == 'compiled' else '-'}, "
-          f"clock {args.clock}, load average {_load()}")
+    print(
+        f"torch {torch.__version__}, conure backend {ops.backend()}, threads {args.threads}, "
+        f"cpu gemm {torch.ops.conure.cpu_gemm_backend() if ops.backend() == 'compiled' else '-'}, "
+        f"clock {args.clock}, load average {_load()}"
+    )
     print("| case | ours ms | reference ms | ratio | ours peak MiB | reference peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, factory in cases(args.suite).items():
@@ -165,14 +179,21 @@ def main(argv=None):
             continue
         ours, ref = factory()
         t_ours, t_ref = time_pair(ours, ref, args.repeats, clock)
-        row = {"name": name, "ours_ms": round(t_ours, 3), "reference_ms": round(t_ref, 3),
-               "ratio": round(t_ref / t_ours, 3)}
+        row = {
+            "name": name,
+            "ours_ms": round(t_ours, 3),
+            "reference_ms": round(t_ref, 3),
+            "ratio": round(t_ref / t_ours, 3),
+        }
         if not args.no_memory:
             row["ours_peak_mib"] = round(peak_rss_mib(args.suite, name, "ours", args.threads), 1)
             row["reference_peak_mib"] = round(peak_rss_mib(args.suite, name, "reference", args.threads), 1)
         rows.append(row)
-        print(f"| {name} | {row['ours_ms']:.2f} | {row['reference_ms']:.2f} | {row['ratio']:.2f} | "
-              f"{row.get('ours_peak_mib', '-')} | {row.get('reference_peak_mib', '-')} |", flush=True)
+        print(
+            f"| {name} | {row['ours_ms']:.2f} | {row['reference_ms']:.2f} | {row['ratio']:.2f} | "
+            f"{row.get('ours_peak_mib', '-')} | {row.get('reference_peak_mib', '-')} |",
+            flush=True,
+        )
     print(f"load average at the end {_load()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -8,6 +8,7 @@ chunks of at most ~1024 rows, so its GEMMs see a bounded set of shapes. Each sid
 reference with CONURE_FORCE_REFERENCE=1): the paper-shaped backbone computes user vectors of batch sizes 1, 2, ...,
 ``--sizes`` (L=50, no grad), and the resident set is printed every 10 sizes (glibc told to return freed memory).
 """
+
 from __future__ import annotations
 
 import argparse

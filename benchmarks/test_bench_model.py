@@ -4,6 +4,7 @@
 
 Ratios and peak memory in one table: python benchmarks/run.py --suite model
 """
+
 import pytest
 
 from benchmarks import model_cases
@@ -38,8 +39,10 @@ def test_e2e_ml100k_one_epoch(benchmark, impl):
     """One epoch of task 1 on MovieLens-100K (benchmarks/e2e_ml100k.py; a fresh process per round, the reference
     forced with CONURE_FORCE_REFERENCE=1); the benchmark records the epoch time measured inside the process."""
     from benchmarks import e2e_ml100k
+
     if not (e2e_ml100k.DEFAULT_DATA / "u.data").exists():
         pytest.skip(f"no MovieLens-100K at {e2e_ml100k.DEFAULT_DATA} (its licence forbids shipping it)")
-    result = benchmark.pedantic(e2e_ml100k.measure, args=(e2e_ml100k.DEFAULT_DATA, impl == "reference", 1, "cpu"),
-                                rounds=1, iterations=1)
+    result = benchmark.pedantic(
+        e2e_ml100k.measure, args=(e2e_ml100k.DEFAULT_DATA, impl == "reference", 1, "cpu"), rounds=1, iterations=1
+    )
     benchmark.extra_info.update(epoch_ms=result["ms"], peak_mib=result["peak_mib"])

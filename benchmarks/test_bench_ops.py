@@ -4,6 +4,7 @@
 
 Ratios and peak memory for a table: python benchmarks/run.py --suite ops
 """
+
 import pytest
 import torch
 

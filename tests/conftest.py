@@ -21,8 +21,9 @@ def device(request):
     return torch.device(request.param)
 
 
-requires_compiled = pytest.mark.skipif(conure.backend() != "compiled",
-                                       reason=f"compiled extension not in use: {conure.ops.extension_error()}")
+requires_compiled = pytest.mark.skipif(
+    conure.backend() != "compiled", reason=f"compiled extension not in use: {conure.ops.extension_error()}"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -39,10 +40,13 @@ except ImportError:  # hypothesis is a test extra; tests that need it import it 
 
 if _hyp_settings is not None:
     _SLOW_OK = [_HealthCheck.too_slow, _HealthCheck.data_too_large]
-    _hyp_settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, print_blob=True,
-                                   suppress_health_check=_SLOW_OK)
-    _hyp_settings.register_profile("long", max_examples=2000, deadline=None, derandomize=False, print_blob=True,
-                                   suppress_health_check=_SLOW_OK)
-    _hyp_settings.register_profile("dev", max_examples=25, deadline=None, derandomize=True, print_blob=True,
-                                   suppress_health_check=_SLOW_OK)
+    _hyp_settings.register_profile(
+        "ci", max_examples=200, deadline=None, derandomize=True, print_blob=True, suppress_health_check=_SLOW_OK
+    )
+    _hyp_settings.register_profile(
+        "long", max_examples=2000, deadline=None, derandomize=False, print_blob=True, suppress_health_check=_SLOW_OK
+    )
+    _hyp_settings.register_profile(
+        "dev", max_examples=25, deadline=None, derandomize=True, print_blob=True, suppress_health_check=_SLOW_OK
+    )
     _hyp_settings.load_profile(os.environ.get("CONURE_HYPOTHESIS_PROFILE", "ci"))

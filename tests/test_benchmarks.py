@@ -1,4 +1,5 @@
 """The benchmark scripts run and write the rows they promise (timings are never checked: they do not gate tests)."""
+
 import json
 import subprocess
 import sys
@@ -31,10 +32,25 @@ def check_rows(path: Path, names):
 @pytest.mark.skipif(ops.backend() != "compiled", reason="the benchmarks compare the compiled ops")
 def test_run_py_writes_the_ratio_rows(tmp_path):
     out = tmp_path / "rows.json"
-    text = run("benchmarks/run.py", "--suite", "all", "--repeats", "1", "--threads", "1", "--json", str(out),
-               "--filter", "B=32 L=50 d=4")
-    names = ["conv fwd B=32 L=50 d=4", "conv fwd+bwd B=32 L=50 d=4", "conv bf16 fwd+bwd B=32 L=50 d=4",
-             "block fwd+bwd B=32 L=50 d=4"]
+    text = run(
+        "benchmarks/run.py",
+        "--suite",
+        "all",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        "--filter",
+        "B=32 L=50 d=4",
+    )
+    names = [
+        "conv fwd B=32 L=50 d=4",
+        "conv fwd+bwd B=32 L=50 d=4",
+        "conv bf16 fwd+bwd B=32 L=50 d=4",
+        "block fwd+bwd B=32 L=50 d=4",
+    ]
     rows = check_rows(out, names)
     assert all(r["ours_peak_mib"] >= 0 and r["reference_peak_mib"] >= 0 for r in rows)
     assert "| conv fwd B=32 L=50 d=4 |" in text
@@ -43,12 +59,19 @@ def test_run_py_writes_the_ratio_rows(tmp_path):
 def test_quick_subset():
     sys.path.insert(0, str(ROOT))
     from benchmarks.run import cases, quick_case
+
     quick = [n for n in cases("all") if quick_case(n)]
     assert "prune 16x256x256x3 keep=0.3" in quick and "train step paper B=32 L=50" in quick
     assert not any("B=256" in n or "d=2" in n or "d=8" in n for n in quick)
     # one case of every model family
-    for family in ("block", "train step", "stream step", "serve 5 tasks vs loop", "serve 5 tasks vs reference",
-                   "serve 5 tasks streaming"):
+    for family in (
+        "block",
+        "train step",
+        "stream step",
+        "serve 5 tasks vs loop",
+        "serve 5 tasks vs reference",
+        "serve 5 tasks streaming",
+    ):
         assert any(n.startswith(family) for n in quick), family
 
 

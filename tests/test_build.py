@@ -6,6 +6,7 @@ ignored) and an empty ``CONURE_CACHE``, so the compile at first import is what t
 a 2-core machine (MAX_JOBS=1), 1-2 minutes on a slow one. It is marked ``compiles`` and runs by default (CI runs it:
 it is the only test of a real compile at import); skip it locally with ``-m "not compiles"``.
 """
+
 import json
 import os
 import shutil
@@ -21,8 +22,9 @@ from conure import _build
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_COMPILER = shutil.which(_build.compiler()) is not None
-needs_compiler = pytest.mark.skipif(not HAS_COMPILER or _build._find_ninja() is None,
-                                    reason=f"needs a C++ compiler ({_build.compiler()}) and ninja")
+needs_compiler = pytest.mark.skipif(
+    not HAS_COMPILER or _build._find_ninja() is None, reason=f"needs a C++ compiler ({_build.compiler()}) and ninja"
+)
 
 # Imports conure, checks one operator against its reference, prints where the library came from.
 PROBE = """
@@ -39,9 +41,13 @@ print("INFO " + json.dumps(dict(ops.extension_info(), backend=ops.backend())))
 
 
 def env(cache, **extra):
-    e = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             CONURE_BUILD="jit", CONURE_CACHE=str(cache))
-    e.setdefault("MAX_JOBS", "1")          # one compile job: the cost stated in the module docstring
+    e = dict(
+        os.environ,
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        CONURE_BUILD="jit",
+        CONURE_CACHE=str(cache),
+    )
+    e.setdefault("MAX_JOBS", "1")  # one compile job: the cost stated in the module docstring
     for name in ("CONURE_REQUIRE_EXTENSION", "CONURE_FORCE_REFERENCE"):
         e.pop(name, None)
     e.update(extra)
@@ -49,8 +55,14 @@ def env(cache, **extra):
 
 
 def probe(cache, **extra):
-    return subprocess.Popen([sys.executable, "-c", PROBE], cwd=REPO, env=env(cache, **extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBE],
+        cwd=REPO,
+        env=env(cache, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(p, timeout=900):
@@ -69,8 +81,8 @@ def test_cache_key_changes_with_torch_version_sources_compiler_and_cuda(tmp_path
     _build.copy_sources(REPO, root)
     parts = _build.key_parts(root)
     key = _build.cache_key(parts)
-    assert _build.cache_key(_build.key_parts(root)) == key                       # deterministic
-    assert key == _build.cache_key(_build.key_parts(REPO))                       # the installed copy: same entry
+    assert _build.cache_key(_build.key_parts(root)) == key  # deterministic
+    assert key == _build.cache_key(_build.key_parts(REPO))  # the installed copy: same entry
     assert key.startswith(f"conure{parts['conure']}-torch{torch.__version__.replace('+', '_')}-")
 
     monkeypatch.setattr(torch, "__version__", "2.99.0")
@@ -79,11 +91,11 @@ def test_cache_key_changes_with_torch_version_sources_compiler_and_cuda(tmp_path
     assert _build.cache_key(dict(parts, cxx11_abi="0")) != key
     assert _build.cache_key(dict(parts, cuda="cu12.8|nvcc=x|archs=9.0")) != key
 
-    header = root / "csrc" / "block.h"                                           # a header, not in sources.txt
+    header = root / "csrc" / "block.h"  # a header, not in sources.txt
     header.write_text(header.read_text() + "\n// changed\n")
     assert _build.cache_key(_build.key_parts(root)) != key
 
-    monkeypatch.setenv("CXX", sys.executable)                                    # another compiler binary
+    monkeypatch.setenv("CXX", sys.executable)  # another compiler binary
     assert _build.key_parts(REPO)["compiler"] != parts["compiler"]
 
 
@@ -139,8 +151,10 @@ def _fake_compiler(tmp_path, delay=0):
     """A C++ compiler that answers version queries (torch checks them) like c++ but fails every compile."""
     script = tmp_path / f"failing-c++-{delay}"
     real = shutil.which("c++") or shutil.which("g++")
-    script.write_text(f"#!/bin/sh\ncase \" $* \" in *\" -c \"*) sleep {delay}; "
-                      f"echo 'conure-test: simulated compile error' >&2; exit 1;; esac\nexec {real} \"$@\"\n")
+    script.write_text(
+        f'#!/bin/sh\ncase " $* " in *" -c "*) sleep {delay}; '
+        f"echo 'conure-test: simulated compile error' >&2; exit 1;; esac\nexec {real} \"$@\"\n"
+    )
     script.chmod(0o755)
     return script
 
@@ -162,7 +176,7 @@ def test_missing_compiler_warns_and_falls_back_or_is_fatal_when_required(tmp_pat
 def test_failed_compile_names_the_error_and_the_log_and_is_not_retried_by_waiting_processes(tmp_path):
     """The warning carries the compiler's last lines and the log's path; a process that waited for a compile that
     failed reports that failure instead of compiling again (each torchrun rank would otherwise fail in turn)."""
-    cxx = _fake_compiler(tmp_path, delay=8)   # long enough that both meet at the lock
+    cxx = _fake_compiler(tmp_path, delay=8)  # long enough that both meet at the lock
     cache = tmp_path / "cache"
     first, second = probe(cache, CXX=str(cxx)), probe(cache, CXX=str(cxx))
     results = [finish(first, timeout=300), finish(second, timeout=300)]
@@ -182,7 +196,7 @@ def test_failed_compile_names_the_error_and_the_log_and_is_not_retried_by_waitin
 def test_conure_build_aot_never_compiles_at_import(tmp_path):
     rc, info, err = finish(probe(tmp_path, CONURE_BUILD="aot", CXX=str(tmp_path / "no-such-c++")))
     assert rc == 0 and not compiling_lines(err), err
-    if info["source"] is None:          # no conure._C built against this torch here: the reference, with the reason
+    if info["source"] is None:  # no conure._C built against this torch here: the reference, with the reason
         assert "CONURE_BUILD=aot" in err and "RuntimeWarning" in err, err
     else:
         assert info["source"] == "aot"
@@ -198,13 +212,16 @@ def test_force_reference_loads_nothing(tmp_path):
 # ------------------------------------------------------------------------------------------------- conure doctor
 def test_doctor_reports_every_section():
     e = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-m", "conure", "doctor"], cwd=REPO, env=e, capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "conure", "doctor"], cwd=REPO, env=e, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     lines = {line.split()[0]: line for line in p.stdout.splitlines() if line.strip()}
     from conure import doctor
+
     assert list(lines) == list(doctor.SECTIONS), p.stdout
     import conure
+
     assert conure.backend() in lines["backend"]
     assert torch.__version__ in lines["torch"] and conure.__version__ in lines["conure"]
     for flag in doctor.CPU_FLAGS:
@@ -213,8 +230,14 @@ def test_doctor_reports_every_section():
     assert "GPU" in lines["cuda"] and "nvcc" in lines["cuda"]
     assert str(torch.get_num_threads()) in lines["threads"]
 
-    p = subprocess.run([sys.executable, "-m", "conure", "doctor", "--json"], cwd=REPO,
-                       env=dict(e, CONURE_CUDA="0"), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "conure", "doctor", "--json"],
+        cwd=REPO,
+        env=dict(e, CONURE_CUDA="0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     r = json.loads(p.stdout)
     assert set(r) == set(doctor.SECTIONS)
     assert r["backend"]["in_use"] == conure.backend() and r["environment"]["CONURE_CUDA"] == "0"
@@ -225,4 +248,5 @@ def test_doctor_reports_every_section():
 
 def test_help_lists_doctor():
     from conure.cli import build_parser
+
     assert "doctor" in build_parser().format_help()

@@ -1,19 +1,24 @@
 """Tests of conure.data: readers, task builders, splits, samplers, the synthetic generator, errors.
 
-Fixtures are written into tmp_path from seeded random data; nothing is committed. Slow test (1M interactions):
+Input files are written into tmp_path from seeded random data. The streaming token readers are checked against the
+whole-file readers they replaced through those readers' recorded outcomes, tests/fixtures/whole_file_readers.json.gz
+(regenerate with ``python tests/fixtures/make_fixtures.py``). Slow test (1M interactions):
 ``CONURE_SLOW_TESTS=1 python -m pytest tests/test_data.py -k million -s``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
+import hashlib
+import json
 import math
 import os
 import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -23,9 +28,26 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conure.data import (DataError, Interactions, PopularitySampler, Split, TaskData, TaskSpec, UniformSampler,
-                         build_task_sequence, default_specs, load_dataset, make_sampler, make_synthetic_interactions,
-                         make_synthetic_tasks, read_conure, read_ml100k, read_ml1m, read_recbole, read_seq_tsv)
+from conure.data import (
+    DataError,
+    Interactions,
+    PopularitySampler,
+    Split,
+    TaskData,
+    TaskSpec,
+    UniformSampler,
+    build_task_sequence,
+    default_specs,
+    load_dataset,
+    make_sampler,
+    make_synthetic_interactions,
+    make_synthetic_tasks,
+    read_conure,
+    read_ml1m,
+    read_ml100k,
+    read_recbole,
+    read_seq_tsv,
+)
 from conure.data import readers as readers_module
 from conure.data.interactions import FirstSeenIndex, factorize
 from conure.data.tasks import _right_aligned
@@ -47,8 +69,11 @@ def random_events(seed: int, n_users: int = 40, n_items: int = 30) -> Tuple[List
         uid = 3 * k + 5
         for _ in range(int(rng.integers(3, 14))):
             rows.append((uid, int(rng.integers(1, n_items + 1)), int(rng.integers(1, 6)), int(rng.integers(0, 6))))
-        users[uid] = {"gender": "MF"[int(rng.integers(0, 2))], "age": int(rng.integers(10, 70)),
-                      "occupation": int(rng.integers(0, len(OCCUPATIONS)))}
+        users[uid] = {
+            "gender": "MF"[int(rng.integers(0, 2))],
+            "age": int(rng.integers(10, 70)),
+            "occupation": int(rng.integers(0, len(OCCUPATIONS))),
+        }
     order = rng.permutation(len(rows))
     return [rows[i] for i in order], users
 
@@ -72,16 +97,18 @@ def age_code(age: int) -> str:
 def write_ml100k(d: Path, rows, users) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
-    (d / "u.user").write_text("".join(f"{u}|{a['age']}|{a['gender']}|{OCCUPATIONS[a['occupation']]}|0{u}\n"
-                                      for u, a in users.items()))
+    (d / "u.user").write_text(
+        "".join(f"{u}|{a['age']}|{a['gender']}|{OCCUPATIONS[a['occupation']]}|0{u}\n" for u, a in users.items())
+    )
     return d
 
 
 def write_ml1m(d: Path, rows, users) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in rows))
-    (d / "users.dat").write_text("".join(f"{u}::{a['gender']}::{age_code(a['age'])}::{a['occupation']}::0{u}\n"
-                                         for u, a in users.items()))
+    (d / "users.dat").write_text(
+        "".join(f"{u}::{a['gender']}::{age_code(a['age'])}::{a['occupation']}::0{u}\n" for u, a in users.items())
+    )
     return d
 
 
@@ -90,10 +117,12 @@ def write_recbole(d: Path, rows, users, name: str = "toy") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{name}.inter").write_text(
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\ttags:token_seq\n"
-        + "".join(f"{u}\t{i}\t{r}\t{t}\tt{i} t{u}\n" for u, i, r, t in rows))
+        + "".join(f"{u}\t{i}\t{r}\t{t}\tt{i} t{u}\n" for u, i, r, t in rows)
+    )
     (d / f"{name}.user").write_text(
         "user_id:token\tage:float\tgender:token\toccupation:token\n"
-        + "".join(f"{u}\t{a['age']}\t{a['gender']}\t{OCCUPATIONS[a['occupation']]}\n" for u, a in users.items()))
+        + "".join(f"{u}\t{a['age']}\t{a['gender']}\t{OCCUPATIONS[a['occupation']]}\n" for u, a in users.items())
+    )
     return d
 
 
@@ -101,13 +130,15 @@ def write_seq_tsv(d: Path, rows, users) -> Tuple[Path, Path]:
     d.mkdir(parents=True, exist_ok=True)
     seqs = expected_sequences(rows)
     (d / "seqs.tsv").write_text("".join(f"{u}\t{' '.join(items)}\n" for u, items in seqs.items()))
-    (d / "users.csv").write_text("user_id,gender,age\n" + "".join(f"{u},{a['gender']},{a['age']}\n"
-                                                                  for u, a in users.items()))
+    (d / "users.csv").write_text(
+        "user_id,gender,age\n" + "".join(f"{u},{a['gender']},{a['age']}\n" for u, a in users.items())
+    )
     return d / "seqs.tsv", d / "users.csv"
 
 
-def random_interactions(seed: int, n_users: int = 300, n_items: int = 60, max_len: int = 25,
-                        with_time: bool = True) -> Interactions:
+def random_interactions(
+    seed: int, n_users: int = 300, n_items: int = 60, max_len: int = 25, with_time: bool = True
+) -> Interactions:
     """In-memory random data with attributes; popular-skewed items so that vocabularies are non-trivial."""
     rng = np.random.default_rng(seed)
     users, items, times = [], [], []
@@ -119,8 +150,9 @@ def random_interactions(seed: int, n_users: int = 300, n_items: int = 60, max_le
         items += [f"i{x}" for x in rng.choice(n_items, size=n, p=weights)]
         times += list(rng.integers(0, 1000, size=n))
     inter = Interactions.from_events(users, items, np.array(times, dtype=float) if with_time else None)
-    gender = np.array([["F", "M", None][int(x)] for x in rng.choice(3, size=n_users, p=[0.45, 0.45, 0.1])],
-                      dtype=object)
+    gender = np.array(
+        [["F", "M", None][int(x)] for x in rng.choice(3, size=n_users, p=[0.45, 0.45, 0.1])], dtype=object
+    )
     inter.set_attribute("gender", gender)
     inter.set_attribute("age", np.array([str(x) for x in rng.integers(10, 80, size=n_users)], dtype=object))
     return inter
@@ -141,7 +173,7 @@ def test_ml100k_reader_orders_by_time_with_file_order_ties(tmp_path):
         assert inter.attributes["occupation"][u] == OCCUPATIONS[a["occupation"]]
     # timestamps travel with their events and are non-decreasing within each user
     ts, off = inter.history.timestamps, inter.history.offsets
-    assert all(np.all(np.diff(ts[off[u]:off[u + 1]]) >= 0) for u in range(inter.num_users))
+    assert all(np.all(np.diff(ts[off[u] : off[u + 1]]) >= 0) for u in range(inter.num_users))
 
 
 def test_ml100k_reader_accepts_the_data_file_and_min_rating(tmp_path):
@@ -202,10 +234,16 @@ def test_conure_reader_joins_later_tasks_by_history(tmp_path):
     (tmp_path / "t1.csv").write_text("0,0,5,6,7\n8,9\n5,6,7\n3\n")
     (tmp_path / "t2.csv").write_text("8,9,,a,b,a\n5,6,7,,c\n5,6,7,,d\n1,2,,e\n")
     (tmp_path / "t3.csv").write_text("3,,M\n8,9,,F\n")
-    inter = read_conure(tmp_path / "t1.csv", streams={"t2": tmp_path / "t2.csv"},
-                        labels={"t3": tmp_path / "t3.csv"}, pad_token="0")
+    inter = read_conure(
+        tmp_path / "t1.csv", streams={"t2": tmp_path / "t2.csv"}, labels={"t3": tmp_path / "t3.csv"}, pad_token="0"
+    )
     assert [inter.sequence(u) for u in range(inter.num_users)] == [
-        ["5", "6", "7"], ["8", "9"], ["5", "6", "7"], ["3"], ["1", "2"]]
+        ["5", "6", "7"],
+        ["8", "9"],
+        ["5", "6", "7"],
+        ["3"],
+        ["1", "2"],
+    ]
     assert list(inter.user_ids) == ["t1:1", "t1:2", "t1:3", "t1:4", "t2:4"]
     t2 = inter.streams["t2"]
     # identical histories are joined in file order: first "5,6,7" line of t2 -> first such user of t1
@@ -259,10 +297,10 @@ def test_next_item_task_matches_a_naive_reference():
     # train: inputs s[:-1], targets s[1:], over the last L+1 items; left padded
     assert task.train.inputs.shape == task.train.targets.shape == (len(task.train), L)
     for u, x, y in zip(task.train.users.tolist(), task.train.inputs, task.train.targets):
-        s = seqs[u][-(L + 1):]
+        s = seqs[u][-(L + 1) :]
         assert decode(task, x) == s[:-1] and decode(task, y) == s[1:]
         n = len(s) - 1
-        assert (x[:L - n] == 0).all() and (x[L - n:] > 0).all()  # left padding, no holes
+        assert (x[: L - n] == 0).all() and (x[L - n :] > 0).all()  # left padding, no holes
     # eval: last item held out, inputs end right before it
     for split in (task.valid, task.test):
         assert split.targets.shape == (len(split),)
@@ -279,8 +317,9 @@ def test_next_item_task_matches_a_naive_reference():
 
 def test_source_vocabulary_comes_from_training_users_by_frequency():
     inter = random_interactions(11)
-    tasks = build_task_sequence(inter, default_specs("seq-tsv") + [
-        {"name": "g", "kind": "profile", "attribute": "gender"}], max_len=10, seed=1)
+    tasks = build_task_sequence(
+        inter, default_specs("seq-tsv") + [{"name": "g", "kind": "profile", "attribute": "gender"}], max_len=10, seed=1
+    )
     assert len({t.num_items for t in tasks}) == 1
     vocab = tasks[0].meta["source_vocab"]
     assert all(t.meta["source_vocab"] is vocab for t in tasks)
@@ -307,9 +346,9 @@ def test_unknown_items_policy_drops_and_counts():
     test_users = task.test.users.tolist()
     a, b = test_users[0], test_users[1]
     seqs = {uid: [str(i) for i in base.sequence(u)] for u, uid in enumerate(base.user_ids.tolist())}
-    seqs[base.user_ids[a]] = seqs[base.user_ids[a]] + ["NEW_LAST"]                  # unknown held-out target
+    seqs[base.user_ids[a]] = seqs[base.user_ids[a]] + ["NEW_LAST"]  # unknown held-out target
     sb = seqs[base.user_ids[b]]
-    seqs[base.user_ids[b]] = sb[:-1] + ["NEW_MID1", "NEW_MID2"] + sb[-1:]          # unknown inputs
+    seqs[base.user_ids[b]] = sb[:-1] + ["NEW_MID1", "NEW_MID2"] + sb[-1:]  # unknown inputs
     inter = Interactions.from_sequences(seqs)
     (task2,) = build_task_sequence(inter, spec, max_len=6, seed=2)
     assert task2.meta["dropped_users"]["unknown_target"] == 1
@@ -321,8 +360,11 @@ def test_unknown_items_policy_drops_and_counts():
 
 def test_splits_are_disjoint_consistent_and_seeded():
     inter = random_interactions(13, n_users=400)
-    specs = [{"name": "t1", "kind": "next_item"}, {"name": "later", "kind": "item", "split": "time", "window": 0.3},
-             {"name": "g", "kind": "profile", "attribute": "gender"}]
+    specs = [
+        {"name": "t1", "kind": "next_item"},
+        {"name": "later", "kind": "item", "split": "time", "window": 0.3},
+        {"name": "g", "kind": "profile", "attribute": "gender"},
+    ]
     tasks = build_task_sequence(inter, specs, max_len=10, seed=7, valid_frac=0.15, test_frac=0.2)
     where: Dict[int, str] = {}
     for t in tasks:
@@ -345,8 +387,10 @@ def test_splits_are_disjoint_consistent_and_seeded():
 def test_item_task_on_a_later_time_window():
     inter = random_interactions(14)
     L, window, cap = 7, 0.25, 3
-    specs = [{"name": "t1", "kind": "next_item"},
-             {"name": "later", "kind": "item", "split": "time", "window": window, "max_targets": cap}]
+    specs = [
+        {"name": "t1", "kind": "next_item"},
+        {"name": "later", "kind": "item", "split": "time", "window": window, "max_targets": cap},
+    ]
     _, task = build_task_sequence(inter, specs, max_len=L, seed=3)
     tvocab = task.meta["target_vocab"]
     assert tvocab[0] is None and task.num_targets == len(tvocab)
@@ -372,40 +416,52 @@ def test_item_task_on_a_later_time_window():
 def test_item_task_with_a_global_time_cutoff():
     inter = random_interactions(15)
     cutoff = 700.0
-    _, task = build_task_sequence(inter, [{"name": "t1", "kind": "next_item"},
-                                          {"name": "after", "kind": "item", "split": "time", "cutoff": cutoff}],
-                                  max_len=50, seed=0)
+    _, task = build_task_sequence(
+        inter,
+        [{"name": "t1", "kind": "next_item"}, {"name": "after", "kind": "item", "split": "time", "cutoff": cutoff}],
+        max_len=50,
+        seed=0,
+    )
     h = inter.history
     tvocab = task.meta["target_vocab"]
     for u, x, y in zip(task.train.users.tolist(), task.train.inputs, task.train.targets):
-        ts = h.timestamps[h.offsets[u]:h.offsets[u + 1]]
+        ts = h.timestamps[h.offsets[u] : h.offsets[u + 1]]
         s = [str(i) for i in inter.sequence(u)]
         assert decode(task, x) == [i for i, t in zip(s, ts) if t < cutoff]
-        assert [str(tvocab[i]) for i in y.tolist() if i] == list(dict.fromkeys(i for i, t in zip(s, ts)
-                                                                                if t >= cutoff))
+        assert [str(tvocab[i]) for i in y.tolist() if i] == list(dict.fromkeys(i for i, t in zip(s, ts) if t >= cutoff))
 
 
 def test_item_task_on_an_item_subset():
     inter = random_interactions(16)
     subset = {f"i{k}" for k in range(0, 60, 3)}
-    _, task = build_task_sequence(inter, [{"name": "t1", "kind": "next_item"},
-                                          {"name": "sub", "kind": "item", "split": "subset",
-                                           "items": sorted(subset)}], max_len=20, seed=0)
+    _, task = build_task_sequence(
+        inter,
+        [
+            {"name": "t1", "kind": "next_item"},
+            {"name": "sub", "kind": "item", "split": "subset", "items": sorted(subset)},
+        ],
+        max_len=20,
+        seed=0,
+    )
     assert set(task.meta["target_vocab"][1:].tolist()) <= subset
     for split in (task.train, task.test):
         for u, x in zip(split.users.tolist(), split.inputs):
             assert not set(decode(task, x)) & subset
             assert set(decode(task, x)) <= set(inter.sequence(u)) - subset
-    by_fraction = build_task_sequence(inter, [{"name": "sub", "kind": "item", "split": "subset",
-                                               "fraction": 0.3}], max_len=20, seed=0)[0]
+    by_fraction = build_task_sequence(
+        inter, [{"name": "sub", "kind": "item", "split": "subset", "fraction": 0.3}], max_len=20, seed=0
+    )[0]
     assert 0 < by_fraction.num_targets - 1 <= round(0.3 * inter.num_raw_items)
 
 
 def test_item_task_on_a_stream(tmp_path):
     inter = make_synthetic_interactions(num_users=300, seed=4)
-    _, task = build_task_sequence(inter, [{"name": "t1", "kind": "next_item"},
-                                          {"name": "s2", "kind": "item", "split": "stream", "stream": "service2"}],
-                                  max_len=30, seed=4)
+    _, task = build_task_sequence(
+        inter,
+        [{"name": "t1", "kind": "next_item"}, {"name": "s2", "kind": "item", "split": "stream", "stream": "service2"}],
+        max_len=30,
+        seed=4,
+    )
     stream = inter.streams["service2"]
     tvocab = task.meta["target_vocab"]
     for u, y in zip(task.test.users.tolist(), task.test.targets.tolist()):
@@ -416,9 +472,15 @@ def test_item_task_on_a_stream(tmp_path):
 
 def test_profile_task_classes_missing_labels_and_bins():
     inter = random_interactions(17)
-    tasks = build_task_sequence(inter, [
-        {"name": "g", "kind": "profile", "attribute": "gender"},
-        {"name": "age", "kind": "profile", "attribute": "age", "bins": [20, 40, 60]}], max_len=10, seed=1)
+    tasks = build_task_sequence(
+        inter,
+        [
+            {"name": "g", "kind": "profile", "attribute": "gender"},
+            {"name": "age", "kind": "profile", "attribute": "age", "bins": [20, 40, 60]},
+        ],
+        max_len=10,
+        seed=1,
+    )
     g, age = tasks
     assert g.class_names == ["F", "M"] and g.num_targets == 2 and g.target_counts is None
     in_task = set()
@@ -439,9 +501,17 @@ def test_profile_task_classes_missing_labels_and_bins():
 def test_profile_labels_use_reader_label_names(tmp_path):
     rows, users = random_events(18, n_users=60)
     inter = read_ml1m(write_ml1m(tmp_path / "ml-1m", rows, users))
-    tasks = build_task_sequence(inter, [{"name": "occ", "kind": "profile", "attribute": "occupation"},
-                                        {"name": "age", "kind": "profile", "attribute": "age_bracket"}],
-                                max_len=5, seed=0, valid_frac=0.2, test_frac=0.2)
+    tasks = build_task_sequence(
+        inter,
+        [
+            {"name": "occ", "kind": "profile", "attribute": "occupation"},
+            {"name": "age", "kind": "profile", "attribute": "age_bracket"},
+        ],
+        max_len=5,
+        seed=0,
+        valid_frac=0.2,
+        test_frac=0.2,
+    )
     present = sorted({str(a["occupation"]) for a in users.values()}, key=int)
     assert tasks[0].class_names == [read_ml1m.__globals__["ML1M_OCCUPATIONS"][c] for c in present]
     codes = sorted({age_code(a["age"]) for a in users.values()}, key=int)
@@ -460,9 +530,14 @@ def test_batches_of_built_tasks_are_tensor_slices():
 
 def test_task_spec_validation():
     assert TaskSpec.coerce({"name": "x", "kind": "item", "split": "stream", "stream": "s"}).stream == "s"
-    for bad in ({"name": "x", "kind": "item", "windw": 0.2}, {"name": "x", "kind": "rank"},
-                {"kind": "profile"}, {"name": "x", "kind": "profile"},
-                {"name": "x", "kind": "item", "split": "subset"}, {"name": "x", "kind": "item", "window": 1.5}):
+    for bad in (
+        {"name": "x", "kind": "item", "windw": 0.2},
+        {"name": "x", "kind": "rank"},
+        {"kind": "profile"},
+        {"name": "x", "kind": "profile"},
+        {"name": "x", "kind": "item", "split": "subset"},
+        {"name": "x", "kind": "item", "window": 1.5},
+    ):
         with pytest.raises(ValueError):
             TaskSpec.coerce(bad)
     with pytest.raises(ValueError, match="unique"):
@@ -470,8 +545,7 @@ def test_task_spec_validation():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 9), min_size=0, max_size=12), min_size=1, max_size=8),
-       st.integers(1, 6))
+@given(st.lists(st.lists(st.integers(1, 9), min_size=0, max_size=12), min_size=1, max_size=8), st.integers(1, 6))
 def test_right_aligned_matches_python(seqs, width):
     flat = np.array([x for s in seqs for x in s], dtype=np.int64)
     offsets = np.cumsum([0] + [len(s) for s in seqs])
@@ -496,11 +570,15 @@ def chi_square_ok(observed: np.ndarray, expected_p: np.ndarray) -> bool:
     return stat < df + 6 * math.sqrt(2 * df)
 
 
-@pytest.mark.parametrize("make", [
-    lambda c: UniformSampler(len(c)),
-    lambda c: PopularitySampler(c, rho=0.3, mode="rank"),
-    lambda c: PopularitySampler(c, rho=0.75, mode="power"),
-], ids=["uniform", "popularity-rank", "popularity-power"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: UniformSampler(len(c)),
+        lambda c: PopularitySampler(c, rho=0.3, mode="rank"),
+        lambda c: PopularitySampler(c, rho=0.75, mode="power"),
+    ],
+    ids=["uniform", "popularity-rank", "popularity-power"],
+)
 def test_sampler_distribution_excludes_positive_and_pad(make):
     counts = torch.tensor([0.0, 50, 3, 0, 400, 12, 12, 90, 1, 7, 30, 200])
     sampler = make(counts)
@@ -520,8 +598,11 @@ def test_sampler_distribution_excludes_positive_and_pad(make):
         q /= q.sum()
         observed = np.bincount(draws.reshape(-1).numpy(), minlength=V).astype(float)
         assert chi_square_ok(observed, q)
-        wrong = np.full(V, 1.0 / (V - 1)) if not isinstance(sampler, UniformSampler) else \
-            np.r_[0.0, counts[1:].numpy() / counts.sum().item()]
+        wrong = (
+            np.full(V, 1.0 / (V - 1))
+            if not isinstance(sampler, UniformSampler)
+            else np.r_[0.0, counts[1:].numpy() / counts.sum().item()]
+        )
         wrong[positive] = 0
         assert not chi_square_ok(observed, wrong / wrong.sum())  # the check has teeth
 
@@ -539,7 +620,8 @@ def test_popularity_weights_belong_to_the_right_ids():
     root = counts.double().sqrt()
     assert torch.allclose(power[1:], root[1:] / root[1:].sum()) and power[5] == 0
     draws = PopularitySampler(counts, rho=1.0, mode="power").sample(
-        torch.ones(5000, dtype=torch.long), 4, generator=torch.Generator().manual_seed(0))
+        torch.ones(5000, dtype=torch.long), 4, generator=torch.Generator().manual_seed(0)
+    )
     assert not (draws == 5).any() and not (draws == 1).any()  # unseen id and positive never drawn
 
 
@@ -645,6 +727,7 @@ def test_synthetic_missing_labels_are_excluded():
 # ---------------------------------------------------------------------------------------------- errors
 def raises_at(path: Path, line, match: str):
     """Context manager: a DataError naming ``path`` (and ``line``) whose message matches ``match``."""
+
     class _Check:
         def __enter__(self):
             self.ctx = pytest.raises(DataError, match=match)
@@ -658,6 +741,7 @@ def raises_at(path: Path, line, match: str):
             assert err.line == line, (err.line, line)
             assert str(err).startswith(f"{path}:{line}:" if line else f"{path}:")
             return handled
+
     return _Check()
 
 
@@ -676,11 +760,14 @@ def test_error_missing_file_names_the_file(tmp_path):
         read_seq_tsv(tmp_path / "seqs.tsv")
 
 
-@pytest.mark.parametrize("reader,name,text,line", [
-    (read_ml1m, "ratings.dat", "1::2::3::4\n1\t2\t3\t5\n", 2),
-    (read_ml1m, "ratings.dat", "1::2::3::4\n2::5::3::9::1\n", 2),
-    (read_ml100k, "u.data", "1\t2\t3\t4\n\n1,2,3,5\n", 3),
-])
+@pytest.mark.parametrize(
+    "reader,name,text,line",
+    [
+        (read_ml1m, "ratings.dat", "1::2::3::4\n1\t2\t3\t5\n", 2),
+        (read_ml1m, "ratings.dat", "1::2::3::4\n2::5::3::9::1\n", 2),
+        (read_ml100k, "u.data", "1\t2\t3\t4\n\n1,2,3,5\n", 3),
+    ],
+)
 def test_error_wrong_separator(tmp_path, reader, name, text, line):
     (tmp_path / name).write_text(text)
     with raises_at(tmp_path / name, line, "separat"):
@@ -761,12 +848,15 @@ def test_error_malformed_label(tmp_path):
     seqs = tmp_path / "s.tsv"
     seqs.write_text("".join(f"u{k}\ta b c\n" for k in range(20)))
     attrs = tmp_path / "a.csv"
-    attrs.write_text("user_id,gender\n" + "".join(f"u{k},{'MF'[k % 2] if k != 13 else 'unknown'}\n"
-                                                  for k in range(20)))
+    attrs.write_text("user_id,gender\n" + "".join(f"u{k},{'MF'[k % 2] if k != 13 else 'unknown'}\n" for k in range(20)))
     inter = read_seq_tsv(seqs, attributes=attrs)
     with raises_at(attrs, 15, "'unknown': not one of the task's classes"):
-        build_task_sequence(inter, [{"name": "g", "kind": "profile", "attribute": "gender",
-                                     "classes": ["F", "M"]}], valid_frac=0.2, test_frac=0.2)
+        build_task_sequence(
+            inter,
+            [{"name": "g", "kind": "profile", "attribute": "gender", "classes": ["F", "M"]}],
+            valid_frac=0.2,
+            test_frac=0.2,
+        )
 
 
 def test_error_unusable_task_specs():
@@ -814,8 +904,12 @@ def test_real_ml100k_builds_the_default_sequence():
 def test_million_interactions_load_and_build_under_ten_seconds(tmp_path):
     rng = np.random.default_rng(0)
     n, n_users, n_items = 1_000_000, 6040, 3706
-    cols = [rng.integers(1, n_users + 1, n), rng.integers(1, n_items + 1, n), rng.integers(1, 6, n),
-            rng.integers(956703932, 1046454590, n)]
+    cols = [
+        rng.integers(1, n_users + 1, n),
+        rng.integers(1, n_items + 1, n),
+        rng.integers(1, 6, n),
+        rng.integers(956703932, 1046454590, n),
+    ]
     text = np.char.add(cols[0].astype(str), "::")
     for c in cols[1:-1]:
         text = np.char.add(np.char.add(text, c.astype(str)), "::")
@@ -824,8 +918,9 @@ def test_million_interactions_load_and_build_under_ten_seconds(tmp_path):
     d.mkdir()
     (d / "ratings.dat").write_text("".join(text.tolist()))
     ages = sorted(read_ml1m.__globals__["ML_AGE_BRACKETS"], key=int)
-    (d / "users.dat").write_text("".join(f"{u}::{'MF'[u % 2]}::{ages[u % 7]}::{u % 21}::00000\n"
-                                         for u in range(1, n_users + 1)))
+    (d / "users.dat").write_text(
+        "".join(f"{u}::{'MF'[u % 2]}::{ages[u % 7]}::{u % 21}::00000\n" for u in range(1, n_users + 1))
+    )
     t0 = time.perf_counter()
     inter = load_dataset("ml-1m", d)
     t1 = time.perf_counter()
@@ -840,41 +935,77 @@ def test_million_interactions_load_and_build_under_ten_seconds(tmp_path):
 # The token readers (RecBole, Conure, sequence TSV) read files in blocks of lines. They must return what the
 # whole-file readers they replaced returned, errors included: the tests below run both on many generated files,
 # with blocks from 1 character (an edge in every line) to the default, and compare every field.
-_WHOLE_FILE_REV = "8d4a7e90a173614e842a576fe1e9463703946631"  # last commit with the whole-file readers
 BLOCK_SIZES = (1, 2, 3, 5, 8, 13, 64, 1 << 20)
+# The whole-file readers' outcomes on every input below, recorded by tests/fixtures/make_fixtures.py (which loads
+# those readers from the last commit that had them, with ``git show``): the tests need no git history.
+ORACLE_FILE = Path(__file__).resolve().parent / "fixtures" / "whole_file_readers.json.gz"
 
 
-@functools.lru_cache(maxsize=None)
-def whole_file_readers():
-    """``conure/data/readers.py`` (and the ``interactions.py`` it used) at _WHOLE_FILE_REV, loaded as modules
-    from ``git show``; None without git or that commit (e.g. a shallow clone)."""
-    sources = {}
-    for name in ("interactions", "readers"):
-        try:
-            res = subprocess.run(["git", "show", f"{_WHOLE_FILE_REV}:conure/data/{name}.py"], cwd=REPO,
-                                 capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if res.returncode != 0:
-            return None
-        sources[name] = res.stdout
-    modules = {}
-    saved = sys.modules.get("conure.data.interactions")
-    try:
-        for name in ("interactions", "readers"):
-            mod = types.ModuleType(f"_whole_file_{name}")
-            sys.modules[mod.__name__] = mod  # dataclasses look their module up
-            if name == "readers":  # its "from conure.data.interactions import ..." must get the old classes
-                sys.modules["conure.data.interactions"] = modules["interactions"]
-            exec(compile(sources[name], f"<{_WHOLE_FILE_REV[:7]}:conure/data/{name}.py>", "exec"), mod.__dict__)
-            modules[name] = mod
-    finally:
-        sys.modules["conure.data.interactions"] = saved
-    return modules["readers"]
+@functools.cache
+def oracle() -> dict:
+    """The recorded outcomes (a missing fixture file is an error, never a skip)."""
+    with gzip.open(ORACLE_FILE, "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
-needs_whole_file_readers = pytest.mark.skipif(whole_file_readers() is None,
-                                              reason=f"git show {_WHOLE_FILE_REV[:7]} not available")
+def encode(value, root: str):
+    """``value`` (a reader's result or exception, and everything in it) as JSON-able data that keeps every type:
+    arrays by dtype, shape and typed values (NaN and infinities by name), dataclasses by class name and fields,
+    dict order; ``root`` (the directory the inputs were written to) becomes ``{root}`` in every string."""
+    if isinstance(value, BaseException):
+        cls = type(value)
+        out = {"exception": cls.__qualname__, "message": encode(str(value), root)}  # (the name: modules may move)
+        if isinstance(value, DataError):
+            out["path"], out["line"] = encode(value.path, root), encode(value.line, root)
+        return out
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return {
+            "ndarray": value.dtype.str,
+            "shape": list(value.shape),
+            "values": [encode(v, root) for v in value.ravel().tolist()],
+        }
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            "dataclass": type(value).__name__,
+            "fields": {f.name: encode(getattr(value, f.name), root) for f in dataclasses.fields(value)},
+        }
+    if isinstance(value, dict):
+        return {"dict": [[encode(k, root), encode(v, root)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {type(value).__name__: [encode(v, root) for v in value]}
+    if isinstance(value, Path):
+        return ["Path", str(value).replace(root, "{root}")]
+    if isinstance(value, str):
+        return ["str", value.replace(root, "{root}")]
+    if isinstance(value, np.generic):
+        return [type(value).__name__, encode(value.item(), root)[1]]
+    if isinstance(value, (bool, int)):
+        return [type(value).__name__, value]
+    if isinstance(value, float):
+        return ["float", value if math.isfinite(value) else repr(value)]
+    raise TypeError(f"encode: no encoding for {type(value).__name__}")
+
+
+def encode_outcome(outcome, root) -> dict:
+    result, err = outcome
+    return {"error": encode(err, str(root))} if err is not None else {"result": encode(result, str(root))}
+
+
+def _first_difference(a, b, where="") -> str:
+    if type(a) is not type(b) or not isinstance(a, (dict, list)):
+        return f"{where or '.'}: {a!r} != {b!r}"[:2000]
+    if isinstance(a, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k not in a or k not in b or a[k] != b[k]:
+                return _first_difference(a.get(k), b.get(k), f"{where}.{k}")
+    else:
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{where}[{i}]")
+        return f"{where}: {len(a)} != {len(b)} entries"
+    return where
 
 
 def _typed_list(values) -> list:
@@ -933,39 +1064,25 @@ def _outcome(fn):
         return None, exc
 
 
-def assert_same_outcome(got, want) -> None:
-    """Two ``(result, exception)`` outcomes agree: the same Interactions, or the same exception (type, message,
-    path, line)."""
-    (result, err), (want_result, want_err) = got, want
-    if want_err is not None:
-        assert err is not None, f"the whole-file reader raised {want_err!r}, the streaming one returned {result!r}"
-        assert (type(err), str(err)) == (type(want_err), str(want_err))
-        if isinstance(want_err, DataError):
-            assert (err.path, err.line) == (want_err.path, want_err.line)
-        return
-    assert err is None, f"the streaming reader raised {err!r}, the whole-file one returned {want_result!r}"
-    assert_same_interactions(result, want_result)
-
-
-def compare_readers(name: str, *args, block_sizes=BLOCK_SIZES, **kwargs):
-    """Reader ``name`` (streaming, at each block size) against its whole-file version on the same files;
-    returns the whole-file outcome ``(result, exception)``."""
-    old = getattr(whole_file_readers(), name)
+def compare_readers(name: str, want: dict, root, *args, block_sizes=BLOCK_SIZES, **kwargs):
+    """Reader ``name`` (streaming, at each block size) against the whole-file reader's recorded outcome ``want``
+    (``encode_outcome``: the same Interactions, field by field, or the same exception: type, message, path, line)
+    on the same files under ``root``; returns the streaming reader's outcome ``(result, exception)``."""
     new = getattr(readers_module, name)
-    want = _outcome(lambda: old(*args, **kwargs))
+    got = None
     for size in block_sizes:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(readers_module, "_BLOCK_CHARS", size)
             got = _outcome(lambda: new(*args, **kwargs))
-        assert_same_outcome(got, want)
-    return want
+        encoded = encode_outcome(got, root)
+        assert encoded == want, f"block size {size}: streaming vs whole-file: {_first_difference(encoded, want)}"
+    return got
 
 
 # Generated files: mostly well-formed, with defects (blank and whitespace-only lines, wrong field counts, empty
 # or unparsable values, NUL, duplicate users) in some, written with every newline style, BOMs, and encodings
 # (UTF-8, Latin-1, and UTF-8 with one stray byte, which the readers then decode as Latin-1).
-_IDS = ["1", "2", "3", "17", "0", "a", "b7", "x y", "é", "Ünï", " 4", "5 ", "\xa06", "7\x85", "¤", "日本",
-        "\u3000z"]
+_IDS = ["1", "2", "3", "17", "0", "a", "b7", "x y", "é", "Ünï", " 4", "5 ", "\xa06", "7\x85", "¤", "日本", "\u3000z"]
 _FLOATS = ["1", "2.5", "3", " 4 ", "5", "nan", "1e1", "\u0661", "0", "-2"]
 _STAMPS = ["0", "1", "1", "2", "2.0", "5.5", "10", "3"]
 
@@ -980,7 +1097,7 @@ def _file_bytes(rng, lines: List[str], trailing: bool = True, blank_end: float =
     ends = [_pick(rng, ["\n", "\r\n", "\r"]) if style == "mixed" else style for _ in lines]
     text = "".join(line + end for line, end in zip(lines, ends))
     if lines and not trailing:
-        text = text[:-len(ends[-1])]
+        text = text[: -len(ends[-1])]
     if rng.random() < blank_end:
         text += _pick(rng, ["\n", "\n\n", "\r\n\r\n", " \n", "\t\n"])
     if rng.random() < 0.15:
@@ -1000,8 +1117,21 @@ def _file_bytes(rng, lines: List[str], trailing: bool = True, blank_end: float =
 
 
 def _defect(rng, sep: str, ncols: int, good: str) -> str:
-    return _pick(rng, ["", " ", "\t", sep * (ncols - 1), " " + sep * (ncols - 1), good + sep, good.split(sep)[0],
-                       good.replace(sep, "\x00", 1), good + "\x00", sep.join([""] * ncols)])
+    return _pick(
+        rng,
+        [
+            "",
+            " ",
+            "\t",
+            sep * (ncols - 1),
+            " " + sep * (ncols - 1),
+            good + sep,
+            good.split(sep)[0],
+            good.replace(sep, "\x00", 1),
+            good + "\x00",
+            sep.join([""] * ncols),
+        ],
+    )
 
 
 def gen_recbole(rng, root: Path) -> Tuple[Path, dict]:
@@ -1032,8 +1162,11 @@ def gen_recbole(rng, root: Path) -> Tuple[Path, dict]:
                 values.append(" ".join(_pick(rng, _IDS) for _ in range(int(rng.integers(0, 3)))))
         line = sep.join(values)
         if defects and rng.random() < 0.15:
-            line = _defect(rng, sep, ncols, line) if rng.random() < 0.7 else line.replace(
-                values[0], _pick(rng, ["", " ", "x", "?"]), 1)
+            line = (
+                _defect(rng, sep, ncols, line)
+                if rng.random() < 0.7
+                else line.replace(values[0], _pick(rng, ["", " ", "x", "?"]), 1)
+            )
         lines.append(line)
     name = f"rb{int(rng.integers(0, 10**9))}"
     d = root / name
@@ -1043,8 +1176,11 @@ def gen_recbole(rng, root: Path) -> Tuple[Path, dict]:
         ufields = ["user_id:token"] + (["age:float", "gender:token"] if rng.random() < 0.8 else [])
         ulines = []
         for uid in users + ["nobody", users[0]][: 2 if defects and rng.random() < 0.3 else 1]:
-            values = [uid] + ([_pick(rng, ["23", "", " 40", "x" if defects else "7"]), _pick(rng, ["M", "F", ""])]
-                              if len(ufields) > 1 else [])
+            values = [uid] + (
+                [_pick(rng, ["23", "", " 40", "x" if defects else "7"]), _pick(rng, ["M", "F", ""])]
+                if len(ufields) > 1
+                else []
+            )
             line = sep.join(values)
             if defects and rng.random() < 0.15:
                 line = _defect(rng, sep, len(ufields), line)
@@ -1074,8 +1210,10 @@ def gen_conure(rng, root: Path) -> Tuple[Path, dict]:
     defects = rng.random() < 0.4
     pool = ["1", "2", "3", "4", "a", "é", "日本", "0"]
     templates = [[_pick(rng, pool) for _ in range(int(rng.integers(1, 4)))] for _ in range(4)]
-    histories = [_pick(rng, templates) if rng.random() < 0.6 else
-                 [_pick(rng, pool) for _ in range(int(rng.integers(1, 5)))] for _ in range(int(rng.integers(0, 9)))]
+    histories = [
+        _pick(rng, templates) if rng.random() < 0.6 else [_pick(rng, pool) for _ in range(int(rng.integers(1, 5)))]
+        for _ in range(int(rng.integers(0, 9)))
+    ]
     if pad:
         histories = [[t for t in h if t != pad] or ["1"] for h in histories]
     lines = [_conure_items(rng, h, pad) for h in histories]
@@ -1088,12 +1226,18 @@ def gen_conure(rng, root: Path) -> Tuple[Path, dict]:
     def later(kind: str) -> Path:
         rows = []
         for _ in range(int(rng.integers(0, 9))):
-            source = (_pick(rng, histories) if histories and rng.random() < 0.7 else
-                      [_pick(rng, pool + ["9", "zz"]) for _ in range(int(rng.integers(1, 4)))])
+            source = (
+                _pick(rng, histories)
+                if histories and rng.random() < 0.7
+                else [_pick(rng, pool + ["9", "zz"]) for _ in range(int(rng.integers(1, 4)))]
+            )
             if pad:
                 source = [t for t in source if t != pad] or ["1"]
-            target = (_pick(rng, ["M", "F", " M", "x y"]) if kind == "label" else
-                      ",".join(_pick(rng, ["5", "6", "b", "é", "1", " 7"]) for _ in range(int(rng.integers(1, 4)))))
+            target = (
+                _pick(rng, ["M", "F", " M", "x y"])
+                if kind == "label"
+                else ",".join(_pick(rng, ["5", "6", "b", "é", "1", " 7"]) for _ in range(int(rng.integers(1, 4))))
+            )
             row = _conure_items(rng, source, pad) + ",," + target
             if defects and rng.random() < 0.15:
                 written = _conure_items(rng, source, pad)
@@ -1133,30 +1277,17 @@ def gen_seq_tsv(rng, root: Path) -> Tuple[Path, dict]:
     options: dict = {"item_separator": item_sep}
     if rng.random() < 0.3:
         csv_path = root / f"attrs_{tag}.csv"
-        csv_path.write_bytes(_file_bytes(rng, ["user_id,gender"] + [f"{u},{_pick(rng, ['M', 'F', ''])}"
-                                                                     for u in uids[:5]]))
+        csv_path.write_bytes(
+            _file_bytes(rng, ["user_id,gender"] + [f"{u},{_pick(rng, ['M', 'F', ''])}" for u in uids[:5]])
+        )
         options["attributes"] = csv_path
     return path, options
 
 
-@needs_whole_file_readers
-@pytest.mark.parametrize("name,gen", [("read_recbole", gen_recbole), ("read_conure", gen_conure),
-                                      ("read_seq_tsv", gen_seq_tsv)])
-def test_streaming_readers_match_the_whole_file_readers(tmp_path, name, gen):
-    outcomes = {"ok": 0, "error": 0}
-    for seed in range(300):
-        rng = np.random.default_rng(seed)
-        (tmp_path / str(seed)).mkdir()
-        path, options = gen(rng, tmp_path / str(seed))
-        sizes = [1, _pick(rng, BLOCK_SIZES[1:-1]), BLOCK_SIZES[-1]]
-        try:
-            result, err = compare_readers(name, path, block_sizes=sizes, **options)
-        except AssertionError as exc:
-            raise AssertionError(f"seed {seed}: {name}({path}, {options}): {exc}") from exc
-        outcomes["ok" if err is None else "error"] += 1
-    # the generators hit both sides: files that read, and defects that raise
-    assert outcomes["ok"] >= 60 and outcomes["error"] >= 30, outcomes
+# ---- the recorded cases: each writes its input files under ``root`` and names its reader calls
 
+GENERATORS = {"read_recbole": gen_recbole, "read_conure": gen_conure, "read_seq_tsv": gen_seq_tsv}
+GENERATED_SEEDS = range(300)
 
 # Rules of the whole-file RecBole reader that block-by-block reading must keep; each case notes the outcome.
 _RECBOLE_CASES = [
@@ -1183,21 +1314,193 @@ _RECBOLE_CASES = [
     ("u:token\tmovie:token\n1\t2\n3\n", None, "\t", "expected 2"),
 ]
 
+# Newlines, BOMs and the UTF-8/Latin-1 choice at block edges: CRLF split between reads, a BOM run longer than a
+# block, an invalid UTF-8 byte far past the first block (the whole file is then Latin-1).
+_DECODING_BODY = "".join(f"u{k}\tit{k % 7}é it{k + 1}é\r\n" for k in range(300))
+_DECODING_CASES = {
+    "crlf.tsv": _DECODING_BODY.encode(),
+    "cr.tsv": _DECODING_BODY.replace("\r\n", "\r").encode(),
+    "boms.tsv": ("\ufeff" * 20 + "\n" + _DECODING_BODY.replace("\r\n", "\n")).encode(),
+    "late-latin1.tsv": _DECODING_BODY.encode() + b"u999\tz\xe9\n",
+    "latin1.tsv": _DECODING_BODY.encode("latin-1"),
+    "cut-utf8.tsv": _DECODING_BODY.encode()[:-3],  # ends inside an "é"
+    "t1.csv": b"\xef\xbb\xbf1,2\r\n3,\xe94\r\n\r\n",  # read_conure
+}
 
-@needs_whole_file_readers
-@pytest.mark.parametrize("inter,user,sep,outcome", _RECBOLE_CASES)
-def test_streaming_recbole_keeps_the_whole_file_rules(tmp_path, inter, user, sep, outcome):
-    (tmp_path / "d.inter").write_text(inter, newline="")
-    if user is not None:
-        (tmp_path / "d.user").write_text(user, newline="")
-    options = dict(field_separator=sep, user_field="u", item_field="i", rating_field="r", time_field="t")
-    if ":float\tt:" in inter:
-        options["min_rating"] = 3
-    result, err = compare_readers("read_recbole", tmp_path / "d.inter", **options)
+# Arbitrary short texts (seeded; they replace hypothesis draws, whose outcomes could not be recorded).
+_TEXT_ALPHABET = ["a", "b", "1", " ", "\t", "\n", "\r", ":", ",", "\x00", "\ufeff", "é", "\xa0"]
+_RECBOLE_FIELDS = [
+    ["user_id:token", "item_id:token"],
+    ["user_id:token", "item_id:token", "t:float"],
+    ["item_id:token", "rating:float", "user_id:token"],
+    ["user_id:token"],
+]
+ARBITRARY_CASES = 200
+
+
+def _text(rng) -> str:
+    """Up to 40 characters of _TEXT_ALPHABET; short ones (0..5) often, as hypothesis draws them."""
+    n = int(rng.integers(0, 6)) if rng.random() < 0.4 else int(rng.integers(0, 41))
+    return "".join(_pick(rng, _TEXT_ALPHABET) for _ in range(n))
+
+
+def arbitrary_recbole_case(index: int) -> dict:
+    rng = np.random.default_rng([11, index])
+    return dict(
+        fields=_pick(rng, _RECBOLE_FIELDS),
+        body=_text(rng),
+        user=None if rng.random() < 0.4 else _text(rng),
+        user_fields=_pick(rng, [["user_id:token"], ["user_id:token", "a:float"]]),
+        sep=_pick(rng, ["\t", ",", " ", "|"]),
+        min_rating=_pick(rng, [None, 1]),
+        size=_pick(rng, BLOCK_SIZES),
+    )
+
+
+def arbitrary_text_case(index: int) -> dict:
+    rng = np.random.default_rng([12, index])
+    return dict(
+        main=_text(rng),
+        stream=_text(rng),
+        label=_text(rng),
+        pad=_pick(rng, [None, "1", "a"]),
+        size=_pick(rng, BLOCK_SIZES),
+    )
+
+
+def oracle_keys() -> Dict[str, list]:
+    """Every recorded case, by group."""
+    return {
+        "generated": [f"{name}/{seed}" for name in GENERATORS for seed in GENERATED_SEEDS],
+        "recbole_rules": [str(i) for i in range(len(_RECBOLE_CASES))],
+        "decoding": list(_DECODING_CASES),
+        "arbitrary_recbole": [str(i) for i in range(ARBITRARY_CASES)],
+        "arbitrary_text": [str(i) for i in range(ARBITRARY_CASES)],
+    }
+
+
+def oracle_calls(group: str, key: str, root: Path) -> list:
+    """Write case ``key`` of ``group`` under ``root``; its reader calls ``[(reader, args, kwargs, block_sizes)]``."""
+    if group == "generated":
+        name, seed = key.split("/")
+        rng = np.random.default_rng(int(seed))
+        (root / seed).mkdir()
+        path, options = GENERATORS[name](rng, root / seed)
+        sizes = [1, _pick(rng, BLOCK_SIZES[1:-1]), BLOCK_SIZES[-1]]
+        return [(name, (path,), options, sizes)]
+    if group == "recbole_rules":
+        inter, user, sep, _ = _RECBOLE_CASES[int(key)]
+        (root / "d.inter").write_text(inter, newline="")
+        if user is not None:
+            (root / "d.user").write_text(user, newline="")
+        options = dict(field_separator=sep, user_field="u", item_field="i", rating_field="r", time_field="t")
+        if ":float\tt:" in inter:
+            options["min_rating"] = 3
+        return [("read_recbole", (root / "d.inter",), options, BLOCK_SIZES)]
+    if group == "decoding":
+        (root / key).write_bytes(_DECODING_CASES[key])
+        return [("read_conure" if key == "t1.csv" else "read_seq_tsv", (root / key,), {}, BLOCK_SIZES)]
+    if group == "arbitrary_recbole":
+        c = arbitrary_recbole_case(int(key))
+        (root / "x.inter").write_text(c["sep"].join(c["fields"]) + "\n" + c["body"], newline="")
+        if c["user"] is not None:
+            (root / "x.user").write_text(c["sep"].join(c["user_fields"]) + "\n" + c["user"], newline="")
+        options = dict(
+            field_separator=c["sep"],
+            min_rating=c["min_rating"],
+            time_field="t",
+            item_field="item_id" if len(c["fields"]) > 1 else "user_id",
+        )
+        return [("read_recbole", (root / "x.inter",), options, [c["size"]])]
+    if group == "arbitrary_text":
+        c = arbitrary_text_case(int(key))
+        for name, text in (("t1.csv", c["main"]), ("t2.csv", c["stream"]), ("t3.csv", c["label"])):
+            (root / name).write_text(text, newline="")
+        joined = dict(pad_token=c["pad"], streams={"s": root / "t2.csv"}, labels={"g": root / "t3.csv"})
+        sep = _pick(np.random.default_rng(len(c["main"])), [" ", ","])
+        return [
+            ("read_conure", (root / "t1.csv",), dict(pad_token=c["pad"]), [c["size"]]),
+            ("read_conure", (root / "t1.csv",), joined, [c["size"]]),
+            ("read_seq_tsv", (root / "t1.csv",), dict(item_separator=sep), [c["size"]]),
+        ]
+    raise KeyError(group)
+
+
+def input_digest(root: Path, calls: list) -> str:
+    """sha256 of a case's input files and calls (``root`` as ``{root}``): the record holds it, so that inputs
+    that no longer match the recorded ones fail as such, not as a reader difference."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(json.dumps([[n, encode(a, str(root)), encode(k, str(root)), list(b)] for n, a, k, b in calls]).encode())
+    return h.hexdigest()
+
+
+def check_case(group: str, key: str, root: Path) -> list:
+    """Run case ``key`` of ``group`` (written under ``root``) through the streaming readers, each against the
+    whole-file reader's recorded outcome; returns the streaming outcomes."""
+    record = oracle()["cases"][group][key]
+    calls = oracle_calls(group, key, root)
+    assert input_digest(root, calls) == record["inputs"], (
+        f"{group}/{key}: the inputs differ from the recorded ones: run python tests/fixtures/make_fixtures.py"
+    )
+    assert len(calls) == len(record["outcomes"])
+    outcomes = []
+    for (name, args, kwargs, sizes), want in zip(calls, record["outcomes"]):
+        try:
+            outcomes.append(compare_readers(name, want, root, *args, block_sizes=sizes, **kwargs))
+        except AssertionError as exc:
+            raise AssertionError(f"{group}/{key}: {name}({args}, {kwargs}): {exc}") from exc
+    return outcomes
+
+
+def test_oracle_covers_every_case():
+    """The record holds every case (and no stale one), so no case can go unchecked."""
+    cases = oracle()["cases"]
+    assert {g: sorted(cases.get(g, {})) for g in cases} == {g: sorted(k) for g, k in oracle_keys().items()}
+
+
+@pytest.mark.parametrize("name", list(GENERATORS))
+def test_streaming_readers_match_the_whole_file_readers(tmp_path, name):
+    outcomes = {"ok": 0, "error": 0}
+    for seed in GENERATED_SEEDS:
+        (tmp_path / str(seed)).mkdir()
+        ((result, err),) = check_case("generated", f"{name}/{seed}", tmp_path / str(seed))
+        outcomes["ok" if err is None else "error"] += 1
+    # the generators hit both sides: files that read, and defects that raise
+    assert outcomes["ok"] >= 60 and outcomes["error"] >= 30, outcomes
+
+
+@pytest.mark.parametrize("index", range(len(_RECBOLE_CASES)))
+def test_streaming_recbole_keeps_the_whole_file_rules(tmp_path, index):
+    ((result, err),) = check_case("recbole_rules", str(index), tmp_path)
+    outcome = _RECBOLE_CASES[index][3]
     if outcome is None:
         assert err is None, err
     else:
         assert err is not None and outcome in str(err), (err, outcome)
+
+
+def test_streaming_readers_keep_the_text_decoding(tmp_path):
+    for name in _DECODING_CASES:
+        (tmp_path / name).mkdir()
+        ((result, err),) = check_case("decoding", name, tmp_path / name)
+        if name != "t1.csv":  # (read_conure: compared only)
+            assert err is None, (name, err)
+            # one stray byte at the end makes the whole file Latin-1, its first block included
+            assert result.sequence(0)[0] == ("it0Ã©" if name in ("late-latin1.tsv", "cut-utf8.tsv") else "it0é")
+
+
+def test_streaming_recbole_matches_on_arbitrary_text(tmp_path):
+    for index in range(ARBITRARY_CASES):
+        (tmp_path / str(index)).mkdir()
+        check_case("arbitrary_recbole", str(index), tmp_path / str(index))
+
+
+def test_streaming_conure_and_seq_tsv_match_on_arbitrary_text(tmp_path):
+    for index in range(ARBITRARY_CASES):
+        (tmp_path / str(index)).mkdir()
+        check_case("arbitrary_text", str(index), tmp_path / str(index))
 
 
 @pytest.mark.parametrize("size", [1, 7, 1 << 20])
@@ -1216,65 +1519,6 @@ def test_recbole_separator_overlapping_itself_splits_each_line(tmp_path, size, m
         readers_module.read_recbole(tmp_path / "d.inter", **options)
 
 
-@needs_whole_file_readers
-def test_streaming_readers_keep_the_text_decoding(tmp_path):
-    """Newlines, BOMs and the UTF-8/Latin-1 choice at block edges: CRLF split between reads, a BOM run longer
-    than a block, an invalid UTF-8 byte far past the first block (the whole file is then Latin-1)."""
-    body = "".join(f"u{k}\tit{k % 7}é it{k + 1}é\r\n" for k in range(300))
-    cases = {
-        "crlf.tsv": body.encode(),
-        "cr.tsv": body.replace("\r\n", "\r").encode(),
-        "boms.tsv": ("\ufeff" * 20 + "\n" + body.replace("\r\n", "\n")).encode(),
-        "late-latin1.tsv": body.encode() + b"u999\tz\xe9\n",
-        "latin1.tsv": body.encode("latin-1"),
-        "cut-utf8.tsv": body.encode()[:-3],  # ends inside an "é"
-    }
-    for name, data in cases.items():
-        (tmp_path / name).write_bytes(data)
-        result, err = compare_readers("read_seq_tsv", tmp_path / name)
-        assert err is None, (name, err)
-        # one stray byte at the end makes the whole file Latin-1, its first block included
-        assert result.sequence(0)[0] == ("it0Ã©" if name in ("late-latin1.tsv", "cut-utf8.tsv") else "it0é")
-    (tmp_path / "t1.csv").write_bytes(b"\xef\xbb\xbf1,2\r\n3,\xe94\r\n\r\n")
-    compare_readers("read_conure", tmp_path / "t1.csv")
-
-
-_TEXT = st.text(alphabet=["a", "b", "1", " ", "\t", "\n", "\r", ":", ",", "\x00", "\ufeff", "é", "\xa0"], max_size=40)
-
-
-@needs_whole_file_readers
-@settings(max_examples=200, deadline=None)
-@given(fields=st.sampled_from([["user_id:token", "item_id:token"], ["user_id:token", "item_id:token", "t:float"],
-                               ["item_id:token", "rating:float", "user_id:token"], ["user_id:token"]]),
-       body=_TEXT, user=st.none() | _TEXT,
-       user_fields=st.sampled_from([["user_id:token"], ["user_id:token", "a:float"]]),
-       sep=st.sampled_from(["\t", ",", " ", "|"]), min_rating=st.sampled_from([None, 1]),
-       size=st.sampled_from(BLOCK_SIZES))
-def test_streaming_recbole_matches_on_arbitrary_text(tmp_path_factory, fields, body, user, user_fields, sep,
-                                                     min_rating, size):
-    d = tmp_path_factory.mktemp("rb")
-    (d / "x.inter").write_text(sep.join(fields) + "\n" + body, newline="")
-    if user is not None:
-        (d / "x.user").write_text(sep.join(user_fields) + "\n" + user, newline="")
-    compare_readers("read_recbole", d / "x.inter", block_sizes=[size], field_separator=sep, min_rating=min_rating,
-                    item_field="item_id" if len(fields) > 1 else "user_id", time_field="t")
-
-
-@needs_whole_file_readers
-@settings(max_examples=200, deadline=None)
-@given(main=_TEXT, stream=_TEXT, label=_TEXT, pad=st.sampled_from([None, "1", "a"]),
-       size=st.sampled_from(BLOCK_SIZES))
-def test_streaming_conure_and_seq_tsv_match_on_arbitrary_text(tmp_path_factory, main, stream, label, pad, size):
-    d = tmp_path_factory.mktemp("cn")
-    for name, text in (("t1.csv", main), ("t2.csv", stream), ("t3.csv", label)):
-        (d / name).write_text(text, newline="")
-    compare_readers("read_conure", d / "t1.csv", block_sizes=[size], pad_token=pad)
-    compare_readers("read_conure", d / "t1.csv", block_sizes=[size], pad_token=pad, streams={"s": d / "t2.csv"},
-                    labels={"g": d / "t3.csv"})
-    compare_readers("read_seq_tsv", d / "t1.csv", block_sizes=[size], item_separator=_pick(
-        np.random.default_rng(len(main)), [" ", ","]))
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
 def test_streaming_readers_read_a_pipe(tmp_path):
     """A path that is no regular file (a named pipe, /dev/stdin) can be read once only: it is read whole."""
@@ -1282,7 +1526,7 @@ def test_streaming_readers_read_a_pipe(tmp_path):
         (tmp_path / "f.txt").write_text(text, newline="")
         pipe = tmp_path / "pipe.txt"
         os.mkfifo(pipe)
-        writer = threading.Thread(target=lambda: pipe.write_text(text, newline=""))
+        writer = threading.Thread(target=lambda: pipe.write_text(text, newline=""))  # noqa: B023 - called within the iteration
         writer.start()
         try:
             got = reader(pipe)
@@ -1305,11 +1549,25 @@ def test_first_seen_index_fed_in_blocks_matches_factorize():
     assert uniques.tolist() == list(dict.fromkeys(values))  # first appearance, file order
 
 
-@needs_whole_file_readers
 def test_data_memory_benchmark_runs(tmp_path):
-    """benchmarks/data_memory.py at toy sizes: both readers of both inputs run and return the same data."""
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "data_memory.py"), "--lines", "2000", "--users",
-                          "200"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    """benchmarks/data_memory.py at toy sizes: the streaming readers of both inputs run (``--sides new``: the old
+    side loads the whole-file readers with ``git show``, which a shallow clone or an sdist cannot)."""
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "data_memory.py"),
+            "--lines",
+            "2000",
+            "--users",
+            "200",
+            "--sides",
+            "new",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
-    rows = [line for line in res.stdout.splitlines() if "| old |" in line or "| new |" in line]
-    assert len(rows) == 4, res.stdout
+    rows = [line for line in res.stdout.splitlines() if "| new |" in line]
+    assert len(rows) == 2, res.stdout

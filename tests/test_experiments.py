@@ -4,6 +4,7 @@ The same script and the same config (experiments/ml100k.yaml) as the MovieLens r
 epoch: synthetic data through the command line, a generated MovieLens-1M-format fixture (the config must run
 unchanged on ML-1M files given their path), and the validation search. Together well under 40 s on 2 cores.
 """
+
 import importlib.util
 import json
 import math
@@ -23,12 +24,30 @@ LABELS = ["SinMo", "SinMoAll", "FineCLS", "FineAll", "PeterRec", "Conure"]
 TASKS = ["next_item", "later_items", "gender", "age", "occupation"]
 
 # A tiny model and one epoch per phase; everything else is the MovieLens config as committed.
-TINY = ["--set", "model.channels=8", "--set", "model.dilations=[1,2]", "--set", "data.max_len=12",
-        "--set", "train.epochs=1", "--set", "train.retrain_epochs=1", "--set", "train.eval_batch_size=256",
-        "--set", "tasks.0.train.epochs=1", "--set", "tasks.0.train.retrain_epochs=1",   # T1 overrides the train section
-        "--set", "data.synthetic={num_users: 160, num_items: 40, seq_len: 12, num_target_items: 20}",
-        # one thread: on a loaded machine, two OpenMP threads made these tiny ops 5-10x slower (barrier waits)
-        "--set", "threads=1", "--quiet"]
+TINY = [
+    "--set",
+    "model.channels=8",
+    "--set",
+    "model.dilations=[1,2]",
+    "--set",
+    "data.max_len=12",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.retrain_epochs=1",
+    "--set",
+    "train.eval_batch_size=256",
+    "--set",
+    "tasks.0.train.epochs=1",
+    "--set",
+    "tasks.0.train.retrain_epochs=1",  # T1 overrides the train section
+    "--set",
+    "data.synthetic={num_users: 160, num_items: 40, seq_len: 12, num_target_items: 20}",
+    # one thread: on a loaded machine, two OpenMP threads made these tiny ops 5-10x slower (barrier waits)
+    "--set",
+    "threads=1",
+    "--quiet",
+]
 
 
 def _load_script():
@@ -55,7 +74,7 @@ def _check_results(result, seeds, methods=METHODS):
         for name, kind in zip(TASKS, ["next_item", "item", "profile", "profile", "profile"]):
             lin = run["linear"][name]
             assert lin["model"] == ("logistic" if kind == "profile" else "ridge") and lin["l2"] > 0
-            for k in ({"acc", "bacc"} if kind == "profile" else {"mrr@5", "hr@5", "mrr@20"}):
+            for k in {"acc", "bacc"} if kind == "profile" else {"mrr@5", "hr@5", "mrr@20"}:
                 assert 0.0 <= lin["metrics"][k] <= 1.0
         for m in methods:
             rec = run["methods"][m]
@@ -71,7 +90,7 @@ def _check_results(result, seeds, methods=METHODS):
         # Conure never forgets: task 1 is bit-identical after every later task, in the matrix too.
         assert all(t == conure["task1_trace"][0] for t in conure["task1_trace"])
         assert len({row[0] for row in conure["matrix"]}) == 1
-        assert set(conure["dense"]) == set(TASKS)   # metrics before pruning, every task
+        assert set(conure["dense"]) == set(TASKS)  # metrics before pruning, every task
     checks = result["summary"]["checks"]
     assert all({"check", "value", "held"} <= set(c) for c in checks)
     storage = [c for c in checks if "stores" in c["check"]]
@@ -84,7 +103,7 @@ def _check_table(text, seeds):
     header = next(line for line in text.splitlines() if line.startswith("| method |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols[0] == "method" and cols[-2:] == ["params stored", "wall time (s)"]
-    assert len(cols) == 1 + 2 + 2 + 3 * 2 + 2      # two item tasks (MRR@5, HR@5), three profile tasks (acc, bacc)
+    assert len(cols) == 1 + 2 + 2 + 3 * 2 + 2  # two item tasks (MRR@5, HR@5), three profile tasks (acc, bacc)
     assert "T3 gender bacc" in cols and "T5 occupation acc" in cols
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     for label in LABELS + ["popularity / majority", "linear (bag of items)"]:
@@ -100,9 +119,28 @@ def test_cli_synthetic_two_seeds(tmp_path):
     out = tmp_path / "out"
     report = tmp_path / "RESULTS.md"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(CONFIG), "--synthetic", "--seeds", "0", "1",
-                           "--out", str(out), "--report", str(report)] + TINY,
-                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--config",
+            str(CONFIG),
+            "--synthetic",
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ]
+        + TINY,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     assert result["config"]["data"]["kind"] == "synthetic"
@@ -120,9 +158,13 @@ def _write_ml1m(root: Path, num_users=70, num_movies=45, per_user=24, seed=0):
     root.mkdir(parents=True)
     lines = []
     for u in range(1, num_users + 1):
-        movies = rng.choice(np.arange(1, num_movies + 1), size=per_user, replace=False,
-                            p=np.linspace(2, 1, num_movies) / np.linspace(2, 1, num_movies).sum())
-        t = 978300000 + int(rng.integers(0, 10 ** 6))
+        movies = rng.choice(
+            np.arange(1, num_movies + 1),
+            size=per_user,
+            replace=False,
+            p=np.linspace(2, 1, num_movies) / np.linspace(2, 1, num_movies).sum(),
+        )
+        t = 978300000 + int(rng.integers(0, 10**6))
         for m in movies:
             t += int(rng.integers(1, 5000))
             lines.append(f"{u}::{m}::{int(rng.integers(1, 6))}::{t}")
@@ -136,8 +178,21 @@ def test_same_config_runs_on_ml1m_files(tmp_path, script):
     """data.kind ml-1m + a path: the MovieLens task list applies unchanged to ML-1M-format files."""
     data = tmp_path / "ml-1m"
     _write_ml1m(data)
-    result = script.main(["--config", str(CONFIG), "--set", "data.kind=ml-1m", "--set", f"data.path={data}",
-                          "--seeds", "0", "--out", str(tmp_path / "out")] + TINY)
+    result = script.main(
+        [
+            "--config",
+            str(CONFIG),
+            "--set",
+            "data.kind=ml-1m",
+            "--set",
+            f"data.path={data}",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        + TINY
+    )
     _check_results(result, [0])
     tasks = {t["name"]: t for t in result["runs"][0]["tasks"]}
     assert tasks["gender"]["classes"] == ["F", "M"]
@@ -151,12 +206,27 @@ def test_same_config_runs_on_ml1m_files(tmp_path, script):
 
 def test_tune_reports_validation_only(tmp_path, script):
     """--tune: a grid over config keys, metrics on validation users only (no test metric anywhere)."""
-    result = script.main(["--config", str(CONFIG), "--synthetic", "--tune", "--grid", "conure.keep_ratios=[[0.3],[0.6]]",
-                          "--methods", "conure", "--seeds", "0", "--out", str(tmp_path)] + TINY)
+    result = script.main(
+        [
+            "--config",
+            str(CONFIG),
+            "--synthetic",
+            "--tune",
+            "--grid",
+            "conure.keep_ratios=[[0.3],[0.6]]",
+            "--methods",
+            "conure",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+        + TINY
+    )
     assert [p["point"] for p in result["points"]] == [{"conure.keep_ratios": [0.3]}, {"conure.keep_ratios": [0.6]}]
     for p in result["points"]:
         rec = p["runs"][0]["methods"]["conure"]
-        assert "matrix" not in rec                    # the accuracy matrix is a test-split product
+        assert "matrix" not in rec  # the accuracy matrix is a test-split product
         assert set(rec["final"]) == set(TASKS)
     text = (tmp_path / "tune.md").read_text()
     assert "VALID" in text and "keep_ratios" in text and "| linear (bag of items) |" in text
@@ -177,4 +247,4 @@ def test_set_overrides(script):
         script.load_config(str(CONFIG), ["tasks.9.window=0.3"])
     with pytest.raises(SystemExit):
         script.load_config(str(CONFIG), ["bogus=1"])
-    assert math.isnan(script.mean_std([])[0]) and script.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert math.isnan(script.mean_std([])[0]) and script.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))

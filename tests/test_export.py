@@ -5,6 +5,7 @@ predict``, :mod:`conure.serving`, :mod:`conure.streaming`) within 1e-5 relative,
 Models are tiny (6 channels, 2 blocks, 37 items) with random weights, random owner maps over tasks 1..3 (free
 weights and weights of later tasks included: folding must drop both) and random LayerNorm parameters.
 """
+
 import copy
 import json
 import os
@@ -29,8 +30,7 @@ REPO = Path(conure.__file__).resolve().parents[1]
 V, C, TARGETS, CLASSES = 37, 6, 11, 5
 
 
-def make_models(pre_ln=True, pools=("mean", "attention"), seed=0, dilations=(1, 2), patches=False,
-                separate=False):
+def make_models(pre_ln=True, pools=("mean", "attention"), seed=0, dilations=(1, 2), patches=False, separate=False):
     """Three tasks' InferenceModels over one random backbone: next-item (last), item (pools[0]), profile
     (pools[1]). ``separate``: each task its own backbone (SinMo-like: nothing shared); ``patches``: PeterRec-like."""
     g = torch.Generator().manual_seed(seed)
@@ -62,8 +62,14 @@ def make_models(pre_ln=True, pools=("mean", "attention"), seed=0, dilations=(1, 
             vocab["classes"] = [f"c{k}" for k in range(CLASSES)]
         else:
             vocab["targets"] = "source" if t == 1 else [None] + [f"t{k}" for k in range(1, TARGETS)]
-        info = {"task": t, "name": f"task{t}", "task_kind": heads[t].kind, "method": "conure", "vocab": vocab,
-                "max_len": 12}
+        info = {
+            "task": t,
+            "name": f"task{t}",
+            "task_kind": heads[t].kind,
+            "method": "conure",
+            "vocab": vocab,
+            "max_len": 12,
+        }
         net = backbone(seed + t) if separate else copy.deepcopy(shared)
         stack = None
         if patches and t > 1:
@@ -89,7 +95,7 @@ def left_padded(batch, length, lengths=None, seed=1):
     x = torch.zeros(batch, length, dtype=torch.int64)
     for b, n in enumerate(lengths):
         if n:
-            x[b, length - n:] = torch.randint(1, V, (n,), generator=g)
+            x[b, length - n :] = torch.randint(1, V, (n,), generator=g)
     return x
 
 
@@ -116,7 +122,7 @@ def test_eager_graphs_match_conure(pre_ln):
             single = E.task_graph(m, top_k=4)(x)
             k = single[1].shape[1]
             assert k == (4 if m.kind != "profile" else min(4, CLASSES))
-            for got in (single, outs[3 * i:3 * i + 3]):
+            for got in (single, outs[3 * i : 3 * i + 3]):
                 close(got[0], ref, f"task {m.task} L={length}")
                 close(got[1], torch.topk(ref, k, dim=1).values)
                 assert torch.equal(got[2], top_indices(ref, k))
@@ -127,7 +133,7 @@ def test_eager_graphs_match_conure(pre_ln):
 def test_all_tasks_graph_matches_the_multi_task_server(pre_ln):
     models = make_models(pre_ln, pools=("last", "last"))
     x = left_padded(7, 15)
-    vectors = MultiTaskServer(models[0].backbone, (1, 2, 3))(x)            # [T, B, C]
+    vectors = MultiTaskServer(models[0].backbone, (1, 2, 3))(x)  # [T, B, C]
     outs = E.all_tasks_graph(models)(x)
     for t, m in enumerate(models):
         close(outs[t], m.head.scores(vectors[t]), f"task {m.task}")
@@ -172,7 +178,7 @@ def test_eager_stream_pooling_matches_the_full_forward():
         out = graph(x[:, t], *s)
         s = list(out[2:])
         for i, m in enumerate(models[1:]):
-            close(out[i], m.scores(x[:, :t + 1]), f"step {t} task {m.task} ({m.head.pooling.mode})")
+            close(out[i], m.scores(x[:, : t + 1]), f"step {t} task {m.task} ({m.head.pooling.mode})")
 
 
 def test_export_refuses_bad_requests():
@@ -186,7 +192,7 @@ def test_export_refuses_bad_requests():
 # ------------------------------------------------------------------------------------------------ runtimes
 # Run in a subprocess where a meta-path finder makes every ``conure`` import fail (it checks that it does): the
 # exported files must not need conure.
-RUNNER = r'''
+RUNNER = r"""
 import importlib.abc, json, sys
 class NoConure(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -235,7 +241,7 @@ for run in job["runs"]:
         errors[run["name"]] = f"{type(e).__name__}: {e}"
 np.savez(job["out"], **arrays)
 json.dump({"blocked": blocked, "errors": errors}, open(job["out"] + ".json", "w"))
-'''
+"""
 
 
 def run_without_conure(tmp_path, runs):
@@ -247,12 +253,12 @@ def run_without_conure(tmp_path, runs):
     for r in runs:
         path = tmp_path / f"in_{len(job['runs'])}.npy"
         np.save(path, np.asarray(r["input"]), allow_pickle=False)
-        job["runs"].append({"name": r["name"], "model": str(r["model"]), "input": str(path),
-                            "states": r.get("states")})
+        job["runs"].append({"name": r["name"], "model": str(r["model"]), "input": str(path), "states": r.get("states")})
     (tmp_path / "job.json").write_text(json.dumps(job))
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")     # conure WOULD be importable
-    p = subprocess.run([sys.executable, str(script), str(tmp_path / "job.json")], env=env, capture_output=True,
-                       text=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # conure WOULD be importable
+    p = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "job.json")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads(Path(job["out"] + ".json").read_text())
     assert info["blocked"], "the subprocess could import conure: the test would not show the files run without it"
@@ -269,19 +275,28 @@ def test_files_run_without_conure_and_match(tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     models = make_models(True)
-    post = make_models(False, seed=5)[2]                                  # post-LN, attention-pooled classifier
-    files = {"all.onnx": E.all_tasks_graph(models, top_k=5), "all.pt2": E.all_tasks_graph(models, top_k=5),
-             "post.onnx": E.task_graph(post, top_k=2), "post.pt2": E.task_graph(post, top_k=2)}
+    post = make_models(False, seed=5)[2]  # post-LN, attention-pooled classifier
+    files = {
+        "all.onnx": E.all_tasks_graph(models, top_k=5),
+        "all.pt2": E.all_tasks_graph(models, top_k=5),
+        "post.onnx": E.task_graph(post, top_k=2),
+        "post.pt2": E.task_graph(post, top_k=2),
+    }
     for name, graph in files.items():
         (E.export_onnx if name.endswith(".onnx") else E.export_pt2)(graph, tmp_path / name)
     x_one = left_padded(1, 12, lengths=[7])
-    x_many = left_padded(9, 31)                              # longer than the example the graph was traced with
+    x_many = left_padded(9, 31)  # longer than the example the graph was traced with
     x_bad = x_many.clone()
-    x_bad[2, -1], x_bad[3, -4], x_bad[4, 0] = V + 5, -3, V     # ids outside the vocabulary: read as padding
+    x_bad[2, -1], x_bad[3, -4], x_bad[4, 0] = V + 5, -3, V  # ids outside the vocabulary: read as padding
     runs = []
     for f in files:
-        for label, x in (("one", x_one), ("many", x_many), ("bad", x_bad), ("int32", x_many.to(torch.int32)),
-                         ("empty", torch.zeros(3, 0, dtype=torch.int64))):
+        for label, x in (
+            ("one", x_one),
+            ("many", x_many),
+            ("bad", x_bad),
+            ("int32", x_many.to(torch.int32)),
+            ("empty", torch.zeros(3, 0, dtype=torch.int64)),
+        ):
             runs.append({"name": f"{f}:{label}", "model": tmp_path / f, "input": x.numpy()})
     outs, errors = run_without_conure(tmp_path, runs)
 
@@ -319,7 +334,7 @@ def test_stream_files_match_the_full_forward_at_every_step(tmp_path, pre_ln):
     pytest.importorskip("onnxruntime")
     # pre-LN: every task, the item and profile heads pooling mean and attention over the stream (running state)
     models = make_models(pre_ln, pools=("mean", "attention"), seed=3)
-    steps = 45                                     # the receptive field of dilations (1, 2), K = 3, is 18
+    steps = 45  # the receptive field of dilations (1, 2), K = 3, is 18
     x = left_padded(3, steps, lengths=[steps, 35, 12])
     graph = E.stream_graph(models if pre_ln else models[0], top_k=3)
     for ext in ("onnx", "pt2"):
@@ -327,18 +342,22 @@ def test_stream_files_match_the_full_forward_at_every_step(tmp_path, pre_ln):
     shapes = graph.state_shapes(3)
     # pre-LN tasks share block 0's first conv input: one state row for it, one per task for the others
     assert [s[0] for s in shapes[:4]] == ([1, 3, 3, 3] if pre_ln else [1, 1, 1, 1])
-    assert shapes[4:] == ([(3, C + 1), (3, C + 2)] if pre_ln else [])         # mean, attention statistics
-    outs, errors = run_without_conure(tmp_path, [
-        {"name": ext, "model": tmp_path / f"step.{ext}", "input": x.numpy(), "states": [list(s) for s in shapes]}
-        for ext in ("onnx", "pt2")])
+    assert shapes[4:] == ([(3, C + 1), (3, C + 2)] if pre_ln else [])  # mean, attention statistics
+    outs, errors = run_without_conure(
+        tmp_path,
+        [
+            {"name": ext, "model": tmp_path / f"step.{ext}", "input": x.numpy(), "states": [list(s) for s in shapes]}
+            for ext in ("onnx", "pt2")
+        ],
+    )
     assert not errors, errors
     ms = models if pre_ln else models[:1]
     state = StreamingState(models[0].backbone, 3, tuple(m.task for m in ms))
     for t in range(steps):
         vec = state.step_all(x[:, t])
         for i, m in enumerate(ms):
-            full = m.scores(x[:, :t + 1])
-            if m.task == 1:                         # pool: last, what conure.streaming serves
+            full = m.scores(x[:, : t + 1])
+            if m.task == 1:  # pool: last, what conure.streaming serves
                 close(m.head.scores(vec[i]), full, f"conure.streaming step {t}")
             for ext in ("onnx", "pt2"):
                 got = outs[ext]
@@ -365,6 +384,7 @@ output: {plots: false, tensorboard: false}
 
 def cli(capsys, *argv):
     from conure.cli import main
+
     capsys.readouterr()
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -389,42 +409,80 @@ def test_cli_round_trip(tmp_path, capsys):
     assert code == 0, err
     # the command as a user runs it (a fresh process), then the rest in this one
     env = dict(os.environ, PYTHONPATH=str(REPO), CONURE_PROGRESS="0", OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "conure", "export", "--checkpoint", str(run), "--task", "all",
-                        "--format", "onnx", "--top-k", "3", "--out", str(tmp_path / "all.onnx")], env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conure",
+            "export",
+            "--checkpoint",
+            str(run),
+            "--task",
+            "all",
+            "--format",
+            "onnx",
+            "--top-k",
+            "3",
+            "--out",
+            str(tmp_path / "all.onnx"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "tasks 1, 2, 3" in p.stdout
     vocab = json.loads((tmp_path / "all.vocab.json").read_text())
     assert [t["pool"] for t in vocab["tasks"]] == ["last", "mean", "attention"]
 
-    code, out, err = cli(capsys, "export", "--checkpoint", run, "--task", "gender", "--format", "pt2",
-                         "--out", tmp_path / "gender.pt2")
+    code, out, err = cli(
+        capsys, "export", "--checkpoint", run, "--task", "gender", "--format", "pt2", "--out", tmp_path / "gender.pt2"
+    )
     assert code == 0 and (tmp_path / "gender.vocab.json").exists(), err
     code, out, err = cli(capsys, "export", "--checkpoint", run, "--task", "1", "--out", tmp_path / "t1.safetensors")
-    assert code == 0 and "exported task 1" in out, err          # today's default, unchanged
+    assert code == 0 and "exported task 1" in out, err  # today's default, unchanged
     for argv, message in (
-            (["--task", "all", "--out", tmp_path / "x.safetensors"], "need --format onnx or pt2"),
-            (["--task", "nosuch", "--format", "pt2", "--out", tmp_path / "x.pt2"], "no such task"),
-            (["--task", "1", "--top-k", "0", "--format", "onnx", "--out", tmp_path / "x.onnx"], "--top-k must be"),
-            (["--task", "7", "--format", "onnx", "--out", tmp_path / "x.onnx"], "has not been learned")):
+        (["--task", "all", "--out", tmp_path / "x.safetensors"], "need --format onnx or pt2"),
+        (["--task", "nosuch", "--format", "pt2", "--out", tmp_path / "x.pt2"], "no such task"),
+        (["--task", "1", "--top-k", "0", "--format", "onnx", "--out", tmp_path / "x.onnx"], "--top-k must be"),
+        (["--task", "7", "--format", "onnx", "--out", tmp_path / "x.onnx"], "has not been learned"),
+    ):
         code, out, err = cli(capsys, "export", "--checkpoint", run, *argv)
         assert code == 2 and message in err and "bug" not in err, err
 
-    histories = {"u1": ["1", "5", "9", "22", "7"], "u2": ["nope", "3"], "u3": ["nope"],
-                 "u4": [str(i) for i in range(1, 40)]}
+    histories = {
+        "u1": ["1", "5", "9", "22", "7"],
+        "u2": ["nope", "3"],
+        "u3": ["nope"],
+        "u4": [str(i) for i in range(1, 40)],
+    }
     (tmp_path / "in.tsv").write_text("".join(f"{u}\t{' '.join(h)}\n" for u, h in histories.items()))
     session = ort.InferenceSession(str(tmp_path / "all.onnx"), providers=["CPUExecutionProvider"])
     x = encode(vocab, histories.values())
     results = dict(zip(vocab["outputs"], session.run(None, {"items": x})))
     from conure.commands import open_model
+
     for task in vocab["tasks"]:
-        code, out, err = cli(capsys, "predict", "--checkpoint", run, "--task", task["task"], "--input",
-                             tmp_path / "in.tsv", "--format", "json", "--top-k", "3")
+        code, out, err = cli(
+            capsys,
+            "predict",
+            "--checkpoint",
+            run,
+            "--task",
+            task["task"],
+            "--input",
+            tmp_path / "in.tsv",
+            "--format",
+            "json",
+            "--top-k",
+            "3",
+        )
         assert code == 0, err
         preds = json.loads(out)["predictions"]
         close(results[task["scores"]], open_model(run, str(task["task"])).scores(torch.from_numpy(x)))
         for row, p in enumerate(preds):
-            if p["user"] == "u3":                   # no known item: predict says so; the graph still scores it
+            if p["user"] == "u3":  # no known item: predict says so; the graph still scores it
                 assert "note" in p
                 continue
             idx = results[task["topk_indices"]][row]
@@ -436,14 +494,25 @@ def test_cli_round_trip(tmp_path, capsys):
 
     # the streaming step of every task (mean and attention heads included), event by event from zero state, ends
     # where the full graph is for the same (left-padded) history
-    code, out, err = cli(capsys, "export", "--checkpoint", run, "--task", "all", "--stream", "--format", "pt2",
-                         "--out", tmp_path / "step.pt2")
+    code, out, err = cli(
+        capsys,
+        "export",
+        "--checkpoint",
+        run,
+        "--task",
+        "all",
+        "--stream",
+        "--format",
+        "pt2",
+        "--out",
+        tmp_path / "step.pt2",
+    )
     assert code == 0 and "streaming step" in out, err
     svocab = json.loads((tmp_path / "step.vocab.json").read_text())
     step = torch.export.load(str(tmp_path / "step.pt2")).module()
     state = [torch.zeros([1 if d == "B" else d for d in s["shape"]]) for s in svocab["state"]]
     assert [s["name"] for s in svocab["state"]] == svocab["inputs"][1:]
-    for item in x[0]:                                        # u1's left-padded row, padding steps included
+    for item in x[0]:  # u1's left-padded row, padding steps included
         res = dict(zip(svocab["outputs"], step(torch.tensor([int(item)]), *state)))
         state = [res["new_" + s["name"]] for s in svocab["state"]]
     for task in svocab["tasks"]:

@@ -240,59 +240,7 @@ def test_reference_fallback_path(monkeypatch, variant):
     torch.testing.assert_close(variant.op(*inputs, 2, 1), want, rtol=1e-4, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Bad inputs: clear errors before any kernel runs.
-
-def _bad_cases():
-    x, w1, o1, w2, o2, g1, b1, g2, b2 = make_block(2, 5, 4, 3, 3, 0)
-    ok = dict(x=x, w1=w1, owner1=o1, w2=w2, owner2=o2, ln1_weight=g1, ln1_bias=b1, ln2_weight=g2, ln2_bias=b2,
-              task=1, dilation=1, eps=1e-5)
-    yield "x 2-D", dict(ok, x=x[0]), ValueError, "x must be a 3-D tensor"
-    yield "x int", dict(ok, x=x.long()), TypeError, "x must be a floating tensor"
-    yield "x channels", dict(ok, x=torch.randn(2, 5, 6)), ValueError, "x has 6 channels but w1 expects C_in=4"
-    yield "w1 2-D", dict(ok, w1=w1[0]), ValueError, "w1 must be a 3-D tensor"
-    yield "w2 shape", dict(ok, w2=w2[:, :2]), ValueError, "w2 must be [C=4, C_mid=3, K=3]"
-    yield "owner dtype", dict(ok, owner1=o1.long()), TypeError, "owner1 must be a uint8 tensor"
-    yield "owner shape", dict(ok, owner2=o1), ValueError, "owner2 shape"
-    yield "ln shape", dict(ok, ln2_bias=b1), ValueError, "ln2_bias must have shape [3]"
-    yield "w dtype", dict(ok, w1=w1.double()), TypeError, "w1 must have x's dtype"
-    yield "ln dtype", dict(ok, ln1_weight=g1.double()), TypeError, "ln1_weight must have x's dtype"
-    yield "task negative", dict(ok, task=-1), ValueError, "task must be an int in [0, 255]"
-    yield "task too big", dict(ok, task=256), ValueError, "task must be an int in [0, 255]"
-    yield "task bool", dict(ok, task=True), ValueError, "task must be an int"
-    yield "task float", dict(ok, task=1.0), ValueError, "task must be an int"
-    yield "dilation 0", dict(ok, dilation=0), ValueError, "dilation must be an int >= 1"
-    yield "eps 0", dict(ok, eps=0.0), ValueError, "eps must be a positive number"
-
-
-@pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])
-def test_block_bad_inputs(case):
-    _, kwargs, error, fragment = case
-    with pytest.raises(error, match=fragment.replace("[", r"\[").replace("]", r"\]")):
-        fused.residual_block(**kwargs)
-
-
-def test_block_device_mismatch():
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    inputs = make_block(2, 5, 4, 3, 3, 0)
-    inputs[1] = inputs[1].cuda()
-    with pytest.raises(ValueError, match="w1 is on cuda"):
-        fused.residual_block(*inputs, 1, 1)
-
-
-def test_raw_op_checks():
-    """The C++ checks catch what bypasses the wrapper."""
-    x, w1, o1, w2, o2, *ln = make_block(2, 5, 4, 3, 3, 0)
-    with pytest.raises(RuntimeError, match="task must be in"):
-        torch.ops.conure.residual_block(x, w1, o1, w2, o2, *ln, 300, 1, 1e-5)
-    with pytest.raises(RuntimeError, match="w1 must be"):
-        torch.ops.conure.residual_block(x, w2, o2, w2, o2, *ln, 1, 1, 1e-5)
-    y, h, stats = torch.ops.conure.residual_block(x, w1, o1, w2, o2, *ln, 1, 1, 1e-5)
-    with pytest.raises(RuntimeError, match="stats must be"):
-        torch.ops.conure.residual_block_backward(y, x, h, stats[:1], w1, o1, w2, o2, *ln, 1, 1, [True] * 7)
-    with pytest.raises(RuntimeError, match="grad_y must be like x"):
-        torch.ops.conure.residual_block_backward(y[:1], x, h, stats, w1, o1, w2, o2, *ln, 1, 1, [True] * 7)
+# Bad inputs (wrapper and raw operator): tests/bad_inputs/test_fused.py, one row each.
 
 
 def test_block_bfloat16_autocast():
@@ -381,14 +329,6 @@ def test_post_ln_layer_uses_the_fused_op_and_matches_the_composition(monkeypatch
     params = [x, block.conv1.weight, block.conv2.weight, block.ln1.weight, block.ln2.bias]
     for a, b in zip(torch.autograd.grad(y, params, gy), torch.autograd.grad(y_ref, params, gy)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_post_ln_layer_norm_sizes_are_checked():
-    x, w1, o1, w2, o2, g1, b1, g2, b2 = make_block(2, 5, 4, 6, 3, 1, post_ln=True)
-    with pytest.raises(ValueError, match=r"residual_block_post_ln: ln1_weight must have shape \[6\]"):
-        fused.residual_block_post_ln(x, w1, o1, w2, o2, g2, b1, g2, b2, 1, 1)
-    with pytest.raises(ValueError, match=r"residual_block_post_ln: ln2_bias must have shape \[4\]"):
-        fused.residual_block_post_ln(x, w1, o1, w2, o2, g1, b1, g2, b1, 1, 1)
 
 
 def test_post_ln_backbone_keeps_task_1_bit_identical_after_task_2():

@@ -1,5 +1,6 @@
 """conure.linear: the bag-of-items linear baseline (multi-hot features, logistic regression, closed-form ridge) and
 how a run reports it. Small hand-built tasks, no data files; a few seconds in all."""
+
 import json
 import math
 import re
@@ -14,7 +15,7 @@ from conure.learner import TaskConfig
 from conure.linear import DEFAULT_L2, bag_of_items, linear_baseline, ridge_scores
 from conure.runner import Run, baselines
 
-NUM_ITEMS = 41          # ids 1..40, 0 = padding
+NUM_ITEMS = 41  # ids 1..40, 0 = padding
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +53,7 @@ def profile_task(n=(300, 150, 150), width=10, noise=0.0, seed=0):
 
 
 def _target_of(x):
-    return (x - 1) % 15 + 1            # source item i -> target item: 15 target ids, 1..15
+    return (x - 1) % 15 + 1  # source item i -> target item: 15 target ids, 1..15
 
 
 def item_task(n=(300, 150, 150), width=8, seed=0):
@@ -66,7 +67,7 @@ def item_task(n=(300, 150, 150), width=8, seed=0):
         if i == 0:
             splits.append(_split(x, t))
         else:
-            pick = torch.full((size,), width - 1)          # the last item (never padding)
+            pick = torch.full((size,), width - 1)  # the last item (never padding)
             splits.append(_split(x, t[torch.arange(size), pick]))
     counts = torch.bincount(splits[0].targets.flatten(), minlength=16).float()
     counts[0] = 0
@@ -75,29 +76,38 @@ def item_task(n=(300, 150, 150), width=8, seed=0):
 
 # ------------------------------------------------------------------------------------------------ features
 def test_bag_of_items_is_a_binary_multi_hot():
-    x = torch.tensor([[0, 0, 3, 3, 1],       # padding, a duplicate
-                      [5, 2, 7, 0, 9],       # 7 and 9 are beyond the cap (num_features 6 keeps ids 1..5)
-                      [0, 0, 0, 0, 0]])      # an empty history
+    x = torch.tensor(
+        [
+            [0, 0, 3, 3, 1],  # padding, a duplicate
+            [5, 2, 7, 0, 9],  # 7 and 9 are beyond the cap (num_features 6 keeps ids 1..5)
+            [0, 0, 0, 0, 0],
+        ]
+    )  # an empty history
     b = bag_of_items(x, 6)
     assert b.layout == torch.sparse_csr and b.dtype == torch.float32 and b.shape == (3, 6)
     want = torch.zeros(3, 6)
     want[0, [1, 3]] = 1
     want[1, [2, 5]] = 1
     assert torch.equal(b.to_dense(), want)
-    assert torch.equal(bag_of_items(x, 10, dtype=torch.float64).to_dense()[1], torch.tensor(
-        [0, 0, 1, 0, 0, 1, 0, 1, 0, 1], dtype=torch.float64))
+    assert torch.equal(
+        bag_of_items(x, 10, dtype=torch.float64).to_dense()[1],
+        torch.tensor([0, 0, 1, 0, 0, 1, 0, 1, 0, 1], dtype=torch.float64),
+    )
     assert bag_of_items(torch.zeros(0, 4, dtype=torch.long), 3).shape == (0, 3)
     dense = torch.zeros(3, 1)
-    assert torch.equal(bag_of_items(x, 1).to_dense(), dense)      # only the padding column: nothing is kept
+    assert torch.equal(bag_of_items(x, 1).to_dense(), dense)  # only the padding column: nothing is kept
 
 
-@pytest.mark.parametrize("inputs, num_features, match", [
-    (torch.tensor([1, 2, 3]), 4, r"\[N, L\]"),
-    (torch.tensor([[1.0, 2.0]]), 4, "integers"),
-    (torch.tensor([[1, -2]]), 4, ">= 0"),
-    (torch.tensor([[1, 2]]), 0, "num_features"),
-    ([[1, 2]], 4, r"\[N, L\]"),
-])
+@pytest.mark.parametrize(
+    "inputs, num_features, match",
+    [
+        (torch.tensor([1, 2, 3]), 4, r"\[N, L\]"),
+        (torch.tensor([[1.0, 2.0]]), 4, "integers"),
+        (torch.tensor([[1, -2]]), 4, ">= 0"),
+        (torch.tensor([[1, 2]]), 0, "num_features"),
+        ([[1, 2]], 4, r"\[N, L\]"),
+    ],
+)
 def test_bag_of_items_rejects_bad_input(inputs, num_features, match):
     with pytest.raises(ValueError, match=match):
         bag_of_items(inputs, num_features)
@@ -110,8 +120,9 @@ def test_ridge_paths_equal_the_direct_solve():
     y = (torch.rand(30, 6, generator=gen) < 0.3).double()
     x_new = (torch.rand(7, 9, generator=gen) < 0.3).double()
     lambdas = [3.0, 0.1, 1e-3]
-    want = torch.stack([x_new @ torch.linalg.solve(x.T @ x + lam * torch.eye(9, dtype=torch.float64), x.T @ y)
-                        for lam in lambdas])
+    want = torch.stack(
+        [x_new @ torch.linalg.solve(x.T @ x + lam * torch.eye(9, dtype=torch.float64), x.T @ y) for lam in lambdas]
+    )
     for primal in (True, False, None):
         for solver in ("eigh", "cholesky"):
             got = ridge_scores(x, y, x_new, lambdas, primal=primal, solver=solver)
@@ -121,19 +132,28 @@ def test_ridge_paths_equal_the_direct_solve():
     wide = (torch.rand(8, 20, generator=gen) < 0.3).double()
     wide_new = (torch.rand(5, 20, generator=gen) < 0.3).double()
     yw = y[:8]
-    torch.testing.assert_close(ridge_scores(wide, yw, wide_new, lambdas),
-                               ridge_scores(wide, yw, wide_new, lambdas, primal=True, solver="eigh"),
-                               rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        ridge_scores(wide, yw, wide_new, lambdas),
+        ridge_scores(wide, yw, wide_new, lambdas, primal=True, solver="eigh"),
+        rtol=1e-8,
+        atol=1e-10,
+    )
     # any real values, not only 0/1
-    xr, yr = x * torch.rand(30, 9, generator=gen, dtype=torch.float64), torch.randn(30, 6, generator=gen,
-                                                                                  dtype=torch.float64)
+    xr, yr = (
+        x * torch.rand(30, 9, generator=gen, dtype=torch.float64),
+        torch.randn(30, 6, generator=gen, dtype=torch.float64),
+    )
     for primal in (True, False):
-        torch.testing.assert_close(ridge_scores(xr, yr, x_new, [0.5], primal=primal)[0],
-                                   x_new @ torch.linalg.solve(xr.T @ xr + 0.5 * torch.eye(9, dtype=torch.float64),
-                                                              xr.T @ yr), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            ridge_scores(xr, yr, x_new, [0.5], primal=primal)[0],
+            x_new @ torch.linalg.solve(xr.T @ xr + 0.5 * torch.eye(9, dtype=torch.float64), xr.T @ yr),
+            rtol=1e-9,
+            atol=1e-9,
+        )
     # sparse inputs are accepted as they are
-    torch.testing.assert_close(ridge_scores(x.to_sparse(), y.to_sparse_csr(), x_new, lambdas), want,
-                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        ridge_scores(x.to_sparse(), y.to_sparse_csr(), x_new, lambdas), want, rtol=1e-9, atol=1e-9
+    )
     with pytest.raises(ValueError, match="solver"):
         ridge_scores(x, y, x_new, lambdas, solver="qr")
     with pytest.raises(ValueError, match="x_new"):
@@ -166,8 +186,9 @@ def _brute_force_logistic(task, l2, split):
     y = task.train.targets
     w = torch.zeros(f, k, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b], max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -184,11 +205,11 @@ def _brute_force_logistic(task, l2, split):
 def test_logistic_l2_is_the_best_on_validation_by_a_brute_force_refit():
     task = profile_task(noise=0.2, seed=3)
     grid = [1.0, 0.1, 0.01, 1e-3]
-    r = linear_baseline(task, "nll", l2=grid)            # nll: continuous, so a refit is compared closely
+    r = linear_baseline(task, "nll", l2=grid)  # nll: continuous, so a refit is compared closely
     brute = [_brute_force_logistic(task, l2, "valid")["nll"] for l2 in grid]
     # the same optimum up to the stopping tolerances (conure.linear stops at gradients of 1e-5)
     assert [p[1] for p in r["valid_by_l2"]] == pytest.approx(brute, rel=1e-3)
-    assert r["l2"] == grid[min(range(len(grid)), key=lambda i: brute[i])]      # nll: lower is better
+    assert r["l2"] == grid[min(range(len(grid)), key=lambda i: brute[i])]  # nll: lower is better
     assert r["valid"] == pytest.approx(min(brute), rel=1e-3)
     assert r["metrics"]["nll"] == pytest.approx(_brute_force_logistic(task, r["l2"], "test")["nll"], rel=1e-3)
 
@@ -214,7 +235,7 @@ def test_ridge_l2_is_the_best_on_validation_by_a_brute_force_refit():
     r = linear_baseline(task, "mrr@5", ridge_l2=grid)
     n = len(task.train)
     x = bag_of_items(task.train.inputs, task.num_items, dtype=torch.float64).to_dense()
-    x[:, 0] = 1.0                                         # the intercept column
+    x[:, 0] = 1.0  # the intercept column
     y = torch.zeros(n, task.num_targets, dtype=torch.float64)
     rows = torch.arange(n)[:, None].expand_as(task.train.targets)
     y[rows.flatten(), task.train.targets.flatten()] = 1.0
@@ -239,7 +260,7 @@ def test_next_item_ridge_learns_the_next_item():
     gen = torch.Generator().manual_seed(4)
     splits = []
     for i, size in enumerate((300, 100, 100)):
-        x = _histories(size, 6, gen, num_items=NUM_ITEMS - 1)          # ids 1..39: the next one exists
+        x = _histories(size, 6, gen, num_items=NUM_ITEMS - 1)  # ids 1..39: the next one exists
         nxt = x[:, -1] + 1
         if i == 0:
             targets = torch.cat([x[:, 1:], nxt[:, None]], 1)
@@ -279,31 +300,49 @@ def test_empty_test_split_gives_nan_and_test_false_skips_it():
 def _replace(task, split, inputs=None, targets=None):
     s = getattr(task, split)
     new = Split(s.users, s.inputs if inputs is None else inputs, s.targets if targets is None else targets)
-    return TaskData(task.name, task.kind, task.num_items, task.num_targets,
-                    *[new if name == split else getattr(task, name) for name in ("train", "valid", "test")],
-                    target_counts=task.target_counts)
+    return TaskData(
+        task.name,
+        task.kind,
+        task.num_items,
+        task.num_targets,
+        *[new if name == split else getattr(task, name) for name in ("train", "valid", "test")],
+        target_counts=task.target_counts,
+    )
 
 
-@pytest.mark.parametrize("make, kwargs, match", [
-    (lambda: _replace(profile_task(), "train", torch.zeros(0, 10, dtype=torch.long), torch.zeros(0, dtype=torch.long)),
-     {}, "train split: no users"),
-    (lambda: _replace(profile_task(), "valid", torch.zeros(0, 10, dtype=torch.long), torch.zeros(0, dtype=torch.long)),
-     {}, "valid split: no users"),
-    (lambda: _replace(profile_task(), "train", targets=torch.zeros(300, 2, dtype=torch.long)), {}, r"\[N\]"),
-    (lambda: _replace(profile_task(), "valid", targets=torch.zeros(7, dtype=torch.long)), {}, "one row per user"),
-    (lambda: _replace(profile_task(), "test", targets=torch.full((150,), 2)), {}, r"lie in \[0, 1\]"),
-    (lambda: _replace(item_task(), "valid", targets=torch.zeros(150, dtype=torch.long)), {}, r"lie in \[1, 15\]"),
-    (lambda: _replace(item_task(), "train", targets=torch.ones(300, dtype=torch.long)), {}, r"\[N, T\]"),
-    (lambda: _replace(item_task(), "train", inputs=torch.ones(300)), {}, "inputs must be"),
-    (lambda: profile_task(), {"metric": "mrr@5"}, "profile metric"),
-    (lambda: item_task(), {"metric": "bacc"}, "ranking metric"),
-    (lambda: profile_task(), {"max_features": 0}, "max_features"),
-    (lambda: profile_task(), {"l2": []}, "l2"),
-    (lambda: item_task(), {"ridge_l2": [1.0, -1.0]}, "ridge_l2"),
-    (lambda: item_task(), {"solver": "lu"}, "solver"),
-    (lambda: item_task(), {"eval_ks": ()}, "eval_ks"),
-    (lambda: "not a task", {}, "TaskData"),
-])
+@pytest.mark.parametrize(
+    "make, kwargs, match",
+    [
+        (
+            lambda: _replace(
+                profile_task(), "train", torch.zeros(0, 10, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+            ),
+            {},
+            "train split: no users",
+        ),
+        (
+            lambda: _replace(
+                profile_task(), "valid", torch.zeros(0, 10, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+            ),
+            {},
+            "valid split: no users",
+        ),
+        (lambda: _replace(profile_task(), "train", targets=torch.zeros(300, 2, dtype=torch.long)), {}, r"\[N\]"),
+        (lambda: _replace(profile_task(), "valid", targets=torch.zeros(7, dtype=torch.long)), {}, "one row per user"),
+        (lambda: _replace(profile_task(), "test", targets=torch.full((150,), 2)), {}, r"lie in \[0, 1\]"),
+        (lambda: _replace(item_task(), "valid", targets=torch.zeros(150, dtype=torch.long)), {}, r"lie in \[1, 15\]"),
+        (lambda: _replace(item_task(), "train", targets=torch.ones(300, dtype=torch.long)), {}, r"\[N, T\]"),
+        (lambda: _replace(item_task(), "train", inputs=torch.ones(300)), {}, "inputs must be"),
+        (lambda: profile_task(), {"metric": "mrr@5"}, "profile metric"),
+        (lambda: item_task(), {"metric": "bacc"}, "ranking metric"),
+        (lambda: profile_task(), {"max_features": 0}, "max_features"),
+        (lambda: profile_task(), {"l2": []}, "l2"),
+        (lambda: item_task(), {"ridge_l2": [1.0, -1.0]}, "ridge_l2"),
+        (lambda: item_task(), {"solver": "lu"}, "solver"),
+        (lambda: item_task(), {"eval_ks": ()}, "eval_ks"),
+        (lambda: "not a task", {}, "TaskData"),
+    ],
+)
 def test_bad_input_is_a_clear_value_error(make, kwargs, match):
     with pytest.raises(ValueError, match=match):
         linear_baseline(make(), **kwargs)
@@ -328,11 +367,14 @@ def test_baselines_keep_their_keys_and_add_the_linear_model():
 
 
 TINY_RUN = {
-    "seed": 1, "threads": 1,
-    "data": {"kind": "synthetic", "max_len": 10,
-             "options": {"num_users": 200, "num_items": 40, "seq_len": 10, "num_target_items": 20, "num_topics": 4}},
-    "tasks": [{"name": "next_item", "kind": "next_item"},
-              {"name": "gender", "kind": "profile", "attribute": "gender"}],
+    "seed": 1,
+    "threads": 1,
+    "data": {
+        "kind": "synthetic",
+        "max_len": 10,
+        "options": {"num_users": 200, "num_items": 40, "seq_len": 10, "num_target_items": 20, "num_topics": 4},
+    },
+    "tasks": [{"name": "next_item", "kind": "next_item"}, {"name": "gender", "kind": "profile", "attribute": "gender"}],
     "model": {"channels": 8, "dilations": [1]},
     "train": {"epochs": 1, "retrain_epochs": 1, "batch_size": 64, "eval_batch_size": 128},
     "output": {"plots": False, "tensorboard": False, "checkpoint_every_epoch": False},

@@ -1,4 +1,5 @@
 """conure.metrics against hand-computed values (ties are pessimistic: a tied candidate ranks ahead of the target)."""
+
 import math
 
 import pytest
@@ -11,12 +12,14 @@ NEG_INF = -math.inf
 
 def test_full_ranking_hand_values_with_ties_and_padding():
     # column 0 is padding: its (huge) score must never count.
-    scores = torch.tensor([
-        [9.0, 0.1, 0.5, 0.3, 0.5],   # target 2: item 4 ties with it -> rank 2 (pessimistic)
-        [9.0, 0.1, 0.5, 0.3, 0.5],   # target 1: items 2, 3, 4 ahead -> rank 4
-        [9.0, 0.9, 0.5, 0.3, 0.5],   # target 1: best -> rank 1
-        [9.0, 0.2, 0.2, 0.2, 0.2],   # target 3: all tied -> worst, rank 4
-    ])
+    scores = torch.tensor(
+        [
+            [9.0, 0.1, 0.5, 0.3, 0.5],  # target 2: item 4 ties with it -> rank 2 (pessimistic)
+            [9.0, 0.1, 0.5, 0.3, 0.5],  # target 1: items 2, 3, 4 ahead -> rank 4
+            [9.0, 0.9, 0.5, 0.3, 0.5],  # target 1: best -> rank 1
+            [9.0, 0.2, 0.2, 0.2, 0.2],  # target 3: all tied -> worst, rank 4
+        ]
+    )
     targets = torch.tensor([2, 1, 1, 3])
     assert M.target_ranks(scores, targets).tolist() == [2, 4, 1, 4]
     # counting the padding column as a candidate moves every target down by one
@@ -38,9 +41,9 @@ def test_metrics_at_k_hand_values():
 
 def test_nan_scores_rank_last_and_bad_targets_raise():
     scores = torch.tensor([[0.0, math.nan, 1.0, 2.0], [0.0, 1.0, math.nan, 0.5]])
-    assert M.target_ranks(scores, torch.tensor([1, 3])).tolist() == [3, 2]   # NaN target last; NaN other = -inf
+    assert M.target_ranks(scores, torch.tensor([1, 3])).tolist() == [3, 2]  # NaN target last; NaN other = -inf
     with pytest.raises(ValueError, match="targets must lie"):
-        M.target_ranks(scores, torch.tensor([0, 1]))          # padding is not a target
+        M.target_ranks(scores, torch.tensor([0, 1]))  # padding is not a target
     with pytest.raises(ValueError, match="targets must lie"):
         M.target_ranks(scores, torch.tensor([1, 4]))
     with pytest.raises(ValueError):
@@ -49,7 +52,7 @@ def test_nan_scores_rank_last_and_bad_targets_raise():
 
 def test_batched_ranks_match_a_python_loop():
     g = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 5, (50, 12), generator=g).float()      # many ties on purpose
+    scores = torch.randint(0, 5, (50, 12), generator=g).float()  # many ties on purpose
     targets = torch.randint(1, 12, (50,), generator=g)
     expected = []
     for s, t in zip(scores.tolist(), targets.tolist()):
@@ -62,10 +65,10 @@ def test_sampled_protocol():
     g = torch.Generator().manual_seed(0)
     targets = torch.randint(1, v, (n,), generator=g)
     best = torch.rand(n, v, generator=g)
-    best[torch.arange(n), targets] = 2.0                # target above everything -> rank 1
+    best[torch.arange(n), targets] = 2.0  # target above everything -> rank 1
     worst = torch.rand(n, v, generator=g) + 1.0
-    worst[torch.arange(n), targets] = 0.5               # target below every real item -> rank 100 (never drawn as neg)
-    worst[:, 0] = -5.0                                  # padding is never a candidate
+    worst[torch.arange(n), targets] = 0.5  # target below every real item -> rank 100 (never drawn as neg)
+    worst[:, 0] = -5.0  # padding is never a candidate
     assert M.sampled_ranks(best, targets, 99, torch.Generator().manual_seed(1)).tolist() == [1] * n
     assert M.sampled_ranks(worst, targets, 99, torch.Generator().manual_seed(1)).tolist() == [100] * n
     mixed = torch.rand(n, v, generator=g)
@@ -76,7 +79,7 @@ def test_sampled_protocol():
     w = torch.zeros(v)
     w[1:101] = 1.0
     only_low = mixed.clone()
-    only_low[:, 101:] = 10.0                            # would be ahead if ever drawn
+    only_low[:, 101:] = 10.0  # would be ahead if ever drawn
     t_high = torch.full((n,), 150)
     assert M.sampled_ranks(only_low, t_high, 99, torch.Generator().manual_seed(0), weights=w).max() <= 100
     r = M.sampled_ranks(only_low, t_high, 99, torch.Generator().manual_seed(0), weights=w)
@@ -88,7 +91,7 @@ def test_sampled_protocol():
 def test_accuracy_and_baselines():
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.5, 0.5], [0.0, 1.0]])
     labels = torch.tensor([1, 1, 0, 0])
-    assert M.accuracy(logits, labels) == pytest.approx(2 / 4)   # row 3: tie -> lowest index (0) is right
+    assert M.accuracy(logits, labels) == pytest.approx(2 / 4)  # row 3: tie -> lowest index (0) is right
     with pytest.raises(ValueError):
         M.accuracy(logits, labels[:3])
     assert M.majority_accuracy(torch.tensor([2, 2, 1, 0]), torch.tensor([2, 1, 2, 2])) == pytest.approx(3 / 4)

@@ -2,6 +2,7 @@
 
 Skipped unless a CUDA device is visible and the compiled extension (built with CONURE_CUDA) is in use.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,19 +38,28 @@ def _exact_math():
         yield
         return
     m = torch.backends.cuda.matmul
-    saved = (m.allow_tf32, torch.backends.cudnn.allow_tf32, m.allow_fp16_reduced_precision_reduction,
-             m.allow_bf16_reduced_precision_reduction)
+    saved = (
+        m.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        m.allow_fp16_reduced_precision_reduction,
+        m.allow_bf16_reduced_precision_reduction,
+    )
     m.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     m.allow_fp16_reduced_precision_reduction = False
     m.allow_bf16_reduced_precision_reduction = False
     yield
-    (m.allow_tf32, torch.backends.cudnn.allow_tf32, m.allow_fp16_reduced_precision_reduction,
-     m.allow_bf16_reduced_precision_reduction) = saved
+    (
+        m.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        m.allow_fp16_reduced_precision_reduction,
+        m.allow_bf16_reduced_precision_reduction,
+    ) = saved
 
 
 # --------------------------------------------------------------------------------------------------------------
 # masked_causal_conv1d
+
 
 def _case(B, L, C_in, C_out, K, task, seed, bias=True, max_owner=None):
     """CPU float64 inputs; owners drawn from 0..task+1 so free, frozen, trainable and future weights all occur."""
@@ -84,11 +94,11 @@ CONV_SHAPES = [
     # B, L, C_in, C_out, K, dilation
     (2, 17, 8, 12, 3, 1),
     (3, 50, 64, 64, 3, 2),
-    (2, 9, 33, 47, 5, 4),    # partial 32-tiles; taps reaching only negative time (s >= L)
-    (1, 30, 40, 24, 1, 1),   # K = 1, B = 1
+    (2, 9, 33, 47, 5, 4),  # partial 32-tiles; taps reaching only negative time (s >= L)
+    (1, 30, 40, 24, 1, 1),  # K = 1, B = 1
     (2, 20, 16, 16, 20, 1),  # K > 16: scatter_grad's column chunks
     (4, 64, 256, 256, 3, 8),
-    (5, 1, 7, 5, 2, 1),      # L = 1
+    (5, 1, 7, 5, 2, 1),  # L = 1
 ]
 
 
@@ -97,19 +107,24 @@ CONV_SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_conv_matches_reference(shape, task, bias, dtype):
     B, L, C_in, C_out, K, dil = shape
-    x, w, owner, b, gy = _case(B, L, C_in, C_out, K, task, seed=zlib.crc32(repr(shape).encode()) % 1000 + task, bias=bias)
+    x, w, owner, b, gy = _case(
+        B, L, C_in, C_out, K, task, seed=zlib.crc32(repr(shape).encode()) % 1000 + task, bias=bias
+    )
     got = _run(ops.masked_causal_conv1d, x, w, owner, task, b, dil, gy, dtype, DEV)
     want = _ref64(x, w, owner, task, b, dil, gy, dtype)
     rtol = 1e-4 if dtype == torch.float32 else 1e-10
     for name, g, r in zip(["y", "grad_x", "grad_w", "grad_b"], got, want):
         assert g.dtype == dtype and g.device.type == DEV, name
         scale = r.abs().max().item() or 1.0
-        torch.testing.assert_close(g.double().cpu(), r, rtol=rtol, atol=rtol * scale, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g.double().cpu(), r, rtol=rtol, atol=rtol * scale, msg=lambda m: f"{name}: {m}")  # noqa: B023 - called within the iteration
 
 
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-@pytest.mark.parametrize("shape", [(4, 50, 64, 64, 3, 1), (8, 50, 256, 256, 3, 4), (2, 33, 40, 72, 4, 2)],
-                         ids=lambda s: "x".join(map(str, s)) if isinstance(s, tuple) else str(s))
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 50, 64, 64, 3, 1), (8, 50, 256, 256, 3, 4), (2, 33, 40, 72, 4, 2)],
+    ids=lambda s: "x".join(map(str, s)) if isinstance(s, tuple) else str(s),
+)
 def test_conv_half_error_within_twice_torch(dtype, shape):
     """Error vs float64 at most 2x (relative RMS) that of plain torch (cuDNN via the reference) in the same dtype.
 
@@ -130,8 +145,9 @@ def test_conv_half_error_within_twice_torch(dtype, shape):
         max_g, max_p = (g - r).abs().max().item(), (p - r).abs().max().item()
         floor = 1e-3 * eps
         assert rms_g <= 2 * max(rms_p, floor), f"{name}: relative RMS error {rms_g:.3g} vs torch {rms_p:.3g}"
-        assert max_g <= 4 * max(max_p, floor * r.abs().max().item()), \
+        assert max_g <= 4 * max(max_p, floor * r.abs().max().item()), (
             f"{name}: max abs error {max_g:.3g} vs torch {max_p:.3g}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -186,8 +202,9 @@ def test_conv_backward_output_mask_and_empty_batch():
     empty = torch.zeros(0, 10, 8, device=DEV)
     y = torch.ops.conure.masked_causal_conv1d(empty, args[2], owner.to(DEV), 1, None, 1)
     assert y.shape == (0, 10, 6)
-    gx, gw, gb = torch.ops.conure.masked_causal_conv1d_backward(torch.zeros(0, 10, 6, device=DEV), empty, args[2],
-                                                                owner.to(DEV), 1, 1, [True, True, True])
+    gx, gw, gb = torch.ops.conure.masked_causal_conv1d_backward(
+        torch.zeros(0, 10, 6, device=DEV), empty, args[2], owner.to(DEV), 1, 1, [True, True, True]
+    )
     assert gx.shape == (0, 10, 8) and (gw == 0).all() and (gb == 0).all()
 
 
@@ -208,14 +225,25 @@ def test_conv_deterministic_1000_iterations():
 
 
 def test_cuda_kernels_registered():
-    for op in ("masked_causal_conv1d", "masked_causal_conv1d_backward", "magnitude_prune_many_", "residual_block",
-               "residual_block_backward", "residual_block_post_ln", "residual_block_post_ln_backward", "stream_step_",
-               "stream_step_post_ln_", "multi_task_forward", "multi_task_forward_post_ln"):
+    for op in (
+        "masked_causal_conv1d",
+        "masked_causal_conv1d_backward",
+        "magnitude_prune_many_",
+        "residual_block",
+        "residual_block_backward",
+        "residual_block_post_ln",
+        "residual_block_post_ln_backward",
+        "stream_step_",
+        "stream_step_post_ln_",
+        "multi_task_forward",
+        "multi_task_forward_post_ln",
+    ):
         assert "CUDA" in torch._C._dispatch_dump(f"conure::{op}"), op
 
 
 # --------------------------------------------------------------------------------------------------------------
 # magnitude_prune_many_: the CUDA op must keep exactly the entries the CPU op keeps.
+
 
 def _prune_op(weights, owners, task, keep_ratio):
     """The raw operator; it returns the count as a 0-dim int64 CPU tensor."""
@@ -251,8 +279,9 @@ def _weights(kind, shapes, dtype, g):
         elif kind == "zero":  # +0.0 and -0.0 (one key)
             w = torch.zeros(n, dtype=torch.float64) * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
         elif kind == "special":  # inf, subnormal-ish, zero, ties
-            pool = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 0.5, -0.5, 2.0, float("inf"), float("-inf"), 1e-3],
-                                dtype=torch.float64)
+            pool = torch.tensor(
+                [0.0, -0.0, 1e-40, -1e-40, 0.5, -0.5, 2.0, float("inf"), float("-inf"), 1e-3], dtype=torch.float64
+            )
             w = pool[torch.randint(0, len(pool), (n,), generator=g)]
         else:
             raise ValueError(kind)

@@ -1,6 +1,7 @@
 """Only the positions a head reads: NextItNet.forward(out_len=n) computes the last n positions from the inputs they
 depend on (a last-position head on left-padded rows reads one), and the learner, the checkpoint's inference model and
 user_vector use it. The values equal the full forward's up to GEMM rounding."""
+
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ def _net(pre_ln=True, dilations=(1, 3, 2), k=3, seed=0):
     net = NextItNet(37, channels=12, kernel_size=k, dilations=dilations, pre_ln=pre_ln).double()
     net.reset_parameters(torch.Generator().manual_seed(seed))
     for _, m in net.conv_layers():
-        m.owner.copy_(torch.randint(0, 3, m.owner.shape, dtype=torch.uint8))   # tasks 1, 2 and free weights
+        m.owner.copy_(torch.randint(0, 3, m.owner.shape, dtype=torch.uint8))  # tasks 1, 2 and free weights
     return net
 
 
@@ -25,13 +26,13 @@ def _net(pre_ln=True, dilations=(1, 3, 2), k=3, seed=0):
 def test_the_last_positions_equal_the_full_forward(pre_ln, k, dilations):
     net = _net(pre_ln, dilations, k)
     items = torch.randint(1, 37, (5, 41))
-    items[1, :30] = 0                                                  # left padded rows, one all padding
+    items[1, :30] = 0  # left padded rows, one all padding
     items[3] = 0
     full = net(items, 2)
     for n in (1, 2, 7, 41, 60):
         part = net(items, 2, out_len=n)
         assert part.shape == (5, min(n, 41), 12)
-        torch.testing.assert_close(part, full[:, full.shape[1] - part.shape[1]:], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(part, full[:, full.shape[1] - part.shape[1] :], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(net.user_vector(items, 2), full[:, -1])
 
 
@@ -76,7 +77,7 @@ def test_which_heads_read_one_position():
 def test_right_padded_rows_read_the_full_output():
     net = _net()
     items = torch.randint(1, 37, (3, 20))
-    items[0, 12:] = 0                                                   # right padded: last real item at 11
+    items[0, 12:] = 0  # right padded: last real item at 11
     torch.testing.assert_close(net.user_vector(items, 2), net(items, 2)[torch.arange(3), torch.tensor([11, 19, 19])])
 
 

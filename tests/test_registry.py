@@ -3,6 +3,7 @@
 The example method below is all a new method needs: a ContinualLearner subclass with a ``method`` name, its declared
 options, and what it trains. It is then known to make_method, the run config, conure train and checkpoints.
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_tasks():
     from conure.data import make_synthetic_tasks
+
     return make_synthetic_tasks(num_users=300, num_items=40, seq_len=10, seed=3)
 
 
@@ -71,8 +73,8 @@ def test_a_method_registers_itself_and_runs_through_make_method(tiny_tasks):
     cfg = TrainConfig(epochs=1, batch_size=64)
     for t, task in enumerate(tiny_tasks[:2], 1):
         learner.learn(task, t, cfg)
-    assert learner.learned_tasks == [1, 2] and learner.results[1][1] == learner.results[1][1]   # learned, not NaN
-    again = ContinualLearner.from_state(learner.state_tensors(), learner.state_meta())      # checkpoints know it
+    assert learner.learned_tasks == [1, 2] and learner.results[1][1] == learner.results[1][1]  # learned, not NaN
+    again = ContinualLearner.from_state(learner.state_tensors(), learner.state_meta())  # checkpoints know it
     assert isinstance(again, HeadsOnly) and again.scale == 0.5
     probe = tiny_tasks[1].test.inputs[:5]
     assert torch.equal(again.predict(2, probe), learner.predict(2, probe))
@@ -93,7 +95,8 @@ def test_declared_options_are_validated(tiny_tasks):
 def test_the_run_config_takes_the_methods_declared_options():
     cfg, _ = load_config(None, ["method.keep_ratios=[0.2, 0.4]", "method.reduction=4"])
     assert cfg.method.options("conure") == {"keep_ratios": [0.2, 0.4]} and cfg.method.options("peterrec") == {
-        "reduction": 4}
+        "reduction": 4
+    }
     with pytest.raises(ConfigError, match="reduction must be an integer >= 1"):
         load_config(None, ["method.reduction=0"])
     with pytest.raises(ConfigError, match="keep_ratios"):
@@ -106,8 +109,9 @@ def test_a_dataset_kind_registers_itself(tmp_path):
     def read_lines(path):
         return make_synthetic_interactions(num_users=50, num_items=30, seq_len=8, seed=len(Path(path).name))
 
-    kind = registry.register_dataset(registry.DatasetKind(
-        "example-lines", read_lines, lambda train: [{"name": "next_item", "kind": "next_item"}]))
+    kind = registry.register_dataset(
+        registry.DatasetKind("example-lines", read_lines, lambda train: [{"name": "next_item", "kind": "next_item"}])
+    )
     try:
         assert default_specs("example-lines") == [{"name": "next_item", "kind": "next_item"}]
         inter = load_dataset("example-lines", tmp_path / "x.txt")

@@ -188,17 +188,7 @@ def test_stream_bad_inputs():
     other = StreamingState(net, 2, (1,))
     with pytest.raises(ValueError, match="holds tasks"):
         state.load_state_dict(other.state_dict())
-    w = state.weights
-    x = torch.zeros(3, 16)
-    with pytest.raises(ValueError, match="pos must be an int64 tensor"):
-        fused.stream_step_(x, state.pos.int(), state.rings, w.wcols, w.ln, w.dilations, 3, w.eps)
-    with pytest.raises(ValueError, match="ring 1 must be a contiguous"):
-        fused.stream_step_(x, state.pos, [state.rings[0], state.rings[0]] + state.rings[2:], w.wcols, w.ln,
-                           w.dilations, 3, w.eps)
-    with pytest.raises(ValueError, match="need 2 weights and 4 LayerNorm vectors per block"):
-        fused.stream_step_(x, state.pos, state.rings, w.wcols[:-1], w.ln, w.dilations, 3, w.eps)
-    with pytest.raises(RuntimeError, match="pos must be >= 0"):
-        torch.ops.conure.stream_step_(x, state.pos - 1, state.rings, w.wcols, w.ln, w.dilations, 3, w.eps)
+    # the operator's own bad inputs (pos, rings, weights): tests/bad_inputs/test_fused.py (fused.stream.*)
 
 
 @pytest.mark.parametrize("k,dilations", [(3, (1, 4, 2)), (2, (3, 1)), (1, (1, 2)), (3, (16, 32))])
@@ -231,7 +221,7 @@ def _raw_stack(c, c_mid, k, dilations, tasks, post_ln, seed=0, device="cpu"):
 @pytest.mark.parametrize("k,dilations", [(3, (1, 4)), (2, (5,)), (1, (1, 2))])
 def test_post_ln_stream_op_matches_its_reference_twin_and_opcheck(k, dilations, device):
     """stream_step_post_ln_ (compiled) against reference.stream_step_post_ln_, outputs and rings, over many steps,
-    with C_mid != C; opcheck; LayerNorms sized as for a pre-LN stack are refused."""
+    with C_mid != C; opcheck."""
     c, c_mid, tasks, batch = 16, 12, 3, 5
     wcols, ln = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=True, seed=k, device=device)
 
@@ -252,11 +242,8 @@ def test_post_ln_stream_op_matches_its_reference_twin_and_opcheck(k, dilations, 
     assert k == 1 or any(r.abs().sum() > 0 for r in ours)     # K = 1: no ring slots
     torch.library.opcheck(torch.ops.conure.stream_step_post_ln_.default,
                           (x, pos, [r.clone() for r in ours], wcols, ln, list(dilations), k, 1e-5))
-    _, pre_ln_sizes = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=False, device=device)
-    with pytest.raises(ValueError, match=r"stream_step_post_ln_: LayerNorm vector 0 must have shape \[12\]"):
-        fused.stream_step_post_ln_(x, pos, ours, wcols, pre_ln_sizes, dilations, k, 1e-5)
-    with pytest.raises(RuntimeError, match=r"LayerNorm vector 0 must be \[12\]"):
-        torch.ops.conure.stream_step_post_ln_(x, pos, ours, wcols, pre_ln_sizes, list(dilations), k, 1e-5)
+    # LayerNorms sized as for a pre-LN stack: tests/bad_inputs/test_fused.py (fused.stream_post.ln_size,
+    # raw.stream_post.ln_size)
 
 
 def test_post_ln_late_joiner_gather_and_state_dict(device):
@@ -333,8 +320,7 @@ def test_multi_task_forward_reference_twin():
 @pytest.mark.parametrize("k,dilations", [(3, (1, 4)), (2, (5, 1)), (1, (2,)), (3, (16,))])
 def test_multi_task_forward_post_ln_matches_its_reference_twin(k, dilations, device):
     """multi_task_forward_post_ln (compiled: receptive-field trimming, shared block-0 im2col, batched GEMMs) against
-    reference.multi_task_forward_post_ln (a per-task loop of the reference post-LN block), C_mid != C; opcheck;
-    LayerNorms sized as for a pre-LN stack are refused."""
+    reference.multi_task_forward_post_ln (a per-task loop of the reference post-LN block), C_mid != C; opcheck."""
     c, c_mid, tasks = 16, 12, 3
     wcols, ln = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=True, seed=k, device=device)
     x = torch.randn(4, 23, c, generator=torch.Generator().manual_seed(k)).to(device)
@@ -345,9 +331,7 @@ def test_multi_task_forward_post_ln_matches_its_reference_twin(k, dilations, dev
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     torch.library.opcheck(torch.ops.conure.multi_task_forward_post_ln.default,
                           (x, wcols, ln, list(dilations), k, 1e-5, 5))
-    _, pre_ln_sizes = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=False, device=device)
-    with pytest.raises(ValueError, match=r"multi_task_forward_post_ln: LayerNorm vector 0 must have shape \[12\]"):
-        fused.multi_task_forward_post_ln(x, wcols, pre_ln_sizes, dilations, k, 1e-5, 1)
+    # LayerNorms sized as for a pre-LN stack: tests/bad_inputs/test_fused.py (fused.multi_post.*)
 
 
 def test_serving_bad_inputs():
@@ -357,9 +341,4 @@ def test_serving_bad_inputs():
         server(torch.zeros(2, 5, dtype=torch.int32))
     with pytest.raises(ValueError, match="no positions"):
         server(torch.zeros(2, 0, dtype=torch.int64))
-    w = server.weights
-    x = w.embed(torch.ones(2, 5, dtype=torch.int64), "test")
-    with pytest.raises(ValueError, match=r"out_len must be an int in \[1, L=5\]"):
-        fused.multi_task_forward(x, w.wcols, w.ln, w.dilations, 3, w.eps, 6)
-    with pytest.raises(ValueError, match="weight 1 must be"):
-        fused.multi_task_forward(x, [w.wcols[0], w.wcols[1][:, 1:]] + w.wcols[2:], w.ln, w.dilations, 3, w.eps, 1)
+    # the operator's own bad inputs (out_len, weights): tests/bad_inputs/test_fused.py (fused.multi.*)

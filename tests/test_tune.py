@@ -4,6 +4,7 @@ Tiny synthetic configs (8 channels, 2 blocks, 2 epochs, 200 users): every study 
 optuna (a test extra: CI installs it) and are skipped without it; the search-space checks and the "optuna is
 missing" error do not need it.
 """
+
 import copy
 import importlib.util
 import os
@@ -19,16 +20,23 @@ from conure.runner import build_tasks
 from conure.tune import OPTUNA_HINT, TuneError, default_space, find_task, parse_space
 
 HAVE_OPTUNA = importlib.util.find_spec("optuna") is not None
-needs_optuna = pytest.mark.skipif(not HAVE_OPTUNA, reason="optuna is not installed (pip install optuna, or the "
-                                                          "'tune'/'test' extra of conure)")
+needs_optuna = pytest.mark.skipif(
+    not HAVE_OPTUNA, reason="optuna is not installed (pip install optuna, or the 'tune'/'test' extra of conure)"
+)
 
 TINY = {
-    "seed": 5, "threads": 1,
-    "data": {"kind": "synthetic", "max_len": 10,
-             "options": {"num_users": 200, "num_items": 50, "seq_len": 10, "num_target_items": 20, "num_topics": 3}},
-    "tasks": [{"name": "next_item", "kind": "next_item"},
-              {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
-              {"name": "gender", "kind": "profile", "attribute": "gender"}],
+    "seed": 5,
+    "threads": 1,
+    "data": {
+        "kind": "synthetic",
+        "max_len": 10,
+        "options": {"num_users": 200, "num_items": 50, "seq_len": 10, "num_target_items": 20, "num_topics": 3},
+    },
+    "tasks": [
+        {"name": "next_item", "kind": "next_item"},
+        {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
+        {"name": "gender", "kind": "profile", "attribute": "gender"},
+    ],
     "model": {"channels": 8, "dilations": [1, 2]},
     "method": {"name": "conure", "keep_ratios": [0.5]},
     "train": {"epochs": 2, "retrain_epochs": 1, "lr": 0.002, "batch_size": 64, "eval_batch_size": 256},
@@ -36,10 +44,12 @@ TINY = {
 }
 
 # Small and quick: the defaults' head_warmup of 50 epochs and batch size 32 would dominate the test time.
-FAST_SPACE = {"lr": {"low": 1e-4, "high": 3e-3, "log": True},
-              "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True, "or_zero": True},
-              "pool": {"choices": ["last", "mean"]},
-              "keep_ratio": {"low": 0.2, "high": 0.8}}
+FAST_SPACE = {
+    "lr": {"low": 1e-4, "high": 3e-3, "log": True},
+    "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True, "or_zero": True},
+    "pool": {"choices": ["last", "mean"]},
+    "keep_ratio": {"low": 0.2, "high": 0.8},
+}
 
 
 def tiny(**changes):
@@ -58,6 +68,7 @@ class LearnCounter:
 
     def __init__(self, monkeypatch):
         from conure.learner import ConureLearner
+
         self.calls = []
         original = ConureLearner.learn
         counter = self
@@ -77,8 +88,16 @@ def quiet(lines):
 def test_default_space_keys_are_taskconfig_fields_and_depend_on_kind_and_method():
     base = TaskConfig()
     profile = default_space("profile", "conure")
-    assert set(profile) == {"lr", "batch_size", "weight_decay", "dropout", "pool", "head_warmup", "keep_ratio",
-                            "class_weight"}
+    assert set(profile) == {
+        "lr",
+        "batch_size",
+        "weight_decay",
+        "dropout",
+        "pool",
+        "head_warmup",
+        "keep_ratio",
+        "class_weight",
+    }
     assert "class_weight" not in default_space("item", "conure")
     assert "keep_ratio" not in default_space("profile", "sinmoall")
     assert {"dropout", "pool", "head_warmup"}.isdisjoint(default_space("next_item", "conure"))
@@ -92,20 +111,23 @@ def test_default_space_keys_are_taskconfig_fields_and_depend_on_kind_and_method(
     assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True)
 
 
-@pytest.mark.parametrize("space, fragments", [
-    ({"learning_rate": {"low": 1e-4, "high": 1e-2}}, ["learning_rate", "not a TrainConfig field"]),
-    ({"lr": {"low": 1e-2, "high": 1e-4}}, ["lr", "low must be below high"]),
-    ({"lr": {"low": 0.0, "high": 1e-2, "log": True}}, ["lr", "log range needs low > 0"]),
-    ({"lr": {"min": 1e-4, "max": 1e-2}}, ["lr", "unknown: max, min"]),
-    ({"batch_size": {"low": 16, "high": 128}}, ["batch_size", "not a number field", "int: [low, high]"]),
-    ({"pool": {"choices": ["last", "max"]}}, ["pool", "'max' is not a valid value"]),
-    ({"pool": {"choices": []}}, ["pool", "non-empty list"]),
-    ({"dropout": {"low": 0.0, "high": 1.0}}, ["dropout", "1.0 is not a valid value"]),
-    ({"metric": {"choices": ["acc", "bacc"]}}, ["metric", "not tunable"]),
-    ({"head_warmup": {"choices": [True, False]}}, ["head_warmup", "True", "not a valid head_warmup value"]),
-    ({"lr": 0.001}, ["lr", "expected {low, high"]),
-    ([], ["non-empty mapping"]),
-])
+@pytest.mark.parametrize(
+    "space, fragments",
+    [
+        ({"learning_rate": {"low": 1e-4, "high": 1e-2}}, ["learning_rate", "not a TrainConfig field"]),
+        ({"lr": {"low": 1e-2, "high": 1e-4}}, ["lr", "low must be below high"]),
+        ({"lr": {"low": 0.0, "high": 1e-2, "log": True}}, ["lr", "log range needs low > 0"]),
+        ({"lr": {"min": 1e-4, "max": 1e-2}}, ["lr", "unknown: max, min"]),
+        ({"batch_size": {"low": 16, "high": 128}}, ["batch_size", "not a number field", "int: [low, high]"]),
+        ({"pool": {"choices": ["last", "max"]}}, ["pool", "'max' is not a valid value"]),
+        ({"pool": {"choices": []}}, ["pool", "non-empty list"]),
+        ({"dropout": {"low": 0.0, "high": 1.0}}, ["dropout", "1.0 is not a valid value"]),
+        ({"metric": {"choices": ["acc", "bacc"]}}, ["metric", "not tunable"]),
+        ({"head_warmup": {"choices": [True, False]}}, ["head_warmup", "True", "not a valid head_warmup value"]),
+        ({"lr": 0.001}, ["lr", "expected {low, high"]),
+        ([], ["non-empty mapping"]),
+    ],
+)
 def test_bad_space_is_a_clear_error_naming_the_key(space, fragments):
     with pytest.raises(TuneError) as e:
         parse_space(space, TaskConfig(), method="conure")
@@ -130,11 +152,12 @@ def test_unknown_task_name_lists_the_tasks():
 @needs_optuna
 def test_study_writes_best_yaml_then_resumes_from_the_cached_prefix(tmp_path, monkeypatch):
     from conure.tune import tune
+
     cfg, out = tiny(), tmp_path / "study"
     counter = LearnCounter(monkeypatch)
     lines = []
     res = tune(cfg, "gender", 3, out, space=FAST_SPACE, echo=quiet(lines))
-    assert counter.calls == [1, 2, 3, 3, 3]                 # the earlier tasks once, then one learn per trial
+    assert counter.calls == [1, 2, 3, 3, 3]  # the earlier tasks once, then one learn per trial
     assert res["prefix"] == "learned" and res["added"] == 3 and not res["interrupted"]
     assert res["trials"]["complete"] + res["trials"]["pruned"] == 3
     assert res["metric"] == "bacc" and res["direction"] == "maximize"
@@ -174,6 +197,7 @@ def test_study_writes_best_yaml_then_resumes_from_the_cached_prefix(tmp_path, mo
 @needs_optuna
 def test_the_test_split_is_never_evaluated(tmp_path, monkeypatch):
     from conure.tune import tune
+
     cfg = tiny()
     test_users = [set(t.test.users.tolist()) for t in build_tasks(cfg)]
     assert all(test_users)
@@ -198,10 +222,12 @@ def test_the_test_split_is_never_evaluated(tmp_path, monkeypatch):
     monkeypatch.setattr(ContinualLearner, "_evaluate", guarded)
     monkeypatch.setattr(ContinualLearner, "evaluate", evaluate)
     import conure.run
+
     for name in ("baselines", "trivial_baselines"):
         monkeypatch.setattr(conure.run, name, lambda *a, **k: pytest.fail("test-split baselines computed"))
-    res = tune(cfg, "service2", 2, tmp_path / "s", space={"lr": {"low": 1e-4, "high": 3e-3, "log": True}},
-               echo=quiet([]))
+    res = tune(
+        cfg, "service2", 2, tmp_path / "s", space={"lr": {"low": 1e-4, "high": 3e-3, "log": True}}, echo=quiet([])
+    )
     assert res["metric"] == "mrr@5" and res["best"] is not None and seen["users"] > 0
 
 
@@ -210,9 +236,9 @@ def test_the_config_trial_reproduces_conure_train(tmp_path):
     """Trial 0 (the config's own settings) learns the task as `conure train` does: the same validation value."""
     from conure.runner import Run
     from conure.tune import tune
+
     cfg = tiny(**{"baselines.linear": False})
-    res = tune(cfg, "gender", 1, tmp_path / "t", space={"lr": {"low": 1e-4, "high": 3e-3, "log": True}},
-               echo=quiet([]))
+    res = tune(cfg, "gender", 1, tmp_path / "t", space={"lr": {"low": 1e-4, "high": 3e-3, "log": True}}, echo=quiet([]))
     assert res["best"] == {"trial": 0, "value": res["best"]["value"], "overrides": {"lr": 0.002}}
     run = Run(cfg, tmp_path / "run", echo=quiet([]))
     run.execute()
@@ -223,6 +249,7 @@ def test_the_config_trial_reproduces_conure_train(tmp_path):
 @needs_optuna
 def test_pruned_trials_count_and_stop_learning(tmp_path, monkeypatch):
     import optuna
+
     from conure.tune import tune
 
     class AlwaysPrune(optuna.pruners.BasePruner):
@@ -247,11 +274,18 @@ def test_pruned_trials_count_and_stop_learning(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ContinualLearner, "_fit", fit)
     lines = []
-    res = tune(tiny(), "gender", 2, tmp_path / "p", space={"lr": {"low": 1e-4, "high": 3e-3, "log": True}},
-               pruner=AlwaysPrune(), echo=quiet(lines))
+    res = tune(
+        tiny(),
+        "gender",
+        2,
+        tmp_path / "p",
+        space={"lr": {"low": 1e-4, "high": 3e-3, "log": True}},
+        pruner=AlwaysPrune(),
+        echo=quiet(lines),
+    )
     assert res["trials"]["pruned"] == 2 and res["trials"]["complete"] == 0
     assert res["best"] is None and res["best_yaml"] is None and not (tmp_path / "p" / "best.yaml").exists()
-    assert epochs == [(3, "train", 1), (3, "train", 1)]      # each trial stopped after its first epoch
+    assert epochs == [(3, "train", 1), (3, "train", 1)]  # each trial stopped after its first epoch
     assert sum("pruned after epoch 1" in line for line in lines) == 2
 
 
@@ -259,12 +293,13 @@ def test_pruned_trials_count_and_stop_learning(tmp_path, monkeypatch):
 def test_ctrl_c_ends_cleanly_and_the_study_resumes(tmp_path, monkeypatch):
     from conure.learner import ConureLearner
     from conure.tune import tune
+
     original = ConureLearner.learn
     calls = []
 
     def learn(learner, data, task_id, config=None):
         calls.append(task_id)
-        if task_id == 2 and calls.count(2) == 2:       # the second trial is interrupted
+        if task_id == 2 and calls.count(2) == 2:  # the second trial is interrupted
             raise KeyboardInterrupt
         return original(learner, data, task_id, config)
 
@@ -282,6 +317,7 @@ def test_ctrl_c_ends_cleanly_and_the_study_resumes(tmp_path, monkeypatch):
 @needs_optuna
 def test_a_study_of_another_config_is_refused_and_task_1_can_be_tuned(tmp_path):
     from conure.tune import tune
+
     out = tmp_path / "t1"
     space = {"lr": {"low": 1e-4, "high": 3e-3, "log": True}}
     res = tune(tiny(), "next_item", 1, out, space=space, echo=quiet([]))
@@ -296,10 +332,11 @@ def test_a_study_of_another_config_is_refused_and_task_1_can_be_tuned(tmp_path):
 @needs_optuna
 def test_a_stale_prefix_cache_is_relearned(tmp_path):
     from conure.tune import tune
+
     out = tmp_path / "s"
     space = {"lr": {"low": 1e-4, "high": 3e-3, "log": True}}
     tune(tiny(), "service2", 1, out, space=space, echo=quiet([]))
-    (out / "study.db").unlink()             # a new study, but the cache of the old config is still there
+    (out / "study.db").unlink()  # a new study, but the cache of the old config is still there
     lines = []
     res = tune(tiny(seed=6), "service2", 1, out, space=space, echo=quiet(lines))
     assert res["prefix"] == "learned"
@@ -309,9 +346,10 @@ def test_a_stale_prefix_cache_is_relearned(tmp_path):
 @needs_optuna
 def test_a_study_refuses_changed_data(tmp_path, monkeypatch):
     import conure.tune
+
     out, space = tmp_path / "s", {"lr": {"low": 1e-4, "high": 3e-3, "log": True}}
     conure.tune.tune(tiny(), "next_item", 1, out, space=space, echo=quiet([]))
-    monkeypatch.setattr(conure.tune, "_data_digest", lambda tasks: "other files")    # e.g. a ratings file edited
+    monkeypatch.setattr(conure.tune, "_data_digest", lambda tasks: "other files")  # e.g. a ratings file edited
     with pytest.raises(TuneError, match="the data changed since study 'next_item' began"):
         conure.tune.tune(tiny(), "next_item", 2, out, space=space, echo=quiet([]))
 
@@ -319,6 +357,7 @@ def test_a_study_refuses_changed_data(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------- CLI
 def _cli(argv, capsys, cwd):
     from conure.cli import main
+
     old = os.getcwd()
     os.chdir(cwd)
     try:
@@ -339,10 +378,28 @@ def _error_line(err):
 @needs_optuna
 def test_cli_tune_prints_the_table_and_writes_best_yaml(tmp_path, capsys):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(TINY))
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"lr": {"low": 1e-4, "high": 3e-3, "log": True},
-                                                         "batch_size": {"choices": [32, 64]}}))
-    code, out, err = _cli(["tune", "--config", "cfg.yaml", "--task", "gender", "--trials", 2, "--space", "space.yaml",
-                           "--set", "train.epochs=1", "--out", "o"], capsys, tmp_path)
+    (tmp_path / "space.yaml").write_text(
+        yaml.safe_dump({"lr": {"low": 1e-4, "high": 3e-3, "log": True}, "batch_size": {"choices": [32, 64]}})
+    )
+    code, out, err = _cli(
+        [
+            "tune",
+            "--config",
+            "cfg.yaml",
+            "--task",
+            "gender",
+            "--trials",
+            2,
+            "--space",
+            "space.yaml",
+            "--set",
+            "train.epochs=1",
+            "--out",
+            "o",
+        ],
+        capsys,
+        tmp_path,
+    )
     assert code == 0, err
     for text in ("tuning task 3/3 gender", "best trials by validation bacc", "--set tasks.2.train.lr=", "best.yaml"):
         assert text in out, (text, out)
@@ -351,11 +408,15 @@ def test_cli_tune_prints_the_table_and_writes_best_yaml(tmp_path, capsys):
     assert set(best["train"]) == {"lr", "batch_size"}
     # Errors: one line, exit 2.
     (tmp_path / "bad.yaml").write_text("lr: {low: 1e-4, high: 1e-2}\nlearning_rate: {low: 1, high: 2}\n")
-    code, out, err = _cli(["tune", "--config", "cfg.yaml", "--task", "gender", "--trials", 1, "--space", "bad.yaml",
-                           "--out", "o2"], capsys, tmp_path)
+    code, out, err = _cli(
+        ["tune", "--config", "cfg.yaml", "--task", "gender", "--trials", 1, "--space", "bad.yaml", "--out", "o2"],
+        capsys,
+        tmp_path,
+    )
     assert code == 2 and "learning_rate" in _error_line(err) and "bad.yaml" in err
-    code, out, err = _cli(["tune", "--config", "cfg.yaml", "--task", "age", "--trials", 1, "--out", "o3"], capsys,
-                          tmp_path)
+    code, out, err = _cli(
+        ["tune", "--config", "cfg.yaml", "--task", "age", "--trials", 1, "--out", "o3"], capsys, tmp_path
+    )
     assert code == 2 and "next_item, 2 service2, 3 gender" in _error_line(err)
     code, out, err = _cli(["tune", "--config", "cfg.yaml", "--task", "gender", "--trials", 0], capsys, tmp_path)
     assert code == 2 and "--trials" in _error_line(err)
@@ -363,7 +424,7 @@ def test_cli_tune_prints_the_table_and_writes_best_yaml(tmp_path, capsys):
 
 
 def test_cli_tune_without_optuna_says_how_to_install_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "optuna", None)         # import optuna -> ImportError
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(TINY))
     code, out, err = _cli(["tune", "--config", "cfg.yaml", "--task", "gender", "--trials", 1], capsys, tmp_path)
     line = _error_line(err)
@@ -373,6 +434,7 @@ def test_cli_tune_without_optuna_says_how_to_install_it(tmp_path, capsys, monkey
 
 def test_cli_help_lists_tune():
     from conure.cli import build_parser
+
     parser = build_parser()
     assert "tune" in parser.format_help()
     sub = next(a for a in parser._actions if a.dest == "command").choices["tune"]
