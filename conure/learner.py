@@ -35,7 +35,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn as nn
@@ -45,7 +45,7 @@ from conure.backends import PhaseBackend, PhaseInputs, backend_for
 from conure.callbacks import Callback, EpochState, EvalState, FunctionHooks, PhaseEndState, PhaseState, TaskEndState
 from conure.data.types import TASK_KINDS, Split, TaskData
 from conure.hashing import derive_seed, tensor_digest
-from conure.heads import POOLS, TaskHead, balanced_class_weight, make_head
+from conure.heads import POOLS, ProfileHead, TaskHead, balanced_class_weight, make_head
 from conure.models import NextItNet, PatchStack, build_module, module_config
 from conure.nn import check_task_id
 from conure.registry import METHODS, Option, register_method
@@ -216,10 +216,11 @@ class ContinualLearner:
             raise TypeError(f"{type(self).__name__}: backbone must be a conure NextItNet, got {type(backbone).__name__}")
         self.seed = int(seed)
         self.store = nn.ModuleDict({"backbone": backbone})
-        self.tasks: Dict[int, Dict[str, object]] = {}    # task id -> name, kind, num_targets, metric, config...
+        self.tasks: Dict[int, Dict[str, Any]] = {}    # task id -> name, kind, num_targets, metric, config...
         self.results: List[List[float]] = []             # row i: primary test metric of tasks 1..i+1 after task i+1
-        self.history: List[Dict[str, object]] = []       # JSON-able records: epochs, prunes, task ends
+        self.history: List[Dict[str, Any]] = []          # JSON-able records: epochs, prunes, task ends
         self._data: Dict[int, TaskData] = {}
+        self._current: Dict[str, Any] = {}                # the record of the task being learned
         self.callbacks: List[Callback] = []              # conure.callbacks.Callback instances, called in order
         self._epoch_events = True                        # False while keep_ratio "auto" searches (see _AutoKeep)
 
@@ -263,7 +264,7 @@ class ContinualLearner:
     # --- accessors -----------------------------------------------------------------------------------------------
     @property
     def backbone(self) -> NextItNet:
-        return self.store["backbone"]
+        return cast(NextItNet, self.store["backbone"])
 
     @property
     def learned_tasks(self) -> List[int]:
@@ -271,7 +272,10 @@ class ContinualLearner:
 
     def head(self, task_id: int) -> TaskHead:
         self._known(task_id)
-        return self.store[f"head_{task_id}"]
+        return self._head(task_id)
+
+    def _head(self, task_id: int) -> TaskHead:
+        return cast(TaskHead, self.store[f"head_{task_id}"])
 
     @property
     def device(self) -> torch.device:
@@ -344,7 +348,7 @@ class ContinualLearner:
                              num_sampled=cfg.num_sampled, counts=data.target_counts, pool=cfg.pool,
                              dropout=cfg.dropout, label_smoothing=cfg.label_smoothing)
         if data.kind == "profile" and cfg.class_weight != "none":
-            head.set_class_weight(balanced_class_weight(data.train.targets, data.num_targets,
+            cast(ProfileHead, head).set_class_weight(balanced_class_weight(data.train.targets, data.num_targets,
                                                         CLASS_WEIGHTS[cfg.class_weight]))
         self.store[f"head_{task_id}"] = head.to(self.device)
         self._data[task_id] = data
@@ -387,7 +391,7 @@ class ContinualLearner:
         point = self.resume_from if self.resume_from is not None and self.resume_from.task == task_id else None
         if point is not None and point.phase != phase:
             return self._ended_phase(point, phase)
-        head = self.store[f"head_{task_id}"]
+        head = self._head(task_id)
         params = list(self._trainable(task_id)) + list(head.parameters())
         for p in self.store.parameters():
             p.requires_grad_(False)
@@ -473,7 +477,7 @@ class ContinualLearner:
         validation loss (the head's own loss on the validation users: smooth, where a metric such as balanced
         accuracy on a few hundred users jumps from epoch to epoch and stops a fit early by chance), patience
         ``max(10, cfg.patience)``: a head-only epoch is cheap. Seeded, the same on every rank."""
-        head, data = self.store[f"head_{task_id}"], self._data[task_id]
+        head, data = self._head(task_id), self._data[task_id]
         with torch.no_grad():
             was_training = self.store.training
             self.store.eval()
@@ -550,7 +554,7 @@ class ContinualLearner:
             p.requires_grad_(False)
         return {"best_epoch": record["best_epoch"], "best_valid": record["best_valid"]}
 
-    def _info(self, task_id: int) -> Dict[str, object]:
+    def _info(self, task_id: int) -> Dict[str, Any]:
         """The task's record (name, kind, metric, config...): the one being learned, or a learned one."""
         return self._current if task_id not in self.tasks else self.tasks[task_id]
 
@@ -558,7 +562,7 @@ class ContinualLearner:
         info = self._info(task_id)
         return float(self._evaluate(task_id, self._data[task_id].valid, info)[info["metric"]])
 
-    def _end(self, task_id: int) -> Dict[str, object]:
+    def _end(self, task_id: int) -> Dict[str, Any]:
         """Freeze everything, register the task, evaluate every learned task (a row of the accuracy matrix)."""
         for p in self.store.parameters():
             p.requires_grad_(False)
@@ -590,12 +594,12 @@ class ContinualLearner:
             raise ValueError(f"items must be an int64 tensor [B, L] of item ids, got {type(items).__name__}"
                              f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
         hidden, window = self._encode_read(task_id, items.to(self.device))
-        return self.store[f"head_{task_id}"].pool(hidden, window)
+        return self._head(task_id).pool(hidden, window)
 
     def _encode_read(self, task_id: int, items: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """What task ``task_id``'s head reads of ``items [B, L]``: the hidden states ``[B, n, C]`` of the last n
         positions it needs (``head.reads``: all, or only the last one) and those positions' items ``[B, n]``."""
-        n = self.store[f"head_{task_id}"].reads(items)
+        n = self._head(task_id).reads(items)
         hidden = self._encode(task_id, items, n)
         return hidden, items if n is None else items[:, items.shape[1] - n:]
 
@@ -634,11 +638,11 @@ class ContinualLearner:
         return self._evaluate(task_id, s, info, protocol, num_negatives, seed)
 
     @torch.no_grad()
-    def _evaluate(self, task_id: int, split: Split, info: Dict[str, object], protocol: str = "full",
+    def _evaluate(self, task_id: int, split: Split, info: Dict[str, Any], protocol: str = "full",
                   num_negatives: int = 99, seed: int = 0) -> Dict[str, float]:
         was_training = self.store.training
         self.store.eval()
-        head = self.store[f"head_{task_id}"]
+        head = self._head(task_id)
         gen = torch.Generator().manual_seed(seed)
         batch_size = int(info["config"]["eval_batch_size"])
         split, gather = self.execution_backend().eval_shard(split, protocol)
@@ -723,7 +727,7 @@ class ContinualLearner:
                 "history": copy.deepcopy(self.history)}
 
     @classmethod
-    def from_state(cls, tensors: Dict[str, torch.Tensor], meta: Dict[str, object]) -> "ContinualLearner":
+    def from_state(cls, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> "ContinualLearner":
         """Rebuild a learner saved with :meth:`state_tensors` and :meth:`state_meta` (task data not included:
         use :meth:`attach_data` to evaluate by split name)."""
         if meta.get("format") != "conure.learner":
@@ -775,7 +779,7 @@ def check_state_dtypes(expected: Dict[str, torch.Tensor], given: Dict[str, torch
 
 def _keep_ratios(value) -> List[Union[float, str]]:
     """Conure's ``keep_ratios`` option as a list of floats in [0, 1] or ``"auto"``; raises ValueError."""
-    ratios = [value] if isinstance(value, (int, float, str)) else list(value)
+    ratios: List[Any] = [value] if isinstance(value, (int, float, str)) else list(value)
     try:
         ratios = [r if r == "auto" else float(r) for r in ratios]
     except (TypeError, ValueError):
@@ -813,8 +817,9 @@ class ConureLearner(ContinualLearner):
             self.keep_ratios = _keep_ratios(keep_ratios)
         except ValueError as e:
             raise ValueError(f"ConureLearner: keep_ratios {e}") from None
-        self._snapshots = None    # during a phase: (weight, not-owned-by-the-task mask, values at phase start)
-        self._auto = None         # keep_ratio "auto": the search state of the task being pruned
+        # during a phase: (weight, not-owned-by-the-task mask, values at phase start)
+        self._snapshots: Optional[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
+        self._auto: Optional[_AutoKeep] = None     # keep_ratio "auto": the search state of the task being pruned
         self.frozen_digests: Dict[int, str] = {}   # task -> task_digest() when it was frozen, checked every phase
 
     def learn(self, task_data: TaskData, task_id: int, config: Optional[TrainConfig] = None) -> Dict[str, object]:
@@ -827,13 +832,13 @@ class ConureLearner(ContinualLearner):
             ratio = self.keep_ratio(task_id, cfg)
             for keep in (cfg.keep_candidates if ratio == "auto" else (ratio,)):
                 trial = self._auto_keep_trial(task_id) if ratio == "auto" else None
-                kept = self.backbone.prune_(task_id, keep)             # the rest is free again
+                kept = self.backbone.prune_(task_id, float(keep))      # the rest is free again
                 self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
                 self._verify_replicas(f"task {task_id}: after pruning")   # DDP: same owner maps on every rank
                 if sum(kept.values()) < sum(claimed.values()):
                     self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses pruned weights
                     self._verify_frozen(f"task {task_id}: after retraining")
-                if trial is not None and trial.accept(keep, cfg):
+                if trial is not None and trial.accept(float(keep), cfg):
                     break
         summary = self._end(task_id)                           # freeze; a row of the accuracy matrix
         self.frozen_digests[task_id] = self.task_digest(task_id)
@@ -906,6 +911,7 @@ class ConureLearner(ContinualLearner):
     @torch.no_grad()
     def _after_step(self, task_id):
         # Adam/AdamW move zero-gradient weights (weight decay, momentum): put back what task_id does not own.
+        assert self._snapshots is not None, "_after_step outside a phase"
         for weight, frozen, snapshot in self._snapshots:
             weight.copy_(torch.where(frozen, snapshot, weight))
 

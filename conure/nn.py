@@ -63,6 +63,8 @@ class MaskedCausalConv1d(nn.Module):
     task 1 only).
     """
 
+    owner: torch.Tensor     # uint8 [C_out, C_in, K] buffer: 0 = free, t = owned by task t
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
                  bias: bool = False) -> None:
         super().__init__()

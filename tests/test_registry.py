@@ -50,8 +50,8 @@ class HeadsOnly(ContinualLearner):
             self._fit(task_id, cfg.epochs, cfg, "train")
         return self._end(task_id)
 
-    def _encode(self, task_id, items):
-        return self.backbone(items, 1)
+    def _encode(self, task_id, items, out_len=None):
+        return self.backbone(items, 1, out_len=out_len)
 
     def _trainable(self, task_id):
         return list(self.backbone.parameters()) if task_id == 1 else []
