@@ -128,6 +128,10 @@ def main(argv=None) -> list:
         "ours_peak_mib": round(statistics.median(r["peak_mib"] for r in ours), 1),
         "reference_peak_mib": round(statistics.median(r["peak_mib"] for r in ref), 1),
     }
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import machine
+
+    print(machine.line())
     print(f"threads {args.threads}, clock {args.clock}, repeats {args.repeats}")
     print("| case | ours ms | reference ms | ratio | ours peak MiB | reference peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import machine  # noqa: E402
 from conure import ops, reference  # noqa: E402
 
 C, K = 256, 3
@@ -167,6 +168,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     rows = []
+    print(machine.line())
     print(
         f"torch {torch.__version__}, conure backend {ops.backend()}, threads {args.threads}, "
         f"cpu gemm {torch.ops.conure.cpu_gemm_backend() if ops.backend() == 'compiled' else '-'}, "

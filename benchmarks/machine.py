@@ -1,0 +1,37 @@
+"""The machine a benchmark ran on, as every table names it: CPU model, the ISA flags that decide the fast paths
+(AVX2, AVX-512, AVX512-BF16, AMX), cores, torch and its CPU capability."""
+from __future__ import annotations
+
+import os
+import platform
+from typing import Dict
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def describe() -> Dict[str, object]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    import torch
+    return {"cpu": model, "isa": [f for f in ISA_FLAGS if f in flags], "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
+def line() -> str:
+    d = describe()
+    return (f"machine: {d['cpu']} ({d['cores']} cores; {', '.join(d['isa']) or 'no AVX2'}); torch {d['torch']} "
+            f"({d['torch_cpu_capability']}), {d['threads']} thread(s)")
+
+
+if __name__ == "__main__":
+    print(line())
