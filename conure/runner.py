@@ -56,6 +56,7 @@ from conure.data.types import Split, TaskData
 from conure.learner import ContinualLearner, ResumeError, ResumePoint, TaskConfig, derive_seed
 from conure.linear import linear_baseline
 from conure.models import NextItNet
+from conure.runlock import RunLock
 
 __all__ = ["RunError", "Run", "build_tasks", "baselines", "linear_entry", "format_baseline", "new_learner",
            "resume_point", "phase_tensors", "select_device", "iter_sequences", "read_sequences", "iter_predictions",
@@ -425,6 +426,7 @@ class Run:
         self.ctx: Optional[D.DistContext] = None   # set by execute(): the torchrun job's context, if any
         self.main = True                             # rank 0 (or no job): the rank that writes
         self.training = False                        # a learner has started learning (ranks may be mid-collective)
+        self.lock: Optional[RunLock] = None          # rank 0's lock on the directory (conure.runlock), while running
 
     # --- directory handling ------------------------------------------------------------------------------------
     def _prepare_dir(self) -> bool:
@@ -432,6 +434,7 @@ class Run:
         out = self.out
         if out.exists() and not out.is_dir():
             raise RunError(f"--out {out}: exists and is not a directory")
+        self.lock = self.lock or RunLock.acquire(out, error=RunError)   # one writer: before any check or --overwrite
         has_run = out.is_dir() and (any((out / f).exists() for f in OUR_FILES) or (out / "checkpoints").is_dir())
         if has_run and self.resume:
             saved = out / "config.yaml"
@@ -479,6 +482,8 @@ class Run:
                 D.teardown(sync=False)
             raise
         finally:
+            if self.lock is not None:
+                self.lock.release()
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
         if joined:
