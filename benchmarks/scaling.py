@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))      # this checkout's conure, not whichever one is installed
 
 # The grid of RESULTS.md "Scaling" (users, items, L): every axis from 10K to 1M on 2 cores in about half an hour.
 # The full product {10K,100K,1M}^2 x {50,200} is 18 points x 2 losses; the subset varies one axis at a time around
@@ -220,6 +222,12 @@ def _run(cmd: List[str], timeout: float, env: Optional[Dict[str, str]] = None) -
 
 
 def point(a: argparse.Namespace, users: int, items: int, length: int, loss: str) -> Dict[str, Any]:
+    from conure.distributed import head_memory
+    est = head_memory(a.batch, length, items + 1, a.channels, a.num_sampled if loss == "sampled" else 0)["total"]
+    if est > a.max_gib * 2 ** 30:
+        # not run: on a shared machine an out-of-memory child takes its neighbours down with it
+        return {"users": users, "items": items, "len": length, "loss": loss,
+                "error": f"not run: head alone ~{est / 2 ** 30:.0f} GiB (> --max-gib {a.max_gib:g})"}
     r = _run(_child_args(a, users, items, length, loss), a.timeout)
     return dict({"users": users, "items": items, "len": length, "loss": loss}, **r)
 
@@ -308,6 +316,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
+    p.add_argument("--max-gib", type=float, default=12.0,
+                   help="skip a point whose output layer alone is estimated above this (conure.distributed.head_memory)")
     p.add_argument("--json", type=Path, help="append one JSON line per point to this file")
     a = p.parse_args(argv)
     if a.child:
