@@ -80,11 +80,13 @@ class Stage:
 
     def __enter__(self) -> "Stage":
         _reset_peak()
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.out[f"{self.name}_s"] = round(time.perf_counter() - self.t0, 3)
+        # CPU seconds of all threads: on a shared machine wall time includes waiting for a core, CPU time less so
+        self.out[f"{self.name}_cpu_s"] = round(time.process_time() - self.c0, 3)
         self.out[f"{self.name}_peak_mib"] = round(_status_mib("VmHWM"), 1)
 
 
@@ -144,7 +146,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
         n, t_start = 0, None
         for items, targets in step.batches(1):
             if n == a.warmup:
-                t_start = time.perf_counter()
+                t_start, c_start = time.perf_counter(), time.process_time()
             loss = step.loss(items, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -155,11 +157,13 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
                 break
         timed = n - a.warmup
         secs = time.perf_counter() - t_start if t_start is not None else float("nan")
+        cpu = time.process_time() - c_start if t_start is not None else float("nan")
         step.close()
         out["train_steps"] = timed
         out["train_loss"] = round(float(loss), 4)
         # global sequences per second: every rank's step covers batch/world sequences at once
         out["train_s_per_1k"] = round(secs / max(timed * a.batch, 1) * 1000, 4)
+        out["train_cpu_s_per_1k"] = round(cpu / max(timed * a.batch, 1) * 1000, 4)     # this rank's CPU
         for p in params:
             p.requires_grad_(False)
         learner.store.eval()
@@ -174,6 +178,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
             m = learner._evaluate(1, sub, info)
         out["eval_users"] = k
         out["eval_s_per_1k"] = round(out["eval_s"] / k * 1000, 4)
+        out["eval_cpu_s_per_1k"] = round(out["eval_cpu_s"] / k * 1000, 4)
         out["eval_mrr5"] = round(m["mrr@5"], 4)
 
         learner.tasks[1] = learner._current   # registered as _end would (without its evaluation of every user)
@@ -184,6 +189,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
         with Stage(out, "predict"):
             got = sum(len(b) for b in iter_predictions(model, rows, top_k=10, batch_size=512))
         out["predict_s_per_1k"] = round(out["predict_s"] / max(got, 1) * 1000, 4)
+        out["predict_cpu_s_per_1k"] = round(out["predict_cpu_s"] / max(got, 1) * 1000, 4)
     out["peak_mib"] = round(_status_mib("VmHWM"), 1)   # the last stage's high-water mark
     if ctx is not None:
         D.teardown()
@@ -273,6 +279,11 @@ def _f(x: Any, fmt: str = "{:.3g}") -> str:
     return fmt.format(x) if isinstance(x, (int, float)) else "-"
 
 
+def _wc(r: Dict[str, Any], wall: str, cpu: str) -> str:
+    """``wall (cpu)``: seconds, then CPU seconds of all this process's threads (absent in older rows)."""
+    return _f(r.get(wall)) + (f" ({_f(r.get(cpu))})" if cpu in r else "")
+
+
 def table(rows: List[Dict[str, Any]]) -> str:
     head = ("| users | items | L | loss | data s | data GiB | train s/1K seq | train GiB | eval s/1K users | "
             "eval GiB | predict s/1K users | predict GiB | note |")
@@ -281,9 +292,11 @@ def table(rows: List[Dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([
             _k(r.get("users")), _k(r.get("items")), str(r.get("len")), str(r.get("loss")) + (
                 f" ({r['mode']})" if "mode" in r else ""),
-            _f(r.get("data_s")), _g(r.get("data_peak_mib")), _f(r.get("train_s_per_1k")), _g(r.get("train_peak_mib")),
-            _f(r.get("eval_s_per_1k")), _g(r.get("eval_peak_mib")), _f(r.get("predict_s_per_1k")),
-            _g(r.get("predict_peak_mib")), r.get("error", "")]) + " |")
+            _wc(r, "data_s", "data_cpu_s"), _g(r.get("data_peak_mib")),
+            _wc(r, "train_s_per_1k", "train_cpu_s_per_1k"), _g(r.get("train_peak_mib")),
+            _wc(r, "eval_s_per_1k", "eval_cpu_s_per_1k"), _g(r.get("eval_peak_mib")),
+            _wc(r, "predict_s_per_1k", "predict_cpu_s_per_1k"), _g(r.get("predict_peak_mib")),
+            r.get("error", "")]) + " |")
     return "\n".join(lines)
 
 
@@ -300,6 +313,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--grid", choices=sorted(GRIDS), help="a named grid of (users, items, L) points")
     g.add_argument("--point", type=_ints, action="append", help="users,items,L (repeatable)")
     g.add_argument("--ddp", action="store_true", help="2 gloo ranks vs 1 process x 2 threads at --users/--items/--len")
+    g.add_argument("--table", type=Path, help="print the table of the JSON lines in this file (a --json output)")
     g.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--items", type=int, default=100_000)
@@ -342,6 +356,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = parse(argv)
     if a.child:
         print(json.dumps(child(a)), flush=True)
+        return 0
+    if a.table:
+        print(table([json.loads(line) for line in a.table.read_text().splitlines() if line.strip()]))
         return 0
     if a.ddp:
         rows = ddp(a)

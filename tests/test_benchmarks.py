@@ -86,9 +86,10 @@ def test_scaling_py_measures_every_stage_at_a_tiny_size(tmp_path):
     for r in rows:
         assert (r["users"], r["items"], r["len"], r["train_steps"], r["eval_users"]) == (2000, 600, 16, 2, 64)
         for stage in ("data", "train", "eval", "predict"):
-            assert r[f"{stage}_s"] > 0 and r[f"{stage}_peak_mib"] > r["import_mib"] * 0.5, (stage, r)
+            assert r[f"{stage}_s"] > 0 and r[f"{stage}_cpu_s"] >= 0, (stage, r)
+            assert r[f"{stage}_peak_mib"] > r["import_mib"] * 0.5, (stage, r)
         assert r["train_s_per_1k"] > 0 and r["eval_s_per_1k"] > 0 and r["predict_s_per_1k"] > 0
-    assert "| 2000 | 600 | 16 | full |" in text and "| 2000 | 600 | 16 | sampled |" in text
+    assert "| 2K | 600 | 16 | full |" in text and "| 2K | 600 | 16 | sampled |" in text
 
 
 def test_scaling_py_ddp_against_threads_at_a_tiny_size():
