@@ -331,7 +331,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
     p.add_argument("--max-gib", type=float, default=12.0,
-                   help="skip a point whose output layer alone is estimated above this (conure.distributed.head_memory)")
+                   help="skip a point whose output layer alone is estimated above this many GiB "
+                        "(conure.distributed.head_memory)")
     p.add_argument("--json", type=Path, help="append one JSON line per point to this file")
     a = p.parse_args(argv)
     if a.child:

@@ -77,7 +77,8 @@ def wait_for(path, proc, timeout=120.0, tasks=0):
     while not path.exists() or completed_tasks(path) < tasks:
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"the writer ended (exit {proc.returncode}) before writing {path}:\n{out[-2000:]}\n{err[-2000:]}")
+            pytest.fail(f"the writer ended (exit {proc.returncode}) before writing {path}:\n{out[-2000:]}\n"
+                        f"{err[-2000:]}")
         if time.monotonic() > t_end:
             proc.kill()
             pytest.fail(f"no {path} after {timeout}s")
