@@ -1339,3 +1339,23 @@ def test_synthetic_position_draws_match_the_inverse_cdf_definition():
     u = np.random.default_rng(9).random((500, 1))
     want = np.minimum((cdf[topics] <= u).sum(axis=1), ring_len[topics] - 1)     # the definition, O(N x M)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("cells", [1, 7, 1 << 22])
+def test_aligned_windows_in_blocks_match_the_per_row_definition(monkeypatch, cells):
+    """_right_aligned/_left_aligned fill the output in blocks of rows (bounded temporaries): any block size gives
+    the per-row result."""
+    from conure.data import tasks as T
+    monkeypatch.setattr(T, "_ALIGN_CELLS", cells)
+    rng = np.random.default_rng(3)
+    values = rng.integers(1, 100, size=60)
+    starts = rng.integers(0, 50, size=23)
+    ends = np.minimum(starts + rng.integers(0, 9, size=23), 60)
+    width = 5
+    right = T._right_aligned(values, np.maximum(starts, ends - width), ends, width).numpy()
+    left = T._left_aligned(values, starts, ends, width).numpy()
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        r = values[max(s, e - width):e]
+        assert right[i].tolist() == [0] * (width - len(r)) + r.tolist()
+        lft = values[s:e][:width]
+        assert left[i].tolist() == lft.tolist() + [0] * (width - len(lft))
