@@ -116,3 +116,10 @@ def test_target_ranks_match_the_cleaned_definition_with_nan_inf_and_ties():
                 ahead[:, 0] = False
             assert M.target_ranks(s, y, exclude_padding=pad).tolist() == (1 + ahead.sum(1)).tolist()
     assert M.target_ranks(torch.tensor([[0, 3, 1]]), torch.tensor([2])).tolist() == [2]    # integer scores
+
+
+def test_count_at_least_in_blocks_of_columns():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(5, 37, generator=g), torch.randn(5, 1, generator=g)
+    for cells in (1, 4, 10, 1 << 24):
+        assert M._count_at_least(s, t, cells).tolist() == (s >= t).sum(1).tolist()
