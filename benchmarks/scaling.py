@@ -239,9 +239,11 @@ def point(a: argparse.Namespace, users: int, items: int, length: int, loss: str)
 
 
 def ddp(a: argparse.Namespace) -> List[Dict[str, Any]]:
-    """2 gloo ranks (1 thread each) against 1 process with 2 threads, same global batch, same data."""
+    """2 gloo ranks (1 thread each) against 1 process with 2 threads (and with 1), same global batch, same data."""
     one = dict(point(argparse.Namespace(**dict(vars(a), threads=2, eval_users=0)), a.users, a.items, a.len, a.loss[0]),
                mode="1 proc x 2 threads")
+    single = dict(point(argparse.Namespace(**dict(vars(a), threads=1, eval_users=0)), a.users, a.items, a.len,
+                        a.loss[0]), mode="1 proc x 1 thread")
     port = _free_port()
     b = argparse.Namespace(**dict(vars(a), threads=1, eval_users=0))
     procs = []
@@ -261,7 +263,7 @@ def ddp(a: argparse.Namespace) -> List[Dict[str, Any]]:
     two = dict(rows[0], mode="2 gloo ranks x 1 thread",
                rank_peaks_mib=[r.get("peak_mib") for r in rows], rank_train_peaks_mib=[r.get("train_peak_mib")
                                                                                      for r in rows])
-    return [one, two]
+    return [one, single, two]
 
 
 def _k(n: Any) -> str:
@@ -284,6 +286,11 @@ def _wc(r: Dict[str, Any], wall: str, cpu: str) -> str:
     return _f(r.get(wall)) + (f" ({_f(r.get(cpu))})" if cpu in r else "")
 
 
+def _ranks(r: Dict[str, Any]) -> str:
+    peaks = r.get("rank_peaks_mib")
+    return f"peak per rank {' / '.join(_g(p) for p in peaks)} GiB" if peaks else ""
+
+
 def table(rows: List[Dict[str, Any]]) -> str:
     head = ("| users | items | L | loss | data s | data GiB | train s/1K seq | train GiB | eval s/1K users | "
             "eval GiB | predict s/1K users | predict GiB | note |")
@@ -296,7 +303,7 @@ def table(rows: List[Dict[str, Any]]) -> str:
             _wc(r, "train_s_per_1k", "train_cpu_s_per_1k"), _g(r.get("train_peak_mib")),
             _wc(r, "eval_s_per_1k", "eval_cpu_s_per_1k"), _g(r.get("eval_peak_mib")),
             _wc(r, "predict_s_per_1k", "predict_cpu_s_per_1k"), _g(r.get("predict_peak_mib")),
-            r.get("error", "")]) + " |")
+            r.get("error", "") or _ranks(r)]) + " |")
     return "\n".join(lines)
 
 

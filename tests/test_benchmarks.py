@@ -96,7 +96,8 @@ def test_scaling_py_ddp_against_threads_at_a_tiny_size():
     text = run("benchmarks/scaling.py", "--ddp", "--users", "2000", "--items", "600", "--len", "16", "--loss",
                "sampled", "--num-sampled", "64", "--steps", "2", "--warmup", "1", "--batch", "32", "--channels", "16",
                "--dilations", "1,2")
-    assert "(1 proc x 2 threads)" in text and "(2 gloo ranks x 1 thread)" in text
+    assert "(1 proc x 2 threads)" in text and "(1 proc x 1 thread)" in text and "(2 gloo ranks x 1 thread)" in text
+    assert "peak per rank " in text
 
 
 def test_scaling_py_rejects_bad_arguments():
