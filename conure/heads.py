@@ -179,8 +179,10 @@ class NextItemHead(_SamplingHead):
                 "num_sampled": self.num_sampled, "rho": self.rho, "sampler_mode": self.sampler_mode}
 
     def _masked_logits(self, h: torch.Tensor) -> torch.Tensor:
+        # in place: logits are [rows, V] (1 GiB for 256 users x 1M items) and a copy doubled the peak of
+        # evaluation, predict and the full-softmax loss; the linear layer's backward does not read its output
         logits = self.out(h)
-        return logits.index_fill(-1, torch.zeros(1, dtype=torch.long, device=h.device), float("-inf"))
+        return logits.index_fill_(-1, torch.zeros(1, dtype=torch.long, device=h.device), float("-inf"))
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         return self._masked_logits(user)
@@ -233,7 +235,8 @@ class ItemHead(_SamplingHead):
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         s = self.proj(user) @ self.table.weight.T
-        return s.index_fill(-1, torch.zeros(1, dtype=torch.long, device=s.device), float("-inf"))
+        # in place (see NextItemHead._masked_logits): matmul's backward does not read its output
+        return s.index_fill_(-1, torch.zeros(1, dtype=torch.long, device=s.device), float("-inf"))
 
     def loss(self, hidden, items, targets, generator=None):
         return self.user_loss(self.pool(hidden, items), targets, generator)

@@ -64,13 +64,34 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude_padding: b
     if targets.numel() and (int(targets.min()) < low or int(targets.max()) >= scores.shape[1]):
         raise ValueError(f"target_ranks: targets must lie in [{low}, {scores.shape[1] - 1}], got "
                          f"[{int(targets.min())}, {int(targets.max())}]")
-    s = _clean(scores)
+    # Ranked as _clean(scores) (NaN -> -inf, +-inf -> the largest finite values), without [N, V] temporaries: a
+    # cleaned copy, and the bool "ahead" mask whose sum torch widens to int64 (256 users x 1M items: 1 + 2 GiB
+    # beside the 1 GiB of scores). Against a finite target score above the lowest float the raw scores compare the
+    # same (NaN never >=, -inf below, +inf above), counted in blocks of columns; the rare other rows are ranked on
+    # their cleaned copy.
+    s = scores if scores.is_floating_point() else scores.to(torch.float32)
     t = s.gather(1, targets[:, None])
-    ahead = s >= t
-    ahead[torch.arange(s.shape[0], device=s.device), targets] = False   # the target itself
+    ahead = _count_at_least(s, t) - 1                      # less the target itself (t >= t)
     if exclude_padding:
-        ahead[:, 0] = False
-    return 1 + ahead.sum(dim=1)
+        ahead -= (s[:, 0] >= t[:, 0]).to(torch.int64)
+    odd = ~torch.isfinite(t[:, 0]) | (t[:, 0] == torch.finfo(s.dtype).min)
+    if bool(odd.any()):
+        c, y = _clean(s[odd]), targets[odd]
+        mask = c >= c.gather(1, y[:, None])
+        mask[torch.arange(len(y), device=c.device), y] = False
+        if exclude_padding:
+            mask[:, 0] = False
+        ahead[odd] = mask.sum(dim=1)
+    return 1 + ahead
+
+
+def _count_at_least(s: torch.Tensor, t: torch.Tensor, cells: int = 1 << 24) -> torch.Tensor:
+    """[N] int64: per row, how many of ``s [N, V]`` are >= ``t [N, 1]``; temporaries of ~``cells`` elements."""
+    n = torch.zeros(s.shape[0], dtype=torch.int64, device=s.device)
+    step = max(1, cells // max(s.shape[0], 1))
+    for c0 in range(0, s.shape[1], step):
+        n += (s[:, c0:c0 + step] >= t).sum(dim=1)
+    return n
 
 
 def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, num_negatives: int = 99,

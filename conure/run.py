@@ -53,6 +53,7 @@ from conure.learner import ContinualLearner, ResumeError, ResumePoint, TrainConf
 from conure.linear import linear_baseline
 from conure.models import NextItNet
 from conure.report import fmt_value, format_baseline, format_capacity, format_matrix, json_capacity, linear_value
+from conure.runlock import RunLock
 from conure.run_callbacks import LOG_FIELDS, CSVLogger, EpochCheckpoint, ProgressBars, TensorBoardLogger, log_rows
 
 __all__ = ["RunError", "Run", "build_tasks", "trivial_baselines", "baselines", "linear_entry", "new_learner",
@@ -202,6 +203,7 @@ class Run:
         self.ctx: Optional[D.DistContext] = None   # set by execute(): the torchrun job's context, if any
         self.main = True                             # rank 0 (or no job): the rank that writes
         self.training = False                        # a learner has started learning (ranks may be mid-collective)
+        self.lock: Optional[RunLock] = None          # rank 0's lock on the directory (conure.runlock), while running
         # Filled by execute(), once the data is read:
         self.tasks: List[TaskData] = []
         self.task_cfgs: List[TrainConfig] = []
@@ -219,6 +221,7 @@ class Run:
         out = self.out
         if out.exists() and not out.is_dir():
             raise RunError(f"--out {out}: exists and is not a directory")
+        self.lock = self.lock or RunLock.acquire(out, error=RunError)   # one writer: before any check or --overwrite
         has_run = out.is_dir() and (any((out / f).exists() for f in OUR_FILES) or (out / "checkpoints").is_dir())
         if has_run and self.resume:
             saved = out / "config.yaml"
@@ -266,6 +269,8 @@ class Run:
                 D.teardown(sync=False)
             raise
         finally:
+            if self.lock is not None:
+                self.lock.release()
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
         if joined:

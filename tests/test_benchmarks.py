@@ -98,3 +98,32 @@ def test_shape_memory_prints_both_backends():
     text = run("benchmarks/shape_memory.py", "--sizes", "10")
     rows = [line for line in text.splitlines() if line.startswith("| compiled |") or line.startswith("| reference |")]
     assert len(rows) == 2 and all(float(r.split("|")[2]) >= 0 for r in rows), text
+
+
+def test_scaling_py_measures_every_stage_at_a_tiny_size(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    text = run("benchmarks/scaling.py", "--point", "2000,600,16", "--steps", "2", "--warmup", "1", "--eval-users",
+               "64", "--num-sampled", "64", "--channels", "16", "--dilations", "1,2", "--json", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["loss"] for r in rows] == ["full", "sampled"]
+    for r in rows:
+        assert (r["users"], r["items"], r["len"], r["train_steps"], r["eval_users"]) == (2000, 600, 16, 2, 64)
+        for stage in ("data", "train", "eval", "predict"):
+            assert r[f"{stage}_s"] > 0 and r[f"{stage}_cpu_s"] >= 0, (stage, r)
+            assert r[f"{stage}_peak_mib"] > r["import_mib"] * 0.5, (stage, r)
+        assert r["train_s_per_1k"] > 0 and r["eval_s_per_1k"] > 0 and r["predict_s_per_1k"] > 0
+    assert "| 2K | 600 | 16 | full |" in text and "| 2K | 600 | 16 | sampled |" in text
+
+
+def test_scaling_py_ddp_against_threads_at_a_tiny_size():
+    text = run("benchmarks/scaling.py", "--ddp", "--users", "2000", "--items", "600", "--len", "16", "--loss",
+               "sampled", "--num-sampled", "64", "--steps", "2", "--warmup", "1", "--batch", "32", "--channels", "16",
+               "--dilations", "1,2")
+    assert "(1 proc x 2 threads)" in text and "(1 proc x 1 thread)" in text and "(2 gloo ranks x 1 thread)" in text
+    assert "peak per rank " in text
+
+
+def test_scaling_py_rejects_bad_arguments():
+    res = subprocess.run([sys.executable, "benchmarks/scaling.py", "--loss", "dense"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "--loss: 'full' and/or 'sampled', got dense" in res.stderr

@@ -1571,3 +1571,53 @@ def test_data_memory_benchmark_runs(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = [line for line in res.stdout.splitlines() if "| new |" in line]
     assert len(rows) == 2, res.stdout
+
+
+def test_synthetic_generator_memory_does_not_grow_with_users_times_items():
+    """Ring positions are drawn by binary search per topic: no [users, items-per-topic] matrix (which was 1.3 GB at
+    10K users x 100K items, a terabyte at 1M x 1M). numpy reports its buffers to tracemalloc."""
+    import tracemalloc
+
+    from conure.data import make_synthetic_interactions
+
+    tracemalloc.start()
+    try:
+        make_synthetic_interactions(num_users=2000, num_items=200_000, seq_len=8, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the catalogue (~3 arrays of 200K) and the histories are a few MB; [2000, 25000] float64 compares were 400 MB
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_synthetic_position_draws_match_the_inverse_cdf_definition():
+    from conure.data.synthetic import _draw_in_topic, _topic_catalogue
+
+    rng = np.random.default_rng(5)
+    ring, ring_len, cdf = _topic_catalogue(rng, 101, 4)
+    topics = rng.integers(0, 4, size=500)
+    got = _draw_in_topic(np.random.default_rng(9), topics, cdf, ring_len)
+    u = np.random.default_rng(9).random((500, 1))
+    want = np.minimum((cdf[topics] <= u).sum(axis=1), ring_len[topics] - 1)  # the definition, O(N x M)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("cells", [1, 7, 1 << 22])
+def test_aligned_windows_in_blocks_match_the_per_row_definition(monkeypatch, cells):
+    """_right_aligned/_left_aligned fill the output in blocks of rows (bounded temporaries): any block size gives
+    the per-row result."""
+    from conure.data import tasks as T
+
+    monkeypatch.setattr(T, "_ALIGN_CELLS", cells)
+    rng = np.random.default_rng(3)
+    values = rng.integers(1, 100, size=60)
+    starts = rng.integers(0, 50, size=23)
+    ends = np.minimum(starts + rng.integers(0, 9, size=23), 60)
+    width = 5
+    right = T._right_aligned(values, np.maximum(starts, ends - width), ends, width).numpy()
+    left = T._left_aligned(values, starts, ends, width).numpy()
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        r = values[max(s, e - width) : e]
+        assert right[i].tolist() == [0] * (width - len(r)) + r.tolist()
+        lft = values[s:e][:width]
+        assert left[i].tolist() == lft.tolist() + [0] * (width - len(lft))

@@ -325,8 +325,10 @@ def test_torchrun_conure_train_writes_one_run_from_rank_0(tmp_path):
     out = tmp_path / "run"
     p = torchrun_train(out, timeout=90)          # ~15 s on 2 busy cores
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert run_files(out) == ["checkpoints/conure.safetensors", "checkpoints/sinmoall.safetensors", "config.yaml",
-                              "log.csv", "results.json"]
+    assert run_files(out) == [".conure.lock", "checkpoints/conure.safetensors", "checkpoints/sinmoall.safetensors",
+                              "config.yaml", "log.csv", "results.json"]
+    from conure.runlock import holder
+    assert holder(out)["pid"] != os.getpid()        # rank 0's record (one lock file, one writer)
     for text in ("data: synthetic", "accuracy matrix (conure)", "accuracy matrix (sinmoall)", "[conure] task 5/5"):
         assert p.stdout.count(text) == 1, (text, p.stdout[-3000:])       # one report, rank 0's
     res = json.loads((out / "results.json").read_text())

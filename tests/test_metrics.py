@@ -98,3 +98,31 @@ def test_accuracy_and_baselines():
     counts = torch.tensor([0.0, 5.0, 1.0, 9.0, 1.0])
     # popularity order: 3, 1, then 2 and 4 tied
     assert M.popularity_ranks(counts, torch.tensor([3, 1, 2, 4])).tolist() == [1, 2, 4, 4]
+
+
+def test_target_ranks_match_the_cleaned_definition_with_nan_inf_and_ties():
+    """target_ranks skips the cleaned [N, V] copy of the scores; it must rank exactly as NaN -> -inf would."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n, v = 7, 9
+        s = torch.randint(-2, 3, (n, v), generator=g).float()                 # many ties
+        s[torch.rand(n, v, generator=g) < 0.2] = math.nan
+        s[torch.rand(n, v, generator=g) < 0.2] = -math.inf
+        s[torch.rand(n, v, generator=g) < 0.1] = math.inf
+        s[torch.rand(n, v, generator=g) < 0.05] = torch.finfo(torch.float32).min      # what -inf cleans to
+        y = torch.randint(1, v, (n,), generator=g)
+        for pad in (True, False):
+            c = torch.nan_to_num(s, nan=-math.inf)
+            ahead = c >= c.gather(1, y[:, None])
+            ahead[torch.arange(n), y] = False
+            if pad:
+                ahead[:, 0] = False
+            assert M.target_ranks(s, y, exclude_padding=pad).tolist() == (1 + ahead.sum(1)).tolist()
+    assert M.target_ranks(torch.tensor([[0, 3, 1]]), torch.tensor([2])).tolist() == [2]    # integer scores
+
+
+def test_count_at_least_in_blocks_of_columns():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(5, 37, generator=g), torch.randn(5, 1, generator=g)
+    for cells in (1, 4, 10, 1 << 24):
+        assert M._count_at_least(s, t, cells).tolist() == (s >= t).sum(1).tolist()

@@ -63,9 +63,19 @@ def _topic_catalogue(rng: np.random.Generator, num_items: int, num_topics: int):
 
 def _draw_in_topic(rng: np.random.Generator, topics: np.ndarray, cdf: np.ndarray, ring_len: np.ndarray
                    ) -> np.ndarray:
-    """[N] ring position per row, drawn from its topic's popularity (inverse CDF, vectorised)."""
-    u = rng.random((len(topics), 1))
-    return np.minimum((cdf[topics] <= u).sum(axis=1), ring_len[topics] - 1)
+    """[N] ring position per row, drawn from its topic's popularity (inverse CDF, vectorised).
+
+    A binary search per row in its topic's CDF: O(N log M) time and O(N) memory. (Counting ``cdf[topics] <= u``
+    built an [N, M] matrix, M = items per topic: O(users x items), 44 s and 1.3 GB for 10K users x 100K items, a
+    terabyte at 1M x 1M.) Same draws: the count of CDF entries <= u is searchsorted(..., side="right")."""
+    u = rng.random(len(topics))
+    pos = np.empty(len(topics), dtype=np.int64)
+    order = np.argsort(topics, kind="stable")
+    bounds = np.searchsorted(topics[order], np.arange(cdf.shape[0] + 1))
+    for k in range(cdf.shape[0]):            # one loop step per topic (num_topics, about 8), not per user
+        rows = order[bounds[k]:bounds[k + 1]]
+        pos[rows] = np.searchsorted(cdf[k], u[rows], side="right")
+    return np.minimum(pos, ring_len[topics] - 1)
 
 
 def _draw_topics(rng: np.random.Generator, theta: np.ndarray) -> np.ndarray:
