@@ -46,7 +46,9 @@ from conure.heads import ProfileHead
 if {positions!r} == "all":
     ProfileHead.reads = lambda self, items: None
 inter = load_dataset("ml-100k", {data!r})
-specs = [{{"name": "next_item", "kind": "next_item"}}, {{"name": "gender", "kind": "profile", "attribute": "gender"}}]
+specs = [{{"name": "next_item", "kind": "next_item"}}]
+if {task!r} == "gender":
+    specs.append({{"name": "gender", "kind": "profile", "attribute": "gender"}})
 tasks = build_task_sequence(inter, specs, max_len={max_len}, seed=0)
 net = NextItNet(tasks[0].num_items, 256, 3, (1, 4) * 4)
 learner = ConureLearner(net, keep_ratios=1.0, seed=0)

@@ -23,7 +23,7 @@ and everything still alive from earlier stages are included):
 
 The training step uses the learner's own phase machinery (``_begin``, ``_train_step``, ``_trainable``,
 ``_after_step``: private, so this script follows the learner when it changes); under ``--ddp`` the same child runs
-as 2 gloo ranks (``conure.distributed.DDPTrainStep``, per-rank batch ``--batch``/2) against 1 process with 2 threads
+as 2 gloo ranks (``conure.backends.DDPBackend``, per-rank batch ``--batch``/2) against 1 process with 2 threads
 on the same global batch.
 
 Output: one JSON line per point (``--json FILE`` appends them) and a Markdown table on stdout.
@@ -98,7 +98,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
     from conure.baselines import make_method  # noqa: F401  (imported as a run would: registers the methods)
     from conure.data import build_task_sequence, make_synthetic_interactions
     from conure.data.types import Split
-    from conure.learner import ConureLearner, TaskConfig
+    from conure.learner import ConureLearner, TrainConfig
     from conure.models import NextItNet
     from conure.predict import iter_predictions
 
@@ -125,7 +125,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(a.seed)
     learner = ConureLearner(NextItNet(num_items=data.num_items, channels=a.channels, dilations=a.dilations),
                             keep_ratios=0.5, seed=a.seed)
-    cfg = TaskConfig(epochs=1, lr=1e-3, batch_size=a.batch // world, eval_batch_size=a.eval_batch,
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=a.batch // world, eval_batch_size=a.eval_batch,
                      num_sampled=a.num_sampled if a.loss == "sampled" else 0)
     cfg = learner._begin(data, 1, cfg)
     head = learner.store["head_1"]
@@ -140,7 +140,8 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=cfg.lr)
         gen = torch.Generator().manual_seed(a.seed)
-        step = learner._train_step(1, cfg, "train", gen)
+        # the learner's own phase pieces (its backend's batches and loss), without the per-epoch validation
+        step = learner.execution_backend().steps(learner._phase_inputs(1, cfg, "train", gen))
         learner._phase_start(1)
         learner.store.train()
         n, t_start = 0, None
@@ -228,7 +229,7 @@ def _run(cmd: List[str], timeout: float, env: Optional[Dict[str, str]] = None) -
 
 
 def point(a: argparse.Namespace, users: int, items: int, length: int, loss: str) -> Dict[str, Any]:
-    from conure.distributed import head_memory
+    from conure.heads import head_memory
     est = head_memory(a.batch, length, items + 1, a.channels, a.num_sampled if loss == "sampled" else 0)["total"]
     if est > a.max_gib * 2 ** 30:
         # not run: on a shared machine an out-of-memory child takes its neighbours down with it
@@ -339,7 +340,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
     p.add_argument("--max-gib", type=float, default=12.0,
                    help="skip a point whose output layer alone is estimated above this many GiB "
-                        "(conure.distributed.head_memory)")
+                        "(conure.heads.head_memory)")
     p.add_argument("--json", type=Path, help="append one JSON line per point to this file")
     a = p.parse_args(argv)
     if a.child:

@@ -91,6 +91,11 @@ def test_e2e_runs_both_backends_on_a_small_movielens_file(tmp_path):
     text = run("benchmarks/e2e_ml100k.py", "--data", str(data), "--repeats", "1", "--json", str(out))
     rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
     assert rows[0]["name"].startswith("e2e ML-100K task 1, one epoch") and "| e2e ML-100K" in text
+    (data / "u.user").write_text("".join(f"{u}|{20 + u % 30}|{'MF'[u % 2]}|other|00000\n" for u in range(1, 61)))
+    text = run("benchmarks/e2e_ml100k.py", "--data", str(data), "--repeats", "1", "--task", "gender", "--max-len",
+               "30", "--json", str(out))
+    rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
+    assert rows[0]["name"].startswith("e2e ML-100K later task gender (pool last, positions needed)"), rows
 
 
 @pytest.mark.skipif(ops.backend() != "compiled", reason="compares the compiled ops with the reference")
