@@ -380,3 +380,57 @@ def test_compiled_op_checks_arguments_too():
                                               torch.ones(3, 4, 3), 1, None, 1)
     with pytest.raises(RuntimeError, match="keep_ratio"):
         torch.ops.conure.magnitude_prune_many_([torch.randn(3)], [torch.ones(3, dtype=torch.uint8)], 1, 2.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The operator package: ABI stamp, the table, the conure 0.1 names.
+
+def test_abi_stamp_matches_the_schemas_in_csrc():
+    """The library stamps the hash of csrc/ops.cpp's schemas (conure._build computes the same from the source), and
+    every schema it defines is there: one per family, variants as arguments."""
+    from pathlib import Path
+
+    from conure import __version__, _build
+    root = Path(__file__).resolve().parent.parent
+    digest = _build.schemas_digest(root)
+    assert str(torch.ops.conure.abi()) == f"schemas {digest}"
+    assert ops.extension_info()["abi"] == _build.abi(root, __version__)
+    for name in ("residual_block", "residual_block_backward", "stream_step_", "multi_task_forward"):
+        schema = getattr(torch.ops.conure, name).default._schema
+        assert schema.arguments[-1].name == "post_ln", name
+    assert not any(hasattr(torch.ops.conure, f"{name}_post_ln") for name in ("residual_block", "multi_task_forward"))
+
+
+def test_registry_covers_every_tensor_op():
+    """Every tensor operator of the library has a row in conure.ops.registry (fake kernel; autograd where it is
+    differentiable)."""
+    from conure.ops import registry
+    names = {op.name for op in registry.OPS}
+    assert names == {"masked_causal_conv1d", "masked_causal_conv1d_backward", "magnitude_prune_many_",
+                     "residual_block", "residual_block_backward", "stream_step_", "multi_task_forward"}
+    assert {op.name for op in registry.OPS if op.autograd} == {"masked_causal_conv1d", "residual_block"}
+
+
+def test_old_names_warn_and_forward():
+    """conure 0.1 names keep working for one release: a DeprecationWarning, then the new function (post_ln=True)."""
+    from conure import fused
+    from conure.ops import layout
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 4, generator=g)
+    w1, w2 = torch.randn(6, 4, 3, generator=g) / 3, torch.randn(4, 6, 3, generator=g) / 4
+    o1, o2 = random_owner(w1.shape, 2, g), random_owner(w2.shape, 2, g)
+    ln = [torch.ones(6), torch.zeros(6), torch.ones(4), torch.zeros(4)]
+    want = ops.residual_block(x, w1, o1, w2, o2, *ln, 2, 1, post_ln=True)
+    for old in (fused.residual_block_post_ln, reference.residual_block_post_ln):
+        with pytest.warns(DeprecationWarning, match="post_ln=True"):
+            torch.testing.assert_close(old(x, w1, o1, w2, o2, *ln, 2, 1), want, rtol=1e-5, atol=1e-5)
+    for old in (fused.conv_cols, reference.conv_cols):
+        with pytest.warns(DeprecationWarning, match="conure.ops.layout.conv_cols"):
+            assert torch.equal(old(w1, o1, 2), layout.conv_cols(w1, o1, 2))
+    for old, new in ((fused.stream_step_post_ln_, ops.stream_step_),
+                     (fused.multi_task_forward_post_ln, ops.multi_task_forward),
+                     (reference.stream_step_post_ln_, reference.stream_step_),
+                     (reference.multi_task_forward_post_ln, reference.multi_task_forward)):
+        assert old.__wrapped__ is new
+    assert all(hasattr(fused, name) for name in fused.__all__)
+    assert {"stream_step_post_ln_", "multi_task_forward_post_ln", "conv_cols"} <= set(fused.__all__)
