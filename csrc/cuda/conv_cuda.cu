@@ -92,15 +92,20 @@ __global__ void __launch_bounds__(kScatterRows)
   }
 }
 
+// One block per x tile (at most 2^31 - 1 of them) and up to 65535 along y, which the kernels grid-stride over.
+bool tile_grid(int64_t nx, int64_t tile_x, int64_t ny, int64_t tile_y, dim3& grid) {
+  const int64_t x_tiles = (nx + tile_x - 1) / tile_x, y_tiles = (ny + tile_y - 1) / tile_y;
+  if (x_tiles > 0x7fffffff) return false;
+  grid = dim3(static_cast<unsigned>(x_tiles), static_cast<unsigned>(std::min<int64_t>(y_tiles, 65535)));
+  return true;
+}
+
 template <typename T, typename idx_t>
 cudaError_t launch_mask_weight(const void* weight, const uint8_t* owner, int task, int64_t C_out, int64_t C_in,
                                int64_t K, int64_t j0, void* out, int64_t so, int64_t sj, int64_t si,
                                cudaStream_t stream) {
-  const int64_t M = C_in * K;
-  const int64_t m_tiles = (M + kTransTile - 1) / kTransTile;
-  const int64_t o_tiles = (C_out + kTransTile - 1) / kTransTile;
-  if (m_tiles > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(std::min<int64_t>(o_tiles, 65535)));
+  dim3 grid;
+  if (!tile_grid(C_in * K, kTransTile, C_out, kTransTile, grid)) return cudaErrorInvalidConfiguration;
   const dim3 block(kTransTile, kTransRows);
   mask_weight_kernel<T, idx_t><<<grid, block, 0, stream>>>(
       static_cast<const T*>(weight), owner, task, static_cast<idx_t>(C_out), static_cast<idx_t>(C_in),
@@ -114,10 +119,8 @@ cudaError_t launch_scatter_grad(const void* grad, int64_t so, int64_t sj, const 
                                 int64_t C_out, int64_t C_in, int64_t K, int64_t j0, void* grad_weight,
                                 cudaStream_t stream) {
   const int64_t R = C_out * C_in;
-  const int64_t r_chunks = (R + kScatterRows - 1) / kScatterRows;
-  const int64_t j_chunks = (K + kScatterCols - 1) / kScatterCols;
-  if (r_chunks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(r_chunks), static_cast<unsigned>(std::min<int64_t>(j_chunks, 65535)));
+  dim3 grid;
+  if (!tile_grid(R, kScatterRows, K, kScatterCols, grid)) return cudaErrorInvalidConfiguration;
   scatter_grad_kernel<T, idx_t><<<grid, kScatterRows, 0, stream>>>(
       static_cast<const T*>(grad), static_cast<idx_t>(so), static_cast<idx_t>(sj), owner, task,
       static_cast<idx_t>(C_in), static_cast<idx_t>(R), static_cast<idx_t>(K), static_cast<idx_t>(j0),
