@@ -45,6 +45,28 @@ struct PruneSpan {
   int64_t numel;
 };
 
+// The final pass in flat order (sequential: the tie rule depends on order): frees task's entries below the threshold
+// key and those equal to it after the first `ties` of them (all of them when !keep_any). A function of its own, not
+// inlined: its code then does not depend on what surrounds the call (measured ~7% apart between two inlined builds).
+template <typename scalar_t>
+__attribute__((noinline)) void write_owners(const std::vector<PruneSpan>& spans, uint8_t task,
+                                            typename KeyOf<scalar_t>::type threshold, int64_t ties, bool keep_any) {
+  using key_t = typename KeyOf<scalar_t>::type;
+  int64_t ties_left = ties;
+  for (const PruneSpan& span : spans) {
+    const scalar_t* w = static_cast<const scalar_t*>(span.weight);
+    uint8_t* own = span.owner;
+    for (int64_t e = 0; e < span.numel; ++e) {  // branch-free, as above
+      const key_t key = abs_key(w[e]);
+      const bool mine = own[e] == task;
+      const bool tie = mine & (key == threshold) & (ties_left > 0);
+      const bool keep = keep_any & ((key > threshold) | tie);
+      ties_left -= tie;
+      own[e] = (mine & !keep) ? uint8_t(0) : own[e];
+    }
+  }
+}
+
 template <typename scalar_t>
 int64_t prune_impl(const std::vector<PruneSpan>& spans, uint8_t task, double keep_ratio) {
   using key_t = typename KeyOf<scalar_t>::type;
@@ -95,21 +117,7 @@ int64_t prune_impl(const std::vector<PruneSpan>& spans, uint8_t task, double kee
     prefix = static_cast<key_t>((static_cast<uint64_t>(prefix) << kDigitBits) | static_cast<uint64_t>(digit));
   }
 
-  // Final pass in flat order (sequential: the tie rule depends on order).
-  const key_t threshold = prefix;
-  int64_t ties_left = k == 0 ? 0 : remaining;
-  for (const PruneSpan& span : spans) {
-    const scalar_t* w = static_cast<const scalar_t*>(span.weight);
-    uint8_t* own = span.owner;
-    for (int64_t e = 0; e < span.numel; ++e) {  // branch-free, as above
-      const key_t key = abs_key(w[e]);
-      const bool mine = own[e] == task;
-      const bool tie = mine & (key == threshold) & (ties_left > 0);
-      const bool keep = (k != 0) & ((key > threshold) | tie);
-      ties_left -= tie;
-      own[e] = (mine & !keep) ? uint8_t(0) : own[e];
-    }
-  }
+  write_owners<scalar_t>(spans, task, prefix, k == 0 ? 0 : remaining, k != 0);
   return k;
 }
 
