@@ -138,8 +138,9 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.pre_ln = pre_ln
         # Training through the fused op (conure.ops.residual_block) is on by default: its backward is bitwise
-        # reproducible (run to run and for any thread count; tests/test_fused.py::test_block_bitwise_reproducible). fused_training=False
-        # trains through the composition of the conv ops instead (inference always takes the fused op).
+        # reproducible (run to run and for any thread count; tests/test_fused.py::test_block_bitwise_reproducible).
+        # fused_training=False trains through the composition of the conv ops instead (inference always takes the
+        # fused op).
         self.fused_training = fused_training
         self.conv1 = MaskedCausalConv1d(channels, channels, kernel_size, dilation)
         self.conv2 = MaskedCausalConv1d(channels, channels, kernel_size, 2 * dilation)
