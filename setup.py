@@ -21,6 +21,7 @@ Switches (environment):
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+# conure's version, from the package without importing it (it needs torch): part of the build's ABI stamp.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "conure" / "__init__.py").read_text(), re.M).group(1)
 
 
 def _load_build_helpers():
@@ -97,7 +100,9 @@ def aot_setup():
 
         def run(self):
             super().run()
-            info = {"torch_version": torch.__version__, "cuda": torch.version.cuda if with_cuda else None}
+            # The ABI stamp (conure's version and its operator schemas) lets `import conure` refuse a stale build.
+            info = {"torch_version": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
+                    "conure": VERSION, "abi": _build.abi(ROOT, VERSION)}
             targets = {Path(self.build_lib) / "conure"}
             if self.inplace:
                 targets.add(ROOT / "conure")

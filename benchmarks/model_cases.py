@@ -3,9 +3,9 @@
 Used by ``benchmarks/run.py --suite model`` (ratio table, peak memory) and ``benchmarks/test_bench_model.py``
 (pytest-benchmark). Shapes follow the Conure paper: C=256, K=3, 8 blocks with dilations (1, 4) * 4, L=50.
 
-* ``block``: the fused residual block (conure.fused.residual_block) forward+backward against the composition of
+* ``block``: the fused residual block (conure.ops.residual_block) forward+backward against the composition of
   reference ops (conure.reference.residual_block: LayerNorm, ReLU, masked conv via F.conv1d with pad/transpose);
-  ``post-LN block``: the same for conure.fused.residual_block_post_ln (the original NextItNet block).
+  ``post-LN block``: the same for conure.ops.residual_block(..., post_ln=True) (the original NextItNet block).
 * ``train step``: one training step (forward, loss, backward, Adam step) of our backbone (conure.models.NextItNet,
   which runs the fused block) against a pure-torch model of the same architecture and parameters built from
   conure.reference.
@@ -86,8 +86,7 @@ def reference_backbone(net: NextItNet, items: torch.Tensor, task: int) -> torch.
 
 
 def block_case(batch: int, length: int, dilation: int, post_ln: bool = False):
-    from conure import fused
-
+    from conure import ops
     g = torch.Generator().manual_seed(batch + dilation)
     x = torch.randn(batch, length, C, generator=g, requires_grad=True)
     w1 = (torch.randn(C, C, K, generator=g) / (C * K) ** 0.5).requires_grad_()
@@ -107,13 +106,10 @@ def block_case(batch: int, length: int, dilation: int, post_ln: bool = False):
         def run():
             for t in leaves:
                 t.grad = None
-            fn(x, w1, o1, w2, o2, *ln, 2, dilation).backward(grad)
-
+            fn(x, w1, o1, w2, o2, *ln, 2, dilation, post_ln=post_ln).backward(grad)
         return run
 
-    if post_ln:
-        return make(fused.residual_block_post_ln), make(reference.residual_block_post_ln)
-    return make(fused.residual_block), make(reference.residual_block)
+    return make(ops.residual_block), make(reference.residual_block)
 
 
 def train_step_case(batch: int, length: int, autocast: str = ""):

@@ -3,8 +3,9 @@ time (compiled at first import with ninja, through ``torch.utils.cpp_extension.l
 
 Order, as :func:`load` applies it at ``import conure``:
 
-1. ``conure._C``, when an install with torch importable built it (``pip install --no-build-isolation .``) and it
-   was built against the running torch (``_build_info.json``);
+1. ``conure._C``, when an install with torch importable built it (``pip install --no-build-isolation .``) against
+   the running torch, for this conure and its operator schemas (``_build_info.json``: torch's version and the ABI
+   stamp, :func:`abi`; the library's own ``abi()`` op is checked too);
 2. else the library in the cache (``$CONURE_CACHE``, default ``~/.cache/conure``), in a directory named after
    :func:`cache_key`: conure's version, torch's version and C++ ABI, Python, the compiler, the CUDA flavour, the
    compile flags and a hash of every file in ``csrc/``. A missing entry is compiled there once, under a file lock,
@@ -42,6 +43,11 @@ class BuildError(RuntimeError):
     def __init__(self, message: str, log: Optional[Path] = None):
         super().__init__(message)
         self.log = log
+
+
+class StaleLibrary(BuildError):
+    """A library loaded but its ABI stamp differs from the sources': its operators are registered now, so no other
+    library can be loaded in this process (torch allows one TORCH_LIBRARY per namespace)."""
 
 
 def _say(text: str) -> None:
@@ -93,6 +99,45 @@ def sources_digest(root: Path) -> str:
     for path in _source_files(root):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def schemas_digest(root: Path) -> str:
+    """FNV-1a (64 bit, hex) of the operator schemas of ``root/csrc/ops.cpp`` (its ``kSchemas`` array: one string
+    literal, or adjacent ones, per schema) joined by newlines: what ``conure::abi()`` computes in the library."""
+    text = (root / "csrc" / "ops.cpp").read_text()
+    start = text.index("kSchemas[] = {")
+    body = re.sub(r"//[^\n]*", "", text[text.index("{", start) + 1:text.index("};", start)])
+    schemas: List[str] = []
+    current: List[str] = []
+    for match in re.finditer(r'"((?:[^"\\]|\\.)*)"|(,)', body):
+        if match.group(2):
+            schemas.append("".join(current))
+            current = []
+        else:
+            current.append(match.group(1))
+    if current:
+        schemas.append("".join(current))
+    h = 0xCBF29CE484222325
+    for byte in "\n".join(schemas).encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def abi(root: Path, version: str) -> str:
+    """The ABI stamp of a build of conure ``version`` from ``root``'s sources: ``"conure <version> schemas <hash>"``
+    (setup.py writes it into ``_build_info.json``; :func:`load_aot` refuses a ``conure._C`` stamped otherwise)."""
+    return f"conure {version} schemas {schemas_digest(root)}"
+
+
+def _check_library_abi(root: Optional[Path], where: str) -> str:
+    """The loaded library's own stamp (``torch.ops.conure.abi()``: its schemas' hash), checked against ``root``'s
+    sources when there are any. Raises BuildError when they differ."""
+    import torch
+    stamp = str(torch.ops.conure.abi())
+    if root is not None and stamp != f"schemas {schemas_digest(root)}":
+        raise StaleLibrary(f"{where} was built from other operator schemas ({stamp}) than csrc/ops.cpp here "
+                         f"(schemas {schemas_digest(root)}): rebuild it")
+    return stamp
 
 
 def copy_sources(root: Path, package_dir: Path) -> None:
@@ -365,28 +410,35 @@ def load_aot() -> dict:
     spec = importlib.util.find_spec("conure._C")
     if spec is None:
         raise BuildError("conure._C is not built")
+    from conure.version import __version__
     stamp = Path(__file__).with_name("_build_info.json")
-    built_with = None
+    built = {}
     if stamp.exists():
-        try:
-            built_with = json.loads(stamp.read_text())["torch_version"]
-        except (ValueError, KeyError, OSError):
-            built_with = None
+        with contextlib.suppress(ValueError, OSError):
+            built = json.loads(stamp.read_text())
+    built_with = built.get("torch_version")
     if built_with is not None and built_with != torch.__version__:
         raise BuildError(f"conure._C was built against torch {built_with} but torch {torch.__version__} is running")
+    # The ABI stamp: conure's version and its schemas (an older conure._C may lack operators this Python calls).
+    root = sources_root()
+    want = abi(root, __version__) if root is not None else None
+    if built.get("abi") is not None and want is not None and built["abi"] != want:
+        raise BuildError(f"conure._C was built for {built['abi']}, not {want}")
     try:
         importlib.import_module("conure._C")  # runs the TORCH_LIBRARY registrations: torch.ops.conure.*
     except ImportError as exc:  # e.g. undefined symbols from another torch build
         raise BuildError(f"conure._C failed to load ({exc})") from None
+    library_abi = _check_library_abi(root, "conure._C")
     return {"source": "aot", "path": spec.origin, "cache_dir": None, "sources": None, "log": None,
-            "built_now": False, "build_seconds": None}
+            "built_now": False, "build_seconds": None, "abi": f"conure {built.get('conure', '?')} {library_abi}"}
 
 
 def load() -> dict:
     """Load the extension as the module docstring says. Returns {source: "aot" | "jit" | None, path, cache_dir,
-    sources, log, built_now, build_seconds, error}: ``error`` is None when it loaded, else the sentence to report."""
+    sources, log, built_now, build_seconds, abi, error}: ``error`` is None when it loaded, else the sentence to
+    report."""
     empty = {"source": None, "path": None, "cache_dir": None, "sources": None, "log": None, "built_now": False,
-             "build_seconds": None}
+             "build_seconds": None, "abi": None}
     if reference_forced():
         return dict(empty, error="CONURE_FORCE_REFERENCE is set")
     mode = os.environ.get("CONURE_BUILD", "").strip().lower()
@@ -396,13 +448,18 @@ def load() -> dict:
     if mode != "jit":
         try:
             return dict(load_aot(), error=None)
+        except StaleLibrary as exc:
+            return dict(empty, error=f"{exc}: pip install --no-build-isolation . (or delete it to compile at import)")
         except BuildError as exc:
             aot_error = str(exc)
         if mode == "aot":
             return dict(empty, error=f"{aot_error} and CONURE_BUILD=aot forbids compiling at import; reinstall "
                                      "against the running torch: pip install --no-build-isolation .")
     try:
-        return dict(load_jit(), error=None)
+        info = load_jit()
+        from conure.version import __version__
+        stamp = _check_library_abi(sources_root(), "the cached library")
+        return dict(info, abi=f"conure {__version__} {stamp}", error=None)
     except BuildError as exc:
         built = aot_error is not None and not aot_error.endswith("is not built")
         why = f" ({aot_error}, and the compile at import failed)" if built else ""

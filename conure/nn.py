@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conure import fused, ops
+from conure import ops
 from conure.checks import MAX_TASK, check_task_id
 
 __all__ = [
@@ -132,9 +132,10 @@ class ResidualBlock(nn.Module):
                  fused_training: bool = True) -> None:
         super().__init__()
         self.pre_ln = pre_ln
-        # Training through the fused op (conure.fused) is on by default: its backward is bitwise reproducible (run to
-        # run and for any thread count; tests/test_fused.py::test_block_bitwise_reproducible). fused_training=False
-        # trains through the composition of the conv ops instead (inference always takes the fused op).
+        # Training through the fused op (conure.ops.residual_block) is on by default: its backward is bitwise
+        # reproducible (run to run and for any thread count; tests/test_fused.py::test_block_bitwise_reproducible).
+        # fused_training=False trains through the composition of the conv ops instead (inference always takes the
+        # fused op).
         self.fused_training = fused_training
         self.conv1 = MaskedCausalConv1d(channels, channels, kernel_size, dilation)
         self.conv2 = MaskedCausalConv1d(channels, channels, kernel_size, 2 * dilation)
@@ -146,11 +147,10 @@ class ResidualBlock(nn.Module):
             raise ValueError(f"ResidualBlock: x has {x.shape[-1]} channels but the block has "
                              f"{self.conv1.in_channels} (x {tuple(x.shape)})")
         if patch is None and self._fusable(x, task):
-            # One compiled op for the whole block (conure.fused); same result as the composition below.
-            block = fused.residual_block if self.pre_ln else fused.residual_block_post_ln
-            return block(x, self.conv1.weight, self.conv1.owner, self.conv2.weight, self.conv2.owner,
-                         self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias, task, self.conv1.dilation,
-                         self.ln1.eps)
+            # One compiled op for the whole block (conure.ops.residual_block); same result as the composition below.
+            return ops.residual_block(x, self.conv1.weight, self.conv1.owner, self.conv2.weight, self.conv2.owner,
+                                      self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias, task,
+                                      self.conv1.dilation, self.ln1.eps, post_ln=not self.pre_ln)
         if self.pre_ln:
             h = self.conv1(F.relu(self.ln1(x)), task)
             h = self.conv2(F.relu(self.ln2(h)), task)
@@ -167,8 +167,8 @@ class ResidualBlock(nn.Module):
         if not self.fused_training and torch.is_grad_enabled() and (
                 (isinstance(x, torch.Tensor) and x.requires_grad) or any(p.requires_grad for p in self.parameters())):
             return False
-        return (fused.available() and isinstance(x, torch.Tensor) and x.dim() == 3 and x.device == w.device
-                and (x.dtype == w.dtype or (x.is_floating_point() and fused.autocast_dtype(x) is not None))
+        return (ops.available() and isinstance(x, torch.Tensor) and x.dim() == 3 and x.device == w.device
+                and (x.dtype == w.dtype or (x.is_floating_point() and ops.autocast_dtype(x) is not None))
                 and isinstance(task, int) and not isinstance(task, bool) and 0 <= task <= MAX_TASK and self.conv1.bias is None and self.conv2.bias is None
                 and self.conv2.dilation == 2 * self.conv1.dilation and self.ln1.eps == self.ln2.eps
                 and self.ln1.weight is not None and self.ln2.weight is not None

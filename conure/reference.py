@@ -1,7 +1,8 @@
-"""Pure-torch reference twins of conure's compiled operators.
+"""Pure-torch reference twins of conure's compiled operators: the backend named ``"reference"``.
 
-Short and obviously right: tests and benchmarks compare the compiled kernels against these.
-Same signatures as :mod:`conure.ops`.
+Short and obviously right: tests and benchmarks compare the compiled kernels against these (the oracle), and
+:mod:`conure.ops` runs them when the compiled library is not in use (the fallback). Same names and signatures as
+:mod:`conure.ops`. Weight layouts are production helpers and live in :mod:`conure.ops.layout`.
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from conure.ops.deprecation import alias
+from conure.ops.layout import active_mask
+from conure.ops.layout import conv_cols as _conv_cols
 
-def active_mask(owner: torch.Tensor, task: int) -> torch.Tensor:
-    """Weights task ``task`` may use: owned by a task in 1..task. ``owner`` uint8, any shape."""
-    return (owner >= 1) & (owner <= task)
+__all__ = ["active_mask", "magnitude_prune_", "magnitude_prune_many_", "masked_causal_conv1d", "multi_task_forward",
+           "residual_block", "ring_col_", "stream_step_"]
 
 
 def masked_causal_conv1d(
@@ -92,51 +95,24 @@ def residual_block(
     task: int,
     dilation: int = 1,
     eps: float = 1e-5,
+    post_ln: bool = False,
 ) -> torch.Tensor:
-    """Pre-LN residual block ``x + conv2(relu(LN2(conv1(relu(LN1(x))))))``; conv2 at twice conv1's dilation.
+    """Pre-LN residual block ``x + conv2(relu(LN2(conv1(relu(LN1(x))))))``, or with ``post_ln`` the post-LN one
+    ``x + relu(LN2(conv2(relu(LN1(conv1(x))))))``; conv2 at twice conv1's dilation.
 
-    x: [B, L, C]; w1, owner1: [C_mid, C, K]; w2, owner2: [C, C_mid, K] (owners uint8); ln1_*: [C]; ln2_*: [C_mid].
-    Returns [B, L, C]. Conv weights get gradient only where ``owner == task``.
+    x: [B, L, C]; w1, owner1: [C_mid, C, K]; w2, owner2: [C, C_mid, K] (owners uint8); pre-LN: ln1_*: [C], ln2_*:
+    [C_mid]; post-LN: ln1_*: [C_mid], ln2_*: [C]. Returns [B, L, C]. Conv weights get gradient only where
+    ``owner == task``.
     """
+    if post_ln:
+        h = masked_causal_conv1d(x, w1, owner1, task, None, dilation)
+        a1 = F.relu(F.layer_norm(h, (h.shape[-1],), ln1_weight, ln1_bias, eps))
+        h2 = masked_causal_conv1d(a1, w2, owner2, task, None, 2 * dilation)
+        return x + F.relu(F.layer_norm(h2, (h2.shape[-1],), ln2_weight, ln2_bias, eps))
     a1 = F.relu(F.layer_norm(x, (x.shape[-1],), ln1_weight, ln1_bias, eps))
     h = masked_causal_conv1d(a1, w1, owner1, task, None, dilation)
     a2 = F.relu(F.layer_norm(h, (h.shape[-1],), ln2_weight, ln2_bias, eps))
     return x + masked_causal_conv1d(a2, w2, owner2, task, None, 2 * dilation)
-
-
-def residual_block_post_ln(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    owner1: torch.Tensor,
-    w2: torch.Tensor,
-    owner2: torch.Tensor,
-    ln1_weight: torch.Tensor,
-    ln1_bias: torch.Tensor,
-    ln2_weight: torch.Tensor,
-    ln2_bias: torch.Tensor,
-    task: int,
-    dilation: int = 1,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """Post-LN residual block ``x + relu(LN2(conv2(relu(LN1(conv1(x))))))``; conv2 at twice conv1's dilation.
-
-    x: [B, L, C]; w1, owner1: [C_mid, C, K]; w2, owner2: [C, C_mid, K] (owners uint8); ln1_*: [C_mid]; ln2_*: [C].
-    Returns [B, L, C]. Conv weights get gradient only where ``owner == task``.
-    """
-    h = masked_causal_conv1d(x, w1, owner1, task, None, dilation)
-    a1 = F.relu(F.layer_norm(h, (h.shape[-1],), ln1_weight, ln1_bias, eps))
-    h2 = masked_causal_conv1d(a1, w2, owner2, task, None, 2 * dilation)
-    return x + F.relu(F.layer_norm(h2, (h2.shape[-1],), ln2_weight, ln2_bias, eps))
-
-
-def conv_cols(weight: torch.Tensor, owner: torch.Tensor, task: int) -> torch.Tensor:
-    """Task ``task``'s masked conv weights in the layout the streaming/serving ops multiply by.
-
-    weight, owner: [C_out, C_in, K]. Returns [K * C_in, C_out] with ``out[j * C_in + i, o] = weight[o, i, j]`` where
-    ``1 <= owner[o, i, j] <= task``, else 0 (tap j multiplies the input ``(K - 1 - j) * dilation`` steps back).
-    """
-    w = weight * active_mask(owner, task).to(weight.dtype)
-    return w.permute(2, 1, 0).reshape(weight.shape[2] * weight.shape[1], weight.shape[0])
 
 
 def stream_step_(
@@ -148,16 +124,31 @@ def stream_step_(
     dilations: Sequence[int],
     kernel_size: int,
     eps: float = 1e-5,
+    post_ln: bool = False,
 ) -> torch.Tensor:
     """One item per user through every block, for T task states at once; updates ``rings`` in place.
 
     x: [B, C] block-0 input (the new items' embeddings); pos: int64 [B], items each user has already consumed.
     For conv c (block c // 2; dilation ``dilations[c // 2] * (1 + c % 2)``): ``wcols[c]``: [T, K * C_in, C_out]
-    (:func:`conv_cols` per task); ``rings[c]``: [T_c, B, (K - 1) * dilation, C_in] holding the conv's last inputs
-    (relu(LN(.)) outputs) at slot ``position % R`` (zeros = before the sequence start), T_0 = 1 (block 0's first
-    conv input is the same for all tasks), T_c = T otherwise; ``ln_params[2c], ln_params[2c + 1]``: the LayerNorm
-    in front of conv c. Returns the blocks' output [T, B, C] at position ``pos``. ``pos`` itself is not changed.
+    (:func:`conure.ops.layout.conv_cols` per task); ``rings[c]``: [T_c, B, (K - 1) * dilation, C_in] holding the
+    conv's last inputs (relu(LN(.)) outputs) at slot ``position % R`` (zeros = before the sequence start), T_0 = 1
+    (block 0's first conv input is the same for all tasks), T_c = T otherwise; ``ln_params[2c], ln_params[2c + 1]``:
+    the LayerNorm in front of conv c. Returns the blocks' output [T, B, C] at position ``pos``. ``pos`` itself is not changed.
+
+    post_ln: post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``: conv1's ring holds the block inputs,
+    conv2's relu(LN1(conv1 output)); ``ln_params[2c], ln_params[2c + 1]``: the LayerNorm after conv c.
     """
+    if post_ln:
+        z = x.unsqueeze(0)              # [1, B, C] until block 0's first conv, then [T, B, C]
+        for block, d in enumerate(dilations):
+            a = z
+            for half in (0, 1):
+                c = 2 * block + half
+                col = ring_col_(rings[c], a, pos, kernel_size, d * (half + 1))
+                out = torch.bmm(col.expand(wcols[c].shape[0], -1, -1), wcols[c])
+                a = F.relu(F.layer_norm(out, (out.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
+            z = z + a
+        return z
     z = x.unsqueeze(0)
     for block, d in enumerate(dilations):
         h = z
@@ -168,33 +159,6 @@ def stream_step_(
             out = torch.bmm(col.expand(wcols[c].shape[0], -1, -1), wcols[c])
             h = out if half == 0 else z + out
         z = h
-    return z
-
-
-def stream_step_post_ln_(
-    x: torch.Tensor,
-    pos: torch.Tensor,
-    rings: Sequence[torch.Tensor],
-    wcols: Sequence[torch.Tensor],
-    ln_params: Sequence[torch.Tensor],
-    dilations: Sequence[int],
-    kernel_size: int,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """:func:`stream_step_` for post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``; updates ``rings``.
-
-    Shapes as in :func:`stream_step_`; conv1's ring holds the block inputs, conv2's relu(LN1(conv1 output));
-    ``ln_params[2c], ln_params[2c + 1]``: the LayerNorm after conv c. Returns [T, B, C] at position ``pos``.
-    """
-    z = x.unsqueeze(0)              # [1, B, C] until block 0's first conv, then [T, B, C]
-    for block, d in enumerate(dilations):
-        a = z
-        for half in (0, 1):
-            c = 2 * block + half
-            col = ring_col_(rings[c], a, pos, kernel_size, d * (half + 1))
-            out = torch.bmm(col.expand(wcols[c].shape[0], -1, -1), wcols[c])
-            a = F.relu(F.layer_norm(out, (out.shape[-1],), ln_params[2 * c], ln_params[2 * c + 1], eps))
-        z = z + a
     return z
 
 
@@ -225,8 +189,10 @@ def multi_task_forward(
     kernel_size: int,
     eps: float = 1e-5,
     out_len: int = 1,
+    post_ln: bool = False,
 ) -> torch.Tensor:
-    """The backbone's blocks for T tasks at once (weights as in :func:`stream_step_`), no state.
+    """The backbone's blocks for T tasks at once (weights, LayerNorms and post_ln as in :func:`stream_step_`), no
+    state: a loop over tasks and blocks.
 
     x: [B, L, C] block-0 input (embeddings). Returns the last ``out_len`` positions of each task's output:
     [T, B, out_len, C].
@@ -236,6 +202,15 @@ def multi_task_forward(
     for t in range(wcols[0].shape[0]):
         z = x
         for block, d in enumerate(dilations):
+            if post_ln:
+                ws = []
+                for c in (2 * block, 2 * block + 1):
+                    wc = wcols[c][t]
+                    ws.append(wc.reshape(k, wc.shape[0] // k, wc.shape[1]).permute(2, 1, 0))
+                ones = [torch.ones_like(w, dtype=torch.uint8) for w in ws]
+                z = residual_block(z, ws[0], ones[0], ws[1], ones[1], *ln_params[4 * block:4 * block + 4], 1, d, eps,
+                                   post_ln=True)
+                continue
             h = z
             for half in (0, 1):
                 c = 2 * block + half
@@ -249,28 +224,11 @@ def multi_task_forward(
     return torch.stack(outs)
 
 
-def multi_task_forward_post_ln(
-    x: torch.Tensor,
-    wcols: Sequence[torch.Tensor],
-    ln_params: Sequence[torch.Tensor],
-    dilations: Sequence[int],
-    kernel_size: int,
-    eps: float = 1e-5,
-    out_len: int = 1,
-) -> torch.Tensor:
-    """:func:`multi_task_forward` for post-LN blocks (:func:`residual_block_post_ln`); ``ln_params[2c],
-    ln_params[2c + 1]``: the LayerNorm after conv c. Returns [T, B, out_len, C]."""
-    k = kernel_size
-    outs = []
-    for t in range(wcols[0].shape[0]):
-        z = x
-        for block, d in enumerate(dilations):
-            ws = []
-            for c in (2 * block, 2 * block + 1):
-                wc = wcols[c][t]
-                ws.append(wc.reshape(k, wc.shape[0] // k, wc.shape[1]).permute(2, 1, 0))
-            ones = [torch.ones_like(w, dtype=torch.uint8) for w in ws]
-            z = residual_block_post_ln(z, ws[0], ones[0], ws[1], ones[1], *ln_params[4 * block:4 * block + 4], 1, d,
-                                       eps)
-        outs.append(z[:, z.shape[1] - out_len:])
-    return torch.stack(outs)
+# ---- conure 0.1 names, kept for one release
+residual_block_post_ln = alias("conure.reference.residual_block_post_ln", residual_block,
+                               "conure.reference.residual_block(..., post_ln=True)", post_ln=True)
+stream_step_post_ln_ = alias("conure.reference.stream_step_post_ln_", stream_step_,
+                             "conure.reference.stream_step_(..., post_ln=True)", post_ln=True)
+multi_task_forward_post_ln = alias("conure.reference.multi_task_forward_post_ln", multi_task_forward,
+                                   "conure.reference.multi_task_forward(..., post_ln=True)", post_ln=True)
+conv_cols = alias("conure.reference.conv_cols", _conv_cols, "conure.ops.layout.conv_cols")

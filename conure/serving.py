@@ -1,7 +1,7 @@
 """Multi-task serving: one call returns a batch of users' vectors for every learned task.
 
 :class:`MultiTaskServer` (or :func:`all_task_user_vectors`) computes ``[model.user_vector(items, t) for t in tasks]``
-stacked to ``[T, B, C]`` in one compiled call (:func:`conure.fused.multi_task_forward`), sharing what the tasks
+stacked to ``[T, B, C]`` in one compiled call (:func:`conure.ops.multi_task_forward`), sharing what the tasks
 share:
 
 * the embedding lookup, and block 0's first LayerNorm + ReLU + im2col pass (its input is the same for every task);
@@ -12,7 +12,7 @@ share:
 
 The tasks' GEMMs stay one per task (their inputs differ after the first conv).
 
-Post-LN backbones (``NextItNet(pre_ln=False)``) go through ``multi_task_forward_post_ln``, the same sharing.
+Post-LN backbones (``NextItNet(pre_ln=False)``) go through ``multi_task_forward(..., post_ln=True)``, the same sharing.
 
 The vectors are the backbone's output at the last position: what a head with ``pool="last"`` reads. A head that
 pools over positions (``"mean"``, ``"attention"``) needs every position: ``learner.user_vectors(task, items)``.
@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from conure import fused
+from conure import ops
 from conure.nn import last_positions
 from conure.streaming import StackedWeights
 
@@ -73,8 +73,8 @@ class MultiTaskServer:
         # Left-padded histories end at L - 1; otherwise compute from the earliest last position on.
         first = int(last.min()) if items.shape[0] else length - 1
         out_len = length - first
-        forward = fused.multi_task_forward if w.pre_ln else fused.multi_task_forward_post_ln
-        out = forward(x, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps, out_len)
+        out = ops.multi_task_forward(x, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps, out_len,
+                                     post_ln=not w.pre_ln)
         if out_len == 1:
             return out[:, :, 0]
         idx = (last - first).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[3])

@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from conure import fused
+from conure import ops
+from conure.ops.layout import conv_cols
 from conure.nn import check_task_id
 
 __all__ = ["StackedWeights", "StreamingState"]
@@ -49,7 +50,7 @@ class StackedWeights:
 
     * ``embedding``: [num_items, C] (shared);
     * ``wcols[c]``: [T, K * C_in, C_out] per conv c (block c // 2, conv1 then conv2): each task's masked weights
-      (:func:`conure.reference.conv_cols`);
+      (:func:`conure.ops.layout.conv_cols`);
     * ``ln``: 4 vectors per block (ln1 weight, ln1 bias, ln2 weight, ln2 bias), shared by the tasks;
     * ``dilations`` (conv1 per block), ``kernel_size``, ``eps``, ``pre_ln`` (the block kind).
     """
@@ -79,7 +80,7 @@ class StackedWeights:
         for block in model.blocks:
             for conv in (block.conv1, block.conv2):
                 w = conv.weight.detach().to(dtype)
-                self.wcols.append(torch.stack([fused.conv_cols(w, conv.owner, t) for t in self.tasks]).contiguous())
+                self.wcols.append(torch.stack([conv_cols(w, conv.owner, t) for t in self.tasks]).contiguous())
             for p in (block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias):
                 self.ln.append(p.detach().to(dtype).contiguous())
 
@@ -186,8 +187,8 @@ class StreamingState:
         if x.shape != (self.batch_size, w.channels):
             raise ValueError(f"StreamingState.step: need one item per user ([{self.batch_size}]), got "
                              f"{tuple(items.shape)}")
-        step = fused.stream_step_ if w.pre_ln else fused.stream_step_post_ln_
-        out = step(x, self.pos, self.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps)
+        out = ops.stream_step_(x, self.pos, self.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps,
+                               post_ln=not w.pre_ln)
         self.pos += 1
         return out
 

@@ -1,10 +1,25 @@
-// Schemas of the fused residual block, streaming step and multi-task forward, and their device-generic
-// orchestration (GEMMs on im2col buffers; see block.h). Backend kernels: csrc/cpu/block_cpu.cpp, csrc/cuda/block_*.
-#include "block.h"
-#include "masked_conv.h"
+// The fused residual block (pre-LN or post-LN), streaming step and multi-task forward: device-generic orchestration
+// over the kernel table (csrc/kernels.h). Schemas: csrc/ops.cpp; the operator functions at the end of this file.
+//
+// Pre-LN residual block (conure.nn.ResidualBlock, pre_ln=True), activations [B, L, C]:
+//     h = conv1(relu(LN1(x)))          conv1: masked causal conv, dilation d
+//     y = x + conv2(relu(LN2(h)))      conv2: masked causal conv, dilation 2d
+// Each conv is ONE GEMM over an "im2col" buffer: col[b, t, jj*C + i] = a[b, t - s_j, i] (zero at negative time),
+// s_j = (K-1-j)*dilation, for the taps j in [j0, K) that can reach the sequence (s_j < L). The LayerNorm + ReLU
+// pass writes its output straight into that buffer (K copies of each row, no pad/transpose copy), and the masked
+// weights are laid out as the matching [(K-j0)*C_in, C_out] matrix. The block is processed a few whole sequences
+// at a time, so the col buffer stays small (cache resident) and peak memory is the output plus what backward needs:
+// conv1's output h and the LayerNorm statistics. Backward recomputes the LN/ReLU outputs from x, h and the stats.
+//
+// The memory-bound passes are the backends' kernels (csrc/kernels.h); the GEMMs go to conure::gemm (csrc/conv.h).
+#include <ATen/ATen.h>
+#include <ATen/DeviceGuard.h>
+
+#include "conv.h"
+#include "kernels.h"
+#include "ops.h"
 
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -14,7 +29,18 @@ namespace conure {
 namespace block {
 namespace {
 
-// GEMMs: conure::gemm (masked_conv.h), oneDNN on CPU where torch exports it.
+// The first tap that can reach a sequence of length L: taps with (K-1-j)*dilation >= L see only negative time.
+inline int64_t first_tap(int64_t K, int64_t dilation, int64_t L) {
+  if (L <= 0) return K - 1;
+  const int64_t reach = (L - 1) / dilation;  // largest j-offset (K-1-j) with s_j < L
+  return reach >= K - 1 ? 0 : K - 1 - reach;
+}
+
+// A dilation >= L acts like L (every tap but the last reaches before the start); clamping keeps the products
+// (K-1) * dilation from overflowing for absurd dilations.
+inline int64_t clamp_dilation(int64_t dilation, int64_t L) { return std::min(dilation, std::max<int64_t>(L, 1)); }
+
+// GEMMs: conure::gemm (conv.h), oneDNN on CPU where torch exports it.
 using conure::gemm;
 
 // Rows (sequences * positions) per chunk of the block: the col buffer of a chunk is rows * K * C elements.
@@ -77,6 +103,13 @@ at::Tensor prefix(const at::Tensor& flat, at::IntArrayRef shape) {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   return flat.narrow(0, 0, n).view(shape);
+}
+
+// The masked weights as the [C_out, (K - j0) * C_in] rows the block's GEMMs multiply by (col @ rows^T).
+void mask_rows(const Kernels& k, const at::Tensor& w, const at::Tensor& owner, int64_t task, int64_t j0,
+               at::Tensor& rows) {
+  at::Tensor out = rows.view({w.size(0), w.size(2) - j0, w.size(1)});
+  k.mask_weight(w, owner, task, j0, out);
 }
 
 void check_vector(const at::Tensor& v, int64_t n, const at::Tensor& x, const char* name) {
@@ -194,8 +227,9 @@ BlockGrads finish_grads(const Kernels& k, const Partials& p, std::optional<at::T
   };
   const auto scatter = [&](const at::Tensor& parts, const at::Tensor& w, const at::Tensor& owner, int64_t j0) {
     if (task == 0 || rows == 0) return at::zeros(w.sizes(), w.options());  // owner 0 (free) is never active
-    at::Tensor out = at::empty(w.sizes(), w.options());  // scatter_rows writes every entry
-    k.scatter_rows(total(parts), owner.contiguous(), task, j0, out);
+    at::Tensor out = at::empty(w.sizes(), w.options());  // scatter_grad writes every entry
+    const at::Tensor rows = total(parts);  // [C_out, (K - j0) * C_in]
+    k.scatter_grad(rows.view({w.size(0), w.size(2) - j0, w.size(1)}), owner.contiguous(), task, j0, out);
     return out;
   };
   const auto param = [&](const at::Tensor& parts) -> std::optional<at::Tensor> {
@@ -211,133 +245,13 @@ BlockGrads finish_grads(const Kernels& k, const Partials& p, std::optional<at::T
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
-// Fused pre-LN residual block.
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
-    const Kernels& k, const at::Tensor& x_in, const at::Tensor& w1_in, const at::Tensor& owner1_in,
-    const at::Tensor& w2_in, const at::Tensor& owner2_in, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
-    const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
-  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                   dilation);
-  const at::Tensor x = x_in.contiguous();
-  const int64_t B = x.size(0), L = x.size(1), C = x.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
-  at::Tensor y = at::empty({B, L, C}, x.options());
-  at::Tensor h = at::empty({B, L, Cm}, x.options());
-  at::Tensor stats = at::empty({2, 2, B, L}, x.options().dtype(stats_dtype(x.scalar_type())));
-  if (B * L == 0) return {y, h, stats};
-
-  const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
-  at::Tensor W1 = at::empty({Cm, K1 * C}, x.options());
-  at::Tensor W2 = at::empty({C, K2 * Cm}, x.options());
-  k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
-  k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
-  const at::Tensor g1 = ln1_weight.contiguous(), b1 = ln1_bias.contiguous();
-  const at::Tensor g2 = ln2_weight.contiguous(), b2 = ln2_bias.contiguous();
-
-  const Split sp = split_batch(B, L);
-  const int64_t width = std::max(K1 * C, K2 * Cm);
-  for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
-    const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
-    at::Tensor col = scratch(n * width, x.options());
-    at::Tensor none;
-    const at::Tensor xc = x.narrow(0, b0, bc);
-    at::Tensor hc = h.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
-    ChunkStats st(stats, b0, bc);
-    at::Tensor col1 = prefix(col, {bc, L, K1 * C});
-    k.ln_relu_im2col(xc, g1, b1, eps, K, j01, d1, true, st.m1, st.r1, col1, yc);  // and y := x
-    gemm(hc.view({n, Cm}), col1.view({n, K1 * C}), W1.t(), false);
-    at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
-    k.ln_relu_im2col(hc, g2, b2, eps, K, j02, d2, true, st.m2, st.r2, col2, none);
-    gemm(yc.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), true);
-  });
-  return {y, h, stats};
-}
-
-BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const at::Tensor& x_in,
-                          const at::Tensor& h_in, const at::Tensor& stats_in, const at::Tensor& w1_in,
-                          const at::Tensor& owner1_in, const at::Tensor& w2_in, const at::Tensor& owner2_in,
-                          const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-                          const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> mask) {
-  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                   dilation);
-  const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
-  const auto sdt = stats_dtype(x_in.scalar_type());
-  check_saved("residual_block_backward", grad_y_in, x_in, h_in, stats_in, Cm);
-  const bool need_x = mask[0], need_w1 = mask[1], need_w2 = mask[2];
-  const bool need_ln1 = mask[3] || mask[4], need_ln2 = mask[5] || mask[6];
-  const bool need_stage1 = need_x || need_w1 || need_ln1;   // gradient of conv1's input side
-  const bool need_h = need_stage1 || need_ln2;              // gradient of h
-  const auto opts = x_in.options();
-
-  std::optional<at::Tensor> gx;
-  const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
-  const Split sp = split_batch(B, L);
-  // Row-layout weight gradients [Cm, K1*C], [C, K2*Cm]; LayerNorm 1 over C, LayerNorm 2 over Cm.
-  Partials parts = Partials::make(sp.n, mask, Cm, K1 * C, C, K2 * Cm, C, Cm, opts, sdt);
-  if (need_x) gx = at::empty({B, L, C}, opts);
-
-  if (B * L > 0 && (need_w2 || need_h)) {
-    const at::Tensor g = grad_y_in.contiguous(), x = x_in.contiguous(), h = h_in.contiguous();
-    const at::Tensor stats = stats_in.contiguous();
-    const at::Tensor w1 = w1_in.contiguous(), w2 = w2_in.contiguous();
-    const at::Tensor o1 = owner1_in.contiguous(), o2 = owner2_in.contiguous();
-    const at::Tensor ga1 = ln1_weight.contiguous(), be1 = ln1_bias.contiguous();
-    const at::Tensor ga2 = ln2_weight.contiguous(), be2 = ln2_bias.contiguous();
-    at::Tensor W1, W2;
-    if (need_stage1) {
-      W1 = at::empty({Cm, K1 * C}, opts);
-      k.mask_rows(w1, o1, task, j01, W1);
-    }
-    if (need_h) {
-      W2 = at::empty({C, K2 * Cm}, opts);
-      k.mask_rows(w2, o2, task, j02, W2);
-    }
-      for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
-      const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
-      const int64_t col_numel = n * std::max(K1 * C, K2 * Cm);
-      at::Tensor work = scratch(col_numel + (need_stage1 ? n * Cm : 0), opts);
-      at::Tensor none;
-      const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc), hc = h.narrow(0, b0, bc);
-      ChunkStats st(stats, b0, bc);
-      const at::Tensor g2d = gc.view({n, C});
-      at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
-      // conv2: grad of its weights from the recomputed relu(LN2(h)) col, then the col's gradient in its place.
-      if (need_w2) {
-        k.ln_relu_im2col(hc, ga2, be2, 0.0, K, j02, d2, false, st.m2, st.r2, col2, none);
-        gemm(parts.G2[i], g2d.t(), col2.view({n, K2 * Cm}), false);
-      }
-      if (!need_h) return;
-      gemm(col2.view({n, K2 * Cm}), g2d, W2, false);
-      at::Tensor ghc = need_stage1 ? work.narrow(0, col_numel, n * Cm).view({bc, L, Cm}) : at::Tensor();
-      at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
-      k.ln_relu_col2im_backward(col2, hc, st.m2, st.r2, ga2, be2, K, j02, d2, none, ghc, dg2c, db2c);
-      if (!need_stage1) return;
-      const at::Tensor gh2d = ghc.view({n, Cm});
-      at::Tensor col1 = prefix(work, {bc, L, K1 * C});
-      if (need_w1) {
-        k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, st.m1, st.r1, col1, none);
-        gemm(parts.G1[i], gh2d.t(), col1.view({n, K1 * C}), false);
-      }
-      if (need_x || need_ln1) {
-        gemm(col1.view({n, K1 * C}), gh2d, W1, false);
-        at::Tensor gxc = need_x ? gx->narrow(0, b0, bc) : at::Tensor();
-        const at::Tensor residual = need_x ? gc : at::Tensor();
-        at::Tensor dg1c = Partials::at(parts.dg1, i), db1c = Partials::at(parts.db1, i);
-        k.ln_relu_col2im_backward(col1, xc, st.m1, st.r1, ga1, be1, K, j01, d1, residual, gxc, dg1c, db1c);
-      }
-    });
-  } else if (need_x) {
-    gx->copy_(grad_y_in);  // empty batch: nothing to do but the (empty) residual path
-  }
-  return finish_grads(k, parts, gx, w1_in, owner1_in, w2_in, owner2_in, task, j01, j02, B * L, x_in.scalar_type());
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Fused post-LN residual block: h1 = conv1(x), h2 = conv2(relu(LN1(h1))), y = x + relu(LN2(h2)).
-// Same chunking as the pre-LN block. conv1 reads x itself, so its im2col is a plain shifted copy (ATen copies per
-// tap, no kernel of its own); LN2 + ReLU is the K = 1 case of ln_relu_im2col. Saved for backward: h1 and h2 (in
-// one tensor "h" [B, L, Cm + C]: h1's elements, then h2's) and the statistics of both LayerNorms; backward
-// recomputes relu(LN1(h1)) (a cheap pass, no GEMM).
+// Fused residual block, pre-LN:  h = conv1(relu(LN1(x))), y = x + conv2(relu(LN2(h)));
+//                       post-LN: h1 = conv1(x), h2 = conv2(relu(LN1(h1))), y = x + relu(LN2(h2)).
+// Both go a few whole sequences at a time (chunks of about chunk_rows() rows, one parallel region). The post-LN
+// conv1 reads x itself, so its im2col is a plain shifted copy (ATen copies per tap, no kernel of its own); its
+// LN2 + ReLU is the K = 1 case of ln_relu_im2col. Saved for backward: pre-LN, conv1's output h [B, L, C_mid];
+// post-LN, h1 and h2 in one tensor "h" [B, L, C_mid + C] (h1's elements, then h2's); and the statistics of both
+// LayerNorms. The backward recomputes the LN + ReLU outputs (a cheap pass, no GEMM).
 
 namespace {
 
@@ -365,27 +279,27 @@ void plain_col2im_add(const at::Tensor& gcol, int64_t K, int64_t j0, int64_t dil
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
     const Kernels& k, const at::Tensor& x_in, const at::Tensor& w1_in, const at::Tensor& owner1_in,
     const at::Tensor& w2_in, const at::Tensor& owner2_in, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
-    const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
+    const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps,
+    bool post_ln) {
   check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                   dilation, true);
+                   dilation, post_ln);
   const at::Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), C = x.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
   at::Tensor y = at::empty({B, L, C}, x.options());
-  // Saved for backward: conv1's output [B, L, Cm] and conv2's [B, L, C], one after the other in one tensor.
-  at::Tensor h = at::empty({B, L, Cm + C}, x.options());
+  at::Tensor h = at::empty({B, L, Cm + (post_ln ? C : 0)}, x.options());
   at::Tensor stats = at::empty({2, 2, B, L}, x.options().dtype(stats_dtype(x.scalar_type())));
   if (B * L == 0) return {y, h, stats};
-  const at::Tensor h1 = h.view({-1}).narrow(0, 0, B * L * Cm).view({B, L, Cm});
-  const at::Tensor h2all = h.view({-1}).narrow(0, B * L * Cm, B * L * C).view({B, L, C});
+  const at::Tensor h1 = post_ln ? h.view({-1}).narrow(0, 0, B * L * Cm).view({B, L, Cm}) : h;
+  const at::Tensor h2all = post_ln ? h.view({-1}).narrow(0, B * L * Cm, B * L * C).view({B, L, C}) : at::Tensor();
 
   const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
   at::Tensor W1 = at::empty({Cm, K1 * C}, x.options());
   at::Tensor W2 = at::empty({C, K2 * Cm}, x.options());
-  k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
-  k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
+  mask_rows(k, w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
+  mask_rows(k, w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
   const at::Tensor g1 = ln1_weight.contiguous(), b1 = ln1_bias.contiguous();
   const at::Tensor g2 = ln2_weight.contiguous(), b2 = ln2_bias.contiguous();
 
@@ -393,16 +307,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
   const int64_t width = std::max(K1 * C, K2 * Cm);
   for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
     const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
-    at::Tensor work = scratch(n * width, x.options());
+    at::Tensor col = scratch(n * width, x.options());
     at::Tensor none;
     const at::Tensor xc = x.narrow(0, b0, bc);
-    at::Tensor hc = h1.narrow(0, b0, bc), h2 = h2all.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
+    at::Tensor hc = h1.narrow(0, b0, bc), yc = y.narrow(0, b0, bc);
     ChunkStats st(stats, b0, bc);
-    at::Tensor col1 = prefix(work, {bc, L, K1 * C});
-    plain_im2col(xc, K, j01, d1, col1);
+    at::Tensor col1 = prefix(col, {bc, L, K1 * C});
+    if (post_ln) {
+      plain_im2col(xc, K, j01, d1, col1);
+    } else {
+      k.ln_relu_im2col(xc, g1, b1, eps, K, j01, d1, true, st.m1, st.r1, col1, yc);  // and y := x
+    }
     gemm(hc.view({n, Cm}), col1.view({n, K1 * C}), W1.t(), false);
-    at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
+    // conv2 reads relu(LN(h1)): pre-LN's LN2, post-LN's LN1 (statistics in their own slots).
+    at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
+    if (!post_ln) {
+      k.ln_relu_im2col(hc, g2, b2, eps, K, j02, d2, true, st.m2, st.r2, col2, none);
+      gemm(yc.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), true);
+      return;
+    }
     k.ln_relu_im2col(hc, g1, b1, eps, K, j02, d2, true, st.m1, st.r1, col2, none);
+    at::Tensor h2 = h2all.narrow(0, b0, bc);
     gemm(h2.view({n, C}), col2.view({n, K2 * Cm}), W2.t(), false);
     k.ln_relu_im2col(h2, g2, b2, eps, 1, 0, 1, true, st.m2, st.r2, yc, none);  // y := relu(LN2(h2))
     yc.add_(xc);
@@ -410,82 +335,115 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> post_block_forward(
   return {y, h, stats};
 }
 
-BlockGrads post_block_backward(const Kernels& k, const at::Tensor& grad_y_in, const at::Tensor& x_in,
-                               const at::Tensor& h_in, const at::Tensor& stats_in, const at::Tensor& w1_in,
-                               const at::Tensor& owner1_in, const at::Tensor& w2_in, const at::Tensor& owner2_in,
-                               const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-                               const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> mask) {
+// The backward, as the forward a few whole sequences at a time. The LayerNorms by place: pre-LN's LN1 feeds conv1
+// and its LN2 ("front") feeds conv2; post-LN's LN1 is the front one and its LN2 follows conv2 (gone back through first,
+// from the saved h2). The LN + ReLU outputs are recomputed from the saved statistics. Weight and LayerNorm
+// gradients: per-chunk partial sums, added in chunk order (finish_grads), so the result does not depend on threads.
+BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                          const at::Tensor& h_in, const at::Tensor& stats_in, const at::Tensor& w1_in,
+                          const at::Tensor& owner1_in, const at::Tensor& w2_in, const at::Tensor& owner2_in,
+                          const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                          const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> mask,
+                          bool post_ln) {
   check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                   dilation, true);
+                   dilation, post_ln);
   const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
-  check_saved("residual_block_post_ln_backward", grad_y_in, x_in, h_in, stats_in, Cm + C);
+  check_saved(post_ln ? "residual_block_post_ln_backward" : "residual_block_backward", grad_y_in, x_in, h_in,
+              stats_in, Cm + (post_ln ? C : 0));
   const auto sdt = stats_dtype(x_in.scalar_type());
   const bool need_x = mask[0], need_w1 = mask[1], need_w2 = mask[2];
-  const bool need_ln1 = mask[3] || mask[4];
-  const bool need_gh1 = need_x || need_w1;              // gradient of h1 (conv1's output)
-  const bool need_stage1 = need_gh1 || need_ln1;        // through LN1
-  const bool need_gh2 = need_stage1 || need_w2;         // gradient of h2 (conv2's output)
+  const bool need_ln1 = mask[3] || mask[4], need_ln2 = mask[5] || mask[6];
+  const bool need_front = post_ln ? need_ln1 : need_ln2;  // the LayerNorm feeding conv2
+  const bool need_col1_grad = need_x || (!post_ln && need_ln1);
+  const bool need_gh1 = need_col1_grad || need_w1;         // gradient of conv1's output
+  const bool need_col2_grad = need_gh1 || need_front;
+  const bool need_g2 = need_col2_grad || need_w2;          // gradient of conv2's output
   const auto opts = x_in.options();
 
+  std::optional<at::Tensor> gx;
   const auto [d1, d2, j01, j02, K1, K2] = block_taps(K, dilation, L);
   const Split sp = split_batch(B, L);
-  Partials parts = Partials::make(sp.n, mask, Cm, K1 * C, C, K2 * Cm, Cm, C, opts, sdt);
-  std::optional<at::Tensor> gx;
+  // Row-layout weight gradients [Cm, K1*C], [C, K2*Cm]; LayerNorm 1 over C (post-LN: Cm), LayerNorm 2 over Cm (C).
+  Partials parts = Partials::make(sp.n, mask, Cm, K1 * C, C, K2 * Cm, post_ln ? Cm : C, post_ln ? C : Cm, opts, sdt);
   if (need_x) gx = at::empty({B, L, C}, opts);
 
-  if (B * L > 0) {
+  if (B * L > 0 && (need_g2 || (post_ln && need_ln2))) {
     const at::Tensor g = grad_y_in.contiguous(), x = x_in.contiguous(), h = h_in.contiguous();
     const at::Tensor stats = stats_in.contiguous();
     const at::Tensor ga1 = ln1_weight.contiguous(), be1 = ln1_bias.contiguous();
     const at::Tensor ga2 = ln2_weight.contiguous(), be2 = ln2_bias.contiguous();
-    const at::Tensor h1 = h.view({-1}).narrow(0, 0, B * L * Cm).view({B, L, Cm});
-    const at::Tensor h2all = h.view({-1}).narrow(0, B * L * Cm, B * L * C).view({B, L, C});
-    at::Tensor W1 = at::empty({Cm, K1 * C}, opts), W2 = at::empty({C, K2 * Cm}, opts);
-    if (need_gh1) k.mask_rows(w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
-    if (need_stage1) k.mask_rows(w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
-      const int64_t width = std::max(K1 * C, K2 * Cm);
+    const at::Tensor& gaf = post_ln ? ga1 : ga2;
+    const at::Tensor& bef = post_ln ? be1 : be2;
+    const at::Tensor h1 = post_ln ? h.view({-1}).narrow(0, 0, B * L * Cm).view({B, L, Cm}) : h;
+    const at::Tensor h2all = post_ln ? h.view({-1}).narrow(0, B * L * Cm, B * L * C).view({B, L, C}) : at::Tensor();
+    at::Tensor W1, W2;
+    if (need_col1_grad) {
+      W1 = at::empty({Cm, K1 * C}, opts);
+      mask_rows(k, w1_in.contiguous(), owner1_in.contiguous(), task, j01, W1);
+    }
+    if (need_col2_grad) {
+      W2 = at::empty({C, K2 * Cm}, opts);
+      mask_rows(k, w2_in.contiguous(), owner2_in.contiguous(), task, j02, W2);
+    }
+    const int64_t width = std::max(K1 * C, K2 * Cm);
     for_chunks(x.is_cpu(), sp.n, [&](int64_t i) {
       const int64_t b0 = sp.begin(i), bc = sp.size(i), n = bc * L;
-      at::Tensor work = scratch(n * (width + C + Cm), opts);
+      // Scratch: the col buffer, then (post-LN) conv2's output gradient, then conv1's output gradient.
+      at::Tensor work = scratch(n * width + (post_ln ? n * C : 0) + (need_gh1 ? n * Cm : 0), opts);
+      int64_t used = n * width;
       at::Tensor none;
-      const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc);
-      const at::Tensor hc = h1.narrow(0, b0, bc), h2 = h2all.narrow(0, b0, bc);
+      const at::Tensor gc = g.narrow(0, b0, bc), xc = x.narrow(0, b0, bc), hc = h1.narrow(0, b0, bc);
       ChunkStats st(stats, b0, bc);
-      at::Tensor col = work.narrow(0, 0, n * width);
-      at::Tensor gh2 = work.narrow(0, n * width, n * C).view({bc, L, C});
-      at::Tensor gh1 = work.narrow(0, n * (width + C), n * Cm).view({bc, L, Cm});
-      // Back through LN2 + ReLU (h2 saved), then conv2: its weights' gradient from the recomputed relu(LN1(h1)).
-      at::Tensor gh2_out = need_gh2 ? gh2 : at::Tensor();
-      at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
-      k.ln_relu_col2im_backward(gc, h2, st.m2, st.r2, ga2, be2, 1, 0, 1, none, gh2_out, dg2c, db2c);
-      if (!need_gh2) return;
-      const at::Tensor gh2d = gh2.view({n, C});
-      at::Tensor col2 = prefix(col, {bc, L, K2 * Cm});
-      if (need_w2) {
-        k.ln_relu_im2col(hc, ga1, be1, 0.0, K, j02, d2, false, st.m1, st.r1, col2, none);
-        gemm(parts.G2[i], gh2d.t(), col2.view({n, K2 * Cm}), false);
+      at::Tensor mf = post_ln ? st.m1 : st.m2, rf = post_ln ? st.r1 : st.r2;  // the front LayerNorm's statistics
+      at::Tensor g2 = gc;
+      if (post_ln) {  // back through LN2 + ReLU (the K = 1 case of the col2im backward)
+        g2 = work.narrow(0, used, n * C).view({bc, L, C});
+        used += n * C;
+        at::Tensor g2_out = need_g2 ? g2 : at::Tensor();
+        at::Tensor dg2c = Partials::at(parts.dg2, i), db2c = Partials::at(parts.db2, i);
+        k.ln_relu_col2im_backward(gc, h2all.narrow(0, b0, bc), st.m2, st.r2, ga2, be2, 1, 0, 1, none, g2_out, dg2c,
+                                  db2c);
       }
-      if (!need_stage1) return;
-      gemm(col2.view({n, K2 * Cm}), gh2d, W2, false);  // the col's gradient in its place
-      at::Tensor gh1_out = need_gh1 ? gh1 : at::Tensor();
-      at::Tensor dg1c = Partials::at(parts.dg1, i), db1c = Partials::at(parts.db1, i);
-      k.ln_relu_col2im_backward(col2, hc, st.m1, st.r1, ga1, be1, K, j02, d2, none, gh1_out, dg1c, db1c);
+      if (!need_g2) return;
+      const at::Tensor g2d = g2.view({n, C});
+      // conv2: grad of its weights from the recomputed relu(LN_front(h1)) col, then the col's gradient in its place.
+      at::Tensor col2 = prefix(work, {bc, L, K2 * Cm});
+      if (need_w2) {
+        k.ln_relu_im2col(hc, gaf, bef, 0.0, K, j02, d2, false, mf, rf, col2, none);
+        gemm(parts.G2[i], g2d.t(), col2.view({n, K2 * Cm}), false);
+      }
+      if (!need_col2_grad) return;
+      gemm(col2.view({n, K2 * Cm}), g2d, W2, false);
+      at::Tensor gh1 = need_gh1 ? work.narrow(0, used, n * Cm).view({bc, L, Cm}) : at::Tensor();
+      at::Tensor dgf = Partials::at(post_ln ? parts.dg1 : parts.dg2, i);
+      at::Tensor dbf = Partials::at(post_ln ? parts.db1 : parts.db2, i);
+      k.ln_relu_col2im_backward(col2, hc, mf, rf, gaf, bef, K, j02, d2, none, gh1, dgf, dbf);
       if (!need_gh1) return;
+      // conv1: its col is relu(LN1(x)) (pre-LN) or x itself (post-LN, a plain shifted copy).
       const at::Tensor gh1d = gh1.view({n, Cm});
-      at::Tensor col1 = prefix(col, {bc, L, K1 * C});
+      at::Tensor col1 = prefix(work, {bc, L, K1 * C});
       if (need_w1) {
-        plain_im2col(xc, K, j01, d1, col1);
+        if (post_ln) {
+          plain_im2col(xc, K, j01, d1, col1);
+        } else {
+          k.ln_relu_im2col(xc, ga1, be1, 0.0, K, j01, d1, false, st.m1, st.r1, col1, none);
+        }
         gemm(parts.G1[i], gh1d.t(), col1.view({n, K1 * C}), false);
       }
-      if (need_x) {
-        gemm(col1.view({n, K1 * C}), gh1d, W1, false);
-        at::Tensor gxc = gx->narrow(0, b0, bc);
+      if (!need_col1_grad) return;
+      gemm(col1.view({n, K1 * C}), gh1d, W1, false);
+      at::Tensor gxc = need_x ? gx->narrow(0, b0, bc) : at::Tensor();
+      if (post_ln) {
         gxc.copy_(gc);  // the residual
         plain_col2im_add(col1, K, j01, d1, gxc);
+        return;
       }
+      const at::Tensor residual = need_x ? gc : at::Tensor();
+      at::Tensor dg1c = Partials::at(parts.dg1, i), db1c = Partials::at(parts.db1, i);
+      k.ln_relu_col2im_backward(col1, xc, st.m1, st.r1, ga1, be1, K, j01, d1, residual, gxc, dg1c, db1c);
     });
   } else if (need_x) {
-    gx->copy_(grad_y_in);
+    gx->copy_(grad_y_in);  // empty batch: nothing to do but the (empty) residual path
   }
   return finish_grads(k, parts, gx, w1_in, owner1_in, w2_in, owner2_in, task, j01, j02, B * L, x_in.scalar_type());
 }
@@ -534,7 +492,7 @@ int64_t check_stack(const char* where, const at::Tensor& x, int64_t C, at::Tenso
 
 }  // namespace
 
-// Every block of the backbone for T task states of B users, one new item each (see block.h: stream_gather).
+// Every block of the backbone for T task states of B users, one new item each (see csrc/kernels.h: stream_gather).
 at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tensor& pos, at::TensorList rings,
                        at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations, int64_t K, double eps,
                        bool post_ln) {
@@ -619,7 +577,7 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
 // positions later blocks need (the receptive field of the last out_len outputs), the first conv's LayerNorm +
 // im2col is shared by the tasks, and sequences go a chunk at a time, all tasks together: each LN/im2col pass covers
 // every task's rows and each conv is one batched GEMM over the tasks' stacked weights.
-at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::TensorList wcols, at::TensorList ln,
+at::Tensor multi_task(const Kernels& k, const at::Tensor& x_in, at::TensorList wcols, at::TensorList ln,
                               at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len, bool post_ln) {
   TORCH_CHECK(x_in.dim() == 3 && at::isFloatingType(x_in.scalar_type()),
               "multi_task_forward: x must be a float [B, L, C], got ", x_in.sizes(), " ", x_in.scalar_type());
@@ -699,27 +657,50 @@ at::Tensor multi_task_forward(const Kernels& k, const at::Tensor& x_in, at::Tens
 }
 
 }  // namespace block
-}  // namespace conure
 
-TORCH_LIBRARY_FRAGMENT(conure, m) {
-  m.def("residual_block(Tensor x, Tensor w1, Tensor owner1, Tensor w2, Tensor owner2, Tensor ln1_weight, "
-        "Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, int dilation, float eps) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("residual_block_backward(Tensor grad_y, Tensor x, Tensor h, Tensor stats, Tensor w1, Tensor owner1, "
-        "Tensor w2, Tensor owner2, Tensor ln1_weight, Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, "
-        "int dilation, bool[7] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)");
-  m.def("residual_block_post_ln(Tensor x, Tensor w1, Tensor owner1, Tensor w2, Tensor owner2, Tensor ln1_weight, "
-        "Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, int dilation, float eps) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("residual_block_post_ln_backward(Tensor grad_y, Tensor x, Tensor h, Tensor stats, Tensor w1, Tensor owner1, "
-        "Tensor w2, Tensor owner2, Tensor ln1_weight, Tensor ln1_bias, Tensor ln2_weight, Tensor ln2_bias, int task, "
-        "int dilation, bool[7] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)");
-  m.def("stream_step_(Tensor x, Tensor pos, Tensor(a!)[] rings, Tensor[] wcols, Tensor[] ln_params, int[] dilations, "
-        "int kernel_size, float eps) -> Tensor");
-  m.def("stream_step_post_ln_(Tensor x, Tensor pos, Tensor(a!)[] rings, Tensor[] wcols, Tensor[] ln_params, "
-        "int[] dilations, int kernel_size, float eps) -> Tensor");
-  m.def("multi_task_forward(Tensor x, Tensor[] wcols, Tensor[] ln_params, int[] dilations, int kernel_size, "
-        "float eps, int out_len) -> Tensor");
-  m.def("multi_task_forward_post_ln(Tensor x, Tensor[] wcols, Tensor[] ln_params, int[] dilations, int kernel_size, "
-        "float eps, int out_len) -> Tensor");
+using block::block_backward;
+using block::block_forward;
+using block::multi_task;
+using block::stream_step;
+
+// ---------------------------------------------------------------------------------------------------------------
+// The operators (csrc/ops.h): device guard, the device's kernels, the variant.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
+    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps, bool post_ln) {
+  const at::OptionalDeviceGuard guard(at::device_of(x));
+  const Kernels& k = kernels_for(x, post_ln ? "residual_block_post_ln" : "residual_block");
+  return block_forward(k, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps,
+                       post_ln);
 }
+
+BlockGrads residual_block_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
+                                   const at::Tensor& stats, const at::Tensor& w1, const at::Tensor& owner1,
+                                   const at::Tensor& w2, const at::Tensor& owner2, const at::Tensor& ln1_weight,
+                                   const at::Tensor& ln1_bias, const at::Tensor& ln2_weight, const at::Tensor& ln2_bias,
+                                   int64_t task, int64_t dilation, std::array<bool, 7> output_mask, bool post_ln) {
+  const at::OptionalDeviceGuard guard(at::device_of(x));
+  const Kernels& k = kernels_for(x, post_ln ? "residual_block_post_ln_backward" : "residual_block_backward");
+  return block_backward(k, grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
+                        task, dilation, output_mask, post_ln);
+}
+
+at::Tensor stream_step_(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings, at::TensorList wcols,
+                        at::TensorList ln_params, at::IntArrayRef dilations, int64_t kernel_size, double eps,
+                        bool post_ln) {
+  const at::OptionalDeviceGuard guard(at::device_of(x));
+  const Kernels& k = kernels_for(x, "stream_step_");
+  return stream_step(k, x, pos, rings, wcols, ln_params, dilations, kernel_size, eps, post_ln);
+}
+
+at::Tensor multi_task_forward(const at::Tensor& x, at::TensorList wcols, at::TensorList ln_params,
+                              at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len,
+                              bool post_ln) {
+  const at::OptionalDeviceGuard guard(at::device_of(x));
+  const Kernels& k = kernels_for(x, "multi_task_forward");
+  return multi_task(k, x, wcols, ln_params, dilations, kernel_size, eps, out_len, post_ln);
+}
+
+}  // namespace conure

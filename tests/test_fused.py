@@ -1,12 +1,13 @@
 """The fused residual blocks (conure.fused.residual_block, pre-LN, and residual_block_post_ln) against the
 composition of reference ops."""
+import functools
 import itertools
 import random
 
 import pytest
 import torch
 
-from conure import fused, reference
+from conure import fused, ops, reference
 from conure.models import NextItNet
 from tests.conftest import requires_compiled
 
@@ -20,11 +21,11 @@ class Variant:
 
     def __init__(self, post_ln: bool):
         self.post_ln = post_ln
-        self.name = "residual_block_post_ln" if post_ln else "residual_block"
-        self.op = getattr(fused, self.name)
-        self.ref = getattr(reference, self.name)
-        self.raw = getattr(torch.ops.conure, self.name)
-        self.raw_backward = getattr(torch.ops.conure, self.name + "_backward")
+        self.name = "residual_block_post_ln" if post_ln else "residual_block"  # as error messages name it
+        self.op = functools.partial(ops.residual_block, post_ln=post_ln)
+        self.ref = functools.partial(reference.residual_block, post_ln=post_ln)
+        self.raw = torch.ops.conure.residual_block  # the variant is its last argument
+        self.raw_backward = torch.ops.conure.residual_block_backward
 
     def __repr__(self):
         return "post_ln" if self.post_ln else "pre_ln"
@@ -160,16 +161,17 @@ def test_block_no_grad_and_empty(device, variant):
 def test_opcheck_block(device, variant):
     x, w1, o1, w2, o2, *ln = make_block(3, 9, 5, 6, 3, 21, device=device, noncontig=True, post_ln=variant.post_ln)
     args = (x.requires_grad_(), w1.requires_grad_(), o1, w2.requires_grad_(), o2, *[p.requires_grad_() for p in ln],
-            2, 2, 1e-5)
+            2, 2, 1e-5, variant.post_ln)
     torch.library.opcheck(variant.raw.default, args)
-    torch.library.opcheck(variant.raw.default,
-                          tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-3]) + (0, 1, 1e-5))
+    torch.library.opcheck(variant.raw.default, tuple(a.detach() if isinstance(a, torch.Tensor) else a
+                                                     for a in args[:-4]) + (0, 1, 1e-5, variant.post_ln))
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     _, h, stats = variant.raw(*detached)
     grad = torch.randn_like(x)
     for mask in ([True] * 7, [True, False, True, False, False, True, False],
                  [False, False, False, True, True, False, False]):
-        torch.library.opcheck(variant.raw_backward.default, (grad, detached[0], h, stats, *detached[1:9], 2, 2, mask))
+        torch.library.opcheck(variant.raw_backward.default,
+                              (grad, detached[0], h, stats, *detached[1:9], 2, 2, mask, variant.post_ln))
 
 
 def test_torch_compile_fullgraph(variant):
@@ -208,15 +210,15 @@ def test_backbone_uses_fused_block_and_matches_reference_composition(fused_train
                 ln.bias.add_(0.3 * torch.randn(ln.bias.shape, generator=g))
     items = torch.randint(0, 40, (4, 17), generator=g)
     calls = []
-    original = fused.residual_block
+    original = ops.residual_block
     try:
-        fused.residual_block = lambda *a, **k: calls.append(1) or original(*a, **k)
+        ops.residual_block = lambda *a, **k: calls.append(1) or original(*a, **k)
         with torch.no_grad():
             net(items, 3)
         assert len(calls) == len(net.blocks)
         out = net(items, 3)
     finally:
-        fused.residual_block = original
+        ops.residual_block = original
     assert len(calls) == len(net.blocks) * (2 if fused_training else 1)
     # The same network from the reference composition.
     x = net.embedding(items)
@@ -235,8 +237,7 @@ def test_reference_fallback_path(monkeypatch, variant):
     """Without the compiled ops the fused wrappers run their reference twins (same numbers)."""
     inputs = make_block(2, 6, 4, 4, 3, 9, post_ln=variant.post_ln)
     want = variant.op(*inputs, 2, 1)
-    monkeypatch.setattr(fused, "_FUSED", False)
-    monkeypatch.setattr(fused, "_FUSED_POST", False)
+    monkeypatch.setattr(ops, "_COMPILED", False)
     torch.testing.assert_close(variant.op(*inputs, 2, 1), want, rtol=1e-4, atol=1e-5)
 
 
@@ -317,10 +318,10 @@ def test_post_ln_layer_uses_the_fused_op_and_matches_the_composition(monkeypatch
         conv.owner.random_(0, 3)
     x = torch.randn(4, 12, 8, requires_grad=True)
     calls = []
-    real = fused.residual_block_post_ln
-    monkeypatch.setattr(fused, "residual_block_post_ln", lambda *a: calls.append(1) or real(*a))
+    real = ops.residual_block
+    monkeypatch.setattr(ops, "residual_block", lambda *a, **kw: calls.append(kw.get("post_ln")) or real(*a, **kw))
     y = block(x, 2)
-    assert calls, "ResidualBlock(pre_ln=False) did not take the fused post-LN op"
+    assert calls == [True], "ResidualBlock(pre_ln=False) did not take the fused post-LN op"
     y_ref = reference.residual_block_post_ln(x, block.conv1.weight, block.conv1.owner, block.conv2.weight,
                                              block.conv2.owner, block.ln1.weight, block.ln1.bias, block.ln2.weight,
                                              block.ln2.bias, 2, 2)

@@ -25,6 +25,7 @@ The reference itself cannot do L = 0 (``F.conv1d`` rejects it); there the op is 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -33,6 +34,7 @@ from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 from conure import ops, reference
+from conure.ops import layout
 from tests.conftest import requires_compiled
 
 pytestmark = requires_compiled
@@ -446,8 +448,8 @@ def block_cases(draw):
 @given(block_cases())
 def test_fused_residual_block_matches_reference(post_ln, case):
     note(repr(case))
-    fused_op = _fused.residual_block_post_ln if post_ln else _fused.residual_block
-    reference_op = reference.residual_block_post_ln if post_ln else reference.residual_block
+    fused_op = functools.partial(ops.residual_block, post_ln=post_ln)
+    reference_op = functools.partial(reference.residual_block, post_ln=post_ln)
     g = _gen(case["seed"])
     dtype, c, c_mid, k, task = case["dtype"], case["c"], case["c_mid"], case["k"], case["task"]
     x_leaf, x_view = _leaf_and_view((case["batch"], case["length"], c), case["x_layout"], "normal", dtype, g)
@@ -523,33 +525,22 @@ def _stack(g, blocks, c, k, tasks, dtype, max_owner):
     for _ in range(2 * blocks):
         w = torch.randn(c, c, k, generator=g, dtype=dtype) / math.sqrt(c * k)
         owner = torch.randint(0, max_owner + 1, w.shape, generator=g, dtype=torch.uint8)
-        wcols.append(torch.stack([reference.conv_cols(w, owner, t) for t in range(1, tasks + 1)]))
-        ln_params += [
-            1 + 0.1 * torch.randn(c, generator=g, dtype=dtype),
-            0.1 * torch.randn(c, generator=g, dtype=dtype),
-        ]
+        wcols.append(torch.stack([layout.conv_cols(w, owner, t) for t in range(1, tasks + 1)]))
+        ln_params += [1 + 0.1 * torch.randn(c, generator=g, dtype=dtype), 0.1 * torch.randn(c, generator=g,
+                                                                                           dtype=dtype)]
     return wcols, ln_params
 
 
 @requires_fused
 @pytest.mark.parametrize("post_ln", [False, True], ids=["pre_ln", "post_ln"])
-@given(
-    st.integers(0, 3),
-    st.integers(1, 12),
-    st.integers(1, 6),
-    st.integers(1, 4),
-    st.lists(st.integers(1, 8), min_size=1, max_size=2),
-    st.integers(1, 3),
-    st.integers(0, 5),
-    st.sampled_from([torch.float32, torch.float64]),
-    st.data(),
-)
-def test_fused_multi_task_forward_matches_reference(
-    post_ln, batch, length, c, k, dilations, tasks, max_owner, dtype, data
-):
-    name = "multi_task_forward_post_ln" if post_ln else "multi_task_forward"
-    op, twin = getattr(_fused, name), getattr(reference, name)
-    g = _gen(data.draw(st.integers(0, 2**31 - 1)))
+@given(st.integers(0, 3), st.integers(1, 12), st.integers(1, 6), st.integers(1, 4),
+       st.lists(st.integers(1, 8), min_size=1, max_size=2), st.integers(1, 3), st.integers(0, 5),
+       st.sampled_from([torch.float32, torch.float64]), st.data())
+def test_fused_multi_task_forward_matches_reference(post_ln, batch, length, c, k, dilations, tasks, max_owner, dtype,
+                                                    data):
+    op = functools.partial(ops.multi_task_forward, post_ln=post_ln)
+    twin = functools.partial(reference.multi_task_forward, post_ln=post_ln)
+    g = _gen(data.draw(st.integers(0, 2 ** 31 - 1)))
     out_len = data.draw(st.integers(1, length))
     x = torch.randn(batch, length, c, generator=g, dtype=dtype)
     wcols, ln_params = _stack(g, len(dilations), c, k, tasks, dtype, max_owner)
@@ -578,8 +569,8 @@ def test_fused_multi_task_forward_matches_reference(
 def test_fused_stream_step_matches_reference(post_ln, batch, c, k, dilations, tasks, max_owner, steps, dtype, seed):
     """Feeding items one at a time through stream_step_ / stream_step_post_ln_ (compiled) and its reference twin:
     same outputs and same rings after every step (users at different positions)."""
-    name = "stream_step_post_ln_" if post_ln else "stream_step_"
-    op, twin = getattr(_fused, name), getattr(reference, name)
+    op = functools.partial(ops.stream_step_, post_ln=post_ln)
+    twin = functools.partial(reference.stream_step_, post_ln=post_ln)
     g = _gen(seed)
     wcols, ln_params = _stack(g, len(dilations), c, k, tasks, dtype, max_owner)
     rings, rings_ref = [], []

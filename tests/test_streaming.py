@@ -240,8 +240,8 @@ def test_post_ln_stream_op_matches_its_reference_twin_and_opcheck(k, dilations, 
     for r1, r2 in zip(ours, ref):
         torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-5)
     assert k == 1 or any(r.abs().sum() > 0 for r in ours)     # K = 1: no ring slots
-    torch.library.opcheck(torch.ops.conure.stream_step_post_ln_.default,
-                          (x, pos, [r.clone() for r in ours], wcols, ln, list(dilations), k, 1e-5))
+    torch.library.opcheck(torch.ops.conure.stream_step_.default,
+                          (x, pos, [r.clone() for r in ours], wcols, ln, list(dilations), k, 1e-5, True))
     # LayerNorms sized as for a pre-LN stack: tests/bad_inputs/test_fused.py (fused.stream_post.ln_size,
     # raw.stream_post.ln_size)
 
@@ -329,8 +329,8 @@ def test_multi_task_forward_post_ln_matches_its_reference_twin(k, dilations, dev
         ref = reference.multi_task_forward_post_ln(x, wcols, ln, dilations, k, 1e-5, out_len)
         assert ours.shape == (tasks, 4, out_len, c)
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    torch.library.opcheck(torch.ops.conure.multi_task_forward_post_ln.default,
-                          (x, wcols, ln, list(dilations), k, 1e-5, 5))
+    torch.library.opcheck(torch.ops.conure.multi_task_forward.default,
+                          (x, wcols, ln, list(dilations), k, 1e-5, 5, True))
     # LayerNorms sized as for a pre-LN stack: tests/bad_inputs/test_fused.py (fused.multi_post.*)
 
 

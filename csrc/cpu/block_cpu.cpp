@@ -1,8 +1,8 @@
-// CPU kernels of the fused residual block, streaming step and multi-task forward (orchestration: csrc/block.cpp).
+// CPU kernels of the fused residual block, streaming step and multi-task forward (orchestration: csrc/block.cpp;
+// contracts: csrc/kernels.h).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -10,7 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../block.h"
+#include "kernels_cpu.h"
 
 // Floating-point contraction (a*b+c fused into one FMA) off for this file's kernels: with it on, the vectorized body
 // and the scalar peel/remainder iterations of a loop may contract differently, and which elements take which path
@@ -23,8 +23,7 @@
 #endif
 
 namespace conure {
-namespace block {
-namespace {
+namespace cpu {
 
 // The row kernels are compiled for AVX-512 and AVX2 as well as the baseline (the extension is built for generic
 // x86-64); the loader picks the best the CPU has. Sums use kLanes partial accumulators so they vectorize.
@@ -109,68 +108,6 @@ inline void ln_relu_row_backward(const scalar_t* x, const scalar_t* gamma, const
   }
   sum1 = s1;
   sum2 = s2;
-}
-
-// keep ? v : 0, without a branch (owner maps are random: a branch mispredicts about half the time).
-template <typename T>
-inline T keep_or_zero(bool keep, T v) {
-  using U = std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
-  static_assert(sizeof(T) == sizeof(U), "keep_or_zero: unexpected scalar size");
-  U bits;
-  std::memcpy(&bits, &v, sizeof(T));
-  bits &= static_cast<U>(U(0) - static_cast<U>(keep));
-  T out;
-  std::memcpy(&out, &bits, sizeof(T));
-  return out;
-}
-
-// One output channel o per step: its [C_in, K] weights and owners are contiguous; the row is written per tap.
-void mask_rows_cpu(const at::Tensor& w, const at::Tensor& owner, int64_t task, int64_t j0, at::Tensor& rows) {
-  const int64_t C_out = w.size(0), C_in = w.size(1), K = w.size(2), Kp = K - j0;
-  const uint8_t* own = owner.data_ptr<uint8_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "mask_rows_cpu", [&] {
-    const scalar_t* src = w.data_ptr<scalar_t>();
-    scalar_t* dst = rows.data_ptr<scalar_t>();
-    const uint8_t top = static_cast<uint8_t>(task);
-    at::parallel_for(0, C_out, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) {
-        const scalar_t* ws = src + o * C_in * K;
-        const uint8_t* os = own + o * C_in * K;
-        scalar_t* row = dst + o * Kp * C_in;
-        for (int64_t jj = 0; jj < Kp; ++jj) {
-          const int64_t j = j0 + jj;
-          scalar_t* out = row + jj * C_in;
-          for (int64_t i = 0; i < C_in; ++i) {
-            // 1 <= t <= top  <=>  t - 1 < top in uint8 arithmetic (t = 0 wraps to 255, and top <= 255)
-            const bool active = static_cast<uint8_t>(os[i * K + j] - 1) < top;
-            out[i] = keep_or_zero(active, ws[i * K + j]);
-          }
-        }
-      }
-    });
-  });
-}
-
-void scatter_rows_cpu(const at::Tensor& grows, const at::Tensor& owner, int64_t task, int64_t j0,
-                      at::Tensor& grad_w) {
-  const int64_t C_out = grad_w.size(0), C_in = grad_w.size(1), K = grad_w.size(2), Kp = K - j0;
-  const uint8_t* own = owner.data_ptr<uint8_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_w.scalar_type(), "scatter_rows_cpu", [&] {
-    const scalar_t* g = grows.data_ptr<scalar_t>();
-    scalar_t* dst = grad_w.data_ptr<scalar_t>();
-    at::parallel_for(0, C_out, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) {
-        const scalar_t* row = g + o * Kp * C_in;
-        const uint8_t* os = own + o * C_in * K;
-        scalar_t* out = dst + o * C_in * K;
-        for (int64_t i = 0; i < C_in; ++i) {
-          for (int64_t j = 0; j < j0; ++j) out[i * K + j] = scalar_t(0);
-          for (int64_t j = j0; j < K; ++j)
-            out[i * K + j] = keep_or_zero(os[i * K + j] == task, row[(j - j0) * C_in + i]);
-        }
-      }
-    });
-  });
 }
 
 template <typename scalar_t>
@@ -405,79 +342,5 @@ void stream_gather_cpu(const at::Tensor& in, const at::Tensor& gamma, const at::
   });
 }
 
-const Kernels kCpu{mask_rows_cpu,  scatter_rows_cpu, ln_relu_im2col_cpu, ln_relu_col2im_backward_cpu,
-                   sum_parts_cpu, stream_gather_cpu};
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block_cpu(
-    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
-    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
-  return block_forward(kCpu, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
-                       eps);
-}
-
-BlockGrads residual_block_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
-                                       const at::Tensor& stats, const at::Tensor& w1, const at::Tensor& owner1,
-                                       const at::Tensor& w2, const at::Tensor& owner2, const at::Tensor& ln1_weight,
-                                       const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-                                       const at::Tensor& ln2_bias, int64_t task, int64_t dilation,
-                                       std::array<bool, 7> output_mask) {
-  return block_backward(kCpu, grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
-                        ln2_bias, task, dilation, output_mask);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block_post_ln_cpu(
-    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
-    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps) {
-  return post_block_forward(kCpu, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                            dilation, eps);
-}
-
-BlockGrads residual_block_post_ln_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
-                                               const at::Tensor& stats, const at::Tensor& w1,
-                                               const at::Tensor& owner1, const at::Tensor& w2,
-                                               const at::Tensor& owner2, const at::Tensor& ln1_weight,
-                                               const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-                                               const at::Tensor& ln2_bias, int64_t task, int64_t dilation,
-                                               std::array<bool, 7> output_mask) {
-  return post_block_backward(kCpu, grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight,
-                             ln2_bias, task, dilation, output_mask);
-}
-
-at::Tensor stream_step_cpu(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings, at::TensorList wcols,
-                           at::TensorList ln, at::IntArrayRef dilations, int64_t kernel_size, double eps) {
-  return stream_step(kCpu, x, pos, rings, wcols, ln, dilations, kernel_size, eps, /*post_ln=*/false);
-}
-
-at::Tensor stream_step_post_ln_cpu(const at::Tensor& x, const at::Tensor& pos, at::TensorList rings,
-                                   at::TensorList wcols, at::TensorList ln, at::IntArrayRef dilations,
-                                   int64_t kernel_size, double eps) {
-  return stream_step(kCpu, x, pos, rings, wcols, ln, dilations, kernel_size, eps, /*post_ln=*/true);
-}
-
-at::Tensor multi_task_forward_cpu(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
-                                  at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len) {
-  return multi_task_forward(kCpu, x, wcols, ln, dilations, kernel_size, eps, out_len, /*post_ln=*/false);
-}
-
-at::Tensor multi_task_forward_post_ln_cpu(const at::Tensor& x, at::TensorList wcols, at::TensorList ln,
-                                          at::IntArrayRef dilations, int64_t kernel_size, double eps,
-                                          int64_t out_len) {
-  return multi_task_forward(kCpu, x, wcols, ln, dilations, kernel_size, eps, out_len, /*post_ln=*/true);
-}
-
-}  // namespace
-}  // namespace block
+}  // namespace cpu
 }  // namespace conure
-
-TORCH_LIBRARY_IMPL(conure, CPU, m) {
-  m.impl("residual_block", &conure::block::residual_block_cpu);
-  m.impl("residual_block_backward", &conure::block::residual_block_backward_cpu);
-  m.impl("residual_block_post_ln", &conure::block::residual_block_post_ln_cpu);
-  m.impl("residual_block_post_ln_backward", &conure::block::residual_block_post_ln_backward_cpu);
-  m.impl("stream_step_", &conure::block::stream_step_cpu);
-  m.impl("stream_step_post_ln_", &conure::block::stream_step_post_ln_cpu);
-  m.impl("multi_task_forward", &conure::block::multi_task_forward_cpu);
-  m.impl("multi_task_forward_post_ln", &conure::block::multi_task_forward_post_ln_cpu);
-}

@@ -1,9 +1,9 @@
 // CUDA kernels of conure's fused residual block, streaming step and multi-task forward. No torch headers:
-// `nvcc -c` compiles this file alone. Launchers and their contracts: block_cuda.h (semantics: csrc/block.h).
+// `nvcc -c` compiles this file alone. Launchers and their contracts: kernels_cuda.h (semantics: csrc/kernels.h).
 //
 // Row kernels use one warp per row of C channels (lane-strided), with warp-shuffle reductions for the LayerNorm
 // statistics; they are memory-bound passes next to the GEMMs (cuBLAS, from csrc/block.cpp).
-#include "block_cuda.h"
+#include "kernels_cuda.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,16 +11,9 @@
 #include <algorithm>
 
 namespace conure {
-namespace block_cuda {
+namespace cuda {
 namespace {
 
-#define CONURE_RETURN_IF_ERROR(expr)      \
-  do {                                    \
-    const cudaError_t err_ = (expr);      \
-    if (err_ != cudaSuccess) return err_; \
-  } while (0)
-
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpsPerBlock = 8;
 constexpr int kRowThreads = 32 * kWarpsPerBlock;
 
@@ -44,16 +37,6 @@ __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
   return v;
-}
-
-int sm_count() {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  return sms;
 }
 
 // Blocks for `rows` rows at kWarpsPerBlock rows per block, capped (the kernels grid-stride over rows).
@@ -80,34 +63,6 @@ __device__ __forceinline__ void warp_row_stats(const T* __restrict__ x, int64_t 
     q += d * d;
   }
   rstd = static_cast<A>(1) / sqrt(warp_sum(q) / static_cast<A>(C) + static_cast<A>(eps));
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Weight layout kernels (element-wise; the weights are small next to the activations).
-
-template <typename T>
-__global__ void mask_rows_kernel(const T* __restrict__ w, const uint8_t* __restrict__ owner, int task, int64_t C_out,
-                                 int64_t C_in, int64_t K, int64_t j0, T* __restrict__ rows) {
-  const int64_t width = (K - j0) * C_in, n = C_out * width;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = idx / width, r = idx % width, jj = r / C_in, i = r % C_in;
-    const int64_t src = (o * C_in + i) * K + j0 + jj;
-    const int t = owner[src];
-    rows[idx] = (t >= 1 && t <= task) ? w[src] : from_acc<T>(typename AccOf<T>::type(0));
-  }
-}
-
-template <typename T>
-__global__ void scatter_rows_kernel(const T* __restrict__ grows, const uint8_t* __restrict__ owner, int task,
-                                    int64_t C_out, int64_t C_in, int64_t K, int64_t j0, T* __restrict__ grad_w) {
-  const int64_t n = C_out * C_in * K, width = (K - j0) * C_in;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = idx % K, oi = idx / K, o = oi / C_in, i = oi % C_in;
-    grad_w[idx] = (j >= j0 && task >= 1 && owner[idx] == task) ? grows[o * width + (j - j0) * C_in + i]
-                                                               : from_acc<T>(typename AccOf<T>::type(0));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -308,30 +263,6 @@ cudaError_t dispatch(DType dtype, F&& f) {
 
 }  // namespace
 
-cudaError_t mask_rows(DType dtype, const void* w, const uint8_t* owner, int task, int64_t C_out, int64_t C_in,
-                      int64_t K, int64_t j0, void* rows, cudaStream_t stream) {
-  const int64_t n = C_out * (K - j0) * C_in;
-  if (n == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    mask_rows_kernel<T><<<flat_blocks(n), 256, 0, stream>>>(static_cast<const T*>(w), owner, task, C_out, C_in, K,
-                                                           j0, static_cast<T*>(rows));
-    return cudaGetLastError();
-  });
-}
-
-cudaError_t scatter_rows(DType dtype, const void* grows, const uint8_t* owner, int task, int64_t C_out, int64_t C_in,
-                         int64_t K, int64_t j0, void* grad_w, cudaStream_t stream) {
-  const int64_t n = C_out * C_in * K;
-  if (n == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    scatter_rows_kernel<T><<<flat_blocks(n), 256, 0, stream>>>(static_cast<const T*>(grows), owner, task, C_out,
-                                                              C_in, K, j0, static_cast<T*>(grad_w));
-    return cudaGetLastError();
-  });
-}
-
 cudaError_t ln_relu_im2col(DType dtype, const void* in, const void* gamma, const void* beta, double eps, int64_t S,
                            int64_t L_in, int64_t L_out, int64_t C, int64_t K, int64_t j0, int64_t dilation,
                            bool compute_stats, void* mean, void* rstd, void* col, void* copy_out, int64_t L_copy,
@@ -414,5 +345,5 @@ cudaError_t stream_gather(DType dtype, const void* in, int64_t T_in, const void*
   });
 }
 
-}  // namespace block_cuda
+}  // namespace cuda
 }  // namespace conure

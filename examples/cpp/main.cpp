@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "conure_example: cannot load %s: %s\n", library, dlerror());
     return 1;
   }
-  // The schema, from csrc/masked_conv.cpp: masked_causal_conv1d(Tensor x, Tensor weight, Tensor owner, int task,
+  // The schema, from csrc/ops.cpp: masked_causal_conv1d(Tensor x, Tensor weight, Tensor owner, int task,
   // Tensor? bias=None, int dilation=1) -> Tensor.
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("conure::masked_causal_conv1d", "")

@@ -1,8 +1,9 @@
-// Schemas of the conure operators and their device-generic GEMM orchestration.
-#include "masked_conv.h"
+// The masked causal conv and the magnitude prune: device-generic orchestration over the kernel table
+// (csrc/kernels.h), and the GEMM every operator uses. Schemas: csrc/ops.cpp.
+#include "conv.h"
 
+#include <ATen/DeviceGuard.h>
 #include <ATen/ops/empty_native.h>
-#include <torch/library.h>
 
 #include <dlfcn.h>
 
@@ -10,6 +11,10 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <cfenv>
 #include <cmath>
+#include <string>
+
+#include "kernels.h"
+#include "ops.h"
 
 namespace conure {
 
@@ -168,13 +173,21 @@ void gemm_over_taps(at::Tensor out, const at::Tensor& v, const at::Tensor& w, in
   }
 }
 
+// taps[j, i, o] = weight[o, i, j] where 1 <= owner <= task, else 0: the per-tap [C_in, C_out] GEMM operands.
+void mask_taps(const Kernels& kernels, const at::Tensor& weight, const at::Tensor& owner, int64_t task,
+               at::Tensor& taps) {
+  at::Tensor out = taps.permute({2, 0, 1});  // the [C_out, K, C_in] view mask_weight writes through
+  kernels.mask_weight(weight, owner, task, 0, out);
+}
+
 // y[b, t] = bias + sum_j x[b, t - s_j] @ Wt[j] with s_j = (K-1-j) * dilation.
 // Each tap is one GEMM over the flat [B*L, C] rows shifted by s_j. Rows t < s_j of batch b >= 1 would then pick up
 // batch b-1's tail; they are saved before and restored after, so no padded or transposed copy of x is made.
-at::Tensor masked_conv_forward(const ConvKernels& kernels, const at::Tensor& x_in, const at::Tensor& weight_in,
-                               const at::Tensor& owner_in, int64_t task, const std::optional<at::Tensor>& bias,
-                               int64_t dilation) {
+at::Tensor masked_causal_conv1d(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& owner_in,
+                                int64_t task, const std::optional<at::Tensor>& bias, int64_t dilation) {
   check_conv_args(x_in, weight_in, owner_in, task, bias, dilation);
+  const at::OptionalDeviceGuard guard(at::device_of(weight_in));
+  const Kernels& kernels = kernels_for(weight_in, "masked_causal_conv1d");
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), owner = owner_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), C_in = x.size(2), C_out = weight.size(0), K = weight.size(2);
   const int64_t N = B * L;
@@ -182,7 +195,7 @@ at::Tensor masked_conv_forward(const ConvKernels& kernels, const at::Tensor& x_i
   at::Tensor y = at::empty({B, L, C_out}, x.options());
   if (N == 0) return y;
   at::Tensor taps = at::empty({K, C_in, C_out}, weight.options());
-  kernels.mask_weight(weight, owner, task, taps);
+  mask_taps(kernels, weight, owner, task, taps);
   const at::Tensor x2 = x.view({N, C_in});
   at::Tensor y2 = y.view({N, C_out});
   if (bias.has_value()) y2.copy_(bias->view({1, C_out}).expand({N, C_out}));
@@ -203,10 +216,12 @@ at::Tensor masked_conv_forward(const ConvKernels& kernels, const at::Tensor& x_i
 
 // grad_x[b, t] = sum_j grad_y[b, t + s_j] @ Wt[j]^T and grad_W[:, :, j] = sum_{b,t} grad_y[b, t + s_j]^T x[b, t].
 // G_j (grad_y shifted back by s_j, zero past the end of each sequence) serves both GEMMs of tap j.
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>> masked_conv_backward(
-    const ConvKernels& kernels, const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight_in,
-    const at::Tensor& owner_in, int64_t task, int64_t dilation, std::array<bool, 3> output_mask) {
+ConvGrads masked_causal_conv1d_backward(const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                                        const at::Tensor& weight_in, const at::Tensor& owner_in, int64_t task,
+                                        int64_t dilation, std::array<bool, 3> output_mask) {
   check_conv_args(x_in, weight_in, owner_in, task, std::nullopt, dilation);
+  const at::OptionalDeviceGuard guard(at::device_of(weight_in));
+  const Kernels& kernels = kernels_for(weight_in, "masked_causal_conv1d_backward");
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), owner = owner_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), C_in = x.size(2), C_out = weight.size(0), K = weight.size(2);
   const int64_t N = B * L;
@@ -227,7 +242,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
   if (need_x) {
     grad_x = at::empty({B, L, C_in}, x.options());
     taps = at::empty({K, C_in, C_out}, weight.options());
-    kernels.mask_weight(weight, owner, task, taps);
+    mask_taps(kernels, weight, owner, task, taps);
   }
   if (need_w) grad_taps = at::empty({K, C_out, C_in}, weight.options());
   if (N == 0) {
@@ -264,31 +279,24 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
       grad_w = at::zeros({C_out, C_in, K}, weight.options());  // owner 0 (free) is never active
     } else {
       grad_w = at::empty({C_out, C_in, K}, weight.options());
-      kernels.scatter_grad(grad_taps, owner, task, *grad_w);
+      at::Tensor& out = *grad_w;
+      kernels.scatter_grad(grad_taps.permute({1, 0, 2}), owner, task, 0, out);  // [C_out, K, C_in] view
     }
   }
   if (output_mask[2]) grad_b = gy2.sum(0);
   return {grad_x, grad_w, grad_b};
 }
 
-}  // namespace conure
-
-TORCH_LIBRARY(conure, m) {
-  m.def("masked_causal_conv1d(Tensor x, Tensor weight, Tensor owner, int task, Tensor? bias=None, int dilation=1)"
-        " -> Tensor");
-  m.def("masked_causal_conv1d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor owner, int task, "
-        "int dilation, bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)");
-  m.def("magnitude_prune_many_(Tensor[] weights, Tensor(a!)[] owners, int task, float keep_ratio) -> Tensor");
-  // Which GEMM the CPU conv uses ("onednn" or "aten"), for diagnostics and benchmarks.
-  m.def("cpu_gemm_backend() -> str", []() {
-    const conure::MkldnnMatmul fn = conure::find_mkldnn_matmul();
-    return std::string(fn != nullptr && conure::mkldnn_usable(fn, at::kFloat) ? "onednn" : "aten");
-  });
-  m.def("has_cuda() -> bool", []() {
-#ifdef CONURE_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  });
+at::Tensor magnitude_prune_many_(at::TensorList weights, at::TensorList owners, int64_t task, double keep_ratio) {
+  check_prune_args(weights, owners, task, keep_ratio);
+  const at::OptionalDeviceGuard guard(at::device_of(weights[0]));
+  const int64_t kept = kernels_for(weights[0], "magnitude_prune_").prune(weights, owners, task, keep_ratio);
+  return at::scalar_tensor(kept, at::kLong);
 }
+
+std::string cpu_gemm_backend() {
+  const MkldnnMatmul fn = find_mkldnn_matmul();
+  return fn != nullptr && mkldnn_usable(fn, at::kFloat) ? "onednn" : "aten";
+}
+
+}  // namespace conure

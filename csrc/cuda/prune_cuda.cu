@@ -1,6 +1,6 @@
-// CUDA kernels of the conure operators: the two conv mask/layout kernels and the radix-select magnitude prune.
-// No torch headers: `nvcc -c` compiles this file alone. Launchers and their contracts: conure_cuda.h.
-#include "conure_cuda.h"
+// CUDA kernels of the magnitude prune: radix select on the bits of |w|, all on the device. No torch headers: `nvcc -c`
+// compiles this file alone. Launchers and their contracts: kernels_cuda.h.
+#include "kernels_cuda.h"
 
 #include <algorithm>
 #include <cstring>
@@ -12,144 +12,6 @@ namespace {
 
 using ull = unsigned long long;
 
-constexpr unsigned kFullMask = 0xffffffffu;
-
-#define CONURE_RETURN_IF_ERROR(expr)    \
-  do {                                  \
-    const cudaError_t err_ = (expr);    \
-    if (err_ != cudaSuccess) return err_; \
-  } while (0)
-
-// Raw-bits element type of each dtype (the conv kernels only move bits; +0.0 is all-zero bits in every format).
-template <int kBytes> struct Bits;
-template <> struct Bits<2> { using type = uint16_t; };
-template <> struct Bits<4> { using type = uint32_t; };
-template <> struct Bits<8> { using type = ull; };
-
-int dtype_bytes(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32: return 4;
-    case DType::kFloat64: return 8;
-    case DType::kFloat16:
-    case DType::kBFloat16: return 2;
-  }
-  return 0;
-}
-
-int sm_count() {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
-    (void)cudaGetLastError();  // a failed query is not sticky; fall back to a fixed size
-    return 132;
-  }
-  return sms;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Conv: mask + layout kernels.
-
-// mask_weight: the weight is a [C_out, M = C_in*K] matrix (rows o, contiguous columns m = i*K + j); out is
-// [K*C_in, C_out] with row j*C_in + i. A 32x32 tile through shared memory: reads coalesced along m, writes coalesced
-// along o. Block (32, 8); blockIdx.x walks the m tiles, blockIdx.y (grid-stride) the o tiles.
-constexpr int kTransTile = 32;
-constexpr int kTransRows = 8;
-
-template <typename T, typename idx_t>
-__global__ void __launch_bounds__(kTransTile* kTransRows)
-    mask_weight_kernel(const T* __restrict__ weight, const uint8_t* __restrict__ owner, int task, idx_t C_out,
-                       idx_t C_in, idx_t K, T* __restrict__ out) {
-  __shared__ T tile[kTransTile][kTransTile + 1];
-  const idx_t M = C_in * K;
-  const idx_t m0 = static_cast<idx_t>(blockIdx.x) * kTransTile;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  for (idx_t o0 = static_cast<idx_t>(blockIdx.y) * kTransTile; o0 < C_out;
-       o0 += static_cast<idx_t>(gridDim.y) * kTransTile) {
-    const idx_t m = m0 + tx;
-#pragma unroll
-    for (int r = 0; r < kTransTile; r += kTransRows) {
-      const idx_t o = o0 + ty + r;
-      T v = 0;
-      if (o < C_out && m < M) {
-        const idx_t src = o * M + m;
-        const int t = owner[src];
-        if (t >= 1 && t <= task) v = weight[src];
-      }
-      tile[ty + r][tx] = v;
-    }
-    __syncthreads();
-    const idx_t o = o0 + tx;
-#pragma unroll
-    for (int r = 0; r < kTransTile; r += kTransRows) {
-      const idx_t mm = m0 + ty + r;
-      if (o < C_out && mm < M) {
-        const idx_t i = mm / K, j = mm - i * K;
-        out[(j * C_in + i) * C_out + o] = tile[tx][ty + r];
-      }
-    }
-    __syncthreads();  // the tile is refilled by the next o tile
-  }
-}
-
-// scatter_grad: grad_taps is a [K, R = C_out*C_in] matrix, grad_weight a [R, K] one (row r = o*C_in + i). A block
-// takes kScatterRows rows r and up to kScatterCols columns j: loads each tap's row chunk coalesced into shared memory,
-// then writes its [rows, cols] block of grad_weight, which is one contiguous run when K <= kScatterCols.
-// blockIdx.x walks the row chunks, blockIdx.y (grid-stride) the column chunks.
-constexpr int kScatterRows = 256;
-constexpr int kScatterCols = 16;
-
-template <typename T, typename idx_t>
-__global__ void __launch_bounds__(kScatterRows)
-    scatter_grad_kernel(const T* __restrict__ grad_taps, const uint8_t* __restrict__ owner, int task, idx_t R,
-                        idx_t K, T* __restrict__ grad_weight) {
-  __shared__ T tile[kScatterCols][kScatterRows + 1];
-  const int tid = threadIdx.x;
-  const idx_t r0 = static_cast<idx_t>(blockIdx.x) * kScatterRows;
-  const int nr = static_cast<int>(R - r0 < kScatterRows ? R - r0 : kScatterRows);
-  for (idx_t j0 = static_cast<idx_t>(blockIdx.y) * kScatterCols; j0 < K;
-       j0 += static_cast<idx_t>(gridDim.y) * kScatterCols) {
-    const int nj = static_cast<int>(K - j0 < kScatterCols ? K - j0 : kScatterCols);
-    for (int jj = 0; jj < nj; ++jj) {
-      if (tid < nr) tile[jj][tid] = grad_taps[(j0 + jj) * R + r0 + tid];
-    }
-    __syncthreads();
-    for (int f = tid; f < nr * nj; f += kScatterRows) {
-      const int rr = f / nj, jj = f - rr * nj;
-      const idx_t idx = (r0 + rr) * K + j0 + jj;
-      grad_weight[idx] = owner[idx] == task ? tile[jj][rr] : T(0);
-    }
-    __syncthreads();
-  }
-}
-
-template <typename T, typename idx_t>
-cudaError_t launch_mask_weight(const void* weight, const uint8_t* owner, int task, int64_t C_out, int64_t C_in,
-                               int64_t K, void* out, cudaStream_t stream) {
-  const int64_t M = C_in * K;
-  const int64_t m_tiles = (M + kTransTile - 1) / kTransTile;
-  const int64_t o_tiles = (C_out + kTransTile - 1) / kTransTile;
-  if (m_tiles > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(std::min<int64_t>(o_tiles, 65535)));
-  const dim3 block(kTransTile, kTransRows);
-  mask_weight_kernel<T, idx_t><<<grid, block, 0, stream>>>(static_cast<const T*>(weight), owner, task,
-                                                            static_cast<idx_t>(C_out), static_cast<idx_t>(C_in),
-                                                            static_cast<idx_t>(K), static_cast<T*>(out));
-  return cudaGetLastError();
-}
-
-template <typename T, typename idx_t>
-cudaError_t launch_scatter_grad(const void* grad_taps, const uint8_t* owner, int task, int64_t C_out, int64_t C_in,
-                                int64_t K, void* grad_weight, cudaStream_t stream) {
-  const int64_t R = C_out * C_in;
-  const int64_t r_chunks = (R + kScatterRows - 1) / kScatterRows;
-  const int64_t j_chunks = (K + kScatterCols - 1) / kScatterCols;
-  if (r_chunks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(r_chunks), static_cast<unsigned>(std::min<int64_t>(j_chunks, 65535)));
-  scatter_grad_kernel<T, idx_t><<<grid, kScatterRows, 0, stream>>>(static_cast<const T*>(grad_taps), owner, task,
-                                                                    static_cast<idx_t>(R), static_cast<idx_t>(K),
-                                                                    static_cast<T*>(grad_weight));
-  return cudaGetLastError();
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Prune: radix select on the bits of |w|, all on the device.
@@ -564,40 +426,6 @@ cudaError_t prune_run(const PruneTensor* tensors, int num_tensors, int task, dou
 }
 
 }  // namespace
-
-cudaError_t mask_weight(DType dtype, const void* weight, const uint8_t* owner, int task, int64_t C_out, int64_t C_in,
-                        int64_t K, void* out, cudaStream_t stream) {
-  if (C_out <= 0 || C_in <= 0 || K <= 0) return cudaSuccess;
-  const bool small = C_out * C_in * K <= (1LL << 30);  // int indices with headroom for the grid strides
-#define CONURE_MASK(BYTES)                                                                                        \
-  return small ? launch_mask_weight<Bits<BYTES>::type, int>(weight, owner, task, C_out, C_in, K, out, stream)    \
-               : launch_mask_weight<Bits<BYTES>::type, long long>(weight, owner, task, C_out, C_in, K, out, stream)
-  switch (dtype_bytes(dtype)) {
-    case 2: CONURE_MASK(2);
-    case 4: CONURE_MASK(4);
-    case 8: CONURE_MASK(8);
-  }
-#undef CONURE_MASK
-  return cudaErrorInvalidValue;
-}
-
-cudaError_t scatter_grad(DType dtype, const void* grad_taps, const uint8_t* owner, int task, int64_t C_out,
-                         int64_t C_in, int64_t K, void* grad_weight, cudaStream_t stream) {
-  if (C_out <= 0 || C_in <= 0 || K <= 0) return cudaSuccess;
-  const bool small = C_out * C_in * K <= (1LL << 30);  // int indices with headroom for the grid strides
-#define CONURE_SCATTER(BYTES)                                                                                      \
-  return small ? launch_scatter_grad<Bits<BYTES>::type, int>(grad_taps, owner, task, C_out, C_in, K, grad_weight, \
-                                                               stream)                                            \
-               : launch_scatter_grad<Bits<BYTES>::type, long long>(grad_taps, owner, task, C_out, C_in, K,         \
-                                                                     grad_weight, stream)
-  switch (dtype_bytes(dtype)) {
-    case 2: CONURE_SCATTER(2);
-    case 4: CONURE_SCATTER(4);
-    case 8: CONURE_SCATTER(8);
-  }
-#undef CONURE_SCATTER
-  return cudaErrorInvalidValue;
-}
 
 size_t prune_workspace_bytes(const PruneTensor* tensors, int num_tensors) {
   return prune_layout(tensors, num_tensors).bytes;
