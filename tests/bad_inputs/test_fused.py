@@ -786,7 +786,7 @@ def test_raw_block_bwd_grad_y_shape():
 
 @raises(
     "raw.stream_post.ln_size",
-    "torch.ops.conure.stream_step_post_ln_",
+    "torch.ops.conure.stream_step_ (post_ln)",
     "conv1's LayerNorm weight [3] (C_mid = 4)",
     RuntimeError,
     "LayerNorm vector 0 must be [4]",
@@ -799,4 +799,4 @@ def test_raw_stream_post_ln_size():
 
     xb, w1, o1, w2, o2, ln, wc, l4, rings = block_inputs()
     ln_params = [torch.ones(3)] + [torch.ones(4)] * 3
-    torch.ops.conure.stream_step_post_ln_(xb[:, 0], torch.tensor([1, 0]), rings, wc, ln_params, [1], 3, 1e-5)
+    torch.ops.conure.stream_step_(xb[:, 0], torch.tensor([1, 0]), rings, wc, ln_params, [1], 3, 1e-5, True)
