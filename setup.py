@@ -18,6 +18,7 @@ Switches (environment):
     TORCH_CUDA_ARCH_LIST  respected; default "8.0;9.0" when no GPU is visible
     MAX_JOBS        parallel compile jobs (ninja)
 """
+
 import importlib.util
 import json
 import os
@@ -50,12 +51,12 @@ class BuildPy(build_py):
 
     def run(self):
         super().run()
-        if not getattr(self, "editable_mode", False):   # an editable install reads the repository's csrc/
+        if not getattr(self, "editable_mode", False):  # an editable install reads the repository's csrc/
             _build.copy_sources(ROOT, Path(self.build_lib) / "conure")
 
 
 def build_mode():
-    """"aot" or "jit", from CONURE_BUILD and whether torch is importable."""
+    """ "aot" or "jit", from CONURE_BUILD and whether torch is importable."""
     mode = os.environ.get("CONURE_BUILD", "").strip().lower()
     if mode not in ("", "auto", "aot", "jit"):
         sys.exit(f"CONURE_BUILD must be aot or jit (or unset), got {mode!r}")
@@ -63,10 +64,12 @@ def build_mode():
         return "jit"
     has_torch = importlib.util.find_spec("torch") is not None
     if mode == "aot" and not has_torch:
-        sys.exit("CONURE_BUILD=aot compiles against the torch that is installed, and none is importable here. "
-                 "Install torch first, then build without isolation: pip install torch && "
-                 "CONURE_BUILD=aot pip install --no-build-isolation . (or leave CONURE_BUILD unset: pip install . "
-                 "compiles at first import)")
+        sys.exit(
+            "CONURE_BUILD=aot compiles against the torch that is installed, and none is importable here. "
+            "Install torch first, then build without isolation: pip install torch && "
+            "CONURE_BUILD=aot pip install --no-build-isolation . (or leave CONURE_BUILD unset: pip install . "
+            "compiles at first import)"
+        )
     return "aot" if has_torch else "jit"
 
 
@@ -85,15 +88,15 @@ def aot_setup():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         ext = CUDAExtension(
-            "conure._C", sources + groups["cuda"],
+            "conure._C",
+            sources + groups["cuda"],
             define_macros=[("CONURE_WITH_CUDA", "1")],
             extra_compile_args={"cxx": flags["cxx"], "nvcc": flags["nvcc"]},
             extra_link_args=flags["ld"],
             py_limited_api=False,
         )
     else:
-        ext = CppExtension("conure._C", sources, extra_compile_args={"cxx": flags["cxx"]},
-                           extra_link_args=flags["ld"])
+        ext = CppExtension("conure._C", sources, extra_compile_args={"cxx": flags["cxx"]}, extra_link_args=flags["ld"])
 
     class Build(BuildExtension):
         """Records the torch it built against, so `import conure` can tell a stale build."""
@@ -101,8 +104,12 @@ def aot_setup():
         def run(self):
             super().run()
             # The ABI stamp (conure's version and its operator schemas) lets `import conure` refuse a stale build.
-            info = {"torch_version": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
-                    "conure": VERSION, "abi": _build.abi(ROOT, VERSION)}
+            info = {
+                "torch_version": torch.__version__,
+                "cuda": torch.version.cuda if with_cuda else None,
+                "conure": VERSION,
+                "abi": _build.abi(ROOT, VERSION),
+            }
             targets = {Path(self.build_lib) / "conure"}
             if self.inplace:
                 targets.add(ROOT / "conure")

@@ -15,6 +15,7 @@ reset once inputs are built), as ``benchmarks/run.py`` measures it.
 
     OMP_NUM_THREADS=1 python benchmarks/export_bench.py --repeats 7
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def build_models():
     from conure.checkpoint import InferenceModel
     from conure.heads import ItemHead, NextItemHead, ProfileHead
     from conure.models import NextItNet
+
     torch.manual_seed(0)
     net = NextItNet(ITEMS, CHANNELS, 3, DILATIONS)
     with torch.no_grad():
@@ -49,15 +51,36 @@ def build_models():
     source = [None] + [str(i) for i in range(1, ITEMS)]
     models = []
     for t, head in enumerate(heads, 1):
-        vocab = {"source": source, **({"classes": list("abcd")} if head.kind == "profile" else
-                                      {"targets": "source" if t == 1 else [None] + [str(i) for i in range(1, 500)]})}
-        models.append(InferenceModel(net, head, None, t, {"task": t, "name": f"t{t}", "task_kind": head.kind,
-                                                          "method": "conure", "vocab": vocab, "max_len": LENGTH}))
+        vocab = {
+            "source": source,
+            **(
+                {"classes": list("abcd")}
+                if head.kind == "profile"
+                else {"targets": "source" if t == 1 else [None] + [str(i) for i in range(1, 500)]}
+            ),
+        }
+        models.append(
+            InferenceModel(
+                net,
+                head,
+                None,
+                t,
+                {
+                    "task": t,
+                    "name": f"t{t}",
+                    "task_kind": head.kind,
+                    "method": "conure",
+                    "vocab": vocab,
+                    "max_len": LENGTH,
+                },
+            )
+        )
     return models
 
 
 def write_files(folder: Path) -> None:
     from conure import export as E
+
     models = build_models()
     for name, graph in (("all", E.all_tasks_graph(models)), ("step", E.stream_graph(models))):
         E.export_onnx(graph, folder / f"{name}.onnx")
@@ -77,25 +100,30 @@ def make_case(folder: Path, case: str, side: str, batch: int):
         heads = [m.head for m in models]
         if case == "all":
             from conure.serving import MultiTaskServer
+
             server = MultiTaskServer(models[0].backbone, (1, 2, 3))
 
             def run():
                 with torch.no_grad():
                     vectors = server(items)
                     return [h.scores(v) for h, v in zip(heads, vectors)]
+
             return run
         from conure.streaming import StreamingState
+
         state = StreamingState(models[0].backbone, batch, (1, 2, 3), pad_history=LENGTH)
 
         def run():
             with torch.no_grad():
                 vectors = state.step_all(items)
                 return [h.scores(v) for h, v in zip(heads, vectors)]
+
         return run
     shapes = json.loads((folder / "state_shapes.json").read_text())
     states = [torch.randn(s[0], batch, s[2], s[3]) for s in shapes] if case == "step" else []
     if side == "onnx":
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -108,16 +136,19 @@ def make_case(folder: Path, case: str, side: str, batch: int):
     def run():
         with torch.no_grad():
             return module(items, *states)
+
     return run
 
 
 def peak_mib(folder: Path, case: str, side: str, batch: int) -> float:
-    code = (f"import sys, re, torch; sys.path.insert(0, {str(ROOT)!r}); torch.set_num_threads(1);"
-            f"from benchmarks.export_bench import make_case; from pathlib import Path;"
-            f"fn = make_case(Path({str(folder)!r}), {case!r}, {side!r}, {batch});"
-            "rss = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
-            "open('/proc/self/clear_refs', 'w').write('5'); before = rss('VmRSS'); fn(); fn();"
-            "print((rss('VmHWM') - before) / 1024)")
+    code = (
+        f"import sys, re, torch; sys.path.insert(0, {str(ROOT)!r}); torch.set_num_threads(1);"
+        f"from benchmarks.export_bench import make_case; from pathlib import Path;"
+        f"fn = make_case(Path({str(folder)!r}), {case!r}, {side!r}, {batch});"
+        "rss = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
+        "open('/proc/self/clear_refs', 'w').write('5'); before = rss('VmRSS'); fn(); fn();"
+        "print((rss('VmHWM') - before) / 1024)"
+    )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="0", OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return float(res.stdout.strip().splitlines()[-1])
@@ -134,15 +165,20 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_files(folder)
-        print("| case | B | " + " | ".join(f"{s} ms" for s in args.sides) + " | "
-              + " | ".join(f"{s} peak MiB" for s in args.sides) + " |")
+        print(
+            "| case | B | "
+            + " | ".join(f"{s} ms" for s in args.sides)
+            + " | "
+            + " | ".join(f"{s} peak MiB" for s in args.sides)
+            + " |"
+        )
         print("|---|---:|" + "---:|" * (2 * len(args.sides)))
         for case in ("all", "step"):
             for batch in args.batches:
                 fns = {s: make_case(folder, case, s, batch) for s in args.sides}
                 times = {s: [] for s in args.sides}
                 for fn in fns.values():
-                    fn()                                  # warm-up (allocator, ORT's first-run planning)
+                    fn()  # warm-up (allocator, ORT's first-run planning)
                 for _ in range(args.repeats):
                     for s, fn in fns.items():
                         start = time.process_time()
@@ -151,8 +187,14 @@ def main(argv=None) -> None:
                 med = {s: statistics.median(v) for s, v in times.items()}
                 peaks = {s: (float("nan") if args.no_peak else peak_mib(folder, case, s, batch)) for s in args.sides}
                 label = f"{case} 3 tasks L={LENGTH}" if case == "all" else "stream step 3 tasks"
-                print(f"| {label} | {batch} | " + " | ".join(f"{med[s]:.2f}" for s in args.sides) + " | "
-                      + " | ".join(f"{peaks[s]:.1f}" for s in args.sides) + " |", flush=True)
+                print(
+                    f"| {label} | {batch} | "
+                    + " | ".join(f"{med[s]:.2f}" for s in args.sides)
+                    + " | "
+                    + " | ".join(f"{peaks[s]:.1f}" for s in args.sides)
+                    + " |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

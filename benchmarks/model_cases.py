@@ -87,6 +87,7 @@ def reference_backbone(net: NextItNet, items: torch.Tensor, task: int) -> torch.
 
 def block_case(batch: int, length: int, dilation: int, post_ln: bool = False):
     from conure import ops
+
     g = torch.Generator().manual_seed(batch + dilation)
     x = torch.randn(batch, length, C, generator=g, requires_grad=True)
     w1 = (torch.randn(C, C, K, generator=g) / (C * K) ** 0.5).requires_grad_()
@@ -107,6 +108,7 @@ def block_case(batch: int, length: int, dilation: int, post_ln: bool = False):
             for t in leaves:
                 t.grad = None
             fn(x, w1, o1, w2, o2, *ln, 2, dilation, post_ln=post_ln).backward(grad)
+
         return run
 
     return make(ops.residual_block), make(reference.residual_block)

@@ -28,6 +28,7 @@ on the same global batch.
 
 Output: one JSON line per point (``--json FILE`` appends them) and a Markdown table on stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,23 @@ from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))      # this checkout's conure, not whichever one is installed
+    sys.path.insert(0, str(ROOT))  # this checkout's conure, not whichever one is installed
 
 # The grid of RESULTS.md "Scaling" (users, items, L): every axis from 10K to 1M on 2 cores in about half an hour.
 # The full product {10K,100K,1M}^2 x {50,200} is 18 points x 2 losses; the subset varies one axis at a time around
 # (100K, 100K, 50) and adds the corners that matter for memory (1M users with L=200, 1M items).
 GRIDS = {
     "tiny": [(2000, 500, 20)],
-    "small": [(10_000, 100_000, 50), (100_000, 100_000, 50), (1_000_000, 100_000, 50),
-              (100_000, 10_000, 50), (100_000, 1_000_000, 50),
-              (100_000, 100_000, 200), (1_000_000, 100_000, 200), (1_000_000, 1_000_000, 50)],
+    "small": [
+        (10_000, 100_000, 50),
+        (100_000, 100_000, 50),
+        (1_000_000, 100_000, 50),
+        (100_000, 10_000, 50),
+        (100_000, 1_000_000, 50),
+        (100_000, 100_000, 200),
+        (1_000_000, 100_000, 200),
+        (1_000_000, 1_000_000, 50),
+    ],
 }
 
 
@@ -64,10 +72,11 @@ def _status_mib(key: str) -> float:
 
 def _reset_peak() -> None:
     import gc
+
     gc.collect()
     try:
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")            # VmHWM := VmRSS (Linux >= 4.0)
+            f.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
     except OSError:
         pass
 
@@ -78,7 +87,7 @@ class Stage:
     def __init__(self, out: Dict[str, Any], name: str) -> None:
         self.out, self.name = out, name
 
-    def __enter__(self) -> "Stage":
+    def __enter__(self) -> Stage:
         _reset_peak()
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
@@ -92,9 +101,9 @@ class Stage:
 
 def child(a: argparse.Namespace) -> Dict[str, Any]:
     import torch
+
     from conure import checkpoint as ckpt
     from conure import distributed as D
-    from conure import metrics as M
     from conure.baselines import make_method  # noqa: F401  (imported as a run would: registers the methods)
     from conure.data import build_task_sequence, make_synthetic_interactions
     from conure.data.types import Split
@@ -105,28 +114,47 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
     torch.set_num_threads(a.threads)
     ctx = D.init_distributed(device="cpu") if "WORLD_SIZE" in os.environ else None
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
-    out: Dict[str, Any] = {"users": a.users, "items": a.items, "len": a.len, "loss": a.loss,
-                           "channels": a.channels, "blocks": len(a.dilations), "batch": a.batch, "world": world,
-                           "threads": a.threads, "rank": rank, "import_mib": round(_status_mib("VmRSS"), 1)}
+    out: Dict[str, Any] = {
+        "users": a.users,
+        "items": a.items,
+        "len": a.len,
+        "loss": a.loss,
+        "channels": a.channels,
+        "blocks": len(a.dilations),
+        "batch": a.batch,
+        "world": world,
+        "threads": a.threads,
+        "rank": rank,
+        "import_mib": round(_status_mib("VmRSS"), 1),
+    }
 
     with Stage(out, "data"):
-        inter = make_synthetic_interactions(num_users=a.users, num_items=a.items, seq_len=a.len, seed=a.seed,
-                                            num_target_items=min(150, a.items))
-        tasks = build_task_sequence(inter, [{"name": "next_item", "kind": "next_item"}], max_len=a.len,
-                                    seed=a.seed)
+        inter = make_synthetic_interactions(
+            num_users=a.users, num_items=a.items, seq_len=a.len, seed=a.seed, num_target_items=min(150, a.items)
+        )
+        tasks = build_task_sequence(inter, [{"name": "next_item", "kind": "next_item"}], max_len=a.len, seed=a.seed)
         del inter
     data = tasks[0]
     out["vocab"] = data.num_items
     out["train_users"] = len(data.train)
-    out["data_bytes"] = sum(t.numel() * t.element_size() for s in (data.train, data.valid, data.test)
-                            for t in (s.users, s.inputs, s.targets))
+    out["data_bytes"] = sum(
+        t.numel() * t.element_size()
+        for s in (data.train, data.valid, data.test)
+        for t in (s.users, s.inputs, s.targets)
+    )
 
     # the model: small widths on 2 CPU cores (the paper's 256 channels x 8 blocks is ~15x the FLOPs per position)
     torch.manual_seed(a.seed)
-    learner = ConureLearner(NextItNet(num_items=data.num_items, channels=a.channels, dilations=a.dilations),
-                            keep_ratios=0.5, seed=a.seed)
-    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=a.batch // world, eval_batch_size=a.eval_batch,
-                     num_sampled=a.num_sampled if a.loss == "sampled" else 0)
+    learner = ConureLearner(
+        NextItNet(num_items=data.num_items, channels=a.channels, dilations=a.dilations), keep_ratios=0.5, seed=a.seed
+    )
+    cfg = TrainConfig(
+        epochs=1,
+        lr=1e-3,
+        batch_size=a.batch // world,
+        eval_batch_size=a.eval_batch,
+        num_sampled=a.num_sampled if a.loss == "sampled" else 0,
+    )
     cfg = learner._begin(data, 1, cfg)
     head = learner.store["head_1"]
     out["params"] = sum(p.numel() for p in learner.store.parameters())
@@ -164,7 +192,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
         out["train_loss"] = round(float(loss), 4)
         # global sequences per second: every rank's step covers batch/world sequences at once
         out["train_s_per_1k"] = round(secs / max(timed * a.batch, 1) * 1000, 4)
-        out["train_cpu_s_per_1k"] = round(cpu / max(timed * a.batch, 1) * 1000, 4)     # this rank's CPU
+        out["train_cpu_s_per_1k"] = round(cpu / max(timed * a.batch, 1) * 1000, 4)  # this rank's CPU
         for p in params:
             p.requires_grad_(False)
         learner.store.eval()
@@ -174,7 +202,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
         k = min(a.eval_users, len(test))
         sub = Split(test.users[:k], test.inputs[:k], test.targets[:k])
         info = dict(learner._current)
-        learner.dist_context = False           # rank 0 alone: no sharding, no collectives
+        learner.dist_context = False  # rank 0 alone: no sharding, no collectives
         with Stage(out, "eval"):
             m = learner._evaluate(1, sub, info)
         out["eval_users"] = k
@@ -182,7 +210,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
         out["eval_cpu_s_per_1k"] = round(out["eval_cpu_s"] / k * 1000, 4)
         out["eval_mrr5"] = round(m["mrr@5"], 4)
 
-        learner.tasks[1] = learner._current   # registered as _end would (without its evaluation of every user)
+        learner.tasks[1] = learner._current  # registered as _end would (without its evaluation of every user)
         vocab = ckpt.vocab_meta(tasks)
         model = ckpt.inference_model(learner, 1, vocab, max_len=a.len)
         src = vocab["source"]
@@ -191,7 +219,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
             got = sum(len(b) for b in iter_predictions(model, rows, top_k=10, batch_size=512))
         out["predict_s_per_1k"] = round(out["predict_s"] / max(got, 1) * 1000, 4)
         out["predict_cpu_s_per_1k"] = round(out["predict_cpu_s"] / max(got, 1) * 1000, 4)
-    out["peak_mib"] = round(_status_mib("VmHWM"), 1)   # the last stage's high-water mark
+    out["peak_mib"] = round(_status_mib("VmHWM"), 1)  # the last stage's high-water mark
     if ctx is not None:
         D.teardown()
     return out
@@ -207,16 +235,33 @@ def _free_port() -> int:
 def _child_args(a: argparse.Namespace, users: int, items: int, length: int, loss: str, **over: Any) -> List[str]:
     v = dict(vars(a), users=users, items=items, len=length, loss=loss, **over)
     args = [sys.executable, str(Path(__file__).resolve()), "--child"]
-    for key in ("users", "items", "len", "loss", "channels", "batch", "steps", "warmup", "num_sampled", "eval_users",
-                "eval_batch", "threads", "seed"):
+    for key in (
+        "users",
+        "items",
+        "len",
+        "loss",
+        "channels",
+        "batch",
+        "steps",
+        "warmup",
+        "num_sampled",
+        "eval_users",
+        "eval_batch",
+        "threads",
+        "seed",
+    ):
         args += [f"--{key.replace('_', '-')}", str(v[key])]
     args += ["--dilations", ",".join(map(str, a.dilations))]
     return args
 
 
 def _run(cmd: List[str], timeout: float, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             CONURE_PROGRESS="0", **(env or {}))
+    e = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        CONURE_PROGRESS="0",
+        **(env or {}),
+    )
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
@@ -230,30 +275,54 @@ def _run(cmd: List[str], timeout: float, env: Optional[Dict[str, str]] = None) -
 
 def point(a: argparse.Namespace, users: int, items: int, length: int, loss: str) -> Dict[str, Any]:
     from conure.heads import head_memory
+
     est = head_memory(a.batch, length, items + 1, a.channels, a.num_sampled if loss == "sampled" else 0)["total"]
-    if est > a.max_gib * 2 ** 30:
+    if est > a.max_gib * 2**30:
         # not run: on a shared machine an out-of-memory child takes its neighbours down with it
-        return {"users": users, "items": items, "len": length, "loss": loss,
-                "error": f"not run: head alone ~{est / 2 ** 30:.0f} GiB (> --max-gib {a.max_gib:g})"}
+        return {
+            "users": users,
+            "items": items,
+            "len": length,
+            "loss": loss,
+            "error": f"not run: head alone ~{est / 2**30:.0f} GiB (> --max-gib {a.max_gib:g})",
+        }
     r = _run(_child_args(a, users, items, length, loss), a.timeout)
     return dict({"users": users, "items": items, "len": length, "loss": loss}, **r)
 
 
 def ddp(a: argparse.Namespace) -> List[Dict[str, Any]]:
     """2 gloo ranks (1 thread each) against 1 process with 2 threads (and with 1), same global batch, same data."""
-    one = dict(point(argparse.Namespace(**dict(vars(a), threads=2, eval_users=0)), a.users, a.items, a.len, a.loss[0]),
-               mode="1 proc x 2 threads")
-    single = dict(point(argparse.Namespace(**dict(vars(a), threads=1, eval_users=0)), a.users, a.items, a.len,
-                        a.loss[0]), mode="1 proc x 1 thread")
+    one = dict(
+        point(argparse.Namespace(**dict(vars(a), threads=2, eval_users=0)), a.users, a.items, a.len, a.loss[0]),
+        mode="1 proc x 2 threads",
+    )
+    single = dict(
+        point(argparse.Namespace(**dict(vars(a), threads=1, eval_users=0)), a.users, a.items, a.len, a.loss[0]),
+        mode="1 proc x 1 thread",
+    )
     port = _free_port()
     b = argparse.Namespace(**dict(vars(a), threads=1, eval_users=0))
     procs = []
     for rank in (0, 1):
-        e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                 CONURE_PROGRESS="0", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(_child_args(b, a.users, a.items, a.len, a.loss[0]), env=e,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        e = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            CONURE_PROGRESS="0",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                _child_args(b, a.users, a.items, a.len, a.loss[0]),
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     rows = []
     for p in procs:
         so, se = p.communicate(timeout=a.timeout)
@@ -261,17 +330,25 @@ def ddp(a: argparse.Namespace) -> List[Dict[str, Any]]:
             rows.append({"error": f"rank exit {p.returncode}: {(se.strip().splitlines() or ['?'])[-1][:200]}"})
         else:
             rows.append(json.loads(so.strip().splitlines()[-1]))
-    two = dict(rows[0], mode="2 gloo ranks x 1 thread",
-               rank_peaks_mib=[r.get("peak_mib") for r in rows], rank_train_peaks_mib=[r.get("train_peak_mib")
-                                                                                     for r in rows])
+    two = dict(
+        rows[0],
+        mode="2 gloo ranks x 1 thread",
+        rank_peaks_mib=[r.get("peak_mib") for r in rows],
+        rank_train_peaks_mib=[r.get("train_peak_mib") for r in rows],
+    )
     return [one, single, two]
 
 
 def _k(n: Any) -> str:
     if not isinstance(n, int):
         return str(n)
-    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else \
-        f"{n // 1000}K" if n >= 1000 and n % 1000 == 0 else str(n)
+    return (
+        f"{n // 1_000_000}M"
+        if n >= 1_000_000 and n % 1_000_000 == 0
+        else f"{n // 1000}K"
+        if n >= 1000 and n % 1000 == 0
+        else str(n)
+    )
 
 
 def _g(mib: Any) -> str:
@@ -293,18 +370,33 @@ def _ranks(r: Dict[str, Any]) -> str:
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    head = ("| users | items | L | loss | data s | data GiB | train s/1K seq | train GiB | eval s/1K users | "
-            "eval GiB | predict s/1K users | predict GiB | note |")
+    head = (
+        "| users | items | L | loss | data s | data GiB | train s/1K seq | train GiB | eval s/1K users | "
+        "eval GiB | predict s/1K users | predict GiB | note |"
+    )
     lines = [head, "|" + "|".join(["---"] * 13) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join([
-            _k(r.get("users")), _k(r.get("items")), str(r.get("len")), str(r.get("loss")) + (
-                f" ({r['mode']})" if "mode" in r else ""),
-            _wc(r, "data_s", "data_cpu_s"), _g(r.get("data_peak_mib")),
-            _wc(r, "train_s_per_1k", "train_cpu_s_per_1k"), _g(r.get("train_peak_mib")),
-            _wc(r, "eval_s_per_1k", "eval_cpu_s_per_1k"), _g(r.get("eval_peak_mib")),
-            _wc(r, "predict_s_per_1k", "predict_cpu_s_per_1k"), _g(r.get("predict_peak_mib")),
-            r.get("error", "") or _ranks(r)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    _k(r.get("users")),
+                    _k(r.get("items")),
+                    str(r.get("len")),
+                    str(r.get("loss")) + (f" ({r['mode']})" if "mode" in r else ""),
+                    _wc(r, "data_s", "data_cpu_s"),
+                    _g(r.get("data_peak_mib")),
+                    _wc(r, "train_s_per_1k", "train_cpu_s_per_1k"),
+                    _g(r.get("train_peak_mib")),
+                    _wc(r, "eval_s_per_1k", "eval_cpu_s_per_1k"),
+                    _g(r.get("eval_peak_mib")),
+                    _wc(r, "predict_s_per_1k", "predict_cpu_s_per_1k"),
+                    _g(r.get("predict_peak_mib")),
+                    r.get("error", "") or _ranks(r),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -338,9 +430,12 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per point")
-    p.add_argument("--max-gib", type=float, default=12.0,
-                   help="skip a point whose output layer alone is estimated above this many GiB "
-                        "(conure.heads.head_memory)")
+    p.add_argument(
+        "--max-gib",
+        type=float,
+        default=12.0,
+        help="skip a point whose output layer alone is estimated above this many GiB (conure.heads.head_memory)",
+    )
     p.add_argument("--json", type=Path, help="append one JSON line per point to this file")
     a = p.parse_args(argv)
     if a.child:

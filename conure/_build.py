@@ -15,6 +15,7 @@ Order, as :func:`load` applies it at ``import conure``:
 file without the package (and without torch) for the source list and the compile flags, so both paths compile the
 same sources the same way: nothing here imports torch at module level.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-LIBRARY = "conure_ops"          # the just-in-time library's name: <cache>/<key>/build/conure_ops.so
-LIB_EXT = ".pyd" if sys.platform == "win32" else ".so"      # as torch.utils.cpp_extension names it
+LIBRARY = "conure_ops"  # the just-in-time library's name: <cache>/<key>/build/conure_ops.so
+LIB_EXT = ".pyd" if sys.platform == "win32" else ".so"  # as torch.utils.cpp_extension names it
 JIT_CUDA_ARCHS = "8.0;9.0+PTX"  # TORCH_CUDA_ARCH_LIST when unset (see _cuda_flavour for why not the visible GPU)
 GROUPS = ("common", "python", "cpu", "cuda")
 
@@ -89,8 +90,11 @@ def sources_root() -> Optional[Path]:
 
 def _source_files(root: Path) -> List[Path]:
     # Every file under csrc/, not only those sources.txt lists: headers change the build as much as sources do.
-    return sorted(p for p in (root / "csrc").rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in (root / "csrc").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+    )
 
 
 def sources_digest(root: Path) -> str:
@@ -106,7 +110,7 @@ def schemas_digest(root: Path) -> str:
     literal, or adjacent ones, per schema) joined by newlines: what ``conure::abi()`` computes in the library."""
     text = (root / "csrc" / "ops.cpp").read_text()
     start = text.index("kSchemas[] = {")
-    body = re.sub(r"//[^\n]*", "", text[text.index("{", start) + 1:text.index("};", start)])
+    body = re.sub(r"//[^\n]*", "", text[text.index("{", start) + 1 : text.index("};", start)])
     schemas: List[str] = []
     current: List[str] = []
     for match in re.finditer(r'"((?:[^"\\]|\\.)*)"|(,)', body):
@@ -133,10 +137,13 @@ def _check_library_abi(root: Optional[Path], where: str) -> str:
     """The loaded library's own stamp (``torch.ops.conure.abi()``: its schemas' hash), checked against ``root``'s
     sources when there are any. Raises BuildError when they differ."""
     import torch
+
     stamp = str(torch.ops.conure.abi())
     if root is not None and stamp != f"schemas {schemas_digest(root)}":
-        raise StaleLibrary(f"{where} was built from other operator schemas ({stamp}) than csrc/ops.cpp here "
-                         f"(schemas {schemas_digest(root)}): rebuild it")
+        raise StaleLibrary(
+            f"{where} was built from other operator schemas ({stamp}) than csrc/ops.cpp here "
+            f"(schemas {schemas_digest(root)}): rebuild it"
+        )
     return stamp
 
 
@@ -178,8 +185,10 @@ def cuda_wanted(torch_cuda: Optional[str], cuda_home: Optional[str]) -> bool:
     switch = os.environ.get("CONURE_CUDA", "").strip()
     available = torch_cuda is not None and cuda_home is not None
     if switch == "1" and not available:
-        raise BuildError(f"CONURE_CUDA=1 but torch has no CUDA (torch.version.cuda={torch_cuda}) or nvcc was not "
-                         f"found (CUDA_HOME={cuda_home})")
+        raise BuildError(
+            f"CONURE_CUDA=1 but torch has no CUDA (torch.version.cuda={torch_cuda}) or nvcc was not "
+            f"found (CUDA_HOME={cuda_home})"
+        )
     return available if switch not in ("0", "1") else switch == "1"
 
 
@@ -225,6 +234,7 @@ def key_parts(root: Path, torch_module=None) -> Dict[str, str]:
     if torch_module is None:
         import torch as torch_module
     from conure.version import __version__
+
     flavour = _cuda_flavour(torch_module)
     cxx = compiler()
     return {
@@ -254,7 +264,7 @@ def _exclusive(lock_path: Path) -> Iterator[bool]:
     says so once)."""
     try:
         import fcntl
-    except ImportError:       # not POSIX: torch's own lock file in the build directory still serialises builds
+    except ImportError:  # not POSIX: torch's own lock file in the build directory still serialises builds
         yield False
         return
     with open(lock_path, "a+") as f:
@@ -289,8 +299,9 @@ def _read_stamp(stamp: Path, key: str, library: Path) -> Optional[dict]:
 def _find_ninja() -> Optional[str]:
     found = shutil.which("ninja")
     if found is None:
-        try:        # the `ninja` pip package, in a virtual environment that is not activated (bin/ not on PATH)
+        try:  # the `ninja` pip package, in a virtual environment that is not activated (bin/ not on PATH)
             import ninja
+
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
             found = shutil.which("ninja")
         except (ImportError, AttributeError):
@@ -301,8 +312,11 @@ def _find_ninja() -> Optional[str]:
 def _tail(text: str, lines: int = 8) -> str:
     """The last lines of a build's output, without ninja's progress lines and the (long) compiler commands: what is
     left is the compiler's own messages and ninja's verdict."""
-    kept = [line.rstrip() for line in text.splitlines()
-            if line.strip() and not re.match(r"\[\d+/\d+\] ", line) and not (" -c " in line and " -o " in line)]
+    kept = [
+        line.rstrip()
+        for line in text.splitlines()
+        if line.strip() and not re.match(r"\[\d+/\d+\] ", line) and not (" -c " in line and " -o " in line)
+    ]
     return "\n    ".join(kept[-lines:])
 
 
@@ -323,21 +337,30 @@ def _compile(root: Path, parts: Dict[str, str], build_dir: Path, log: Path) -> f
     sources = groups["common"] + groups["cpu"] + (groups["cuda"] if with_cuda else [])
     flags = compile_flags(torch, with_cuda)
     defines = ["-DCONURE_WITH_CUDA=1"] if with_cuda else []
-    stale_baton = build_dir / "lock"     # torch's own lock file, left by a build that was killed: we hold the flock
+    stale_baton = build_dir / "lock"  # torch's own lock file, left by a build that was killed: we hold the flock
     if stale_baton.exists():
         stale_baton.unlink()
     build_dir.mkdir(parents=True, exist_ok=True)
     saved_archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if with_cuda and not saved_archs:
         os.environ["TORCH_CUDA_ARCH_LIST"] = JIT_CUDA_ARCHS
-    _say(f"conure: compiling its C++{'/CUDA' if with_cuda else ''} operators for torch {torch.__version__} "
-         f"(first use with this torch and compiler; about a minute) into {build_dir.parent}")
+    _say(
+        f"conure: compiling its C++{'/CUDA' if with_cuda else ''} operators for torch {torch.__version__} "
+        f"(first use with this torch and compiler; about a minute) into {build_dir.parent}"
+    )
     start = time.perf_counter()
     try:
-        cpp_extension.load(name=LIBRARY, sources=[str(root / s) for s in sources],
-                           extra_cflags=flags["cxx"] + defines, extra_cuda_cflags=flags["nvcc"] + defines,
-                           extra_ldflags=flags["ld"], build_directory=str(build_dir), with_cuda=with_cuda,
-                           is_python_module=False, verbose=False)
+        cpp_extension.load(
+            name=LIBRARY,
+            sources=[str(root / s) for s in sources],
+            extra_cflags=flags["cxx"] + defines,
+            extra_cuda_cflags=flags["nvcc"] + defines,
+            extra_ldflags=flags["ld"],
+            build_directory=str(build_dir),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
     except Exception as exc:  # noqa: BLE001 - ninja's, the compiler's or the loader's error: reported, not raised
         text = f"{type(exc).__name__}: {exc}"
         log.write_text(text + "\n")
@@ -355,28 +378,37 @@ def load_jit() -> dict:
 
     Raises BuildError naming the cause (sources missing, no compiler, no ninja, the compiler's last lines)."""
     import torch
+
     root = sources_root()
     if root is None:
-        raise BuildError(f"conure's C++ sources are not installed (no csrc/sources.txt in {Path(__file__).parent} "
-                         "or its parent)")
+        raise BuildError(
+            f"conure's C++ sources are not installed (no csrc/sources.txt in {Path(__file__).parent} or its parent)"
+        )
     parts = key_parts(root, torch)
     key = cache_key(parts)
     entry = cache_root() / key
     build_dir, stamp, log = entry / "build", entry / "build.json", entry / "build.log"
     failed = entry / "build.failed"
     library = build_dir / f"{LIBRARY}{LIB_EXT}"
-    info = {"source": "jit", "path": str(library), "cache_dir": str(entry), "sources": str(root / "csrc"),
-            "log": None, "built_now": False}
+    info = {
+        "source": "jit",
+        "path": str(library),
+        "cache_dir": str(entry),
+        "sources": str(root / "csrc"),
+        "log": None,
+        "built_now": False,
+    }
     done = _read_stamp(stamp, key, library)
     if done is None:
         try:
             entry.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise BuildError(f"cannot create the cache directory {entry} ({exc.strerror}); set CONURE_CACHE to a "
-                             "writable directory") from None
+            raise BuildError(
+                f"cannot create the cache directory {entry} ({exc.strerror}); set CONURE_CACHE to a writable directory"
+            ) from None
         asked = time.time()
         with _exclusive(entry / "lock") as waited:
-            done = _read_stamp(stamp, key, library)       # another process may have built it while we waited
+            done = _read_stamp(stamp, key, library)  # another process may have built it while we waited
             if done is None:
                 if waited:
                     # The process we waited for has just failed: report its error rather than fail the same way
@@ -398,8 +430,7 @@ def load_jit() -> dict:
     try:
         torch.ops.load_library(str(library))
     except OSError as exc:
-        raise BuildError(f"the cached library {library} failed to load ({exc}); delete {entry} to rebuild it") \
-            from None
+        raise BuildError(f"the cached library {library} failed to load ({exc}); delete {entry} to rebuild it") from None
     return dict(info, build_seconds=done.get("seconds"))
 
 
@@ -407,10 +438,12 @@ def load_jit() -> dict:
 def load_aot() -> dict:
     """Import ``conure._C`` if it is built and matches the running torch; return its fields. Raises BuildError."""
     import torch
+
     spec = importlib.util.find_spec("conure._C")
     if spec is None:
         raise BuildError("conure._C is not built")
     from conure.version import __version__
+
     stamp = Path(__file__).with_name("_build_info.json")
     built = {}
     if stamp.exists():
@@ -429,16 +462,32 @@ def load_aot() -> dict:
     except ImportError as exc:  # e.g. undefined symbols from another torch build
         raise BuildError(f"conure._C failed to load ({exc})") from None
     library_abi = _check_library_abi(root, "conure._C")
-    return {"source": "aot", "path": spec.origin, "cache_dir": None, "sources": None, "log": None,
-            "built_now": False, "build_seconds": None, "abi": f"conure {built.get('conure', '?')} {library_abi}"}
+    return {
+        "source": "aot",
+        "path": spec.origin,
+        "cache_dir": None,
+        "sources": None,
+        "log": None,
+        "built_now": False,
+        "build_seconds": None,
+        "abi": f"conure {built.get('conure', '?')} {library_abi}",
+    }
 
 
 def load() -> dict:
     """Load the extension as the module docstring says. Returns {source: "aot" | "jit" | None, path, cache_dir,
     sources, log, built_now, build_seconds, abi, error}: ``error`` is None when it loaded, else the sentence to
     report."""
-    empty = {"source": None, "path": None, "cache_dir": None, "sources": None, "log": None, "built_now": False,
-             "build_seconds": None, "abi": None}
+    empty = {
+        "source": None,
+        "path": None,
+        "cache_dir": None,
+        "sources": None,
+        "log": None,
+        "built_now": False,
+        "build_seconds": None,
+        "abi": None,
+    }
     if reference_forced():
         return dict(empty, error="CONURE_FORCE_REFERENCE is set")
     mode = os.environ.get("CONURE_BUILD", "").strip().lower()
@@ -453,15 +502,22 @@ def load() -> dict:
         except BuildError as exc:
             aot_error = str(exc)
         if mode == "aot":
-            return dict(empty, error=f"{aot_error} and CONURE_BUILD=aot forbids compiling at import; reinstall "
-                                     "against the running torch: pip install --no-build-isolation .")
+            return dict(
+                empty,
+                error=f"{aot_error} and CONURE_BUILD=aot forbids compiling at import; reinstall "
+                "against the running torch: pip install --no-build-isolation .",
+            )
     try:
         info = load_jit()
         from conure.version import __version__
+
         stamp = _check_library_abi(sources_root(), "the cached library")
         return dict(info, abi=f"conure {__version__} {stamp}", error=None)
     except BuildError as exc:
         built = aot_error is not None and not aot_error.endswith("is not built")
         why = f" ({aot_error}, and the compile at import failed)" if built else ""
-        return dict(empty, log=str(exc.log) if exc.log else None,
-                    error=f"conure's compiled extension is not available{why}: {exc}")
+        return dict(
+            empty,
+            log=str(exc.log) if exc.log else None,
+            error=f"conure's compiled extension is not available{why}: {exc}",
+        )

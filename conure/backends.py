@@ -11,6 +11,7 @@ whatever it returns the same way; nothing in the loop knows whether other proces
 A backend sees the learner only through :class:`PhaseInputs` (the task's modules, its forward, its training split):
 this module and :mod:`conure.distributed` never import the learner.
 """
+
 from __future__ import annotations
 
 import gc
@@ -25,8 +26,17 @@ import torch.nn as nn
 from conure import distributed as D
 from conure.data.types import Split
 
-__all__ = ["PhaseInputs", "PhaseSteps", "PhaseBackend", "LocalBackend", "DDPBackend", "TaskModel", "LocalSteps",
-           "DDPSteps", "backend_for"]
+__all__ = [
+    "PhaseInputs",
+    "PhaseSteps",
+    "PhaseBackend",
+    "LocalBackend",
+    "DDPBackend",
+    "TaskModel",
+    "LocalSteps",
+    "DDPSteps",
+    "backend_for",
+]
 
 
 @dataclass
@@ -36,17 +46,17 @@ class PhaseInputs:
     task_id: int
     phase: str
     batch_size: int
-    generator: torch.Generator                  # the phase's generator (shuffling, negatives), seeded by the learner
+    generator: torch.Generator  # the phase's generator (shuffling, negatives), seeded by the learner
     train: Split
-    encode: Callable[[int, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]   # (task, items [B, L]) -> the
+    encode: Callable[[int, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]  # (task, items [B, L]) -> the
     # hidden states [B, n, C] of the last n positions the head reads and their items [B, n] (n = L, or 1)
-    modules: Dict[str, nn.Module]               # "backbone" and the task's own store entries (head_<t>, ...)
-    store: nn.Module                            # every module of the learner (replica checks)
+    modules: Dict[str, nn.Module]  # "backbone" and the task's own store entries (head_<t>, ...)
+    store: nn.Module  # every module of the learner (replica checks)
     device: torch.device
-    shuffle_seed: int                           # DDP: the seed of the DistributedSampler's permutation
+    shuffle_seed: int  # DDP: the seed of the DistributedSampler's permutation
 
     @property
-    def head(self) -> nn.Module:
+    def head(self) -> Any:  # a conure.heads.TaskHead (not imported: the heads import the data layer)
         return self.modules[f"head_{self.task_id}"]
 
 
@@ -136,15 +146,21 @@ class TaskModel(nn.Module):
         inside = {id(p) for p in self.parameters()}
         outside = [n for n, p in inputs.store.named_parameters() if p.requires_grad and id(p) not in inside]
         if outside:
-            raise D.DistributedError(f"task {inputs.task_id}: trainable parameters outside the task's modules: "
-                                     f"{outside[:4]}")
+            raise D.DistributedError(
+                f"task {inputs.task_id}: trainable parameters outside the task's modules: {outside[:4]}"
+            )
 
-    def forward(self, items: torch.Tensor, targets: torch.Tensor, generator: Optional[torch.Generator] = None,
-                touch_head: bool = False) -> torch.Tensor:
-        head = self.parts[f"head_{self.task_id}"]
+    def forward(
+        self,
+        items: torch.Tensor,
+        targets: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        touch_head: bool = False,
+    ) -> torch.Tensor:
+        head: Any = self.parts[f"head_{self.task_id}"]
         hidden, window = self._encode(self.task_id, items)
         loss = head.loss(hidden, window, targets, generator)
-        if touch_head:      # no loss terms on this rank (the head skipped its parameters): give DDP zero grads
+        if touch_head:  # no loss terms on this rank (the head skipped its parameters): give DDP zero grads
             loss = loss + 0.0 * sum(p.sum() for p in head.parameters() if p.requires_grad)
         return loss
 
@@ -152,6 +168,7 @@ class TaskModel(nn.Module):
 # Buffers (owner maps, sampling counts) are identical by construction and verified: no per-forward broadcast.
 def _no_buffer_sync() -> Dict[str, bool]:
     from torch.nn.parallel import DistributedDataParallel
+
     params = inspect.signature(DistributedDataParallel).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
@@ -170,17 +187,32 @@ class DDPSteps(PhaseSteps):
     def __init__(self, inputs: PhaseInputs, ctx: D.DistContext) -> None:
         from torch.nn.parallel import DistributedDataParallel
         from torch.utils.data.distributed import DistributedSampler
+
         self.inputs, self.ctx = inputs, ctx
         t = inputs.train
-        D.verify_replicas(inputs.store, f"task {inputs.task_id} {inputs.phase}: phase start", ctx,
-                          extra={"data/train": D.digest(t.users, t.inputs, t.targets)})
+        D.verify_replicas(
+            inputs.store,
+            f"task {inputs.task_id} {inputs.phase}: phase start",
+            ctx,
+            extra={"data/train": D.digest(t.users, t.inputs, t.targets)},
+        )
         self.model = TaskModel(inputs)
         self.ddp = DistributedDataParallel(
-            self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            process_group=ctx.group, find_unused_parameters=self.find_unused_parameters,
-            gradient_as_bucket_view=True, **_no_buffer_sync())
-        self.sampler = DistributedSampler(range(len(t)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                          seed=inputs.shuffle_seed, drop_last=False)
+            self.model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            process_group=ctx.group,
+            find_unused_parameters=self.find_unused_parameters,
+            gradient_as_bucket_view=True,
+            **_no_buffer_sync(),  # type: ignore[arg-type]
+        )
+        self.sampler: DistributedSampler = DistributedSampler(
+            range(len(t)),  # type: ignore[arg-type]  # any sized sequence of indices
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=inputs.shuffle_seed,
+            drop_last=False,
+        )
 
     def num_batches(self) -> int:
         """Steps per epoch, the same on every rank."""
@@ -192,14 +224,14 @@ class DDPSteps(PhaseSteps):
         self.sampler.set_epoch(epoch)
         order = torch.tensor(list(iter(self.sampler)), dtype=torch.int64)
         for start in range(0, order.numel(), i.batch_size):
-            rows = order[start:start + i.batch_size]
+            rows = order[start : start + i.batch_size]
             yield i.train.inputs[rows].to(i.device), i.train.targets[rows].to(i.device)
 
     def loss(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         local = D.loss_terms(self.inputs.head, targets).to(self.ctx.comm_device)
         total = self.ctx.all_reduce_sum(local)
         loss = self.ddp(items, targets, self.inputs.generator, bool(local == 0))
-        scale = local * self.ctx.world_size / total.clamp_min(1.0)     # DDP averages: sum of terms / global count
+        scale = local * self.ctx.world_size / total.clamp_min(1.0)  # DDP averages: sum of terms / global count
         return loss * scale.to(loss.device, loss.dtype)
 
     def mean_loss(self, total: torch.Tensor, count: int) -> float:
@@ -208,9 +240,9 @@ class DDPSteps(PhaseSteps):
 
     def close(self) -> None:
         for p in self.model.parameters():
-            p.grad = None                   # views into DDP's buckets
-        self.ddp = self.model = None
-        gc.collect()                        # the reducer (and its autograd hooks) goes now, not at some later gc
+            p.grad = None  # views into DDP's buckets
+        self.ddp = self.model = None  # type: ignore[assignment]
+        gc.collect()  # the reducer (and its autograd hooks) goes now, not at some later gc
         i = self.inputs
         D.verify_replicas(i.store, f"task {i.task_id} {i.phase}: phase end", self.ctx)
 

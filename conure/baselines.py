@@ -19,6 +19,7 @@ peterrec    task-1 backbone frozen + per-task bottleneck patches (C->C/8->C)  1 
 The baselines use the masked convolutions with every weight owned by task 1 (``forward(items, task=1)``), which is
 an ordinary dense convolution; their owner maps are not counted as stored (a plain model would not need them).
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,10 @@ class _DenseLearner(ContinualLearner):
         """Give every conv weight to task 1 (a dense network); the backbone must not carry Conure owners."""
         for name, m in net.conv_layers():
             if bool((m.owner > 1).any()):
-                raise ValueError(f"{type(self).__name__}: backbone layer {name} has weights owned by tasks > 1; "
-                                 f"baselines need a fresh backbone")
+                raise ValueError(
+                    f"{type(self).__name__}: backbone layer {name} has weights owned by tasks > 1; "
+                    f"baselines need a fresh backbone"
+                )
             m.owner.fill_(1)
         return net
 

@@ -17,6 +17,7 @@ each phase (Conure: train, then retrain), then ``on_task_end``. A callback may r
 forgets the half-learned task (earlier tasks stay intact) and re-raises. Callbacks must not change the model, its
 random streams or the data: the learner's results are the same with or without them (tested).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +46,7 @@ class _Fields(Mapping):
         return len(self._keys())
 
     def _keys(self) -> List[str]:
-        return [f.name for f in dataclasses.fields(self)]      # type: ignore[arg-type]
+        return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
 
 
 @dataclass(eq=False)
@@ -70,15 +71,15 @@ class EpochState(_Fields):
     phase: str
     epoch: int
     epochs: int
-    stopped: bool                       # early stopping ends the phase after this epoch
+    stopped: bool  # early stopping ends the phase after this epoch
     best_value: float
     best_epoch: int
-    record: Dict[str, Any]              # the epoch's history entry (loss, valid, seconds)
+    record: Dict[str, Any]  # the epoch's history entry (loss, valid, seconds)
     learner: Any
     optimizer: torch.optim.Optimizer
-    generator: torch.Generator          # the phase's generator (shuffling, negatives)
-    best: List[torch.Tensor]            # the phase's best parameters so far
-    params: List[torch.nn.Parameter]    # the parameters the phase trains
+    generator: torch.Generator  # the phase's generator (shuffling, negatives)
+    best: List[torch.Tensor]  # the phase's best parameters so far
+    params: List[torch.nn.Parameter]  # the parameters the phase trains
 
 
 @dataclass(eq=False)
@@ -159,4 +160,3 @@ def emit(callbacks: List[Callback], event: str, *args: Any) -> None:
     """Call ``event`` on every callback, in order."""
     for cb in callbacks:
         getattr(cb, event)(*args)
-

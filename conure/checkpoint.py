@@ -21,6 +21,7 @@ Two kinds of checkpoint share the container:
 * ``kind: "export"`` (:func:`export_task`): one task's inference model (its backbone weights masked to the owners
   1..N, owner maps, embedding, head N, vocabularies); :func:`load_inference` gives an :class:`InferenceModel`.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -40,9 +41,25 @@ from conure.learner import ContinualLearner, check_state_dtypes
 from conure.models import NextItNet, build_module, module_config
 from conure.version import __version__
 
-__all__ = ["CheckpointError", "FORMAT", "VERSION", "save", "load", "checksum", "atomic_write_bytes",
-           "atomic_write_text", "learner_tensors", "learner_meta", "learner_from", "vocab_meta", "export_task",
-           "inference_model", "load_inference", "InferenceModel", "resolve_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "VERSION",
+    "save",
+    "load",
+    "checksum",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "learner_tensors",
+    "learner_meta",
+    "learner_from",
+    "vocab_meta",
+    "export_task",
+    "inference_model",
+    "load_inference",
+    "InferenceModel",
+    "resolve_checkpoint",
+]
 
 FORMAT = "conure.checkpoint"
 VERSION = 1
@@ -59,8 +76,9 @@ def checksum(tensors: Mapping[str, torch.Tensor], meta_text: str) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode("utf-8") + b"\0" + str(t.dtype).encode() + b"\0" +
-                 json.dumps(list(t.shape)).encode() + b"\0")
+        h.update(
+            name.encode("utf-8") + b"\0" + str(t.dtype).encode() + b"\0" + json.dumps(list(t.shape)).encode() + b"\0"
+        )
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(b"meta\0" + meta_text.encode("utf-8"))
@@ -104,21 +122,21 @@ class AtomicWriter:
         self._f: Any = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:     # a file where a directory is needed
+        except FileExistsError:  # a file where a directory is needed
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.path.parent)) from None
         if self.path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
         try:
             fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
             try:
-                os.fchmod(fd, _FILE_MODE)   # mkstemp makes 0600; give the file the mode open() would
+                os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; give the file the mode open() would
                 self._f = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")
             except BaseException:
                 os.close(fd)
                 raise
         except BaseException as e:
             self.discard()
-            raise self._named(e)
+            raise self._named(e)  # noqa: B904 - the same error, or an OSError naming the file (cause kept)
 
     def _named(self, e: BaseException) -> BaseException:
         if isinstance(e, OSError) and e.errno is not None:
@@ -132,7 +150,7 @@ class AtomicWriter:
             self._f.write(data)
         except BaseException as e:
             self.discard()
-            raise self._named(e)
+            raise self._named(e)  # noqa: B904 - the same error, or an OSError naming the file (cause kept)
 
     def commit(self) -> Path:
         """Flush, fsync and rename onto ``path``."""
@@ -143,7 +161,7 @@ class AtomicWriter:
             os.replace(self.tmp, self.path)
         except BaseException as e:
             self.discard()
-            raise self._named(e)
+            raise self._named(e)  # noqa: B904 - the same error, or an OSError naming the file (cause kept)
         self.tmp = None
         _fsync_dir(self.path.parent)
         return self.path
@@ -162,7 +180,7 @@ class AtomicWriter:
                 pass
             self.tmp = None
 
-    def __enter__(self) -> "AtomicWriter":
+    def __enter__(self) -> AtomicWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -202,7 +220,7 @@ def remove_stale_temps(path: PathLike) -> int:
 def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
-    if hasattr(value, "item"):          # numpy scalars
+    if hasattr(value, "item"):  # numpy scalars
         return value.item()
     if isinstance(value, (set, tuple)):
         return list(value)
@@ -214,6 +232,7 @@ def _json_default(value: Any) -> Any:
 def save(path: PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     """Write a checkpoint atomically (see the module docstring). ``meta`` must be JSON-able (NaN allowed)."""
     from safetensors.torch import save as st_save
+
     clean: Dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
@@ -234,6 +253,7 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
     """Read and verify a checkpoint; returns ``(tensors, meta)`` (tensors on CPU). ``kind`` ("run" or "export"),
     if given, must match. Raises :class:`CheckpointError` with the reason."""
     from safetensors.torch import load as st_load
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -244,15 +264,16 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if len(data) < 8:
-        raise CheckpointError(f"{path}: truncated checkpoint ({len(data)} byte{'' if len(data) == 1 else 's'}; not "
-                              f"even a header)")
+        raise CheckpointError(
+            f"{path}: truncated checkpoint ({len(data)} byte{'' if len(data) == 1 else 's'}; not even a header)"
+        )
     n = int.from_bytes(data[:8], "little")
     if n > len(data) - 8:
         if n > 1 << 30:
             raise CheckpointError(f"{path}: not a conure checkpoint (no safetensors header)")
         raise CheckpointError(f"{path}: truncated checkpoint (header claims {n} bytes, file has {len(data) - 8})")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError):
@@ -265,11 +286,14 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
     except ValueError:
         raise CheckpointError(f"{path}: unreadable checkpoint format version {info.get('version')!r}") from None
     if version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version} was written by a newer conure; this "
-                              f"conure ({__version__}) reads version {VERSION}: upgrade conure")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} was written by a newer conure; this "
+            f"conure ({__version__}) reads version {VERSION}: upgrade conure"
+        )
     if version < 1 or version != VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint format version {version} (this conure reads "
-                              f"version {VERSION})")
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint format version {version} (this conure reads version {VERSION})"
+        )
     try:
         end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"], default=0)
     except (KeyError, TypeError, ValueError, IndexError):
@@ -287,8 +311,10 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
     if not isinstance(meta_text, str) or "sha256" not in info:
         raise CheckpointError(f"{path}: corrupt checkpoint (metadata or checksum missing)")
     if checksum(tensors, meta_text) != info["sha256"]:
-        raise CheckpointError(f"{path}: checksum mismatch: the checkpoint was modified or corrupted after it was "
-                              f"written; refusing to use it")
+        raise CheckpointError(
+            f"{path}: checksum mismatch: the checkpoint was modified or corrupted after it was "
+            f"written; refusing to use it"
+        )
     try:
         meta = json.loads(meta_text)
     except ValueError:
@@ -296,8 +322,10 @@ def load(path: PathLike, *, kind: Optional[str] = None) -> Tuple[Dict[str, torch
     if kind is not None and meta.get("kind") != kind:
         what = {"run": "a training run's checkpoint", "export": "an exported task model"}
         found = what.get(meta.get("kind"), "another kind")
-        raise CheckpointError(f"{path}: expected {what.get(kind, kind)}, found {found}"
-                              + (" (use the run's checkpoint, not an export)" if kind == "run" else ""))
+        raise CheckpointError(
+            f"{path}: expected {what.get(kind, kind)}, found {found}"
+            + (" (use the run's checkpoint, not an export)" if kind == "run" else "")
+        )
     return tensors, meta
 
 
@@ -309,8 +337,10 @@ def resolve_checkpoint(path: PathLike) -> Path:
         folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
         found = sorted(folder.glob("*.safetensors"))
         if not found:
-            raise CheckpointError(f"{p}: no checkpoint in this directory (looked for *.safetensors"
-                                  f"{' under checkpoints/' if folder != p else ''})")
+            raise CheckpointError(
+                f"{p}: no checkpoint in this directory (looked for *.safetensors"
+                f"{' under checkpoints/' if folder != p else ''})"
+            )
         if len(found) > 1:
             order = _methods_of_run(p)
             for m in order:
@@ -324,6 +354,7 @@ def resolve_checkpoint(path: PathLike) -> Path:
 def _methods_of_run(run_dir: Path) -> List[str]:
     try:
         import yaml
+
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         method = cfg.get("method", {})
         return [method.get("name")] + list(method.get("compare", []))
@@ -340,10 +371,14 @@ def learner_meta(learner: ContinualLearner) -> Dict[str, Any]:
     return learner.state_meta()
 
 
-def learner_from(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], prefix: str = "learner/",
-                 device: Union[str, torch.device] = "cpu") -> ContinualLearner:
+def learner_from(
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    prefix: str = "learner/",
+    device: Union[str, torch.device] = "cpu",
+) -> ContinualLearner:
     """Rebuild a learner from a checkpoint's ``prefix`` tensors and its ``state_meta`` dict."""
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
         learner = ContinualLearner.from_state(state, dict(meta))
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -357,7 +392,7 @@ def _reason(e: BaseException, limit: int = 500) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, KeyError):
         text = f"missing {text}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _raw(x: Any) -> Optional[str]:
@@ -377,11 +412,13 @@ def vocab_meta(tasks: Sequence[Any]) -> Dict[str, Any]:
             entry["targets"] = "source"
         elif t.kind == "item":
             tv = t.meta.get("target_vocab")
-            entry["targets"] = [_raw(x) for x in tv] if tv is not None else \
-                [None] + [str(i) for i in range(1, t.num_targets)]
+            entry["targets"] = (
+                [_raw(x) for x in tv] if tv is not None else [None] + [str(i) for i in range(1, t.num_targets)]
+            )
         else:
-            entry["classes"] = list(t.class_names) if t.class_names is not None else \
-                [str(i) for i in range(t.num_targets)]
+            entry["classes"] = (
+                list(t.class_names) if t.class_names is not None else [str(i) for i in range(t.num_targets)]
+            )
         out.append(entry)
     return {"source": source, "tasks": out}
 
@@ -395,8 +432,14 @@ class InferenceModel(nn.Module):
     ``classes``), ``max_len``, ``info`` (the export metadata).
     """
 
-    def __init__(self, backbone: NextItNet, head: nn.Module, patches: Optional[nn.Module], forward_task: int,
-                 info: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        backbone: NextItNet,
+        head: nn.Module,
+        patches: Optional[nn.Module],
+        forward_task: int,
+        info: Mapping[str, Any],
+    ) -> None:
         super().__init__()
         self.backbone, self.head, self.patches = backbone, head, patches
         self.forward_task = int(forward_task)
@@ -414,9 +457,9 @@ class InferenceModel(nn.Module):
     @torch.no_grad()
     def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
         items = items.to(self.backbone.embedding.weight.device)
-        n = self.head.reads(items)         # a last-position head: only the positions it depends on are computed
+        n = self.head.reads(items)  # a last-position head: only the positions it depends on are computed
         hidden = self.backbone(items, self.forward_task, self.patches, out_len=n)
-        return self.head.pool(hidden, items if n is None else items[:, items.shape[1] - n:])
+        return self.head.pool(hidden, items if n is None else items[:, items.shape[1] - n :])
 
     @torch.no_grad()
     def scores(self, items: torch.Tensor) -> torch.Tensor:
@@ -433,6 +476,7 @@ class InferenceModel(nn.Module):
 def _task_modules(learner: ContinualLearner, task: int) -> Tuple[NextItNet, Optional[nn.Module], int]:
     """(backbone as task ``task`` uses it, its patches or None, the task id its forward passes)."""
     import copy
+
     method = learner.method
     store = learner.store
     if method == "conure":
@@ -454,12 +498,19 @@ def _task_modules(learner: ContinualLearner, task: int) -> Tuple[NextItNet, Opti
     raise CheckpointError(f"export: don't know which modules method {method!r} uses for a task")
 
 
-def inference_model(learner: ContinualLearner, task: int, vocab: Mapping[str, Any], *,
-                    max_len: Optional[int] = None, extra: Optional[Mapping[str, Any]] = None) -> InferenceModel:
+def inference_model(
+    learner: ContinualLearner,
+    task: int,
+    vocab: Mapping[str, Any],
+    *,
+    max_len: Optional[int] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> InferenceModel:
     """Task ``task``'s :class:`InferenceModel`, cut out of a learner (what :func:`export_task` writes)."""
     if task not in learner.tasks:
         raise CheckpointError(f"task {task} has not been learned (learned: {learner.learned_tasks or 'none'})")
     import copy
+
     backbone, patches, fwd = _task_modules(learner, task)
     head = copy.deepcopy(learner.store[f"head_{task}"])
     info = dict(learner.tasks[task])
@@ -469,16 +520,31 @@ def inference_model(learner: ContinualLearner, task: int, vocab: Mapping[str, An
         task_vocab["classes"] = tv["classes"]
     else:
         task_vocab["targets"] = tv["targets"]
-    meta = {"task": task, "name": info["name"], "task_kind": info["kind"], "metric": info.get("metric"),
-            "num_targets": info.get("num_targets"), "method": learner.method, "forward_task": fwd,
-            "vocab": task_vocab, "max_len": max_len, "seed": learner.seed}
+    meta = {
+        "task": task,
+        "name": info["name"],
+        "task_kind": info["kind"],
+        "metric": info.get("metric"),
+        "num_targets": info.get("num_targets"),
+        "method": learner.method,
+        "forward_task": fwd,
+        "vocab": task_vocab,
+        "max_len": max_len,
+        "seed": learner.seed,
+    }
     meta.update(dict(extra or {}))
     return InferenceModel(backbone, head, patches, fwd, meta)
 
 
-def export_task(learner: ContinualLearner, task: int, path: PathLike, vocab: Mapping[str, Any], *,
-                max_len: Optional[int] = None,
-                extra: Optional[Mapping[str, Any]] = None) -> Tuple[Path, InferenceModel]:
+def export_task(
+    learner: ContinualLearner,
+    task: int,
+    path: PathLike,
+    vocab: Mapping[str, Any],
+    *,
+    max_len: Optional[int] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Tuple[Path, InferenceModel]:
     """Write task ``task``'s inference model to ``path`` (kind ``"export"``); returns (path, the model)."""
     model = inference_model(learner, task, vocab, max_len=max_len, extra=extra)
     tensors = {f"backbone/{k}": v for k, v in model.backbone.state_dict().items()}
@@ -504,7 +570,7 @@ def load_inference(path: PathLike, device: Union[str, torch.device] = "cpu") -> 
             if key not in meta["modules"]:
                 continue
             module = build_module(meta["modules"][key])
-            state = {k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(key + "/")}
+            state = {k[len(key) + 1 :]: v for k, v in tensors.items() if k.startswith(key + "/")}
             check_state_dtypes(module.state_dict(), state, key)
             module.load_state_dict(state, strict=True)
             parts[key] = module

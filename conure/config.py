@@ -20,6 +20,7 @@ Overrides: ``--set a.b=value`` (value parsed as YAML, then checked against the s
 model.channels=128``, ``--set method.compare=[sinmoall]`` or ``--set method.compare=sinmoall,finecls``,
 ``--set tasks.2.train.epochs=3``). Every problem is a :class:`ConfigError` naming the key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,9 +45,24 @@ from conure.linear import DEFAULT_L2, DEFAULT_RIDGE_L2, linear_baseline
 from conure.models import NextItNet
 from conure.registry import method_options
 
-__all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "MethodConfig", "BaselinesConfig",
-           "OutputConfig", "load_config", "parse_config", "apply_sets", "config_to_dict", "dump_config",
-           "defaults_yaml", "builtin_configs", "find_config", "identity_diff"]
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "DataConfig",
+    "ModelConfig",
+    "MethodConfig",
+    "BaselinesConfig",
+    "OutputConfig",
+    "load_config",
+    "parse_config",
+    "apply_sets",
+    "config_to_dict",
+    "dump_config",
+    "defaults_yaml",
+    "builtin_configs",
+    "find_config",
+    "identity_diff",
+]
 
 
 class ConfigError(ValueError):
@@ -135,8 +151,16 @@ def _method_section() -> type:
             seen.add(key)
             d = opt.default
             tp = List[float] if isinstance(d, list) else type(d)
-            extra.append((key, tp, field(default_factory=lambda d=d: copy.deepcopy(d),
-                                         metadata={"option": opt, "doc": f"{method}: {opt.doc}"})))
+            extra.append(
+                (
+                    key,
+                    tp,
+                    field(
+                        default_factory=lambda d=d: copy.deepcopy(d),
+                        metadata={"option": opt, "doc": f"{method}: {opt.doc}"},
+                    ),
+                )
+            )
     return make_dataclass("MethodConfig", extra, bases=(_MethodSection,))
 
 
@@ -171,8 +195,12 @@ class BaselinesConfig:
 
     def options(self) -> Dict[str, Any]:
         """Keyword arguments of :func:`conure.linear.linear_baseline`."""
-        return {"max_features": self.max_features, "l2": list(self.l2), "ridge_l2": list(self.ridge_l2),
-                "max_dim": self.max_dim}
+        return {
+            "max_features": self.max_features,
+            "l2": list(self.l2),
+            "ridge_l2": list(self.ridge_l2),
+            "max_dim": self.max_dim,
+        }
 
 
 @dataclass
@@ -221,8 +249,8 @@ DOCS: Dict[str, str] = {
     "data.valid_frac": "share of users in the validation split (early stopping, best epoch)",
     "data.test_frac": "share of users in the test split (the accuracy matrix)",
     "tasks": "the task sequence, task 1 first: TaskSpec mappings (name, kind: next_item | item | profile, and the "
-             "kind's keys), each with an optional 'train' mapping overriding the train section; "
-             "[] = the dataset kind's default sequence",
+    "kind's keys), each with an optional 'train' mapping overriding the train section; "
+    "[] = the dataset kind's default sequence",
     "model": "the NextItNet backbone",
     "model.channels": "hidden size C (embedding and every conv)",
     "model.kernel_size": "conv kernel width",
@@ -234,12 +262,11 @@ DOCS: Dict[str, str] = {
     **{f"method.{f.name}": f.metadata["doc"] for f in fields(MethodConfig) if "doc" in f.metadata},
     "train": "how every task is learned (conure.learner.TrainConfig); per-task overrides go in tasks[i].train",
     "baselines": "reference models reported beside every task (the trivial one, popularity or majority class, "
-                 "always): a bag-of-items linear model on the same input window",
+    "always): a bag-of-items linear model on the same input window",
     "baselines.linear": "fit it (profile: logistic regression; ranking: ridge regression); false: trivial only",
     "baselines.max_features": "the most frequent source items used as features (the rest are left out)",
     "baselines.l2": "profile tasks: L2 strengths tried, strong to weak; the best on validation users is kept",
-    "baselines.ridge_l2": "ranking tasks: ridge L2 strengths tried, strong to weak (squared error averaged over "
-                          "users)",
+    "baselines.ridge_l2": "ranking tasks: ridge L2 strengths tried, strong to weak (squared error averaged over users)",
     "baselines.max_dim": "ridge: cap on min(users, features), the size of the matrix it factorises",
     "output": "what a run writes besides results.json, config.yaml and log.csv",
     "output.checkpoint_every_epoch": "checkpoint after every epoch (resume mid-task); false: after each task",
@@ -268,8 +295,10 @@ def _type_name(tp) -> str:
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not _NoneType]
         return " or ".join(_type_name(a) for a in args) + " or null"
-    if origin in (list, tuple, typing.List, typing.Tuple, Sequence, typing.Sequence) or \
-            origin is __import__("collections.abc").abc.Sequence:
+    if (
+        origin in (list, tuple, typing.List, typing.Tuple, Sequence, typing.Sequence)
+        or origin is __import__("collections.abc").abc.Sequence
+    ):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         return f"a list of {re.sub(r'^an? ', '', _type_name(args[0]))}s" if args else "a list"
     if origin in (dict, typing.Dict, Mapping) or tp is dict:
@@ -281,6 +310,7 @@ def _type_name(tp) -> str:
 
 def _is_seq_type(tp) -> bool:
     import collections.abc as cabc
+
     origin = typing.get_origin(tp)
     return origin in (list, tuple, cabc.Sequence) or tp in (list, tuple)
 
@@ -288,6 +318,7 @@ def _is_seq_type(tp) -> bool:
 def _check(value: Any, tp, where: str) -> Any:
     """``value`` checked (and lightly coerced: int -> float, tuple <-> list) against type ``tp``."""
     import collections.abc as cabc
+
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -344,8 +375,15 @@ def _show(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "mapping",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
     return f"{text} ({kind})"
 
 
@@ -356,8 +394,11 @@ def _hints(cls) -> Dict[str, Any]:
 def _unknown(key: str, known: Sequence[str], where: str) -> ConfigError:
     full = f"{where}.{key}" if where else key
     close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean '{(where + '.') if where else ''}{close[0]}'?)" if close else \
-        f" (known keys{' of ' + where if where else ''}: {', '.join(known)})"
+    hint = (
+        f" (did you mean '{(where + '.') if where else ''}{close[0]}'?)"
+        if close
+        else f" (known keys{' of ' + where if where else ''}: {', '.join(known)})"
+    )
     return ConfigError(f"unknown config key '{full}'{hint}")
 
 
@@ -446,8 +487,10 @@ def parse_config(raw: Optional[Mapping[str, Any]], *, base_dir: Optional[Path] =
     if not cfg.tasks:
         cfg.tasks = _check_tasks(default_specs(cfg.data.kind, train=True))
     if cfg.tasks[0]["kind"] != "next_item":
-        raise ConfigError(f"tasks[0] ({cfg.tasks[0]['name']!r}): task 1 must be a next_item task (it trains the "
-                          f"backbone on the histories every later task reads), got kind {cfg.tasks[0]['kind']!r}")
+        raise ConfigError(
+            f"tasks[0] ({cfg.tasks[0]['name']!r}): task 1 must be a next_item task (it trains the "
+            f"backbone on the histories every later task reads), got kind {cfg.tasks[0]['kind']!r}"
+        )
     if len(cfg.tasks) > 255:
         raise ConfigError("tasks: at most 255 tasks (owner maps are uint8)")
     for i, t in enumerate(cfg.tasks):
@@ -456,8 +499,10 @@ def parse_config(raw: Optional[Mapping[str, Any]], *, base_dir: Optional[Path] =
         except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks[{i}].train: {_strip_prefix(str(e))}") from None
         if tc.precision == "fp16" and (cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())):
-            raise ConfigError(f"tasks[{i}].train: precision fp16 needs a CUDA device (device: {cfg.device}); use bf16 "
-                              f"(or fp32) on the CPU")
+            raise ConfigError(
+                f"tasks[{i}].train: precision fp16 needs a CUDA device (device: {cfg.device}); use bf16 "
+                f"(or fp32) on the CPU"
+            )
     if cfg.data.path is not None:
         p = Path(os.path.expanduser(cfg.data.path))
         if not p.is_absolute():
@@ -580,7 +625,7 @@ def apply_sets(raw: Optional[Mapping[str, Any]], sets: Sequence[str]) -> Dict[st
                 node[p] = [] if nxt_is_index else {}
             node = node[p]
             if not isinstance(node, (dict, list)):
-                raise ConfigError(f"--set {key}: '{'.'.join(parts[:j + 1])}' is not a mapping")
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[: j + 1])}' is not a mapping")
         last = parts[-1]
         if isinstance(node, list):
             idx = int(last)
@@ -599,17 +644,20 @@ class _ConfigLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen: Dict[Any, Any] = {}
             for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":    # '<<: *base': its keys may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base': its keys may be overridden
                     continue
                 key = self.construct_object(key_node, deep=True)
                 try:
                     first = seen.setdefault(key, key_node)
-                except TypeError:       # an unhashable key: the base class reports it
+                except TypeError:  # an unhashable key: the base class reports it
                     continue
                 if first is not key_node:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"duplicate key {key!r} (first on line {first.start_mark.line + 1})", key_node.start_mark)
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r} (first on line {first.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
         return super().construct_mapping(node, deep=deep)
 
 
@@ -685,7 +733,7 @@ def config_to_dict(cfg: RunConfig) -> Dict[str, Any]:
 
 
 def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10 ** 6).strip().removesuffix("...").strip()
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
 def _emit(value: Any, key: str, indent: int, lines: List[str], comments: bool) -> None:
@@ -730,11 +778,16 @@ def defaults_yaml() -> str:
     """Every key with its default value and documentation (``conure config --defaults``)."""
     cfg = RunConfig()
     cfg.tasks = []
-    return dump_config(cfg, comments=True, header=(
-        "conure run configuration: every key with its default.\n"
-        "Any key may be left out; `conure train --config FILE --set key=value` overrides one.\n"
-        "tasks: [] means the data kind's default sequence, e.g. for ml-100k / ml-1m:\n"
-        + "\n".join(f"  - {_flow(s)}" for s in default_specs("ml-1m", train=True))))
+    return dump_config(
+        cfg,
+        comments=True,
+        header=(
+            "conure run configuration: every key with its default.\n"
+            "Any key may be left out; `conure train --config FILE --set key=value` overrides one.\n"
+            "tasks: [] means the data kind's default sequence, e.g. for ml-100k / ml-1m:\n"
+            + "\n".join(f"  - {_flow(s)}" for s in default_specs("ml-1m", train=True))
+        ),
+    )
 
 
 def identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
@@ -743,7 +796,7 @@ def identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
     diffs: List[str] = []
 
     def walk(x: Any, y: Any, where: str) -> None:
-        if where in ("output", "threads", "device", "baselines"):    # baselines: refitted by every run
+        if where in ("output", "threads", "device", "baselines"):  # baselines: refitted by every run
             return
         if isinstance(x, Mapping) and isinstance(y, Mapping):
             for k in sorted(set(x) | set(y), key=str):

@@ -42,6 +42,7 @@ Use
   The learner finds the initialized process group itself (``learner.dist_context``: a :class:`DistContext`, ``None``
   = the default group if initialized, ``False`` = never distributed; or give it ``learner.backend`` directly).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -61,15 +62,35 @@ import torch.nn as nn
 from conure.data.types import Split
 from conure.hashing import tensor_digest
 
-__all__ = ["DistContext", "DistributedError", "ReplicaMismatchError", "init_distributed", "context", "teardown",
-           "is_distributed", "is_main_process", "get_rank", "get_world_size", "barrier", "all_gather_object",
-           "broadcast_object", "gather_rows", "digest", "fingerprint", "verify_replicas", "eval_shard", "loss_terms",
-           "maybe_fault", "ran_process_group", "exit_process"]
+__all__ = [
+    "DistContext",
+    "DistributedError",
+    "ReplicaMismatchError",
+    "init_distributed",
+    "context",
+    "teardown",
+    "is_distributed",
+    "is_main_process",
+    "get_rank",
+    "get_world_size",
+    "barrier",
+    "all_gather_object",
+    "broadcast_object",
+    "gather_rows",
+    "digest",
+    "fingerprint",
+    "verify_replicas",
+    "eval_shard",
+    "loss_terms",
+    "maybe_fault",
+    "ran_process_group",
+    "exit_process",
+]
 
 DEFAULT_TIMEOUT_S = 1800.0
-FAULT_ENV = "CONURE_DIST_FAULT"       # testing: "RANK:TASK[:PHASE[:EPOCH]]" -> that rank os._exit(17)s there
+FAULT_ENV = "CONURE_DIST_FAULT"  # testing: "RANK:TASK[:PHASE[:EPOCH]]" -> that rank os._exit(17)s there
 _STATE: Dict[str, Any] = {}
-_JOINED = [False]                     # init_distributed joined a job in this process (see exit_process)
+_JOINED = [False]  # init_distributed joined a job in this process (see exit_process)
 
 
 class DistributedError(RuntimeError):
@@ -90,8 +111,8 @@ class DistContext:
     local_rank: int
     backend: str
     device: torch.device
-    shard_eval: bool = True           # False: every rank evaluates every user (no collectives in evaluation)
-    group: Any = None                 # the process group (None: the default group)
+    shard_eval: bool = True  # False: every rank evaluates every user (no collectives in evaluation)
+    group: Any = None  # the process group (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -131,7 +152,7 @@ class DistContext:
         if max(counts) == 0:
             return t
         padded = x.new_zeros((max(counts),) + tuple(x.shape[1:]))
-        padded[:x.shape[0]] = x
+        padded[: x.shape[0]] = x
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded, group=self.group)
         out = torch.cat([p[:c] for p, c in zip(parts, counts)]).to(t.device)
@@ -150,8 +171,11 @@ def _timeout(timeout: Union[None, float, datetime.timedelta]) -> datetime.timede
     return timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=float(timeout))
 
 
-def init_distributed(backend: Optional[str] = None, timeout: Union[None, float, datetime.timedelta] = None,
-                     device: Union[None, str, torch.device] = None) -> Optional[DistContext]:
+def init_distributed(
+    backend: Optional[str] = None,
+    timeout: Union[None, float, datetime.timedelta] = None,
+    device: Union[None, str, torch.device] = None,
+) -> Optional[DistContext]:
     """Join the job described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
     ``MASTER_PORT``) and return its :class:`DistContext`; ``None`` when ``WORLD_SIZE`` is not set (a plain
     single-process run: nothing to do). Idempotent.
@@ -170,8 +194,10 @@ def init_distributed(backend: Optional[str] = None, timeout: Union[None, float, 
         raise DistributedError("WORLD_SIZE is set but this torch build has no torch.distributed")
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
     if missing:
-        raise DistributedError(f"WORLD_SIZE={env['WORLD_SIZE']} but {' and '.join(missing)} not set: launch with "
-                               f"torchrun (or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)")
+        raise DistributedError(
+            f"WORLD_SIZE={env['WORLD_SIZE']} but {' and '.join(missing)} not set: launch with "
+            f"torchrun (or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)"
+        )
     world, rank = int(env["WORLD_SIZE"]), int(env.get("RANK", "0"))
     local = int(env.get("LOCAL_RANK", str(rank)))
     if device is None:
@@ -182,12 +208,15 @@ def init_distributed(backend: Optional[str] = None, timeout: Union[None, float, 
             dev = torch.device("cuda", local)
     if dev.type == "cuda":
         if dev.index >= torch.cuda.device_count():
-            raise DistributedError(f"rank {rank}: LOCAL_RANK {local} needs cuda:{dev.index} but only "
-                                   f"{torch.cuda.device_count()} GPU(s) are visible; use --nproc_per_node <= GPUs")
+            raise DistributedError(
+                f"rank {rank}: LOCAL_RANK {local} needs cuda:{dev.index} but only "
+                f"{torch.cuda.device_count()} GPU(s) are visible; use --nproc_per_node <= GPUs"
+            )
         torch.cuda.set_device(dev)
     backend = backend or env.get("CONURE_DIST_BACKEND") or ("nccl" if dev.type == "cuda" else "gloo")
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                            timeout=_timeout(timeout))
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=rank, world_size=world, timeout=_timeout(timeout)
+    )
     _STATE["device"] = dev
     _JOINED[0] = True
     return context()
@@ -205,8 +234,13 @@ def context(explicit: Union[None, bool, DistContext] = None) -> Optional[DistCon
     if dev is None:
         dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     rank = dist.get_rank()
-    return DistContext(rank=rank, world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", str(rank))), backend=backend, device=dev)
+    return DistContext(
+        rank=rank,
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", str(rank))),
+        backend=backend,
+        device=dev,
+    )
 
 
 def teardown(sync: bool = True) -> None:
@@ -247,8 +281,8 @@ def exit_process(code: int = 0) -> NoReturn:
     handlers flush in their ``atexit`` handler.
     """
     try:
-        teardown(sync=code == 0)                # after a failure the other ranks may never reach a barrier
-        for t in threading.enumerate():         # the interpreter's order: threads, then atexit
+        teardown(sync=code == 0)  # after a failure the other ranks may never reach a barrier
+        for t in threading.enumerate():  # the interpreter's order: threads, then atexit
             if t is not threading.main_thread() and not t.daemon:
                 t.join()
         atexit._run_exitfuncs()
@@ -306,7 +340,7 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- replica checks
-digest = tensor_digest       # the replica checks' tensor hash (conure.hashing)
+digest = tensor_digest  # the replica checks' tensor hash (conure.hashing)
 
 
 def fingerprint(module: nn.Module) -> Dict[str, str]:
@@ -314,8 +348,9 @@ def fingerprint(module: nn.Module) -> Dict[str, str]:
     return {name: digest(t) for name, t in module.state_dict().items()}
 
 
-def verify_replicas(learner: Any, where: str, ctx: Optional[DistContext] = None,
-                    extra: Optional[Dict[str, str]] = None) -> None:
+def verify_replicas(
+    learner: Any, where: str, ctx: Optional[DistContext] = None, extra: Optional[Dict[str, str]] = None
+) -> None:
     """All-gather the :func:`fingerprint` of ``learner.store`` (or of a module) plus ``extra`` digests and raise
     :class:`ReplicaMismatchError` if any rank differs from rank 0. A collective: call on every rank."""
     ctx = ctx if ctx is not None else context()
@@ -330,11 +365,15 @@ def verify_replicas(learner: Any, where: str, ctx: Optional[DistContext] = None,
         if names:
             bad[r] = names
     if bad:
-        detail = "; ".join(f"rank {r} differs from rank 0 in {len(n)} tensor(s): {', '.join(n[:6])}"
-                           f"{', ...' if len(n) > 6 else ''}" for r, n in sorted(bad.items()))
-        raise ReplicaMismatchError(f"{where}: the ranks' learners are not identical ({detail}). Every rank must "
-                                   f"build the same data and model and run the same code; owner maps and frozen "
-                                   f"weights must match bit for bit.")
+        detail = "; ".join(
+            f"rank {r} differs from rank 0 in {len(n)} tensor(s): {', '.join(n[:6])}{', ...' if len(n) > 6 else ''}"
+            for r, n in sorted(bad.items())
+        )
+        raise ReplicaMismatchError(
+            f"{where}: the ranks' learners are not identical ({detail}). Every rank must "
+            f"build the same data and model and run the same code; owner maps and frozen "
+            f"weights must match bit for bit."
+        )
 
 
 # ------------------------------------------------------------------------------------- pieces of DDP phases
@@ -355,19 +394,22 @@ def maybe_fault(ctx: DistContext, task_id: int, phase: str, epoch: int) -> None:
     at_phase = parts[2] if len(parts) > 2 else "train"
     at_epoch = int(parts[3]) if len(parts) > 3 else 1
     if (rank, task, at_phase, at_epoch) == (ctx.rank, task_id, phase, epoch):
-        print(f"conure.distributed: fault injection ({FAULT_ENV}={spec}): rank {ctx.rank} exits now",
-              file=sys.stderr, flush=True)
+        print(
+            f"conure.distributed: fault injection ({FAULT_ENV}={spec}): rank {ctx.rank} exits now",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(17)
 
 
-def eval_shard(ctx: Optional[DistContext], split: Split, protocol: str = "full"
-               ) -> Tuple[Split, Callable[[torch.Tensor], torch.Tensor]]:
+def eval_shard(
+    ctx: Optional[DistContext], split: Split, protocol: str = "full"
+) -> Tuple[Split, Callable[[torch.Tensor], torch.Tensor]]:
     """This rank's contiguous share of ``split`` and the function that all-gathers per-user results (ranks, hits)
     back into the split's order; ``(split, identity)`` without a context, with ``shard_eval=False``, one rank, or
     ``protocol != "full"``."""
     if ctx is None or not ctx.shard_eval or ctx.world_size == 1 or protocol != "full":
         return split, (lambda t: t)
     rows = ctx.shard(len(split))
-    part = dataclasses.replace(split, users=split.users[rows], inputs=split.inputs[rows],
-                               targets=split.targets[rows])
+    part = dataclasses.replace(split, users=split.users[rows], inputs=split.inputs[rows], targets=split.targets[rows])
     return part, ctx.gather_rows

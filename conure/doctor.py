@@ -4,6 +4,7 @@
 versions, the compiler, CUDA, the CPU's relevant instruction sets, threads, the environment switches that are set);
 :func:`format_report` prints them one section a line.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,12 +19,39 @@ from typing import Dict, List, Optional
 # AMX-BF16 for bfloat16 autocast (--precision bf16).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 # Environment variables that change how conure builds, loads or runs (shown when set).
-SWITCHES = ("CONURE_BUILD", "CONURE_CACHE", "CONURE_CUDA", "CONURE_REQUIRE_EXTENSION", "CONURE_FORCE_REFERENCE",
-            "CONURE_PROGRESS", "CONURE_DIST_TIMEOUT", "CXX", "MAX_JOBS", "TORCH_CUDA_ARCH_LIST", "CUDA_HOME",
-            "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-            "MKL_ENABLE_INSTRUCTIONS")
-SECTIONS = ("conure", "torch", "backend", "extension", "cache", "sources", "compiler", "ninja", "cuda", "cpu",
-            "threads", "environment")
+SWITCHES = (
+    "CONURE_BUILD",
+    "CONURE_CACHE",
+    "CONURE_CUDA",
+    "CONURE_REQUIRE_EXTENSION",
+    "CONURE_FORCE_REFERENCE",
+    "CONURE_PROGRESS",
+    "CONURE_DIST_TIMEOUT",
+    "CXX",
+    "MAX_JOBS",
+    "TORCH_CUDA_ARCH_LIST",
+    "CUDA_HOME",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+SECTIONS = (
+    "conure",
+    "torch",
+    "backend",
+    "extension",
+    "cache",
+    "sources",
+    "compiler",
+    "ninja",
+    "cuda",
+    "cpu",
+    "threads",
+    "environment",
+)
 
 
 def _first_line(cmd: List[str]) -> Optional[str]:
@@ -37,6 +65,7 @@ def _first_line(cmd: List[str]) -> Optional[str]:
 
 def _nvcc() -> Dict[str, Optional[str]]:
     from conure import _build
+
     home = _build._cuda_home()
     candidates = [shutil.which("nvcc")] + ([os.path.join(home, "bin", "nvcc")] if home else [])
     path = next((c for c in candidates if c and os.path.isfile(c)), None)
@@ -56,7 +85,7 @@ def _cpu() -> Dict[str, object]:
                 model = value.strip()
             elif name.strip() == "flags" and not flags:
                 flags = set(value.split())
-    except OSError:               # not Linux: the model only
+    except OSError:  # not Linux: the model only
         pass
     return {"model": model, "flags": {f: f in flags for f in CPU_FLAGS} if flags else None}
 
@@ -76,27 +105,48 @@ def report() -> Dict[str, Dict[str, object]]:
     root = _build.sources_root()
     try:
         affinity = len(os.sched_getaffinity(0))
-    except AttributeError:        # not Linux
+    except AttributeError:  # not Linux
         affinity = None
     return {
         "conure": {"version": conure.__version__, "path": str(Path(conure.__file__).parent)},
-        "torch": {"version": torch.__version__, "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
-                  "cuda": torch.version.cuda, "python": sys.version.split()[0]},
+        "torch": {
+            "version": torch.__version__,
+            "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+            "cuda": torch.version.cuda,
+            "python": sys.version.split()[0],
+        },
         "backend": {"in_use": ops.backend(), "error": info["error"]},
         "extension": {k: info[k] for k in ("source", "path", "built_now", "build_seconds", "log")},
-        "cache": {"path": str(_build.cache_root()), "from": "CONURE_CACHE" if os.environ.get("CONURE_CACHE")
-                  else "default", "entry": info["cache_dir"]},
+        "cache": {
+            "path": str(_build.cache_root()),
+            "from": "CONURE_CACHE" if os.environ.get("CONURE_CACHE") else "default",
+            "entry": info["cache_dir"],
+        },
         "sources": {"path": str(root / "csrc") if root else None},
-        "compiler": {"name": cxx, "path": os.path.realpath(cxx_path) if cxx_path else None,
-                     "version": _first_line([cxx, "--version"]) if cxx_path else None},
+        "compiler": {
+            "name": cxx,
+            "path": os.path.realpath(cxx_path) if cxx_path else None,
+            "version": _first_line([cxx, "--version"]) if cxx_path else None,
+        },
         "ninja": {"path": ninja, "version": _first_line([ninja, "--version"]) if ninja else None},
-        "cuda": {"torch": torch.version.cuda, "devices": torch.cuda.device_count() if torch.version.cuda else 0,
-                 "nvcc": _nvcc(), "kernels_built": ops.cuda_available(),
-                 "switch": os.environ.get("CONURE_CUDA")},
-        "cpu": dict(_cpu(), aten_capability=torch.backends.cpu.get_cpu_capability(),
-                    gemm=str(torch.ops.conure.cpu_gemm_backend()) if compiled else None),
-        "threads": {"torch": torch.get_num_threads(), "interop": torch.get_num_interop_threads(),
-                    "cpus_available": affinity, "cpus": os.cpu_count()},
+        "cuda": {
+            "torch": torch.version.cuda,
+            "devices": torch.cuda.device_count() if torch.version.cuda else 0,
+            "nvcc": _nvcc(),
+            "kernels_built": ops.cuda_available(),
+            "switch": os.environ.get("CONURE_CUDA"),
+        },
+        "cpu": dict(
+            _cpu(),
+            aten_capability=torch.backends.cpu.get_cpu_capability(),
+            gemm=str(torch.ops.conure.cpu_gemm_backend()) if compiled else None,
+        ),
+        "threads": {
+            "torch": torch.get_num_threads(),
+            "interop": torch.get_num_interop_threads(),
+            "cpus_available": affinity,
+            "cpus": os.cpu_count(),
+        },
         "environment": {name: os.environ[name] for name in SWITCHES if name in os.environ},
     }
 
@@ -112,8 +162,9 @@ def format_report(r: Dict[str, Dict[str, object]]) -> str:
         where = f"aot (built at install): {ext['path']}"
     elif ext["source"] == "jit":
         took = f"{ext['build_seconds']:.0f} s" if ext["build_seconds"] is not None else "?"
-        where = f"jit (compiled at first import{', by this process' if ext['built_now'] else ''}, in {took}): " \
-                f"{ext['path']}"
+        where = (
+            f"jit (compiled at first import{', by this process' if ext['built_now'] else ''}, in {took}): {ext['path']}"
+        )
     else:
         where = "none: the pure-torch reference operators are in use"
     flags = ", ".join(f"{f} {_yes(v)}" for f, v in cpu["flags"].items()) if cpu["flags"] else "flags unknown"
@@ -121,25 +172,30 @@ def format_report(r: Dict[str, Dict[str, object]]) -> str:
     lines = {
         "conure": f"{r['conure']['version']}  {r['conure']['path']}",
         "torch": f"{r['torch']['version']}  (C++11 ABI {_yes(r['torch']['cxx11_abi'])}, CUDA "
-                 f"{r['torch']['cuda'] or 'none'}, Python {r['torch']['python']})",
+        f"{r['torch']['cuda'] or 'none'}, Python {r['torch']['python']})",
         "backend": backend.replace("\n", " "),
         "extension": where,
-        "cache": r["cache"]["path"] + ("  (CONURE_CACHE)" if r["cache"]["from"] == "CONURE_CACHE"
-                                       else "  (default; CONURE_CACHE moves it)"),
+        "cache": r["cache"]["path"]
+        + ("  (CONURE_CACHE)" if r["cache"]["from"] == "CONURE_CACHE" else "  (default; CONURE_CACHE moves it)"),
         "sources": r["sources"]["path"] or "not found (compiling at import is impossible)",
-        "compiler": (f"{r['compiler']['name']} -> {r['compiler']['path']}: {r['compiler']['version']}"
-                     if r["compiler"]["path"] else f"{r['compiler']['name']}: not found (install g++ or clang++, "
-                                                   "or set CXX)"),
-        "ninja": (f"{r['ninja']['path']} {r['ninja']['version']}" if r["ninja"]["path"]
-                  else "not found (pip install ninja)"),
-        "cuda": (f"torch {cuda['torch'] or 'CPU-only'}, {cuda['devices']} GPU(s); nvcc "
-                 f"{(nvcc['path'] + ' (' + (nvcc['release'] or '?') + ')') if nvcc['path'] else 'not found'}; "
-                 f"CUDA kernels built: {_yes(cuda['kernels_built'])}; CONURE_CUDA "
-                 f"{cuda['switch'] if cuda['switch'] is not None else 'unset'}"),
+        "compiler": (
+            f"{r['compiler']['name']} -> {r['compiler']['path']}: {r['compiler']['version']}"
+            if r["compiler"]["path"]
+            else f"{r['compiler']['name']}: not found (install g++ or clang++, or set CXX)"
+        ),
+        "ninja": (
+            f"{r['ninja']['path']} {r['ninja']['version']}" if r["ninja"]["path"] else "not found (pip install ninja)"
+        ),
+        "cuda": (
+            f"torch {cuda['torch'] or 'CPU-only'}, {cuda['devices']} GPU(s); nvcc "
+            f"{(nvcc['path'] + ' (' + (nvcc['release'] or '?') + ')') if nvcc['path'] else 'not found'}; "
+            f"CUDA kernels built: {_yes(cuda['kernels_built'])}; CONURE_CUDA "
+            f"{cuda['switch'] if cuda['switch'] is not None else 'unset'}"
+        ),
         "cpu": f"{cpu['model']}; {flags}; ATen kernels {cpu['aten_capability']}"
-               + (f"; CPU GEMM {cpu['gemm']}" if cpu["gemm"] else ""),
+        + (f"; CPU GEMM {cpu['gemm']}" if cpu["gemm"] else ""),
         "threads": f"torch {r['threads']['torch']} (interop {r['threads']['interop']}); CPUs available "
-                   f"{r['threads']['cpus_available']} of {r['threads']['cpus']}",
+        f"{r['threads']['cpus_available']} of {r['threads']['cpus']}",
         "environment": " ".join(f"{k}={v}" for k, v in r["environment"].items()) or "no conure/torch switch set",
     }
     return "\n".join(f"{name:<12} {lines[name]}" for name in SECTIONS)

@@ -48,6 +48,7 @@ Vocabulary file (:func:`vocab_document`, written beside the model as ``<stem>.vo
 ``max_len`` known items), and per task its output names and the raw id (``targets``) or class name (``classes``) of
 every output column.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FORMATS", "TaskGraph", "AllTasksGraph", "StreamGraph", "task_graph", "all_tasks_graph", "stream_graph",
-           "initial_state", "state_from_streaming", "export_onnx", "export_pt2", "vocab_document", "export_models",
-           "export_run", "vocab_path", "cli_export", "ExportError"]
+__all__ = [
+    "FORMATS",
+    "TaskGraph",
+    "AllTasksGraph",
+    "StreamGraph",
+    "task_graph",
+    "all_tasks_graph",
+    "stream_graph",
+    "initial_state",
+    "state_from_streaming",
+    "export_onnx",
+    "export_pt2",
+    "vocab_document",
+    "export_models",
+    "export_run",
+    "vocab_path",
+    "cli_export",
+    "ExportError",
+]
 
 FORMATS = ("safetensors", "onnx", "pt2")
 PathLike = Union[str, os.PathLike]
@@ -104,7 +121,7 @@ class _Conv(nn.Module):
     def step(self, a: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One position: ``a [B, C_in]``, ``state [B, R, C_in]`` (last R inputs, oldest first) -> (out [B, C_out],
         new state)."""
-        window = torch.cat([state, a.unsqueeze(1)], dim=1)                        # [B, R + 1, C_in]
+        window = torch.cat([state, a.unsqueeze(1)], dim=1)  # [B, R + 1, C_in]
         col = torch.cat([window[:, k * self.dilation] for k in range(self.kernel_size)], dim=-1)
         return col @ self.cols, window[:, 1:]
 
@@ -178,6 +195,7 @@ class _Head(nn.Module):
     def __init__(self, head, top_k: Optional[int]) -> None:
         super().__init__()
         from conure.heads import ItemHead, NextItemHead, ProfileHead
+
         pooling = getattr(head, "pooling", None)
         self.mode = pooling.mode if pooling is not None else "last"
         if self.mode == "attention":
@@ -185,6 +203,7 @@ class _Head(nn.Module):
 
         def f32(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(torch.float32).clone()
+
         if isinstance(head, NextItemHead):
             self.kind, n = "next_item", head.num_items
             self.register_buffer("w", f32(head.out.weight))
@@ -245,15 +264,15 @@ class _Head(nn.Module):
             state = torch.where(real, torch.cat([total, count], dim=1), state)
             total, count = state[:, :c], state[:, c:]
             return torch.where(count > 0, total / count.clamp_min(1.0), h), state
-        acc, norm, top = state[:, :c], state[:, c:c + 1], state[:, c + 1:]
-        logit = (h @ self.query).unsqueeze(1)                                     # [B, 1]
+        acc, norm, top = state[:, :c], state[:, c : c + 1], state[:, c + 1 :]
+        logit = (h @ self.query).unsqueeze(1)  # [B, 1]
         seen = norm > 0
         top2 = torch.where(seen, torch.maximum(top, logit), logit)
         # the old sums rescaled to the new maximum; 0 when there are none (exp of a stale m could overflow)
         scale = torch.where(seen, torch.exp(torch.minimum(top - top2, torch.zeros_like(top))), torch.zeros_like(top))
         weight = torch.exp(logit - top2)
         state = torch.where(real, torch.cat([acc * scale + weight * h, norm * scale + weight, top2], dim=1), state)
-        acc, norm = state[:, :c], state[:, c:c + 1]
+        acc, norm = state[:, :c], state[:, c : c + 1]
         return torch.where(norm > 0, acc / torch.where(norm > 0, norm, torch.ones_like(norm)), h), state
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
@@ -286,9 +305,10 @@ class _TaskNet(nn.Module):
         self.task, self.name, self.kind = model.task, model.name, model.kind
         self.pre_ln = bool(backbone.pre_ln)
         self.register_buffer("embedding", backbone.embedding.weight.detach().to(torch.float32).clone())
-        self.blocks = nn.ModuleList(_Block(b, model.forward_task, backbone.pre_ln,
-                                           None if patches is None else patches[i])
-                                    for i, b in enumerate(backbone.blocks))
+        self.blocks = nn.ModuleList(
+            _Block(b, model.forward_task, backbone.pre_ln, None if patches is None else patches[i])
+            for i, b in enumerate(backbone.blocks)
+        )
         self.head = _Head(model.head, None)
         self.kernel_size = int(backbone.kernel_size)
 
@@ -301,8 +321,10 @@ class _TaskNet(nn.Module):
 def _check_items(items: torch.Tensor) -> None:
     # eager use of the modules; in the exported graphs the runtimes check the input dtype themselves
     if not isinstance(items, torch.Tensor) or items.dtype != torch.int64:
-        raise TypeError(f"items must be an int64 tensor, got "
-                        f"{items.dtype if isinstance(items, torch.Tensor) else type(items).__name__}")
+        raise TypeError(
+            f"items must be an int64 tensor, got "
+            f"{items.dtype if isinstance(items, torch.Tensor) else type(items).__name__}"
+        )
 
 
 class TaskGraph(nn.Module):
@@ -330,9 +352,16 @@ def _shares_front(nets: Sequence[_TaskNet]) -> Tuple[bool, bool]:
     """(every task has the same embedding, and also the same block-0 LN1 with pre-LN blocks)."""
     first = nets[0]
     emb = all(torch.equal(n.embedding, first.embedding) for n in nets)
-    ln = emb and first.pre_ln and all(torch.equal(n.blocks[0].ln1.weight, first.blocks[0].ln1.weight) and
-                                      torch.equal(n.blocks[0].ln1.bias, first.blocks[0].ln1.bias) and
-                                      n.blocks[0].ln1.eps == first.blocks[0].ln1.eps for n in nets)
+    ln = (
+        emb
+        and first.pre_ln
+        and all(
+            torch.equal(n.blocks[0].ln1.weight, first.blocks[0].ln1.weight)
+            and torch.equal(n.blocks[0].ln1.bias, first.blocks[0].ln1.bias)
+            and n.blocks[0].ln1.eps == first.blocks[0].ln1.eps
+            for n in nets
+        )
+    )
     return emb, ln
 
 
@@ -348,7 +377,7 @@ class AllTasksGraph(nn.Module):
             net.head = _Head(m.head, top_k)
         self.tasks = tuple(m.task for m in models)
         self.share_embedding, self.share_ln = _shares_front(self.nets)
-        if self.share_embedding:    # one copy of the table in the file
+        if self.share_embedding:  # one copy of the table in the file
             for net in self.nets[1:]:
                 net.embedding = self.nets[0].embedding
         self.num_items = int(self.nets[0].embedding.shape[0])
@@ -417,8 +446,9 @@ class StreamGraph(nn.Module):
         out = []
         for t, net in zip(self.tasks, self.nets):
             sfx = "" if self.single else f"_{t}"
-            out += [f"scores{sfx}"] + ([f"topk_scores{sfx}", f"topk_indices{sfx}"] if net.head.top_k is not None
-                                       else [])
+            out += [f"scores{sfx}"] + (
+                [f"topk_scores{sfx}", f"topk_indices{sfx}"] if net.head.top_k is not None else []
+            )
         return out + ["new_" + n for n in self.state_names()]
 
     def input_names(self) -> List[str]:
@@ -427,7 +457,7 @@ class StreamGraph(nn.Module):
     def forward(self, items: torch.Tensor, *states: torch.Tensor):
         _check_items(items)
         items = _clean_ids(items, self.num_items)
-        real = (items != 0).unsqueeze(1)                                          # [B, 1]
+        real = (items != 0).unsqueeze(1)  # [B, 1]
         x0 = F.embedding(items, self.nets[0].embedding) if self.share_embedding else None
         a1 = F.relu(self.nets[0].blocks[0].ln1(x0)) if self.share_ln else None
         scores: List[torch.Tensor] = []
@@ -499,7 +529,7 @@ def _example(graph: nn.Module) -> Tuple[tuple, Any, List[str]]:
         dyn = ({0: batch}, tuple({1 if len(s) == 4 else 0: batch} for s in shapes))
         return (items,) + states, dyn, graph.input_names()
     length = torch.export.Dim("length", min=1)
-    items = (torch.arange(3 * 7, dtype=torch.int64).view(3, 7) % graph.num_items)
+    items = torch.arange(3 * 7, dtype=torch.int64).view(3, 7) % graph.num_items
     return (items,), ({0: batch, 1: length},), ["items"]
 
 
@@ -512,7 +542,9 @@ def _exported(graph: nn.Module):
 def export_pt2(graph: nn.Module, path: PathLike) -> Path:
     """``torch.export.export`` the graph (dynamic batch, and length for full graphs) and ``torch.export.save`` it."""
     import io
+
     from conure.checkpoint import atomic_write_bytes
+
     buffer = io.BytesIO()
     torch.export.save(_exported(graph), buffer)
     return atomic_write_bytes(path, buffer.getvalue())
@@ -522,6 +554,7 @@ def export_onnx(graph: nn.Module, path: PathLike, opset: int = 18) -> Path:
     """``torch.onnx.export`` the graph (the dynamo exporter; dynamic batch, and length for full graphs): a single
     self-contained ``.onnx`` file, written atomically."""
     from conure.checkpoint import atomic_write_bytes
+
     args, dyn, names = _example(graph)
     # the exporter logs a warning per torchvision op it cannot register: noise for a graph that has none
     registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -530,9 +563,18 @@ def export_onnx(graph: nn.Module, path: PathLike, opset: int = 18) -> Path:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(graph, args, input_names=names, output_names=graph.output_names(),
-                                        dynamic_shapes=dyn, opset_version=opset, dynamo=True, verbose=False,
-                                        external_data=False, optimize=True)
+            program = torch.onnx.export(
+                graph,
+                args,
+                input_names=names,
+                output_names=graph.output_names(),
+                dynamic_shapes=dyn,
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+                optimize=True,
+            )
     finally:
         registry_log.setLevel(level)
     proto = program.model_proto
@@ -550,34 +592,58 @@ def vocab_document(models: Sequence[Any], graph: nn.Module, fmt: str) -> Dict[st
     source = list(models[0].vocab["source"])
     names = graph.output_names()
     doc: Dict[str, Any] = {
-        "format": "conure.export", "version": 1, "model_format": fmt,
-        "graph": "stream" if isinstance(graph, StreamGraph) else ("all" if isinstance(graph, AllTasksGraph)
-                                                                   else "task"),
-        "inputs": (graph.input_names() if isinstance(graph, StreamGraph) else ["items"]), "outputs": names,
-        "max_len": int(models[0].max_len), "num_items": len(source),
+        "format": "conure.export",
+        "version": 1,
+        "model_format": fmt,
+        "graph": "stream"
+        if isinstance(graph, StreamGraph)
+        else ("all" if isinstance(graph, AllTasksGraph) else "task"),
+        "inputs": (graph.input_names() if isinstance(graph, StreamGraph) else ["items"]),
+        "outputs": names,
+        "max_len": int(models[0].max_len),
+        "num_items": len(source),
         "items": {raw: i for i, raw in enumerate(source) if raw is not None and i > 0},
-        "item_ids": source, "tasks": []}
+        "item_ids": source,
+        "tasks": [],
+    }
     heads = [graph.net.head] if isinstance(graph, TaskGraph) else [n.head for n in graph.nets]
     single = isinstance(graph, TaskGraph) or (isinstance(graph, StreamGraph) and graph.single)
     for m, head in zip(models, heads):
         sfx = "" if single else f"_{m.task}"
-        entry: Dict[str, Any] = {"task": m.task, "name": m.name, "kind": m.kind, "method": m.method,
-                                 "pool": head.mode, "scores": f"scores{sfx}", "top_k": head.top_k}
+        entry: Dict[str, Any] = {
+            "task": m.task,
+            "name": m.name,
+            "kind": m.kind,
+            "method": m.method,
+            "pool": head.mode,
+            "scores": f"scores{sfx}",
+            "top_k": head.top_k,
+        }
         if head.top_k is not None:
             entry.update({"topk_scores": f"topk_scores{sfx}", "topk_indices": f"topk_indices{sfx}"})
         entry["classes" if m.kind == "profile" else "targets"] = m.target_names()
         doc["tasks"].append(entry)
     if isinstance(graph, StreamGraph):
-        doc["state"] = [{"name": n, "shape": [s[0], "B", s[2], s[3]] if len(s) == 4 else ["B", s[1]],
-                         "dtype": "float32"} for n, s in zip(graph.state_names(), graph.state_shapes(1))]
+        doc["state"] = [
+            {"name": n, "shape": [s[0], "B", s[2], s[3]] if len(s) == 4 else ["B", s[1]], "dtype": "float32"}
+            for n, s in zip(graph.state_names(), graph.state_shapes(1))
+        ]
     return doc
 
 
-def export_models(models: Sequence[Any], out: PathLike, fmt: str, *, all_tasks: bool = False,
-                  top_k: Optional[int] = None, stream: bool = False) -> Tuple[Path, Path, nn.Module]:
+def export_models(
+    models: Sequence[Any],
+    out: PathLike,
+    fmt: str,
+    *,
+    all_tasks: bool = False,
+    top_k: Optional[int] = None,
+    stream: bool = False,
+) -> Tuple[Path, Path, nn.Module]:
     """Write ``models`` (InferenceModels) as one graph to ``out`` (``fmt``: ``onnx`` or ``pt2``) and the vocabulary
     file beside it; returns (model path, vocabulary path, the graph)."""
     from conure.checkpoint import atomic_write_text
+
     if fmt not in ("onnx", "pt2"):
         raise ExportError(f"export: format must be 'onnx' or 'pt2' here, got {fmt!r}")
     models = list(models)
@@ -592,13 +658,15 @@ def export_models(models: Sequence[Any], out: PathLike, fmt: str, *, all_tasks: 
     return path, vpath, graph
 
 
-def export_run(checkpoint: PathLike, task: str, fmt: str, out: PathLike, *, top_k: Optional[int] = None,
-               stream: bool = False) -> Tuple[Path, Path, nn.Module]:
+def export_run(
+    checkpoint: PathLike, task: str, fmt: str, out: PathLike, *, top_k: Optional[int] = None, stream: bool = False
+) -> Tuple[Path, Path, nn.Module]:
     """``conure export --format onnx|pt2``: task ``task`` (id or name, or ``"all"``: every learned task) of a run
     checkpoint (or the task of a safetensors export) as a graph file plus its vocabulary file."""
     from conure import checkpoint as ckpt
     from conure.commands import check_task, load_run
     from conure.run import RunError
+
     p = ckpt.resolve_checkpoint(checkpoint)
     _, meta = ckpt.load(p)
     if meta.get("kind") == "export":
@@ -615,8 +683,12 @@ def export_run(checkpoint: PathLike, task: str, fmt: str, out: PathLike, *, top_
                 raise RunError(f"{p}: no task has been learned yet")
         else:
             ids = [check_task(task, learner.learned_tasks, names)]
-        models = [ckpt.inference_model(learner, t, meta["vocab"], max_len=meta.get("max_len"),
-                                       extra={"source_checkpoint": str(p)}) for t in ids]
+        models = [
+            ckpt.inference_model(
+                learner, t, meta["vocab"], max_len=meta.get("max_len"), extra={"source_checkpoint": str(p)}
+            )
+            for t in ids
+        ]
     return export_models(models, out, fmt, all_tasks=str(task) == "all", top_k=top_k, stream=stream)
 
 
@@ -624,8 +696,10 @@ def cli_export(args, usage_error, say) -> int:
     """``conure export`` with ``--format onnx|pt2`` (or ``--task all``, ``--top-k``, ``--stream``, which need one):
     ``usage_error``: the CLI's usage exception class; ``say``: its printer."""
     if args.format == "safetensors":
-        raise usage_error("--task all, --top-k and --stream need --format onnx or pt2 (safetensors holds one task "
-                          "for 'conure predict')")
+        raise usage_error(
+            "--task all, --top-k and --stream need --format onnx or pt2 (safetensors holds one task "
+            "for 'conure predict')"
+        )
     if args.top_k is not None and args.top_k < 1:
         raise usage_error("--top-k must be >= 1")
     try:
@@ -633,14 +707,18 @@ def cli_export(args, usage_error, say) -> int:
         import onnxscript  # noqa: F401
     except ImportError as e:
         if args.format == "onnx":
-            raise usage_error(f"--format onnx needs the onnx and onnxscript packages ({e}): pip install "
-                              f"'conure[export]'") from None
+            raise usage_error(
+                f"--format onnx needs the onnx and onnxscript packages ({e}): pip install 'conure[export]'"
+            ) from None
     try:
-        path, vpath, graph = export_run(args.checkpoint, args.task, args.format, args.out, top_k=args.top_k,
-                                        stream=args.stream)
+        path, vpath, graph = export_run(
+            args.checkpoint, args.task, args.format, args.out, top_k=args.top_k, stream=args.stream
+        )
     except ExportError as e:
         raise usage_error(str(e)) from None
     what = "streaming step" if args.stream else "graph"
-    say(f"exported {what} of task{'s' if len(graph.tasks) > 1 else ''} {', '.join(map(str, graph.tasks))} "
-        f"({args.format}) -> {path}; vocabulary -> {vpath}")
+    say(
+        f"exported {what} of task{'s' if len(graph.tasks) > 1 else ''} {', '.join(map(str, graph.tasks))} "
+        f"({args.format}) -> {path}; vocabulary -> {vpath}"
+    )
     return 0

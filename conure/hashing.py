@@ -1,6 +1,7 @@
 """The hashes conure uses, one of each: of tensors (bit-exact replica and frozen-task checks, data digests), of
 JSON-able values (configs, metadata), and the seeds derived from labels. (A checkpoint's checksum is part of the
 file format and is defined with it, in :mod:`conure.checkpoint`.)"""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,13 +13,13 @@ import torch
 __all__ = ["update_tensor", "tensor_digest", "json_digest", "derive_seed"]
 
 
-def update_tensor(h: "hashlib._Hash", t: torch.Tensor, chunk: int = 1 << 26) -> None:
+def update_tensor(h: hashlib._Hash, t: torch.Tensor, chunk: int = 1 << 26) -> None:
     """Feed ``t``'s shape, dtype and raw bytes (bit-exact, any device and layout) to the hash ``h``."""
     flat = t.detach().reshape(-1).contiguous()
     h.update(f"{tuple(t.shape)}{t.dtype}".encode())
     raw = flat.view(torch.uint8) if flat.numel() else flat.to(torch.uint8)
     for i in range(0, raw.numel(), chunk):
-        h.update(raw[i:i + chunk].cpu().numpy())
+        h.update(raw[i : i + chunk].cpu().numpy().data)
 
 
 def tensor_digest(*tensors: torch.Tensor, length: int = 16) -> str:
@@ -37,4 +38,4 @@ def json_digest(value: Any) -> str:
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed derived from ``seed`` and labels (task id, phase...), stable across runs and platforms."""
     text = "/".join(str(p) for p in (seed,) + parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2 ** 63 - 1)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)

@@ -28,6 +28,7 @@ next_item, the B users' targets for item); beyond the ``V x C`` table and its de
 moments) it needs ``O(P * (S + 1) + S * C + V)`` floats for S = ``num_sampled``: :func:`head_memory` is the model
 (figures for the paper's 646K-item vocabulary in ``docs/MEMORY.md``).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -39,8 +40,19 @@ import torch.nn.functional as F
 from conure.data.samplers import NegativeSampler, make_sampler
 from conure.nn import gather_last, left_padded
 
-__all__ = ["TaskHead", "NextItemHead", "ItemHead", "ProfileHead", "Pool", "POOLS", "make_head", "head_from_config",
-           "head_memory", "sampled_softmax_loss", "balanced_class_weight"]
+__all__ = [
+    "TaskHead",
+    "NextItemHead",
+    "ItemHead",
+    "ProfileHead",
+    "Pool",
+    "POOLS",
+    "make_head",
+    "head_from_config",
+    "head_memory",
+    "sampled_softmax_loss",
+    "balanced_class_weight",
+]
 
 POOLS = ("last", "mean", "attention")
 
@@ -66,8 +78,9 @@ class Pool(nn.Module):
         if self.mode == "last":
             return gather_last(hidden, items)
         real = (items != 0).to(hidden.device)
-        real = real | ~real.any(dim=1, keepdim=True) & (torch.arange(items.shape[1], device=real.device)
-                                                        == items.shape[1] - 1)   # an empty row reads position L-1
+        real = real | ~real.any(dim=1, keepdim=True) & (
+            torch.arange(items.shape[1], device=real.device) == items.shape[1] - 1
+        )  # an empty row reads position L-1
         if self.mode == "mean":
             w = real.to(hidden.dtype)
             return (hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True)
@@ -84,16 +97,22 @@ def balanced_class_weight(labels: torch.Tensor, num_classes: int, power: float =
     return w.to(torch.float32)
 
 
-def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                         q: torch.Tensor, num_sampled: int, generator: Optional[torch.Generator] = None
-                         ) -> torch.Tensor:
+def sampled_softmax_loss(
+    h: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    q: torch.Tensor,
+    num_sampled: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Sampled softmax of rows ``h [P, C]`` with targets ``y [P]`` over the output table ``weight [V, C]`` (and
     ``bias [V]``): one shared set of ``num_sampled`` negatives drawn from ``q [V]`` (with replacement), logQ
     correction, accidental hits (a negative equal to the row's target) removed."""
     neg = torch.multinomial(q, num_sampled, replacement=True, generator=generator).to(h.device)
     log_q = torch.log((q * num_sampled).clamp_min(1e-12)).to(h.device, h.dtype)
     n, idx = y.shape[0], torch.cat([y, neg])
-    rows = weight[idx]                  # one gather: its backward makes one dense [V, C] gradient, not two
+    rows = weight[idx]  # one gather: its backward makes one dense [V, C] gradient, not two
     pos_logit = (h * rows[:n]).sum(-1)
     neg_logit = h @ rows[n:].T
     if bias is not None:
@@ -117,14 +136,20 @@ class TaskHead(nn.Module):
         """The user vector ``[B, C]`` this head reads from ``hidden [B, L, C]`` (default: the last real position)."""
         return gather_last(hidden, items)
 
-    def user_loss(self, user: torch.Tensor, targets: torch.Tensor,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def user_loss(
+        self, user: torch.Tensor, targets: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """The training loss from pooled user vectors ``[B, C]`` (item and profile heads): ``loss(hidden, items,
         ...)`` is ``user_loss(pool(hidden, items), ...)``, so a head can also be fitted on cached user vectors."""
         raise NotImplementedError(f"{type(self).__name__} reads every position: it has no user-vector loss")
 
-    def loss(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def loss(
+        self,
+        hidden: torch.Tensor,
+        items: torch.Tensor,
+        targets: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
@@ -156,8 +181,9 @@ class _SamplingHead(TaskHead):
         if self._sampler is None or key != self._sampler_key:
             c = self.counts.detach().cpu()
             c = c if bool((c[1:] > 0).any()) else None
-            self._sampler = make_sampler(self.counts.numel(), "uniform" if c is None else "popularity", self.rho,
-                                         self.sampler_mode, counts=c)
+            self._sampler = make_sampler(
+                self.counts.numel(), "uniform" if c is None else "popularity", self.rho, self.sampler_mode, counts=c
+            )
             self._sampler_key = key
         return self._sampler
 
@@ -167,16 +193,23 @@ class NextItemHead(_SamplingHead):
 
     kind = "next_item"
 
-    def __init__(self, channels: int, num_items: int, num_sampled: int = 0, rho: float = 1.0,
-                 sampler_mode: str = "rank") -> None:
+    def __init__(
+        self, channels: int, num_items: int, num_sampled: int = 0, rho: float = 1.0, sampler_mode: str = "rank"
+    ) -> None:
         super().__init__()
         self.channels, self.num_items, self.num_sampled = channels, num_items, int(num_sampled)
         self.out = nn.Linear(channels, num_items)
         self._init_sampling(num_items, rho, sampler_mode)
 
     def config(self):
-        return {"type": "NextItemHead", "channels": self.channels, "num_items": self.num_items,
-                "num_sampled": self.num_sampled, "rho": self.rho, "sampler_mode": self.sampler_mode}
+        return {
+            "type": "NextItemHead",
+            "channels": self.channels,
+            "num_items": self.num_items,
+            "num_sampled": self.num_sampled,
+            "rho": self.rho,
+            "sampler_mode": self.sampler_mode,
+        }
 
     def _masked_logits(self, h: torch.Tensor) -> torch.Tensor:
         # in place: logits are [rows, V] (1 GiB for 256 users x 1M items) and a copy doubled the peak of
@@ -196,8 +229,9 @@ class NextItemHead(_SamplingHead):
             return hidden.sum() * 0.0
         if self.num_sampled <= 0 or self.num_sampled >= self.num_items - 1:
             return F.cross_entropy(self._masked_logits(h), y)
-        return sampled_softmax_loss(h, y, self.out.weight, self.out.bias, self.sampler.probabilities,
-                                    self.num_sampled, generator)
+        return sampled_softmax_loss(
+            h, y, self.out.weight, self.out.bias, self.sampler.probabilities, self.num_sampled, generator
+        )
 
 
 class ItemHead(_SamplingHead):
@@ -205,9 +239,18 @@ class ItemHead(_SamplingHead):
 
     kind = "item"
 
-    def __init__(self, channels: int, num_targets: int, loss: str = "softmax", num_negatives: int = 4,
-                 rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0, pool: str = "last",
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_targets: int,
+        loss: str = "softmax",
+        num_negatives: int = 4,
+        rho: float = 1.0,
+        sampler_mode: str = "rank",
+        num_sampled: int = 0,
+        pool: str = "last",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if loss not in ("bpr", "softmax"):
             raise ValueError(f"ItemHead: loss must be 'bpr' or 'softmax', got {loss!r}")
@@ -216,16 +259,24 @@ class ItemHead(_SamplingHead):
         self.num_negatives, self.num_sampled = int(num_negatives), int(num_sampled)
         self.proj = nn.Linear(channels, channels)
         self.table = nn.Embedding(num_targets, channels, padding_idx=0)
-        nn.init.normal_(self.table.weight, 0.0, channels ** -0.5)
+        nn.init.normal_(self.table.weight, 0.0, channels**-0.5)
         with torch.no_grad():
             self.table.weight[0].zero_()
         self._init_sampling(num_targets, rho, sampler_mode)
 
     def config(self):
-        return {"type": "ItemHead", "channels": self.channels, "num_targets": self.num_targets,
-                "loss": self.loss_name, "num_negatives": self.num_negatives, "rho": self.rho,
-                "sampler_mode": self.sampler_mode, "num_sampled": self.num_sampled, "pool": self.pooling.mode,
-                "dropout": self.drop.p}
+        return {
+            "type": "ItemHead",
+            "channels": self.channels,
+            "num_targets": self.num_targets,
+            "loss": self.loss_name,
+            "num_negatives": self.num_negatives,
+            "rho": self.rho,
+            "sampler_mode": self.sampler_mode,
+            "num_sampled": self.num_sampled,
+            "pool": self.pooling.mode,
+            "dropout": self.drop.p,
+        }
 
     def pool(self, hidden, items):
         return self.pooling(hidden, items)
@@ -245,22 +296,29 @@ class ItemHead(_SamplingHead):
         user = self.drop(user)
         if targets.dim() == 1:
             targets = targets[:, None]
-        valid = targets != 0                                                          # [B, T]
+        valid = targets != 0  # [B, T]
         if not bool(valid.any()):
             return user.sum() * 0.0
-        rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[valid]   # [P]
-        pos = targets[valid]                                                          # [P]
+        rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[valid]  # [P]
+        pos = targets[valid]  # [P]
         if self.loss_name == "softmax" and 0 < self.num_sampled < self.num_targets - 1:
-            return sampled_softmax_loss(self.proj(user)[rows], pos, self.table.weight, None,
-                                        self.sampler.probabilities, self.num_sampled, generator)
+            return sampled_softmax_loss(
+                self.proj(user)[rows],
+                pos,
+                self.table.weight,
+                None,
+                self.sampler.probabilities,
+                self.num_sampled,
+                generator,
+            )
         if self.loss_name == "softmax":
             return F.cross_entropy(self.scores(user)[rows], pos)
-        u = self.proj(user)[rows]                                                     # [P, C]
-        neg = self.sampler.sample(pos.cpu(), self.num_negatives, generator).to(pos.device)   # [P, M], != pos
-        own = (neg[:, :, None] == targets[rows][:, None, :]).any(-1)                  # another target of the user
-        s_pos = (u * self.table(pos)).sum(-1)                                         # [P]
-        s_neg = (u[:, None, :] * self.table(neg)).sum(-1)                             # [P, M]
-        pair = F.softplus(s_neg - s_pos[:, None])                                     # -log sigmoid(pos - neg)
+        u = self.proj(user)[rows]  # [P, C]
+        neg = self.sampler.sample(pos.cpu(), self.num_negatives, generator).to(pos.device)  # [P, M], != pos
+        own = (neg[:, :, None] == targets[rows][:, None, :]).any(-1)  # another target of the user
+        s_pos = (u * self.table(pos)).sum(-1)  # [P]
+        s_neg = (u[:, None, :] * self.table(neg)).sum(-1)  # [P, M]
+        pair = F.softplus(s_neg - s_pos[:, None])  # -log sigmoid(pos - neg)
         keep = (~own).to(pair.dtype)
         return (pair * keep).sum() / keep.sum().clamp_min(1.0)
 
@@ -270,8 +328,9 @@ class ProfileHead(TaskHead):
 
     kind = "profile"
 
-    def __init__(self, channels: int, num_classes: int, pool: str = "last", dropout: float = 0.0,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, channels: int, num_classes: int, pool: str = "last", dropout: float = 0.0, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ValueError(f"ProfileHead: label_smoothing must be in [0, 1), got {label_smoothing!r}")
@@ -283,8 +342,14 @@ class ProfileHead(TaskHead):
         self.register_buffer("class_weight", torch.ones(num_classes), persistent=False)
 
     def config(self):
-        return {"type": "ProfileHead", "channels": self.channels, "num_classes": self.num_classes,
-                "pool": self.pooling.mode, "dropout": self.drop.p, "label_smoothing": self.label_smoothing}
+        return {
+            "type": "ProfileHead",
+            "channels": self.channels,
+            "num_classes": self.num_classes,
+            "pool": self.pooling.mode,
+            "dropout": self.drop.p,
+            "label_smoothing": self.label_smoothing,
+        }
 
     def set_class_weight(self, weight: Optional[torch.Tensor]) -> None:
         """Per-class loss weights ``[K]`` (None: all 1), e.g. :func:`balanced_class_weight` of the train labels."""
@@ -307,25 +372,47 @@ class ProfileHead(TaskHead):
 
     def user_loss(self, user, targets, generator=None):
         logits = self.scores(self.drop(user))
-        return F.cross_entropy(logits, targets, weight=self.class_weight.to(logits.dtype),
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            logits, targets, weight=self.class_weight.to(logits.dtype), label_smoothing=self.label_smoothing
+        )
 
 
 _HEADS = {"NextItemHead": NextItemHead, "ItemHead": ItemHead, "ProfileHead": ProfileHead}
 
 
-def make_head(kind: str, channels: int, num_targets: int, *, item_loss: str = "softmax", num_negatives: int = 4,
-              rho: float = 1.0, sampler_mode: str = "rank", num_sampled: int = 0,
-              counts: Optional[torch.Tensor] = None, pool: str = "last", dropout: float = 0.0,
-              label_smoothing: float = 0.0) -> TaskHead:
+def make_head(
+    kind: str,
+    channels: int,
+    num_targets: int,
+    *,
+    item_loss: str = "softmax",
+    num_negatives: int = 4,
+    rho: float = 1.0,
+    sampler_mode: str = "rank",
+    num_sampled: int = 0,
+    counts: Optional[torch.Tensor] = None,
+    pool: str = "last",
+    dropout: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> TaskHead:
     """The head for a task kind (``"next_item"``, ``"item"``, ``"profile"``); ``counts``: the task's target counts.
     ``pool`` and ``dropout`` apply to item and profile heads (next-item heads read every position)."""
     if kind == "next_item":
-        head: TaskHead = NextItemHead(channels, num_targets, num_sampled=num_sampled, rho=rho,
-                                      sampler_mode=sampler_mode)
+        head: TaskHead = NextItemHead(
+            channels, num_targets, num_sampled=num_sampled, rho=rho, sampler_mode=sampler_mode
+        )
     elif kind == "item":
-        head = ItemHead(channels, num_targets, loss=item_loss, num_negatives=num_negatives, rho=rho,
-                        sampler_mode=sampler_mode, num_sampled=num_sampled, pool=pool, dropout=dropout)
+        head = ItemHead(
+            channels,
+            num_targets,
+            loss=item_loss,
+            num_negatives=num_negatives,
+            rho=rho,
+            sampler_mode=sampler_mode,
+            num_sampled=num_sampled,
+            pool=pool,
+            dropout=dropout,
+        )
     elif kind == "profile":
         head = ProfileHead(channels, num_targets, pool=pool, dropout=dropout, label_smoothing=label_smoothing)
     else:
@@ -343,8 +430,16 @@ def head_from_config(config: Dict[str, object]) -> TaskHead:
     return cls(**cfg)
 
 
-def head_memory(batch: int, length: int, vocab: int, channels: int, num_sampled: int = 0, *,
-                optimizer_states: int = 2, bytes_per: int = 4) -> Dict[str, int]:
+def head_memory(
+    batch: int,
+    length: int,
+    vocab: int,
+    channels: int,
+    num_sampled: int = 0,
+    *,
+    optimizer_states: int = 2,
+    bytes_per: int = 4,
+) -> Dict[str, int]:
     """Estimated bytes of a next-item output layer over ``vocab`` items with ``channels`` channels for a batch of
     ``batch`` users x ``length`` positions (P = batch * length scored positions, an upper bound: padding is skipped).
 
@@ -362,7 +457,13 @@ def head_memory(batch: int, length: int, vocab: int, channels: int, num_sampled:
     else:
         logits = p * v * bytes_per
         activations = 3 * logits
-    out = {"positions": p, "table": table, "grad": table, "optimizer": optimizer_states * table, "logits": logits,
-           "activations": activations}
+    out = {
+        "positions": p,
+        "table": table,
+        "grad": table,
+        "optimizer": optimizer_states * table,
+        "logits": logits,
+        "activations": activations,
+    }
     out["total"] = out["table"] + out["grad"] + out["optimizer"] + activations
     return out

@@ -27,6 +27,7 @@ tasks, ``bacc``, balanced accuracy, for profile tasks: see :func:`conure.metrics
 
 Both are NaN with fewer than two tasks; Conure gives exactly 0 for both.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,12 +51,23 @@ from conure.models import NextItNet, PatchStack, build_module, module_config
 from conure.nn import check_task_id
 from conure.registry import METHODS, Option, register_method
 
-__all__ = ["TrainConfig", "TaskConfig", "autocast", "PRECISIONS", "ContinualLearner", "ConureLearner", "PatchStack", "ResumePoint",
-           "ResumeError", "derive_seed", "check_state_dtypes"]   # derive_seed: conure.hashing's
+__all__ = [
+    "TrainConfig",
+    "TaskConfig",
+    "autocast",
+    "PRECISIONS",
+    "ContinualLearner",
+    "ConureLearner",
+    "PatchStack",
+    "ResumePoint",
+    "ResumeError",
+    "derive_seed",
+    "check_state_dtypes",
+]  # derive_seed: conure.hashing's
 
 
-CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}   # TrainConfig.class_weight -> power of N / (K n_k)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # TrainConfig.precision -> autocast dtype
+CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}  # TrainConfig.class_weight -> power of N / (K n_k)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # TrainConfig.precision -> autocast dtype
 
 
 def autocast(precision: str, device: torch.device):
@@ -68,8 +80,10 @@ def autocast(precision: str, device: torch.device):
     if dtype is None:
         return contextlib.nullcontext()
     if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device (float16 training needs loss scaling and fast float16 "
-                         f"GEMMs, which CPUs lack); the model is on {device}: use bf16 (or fp32) on the CPU")
+        raise ValueError(
+            f"precision fp16 needs a CUDA device (float16 training needs loss scaling and fast float16 "
+            f"GEMMs, which CPUs lack); the model is on {device}: use bf16 (or fp32) on the CPU"
+        )
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -87,9 +101,11 @@ class TrainConfig:
 
     epochs: int = _doc(10, "training epochs (Conure: before pruning)")
     retrain_epochs: int = _doc(5, "Conure: epochs after pruning (skipped when nothing was pruned)")
-    keep_ratio: Optional[Union[float, str]] = _doc(None,
-                        "Conure: share kept per layer (null: the learner's); 'auto': the smallest of keep_candidates "
-                        "whose retrained validation metric is within keep_tolerance of the dense one")
+    keep_ratio: Optional[Union[float, str]] = _doc(
+        None,
+        "Conure: share kept per layer (null: the learner's); 'auto': the smallest of keep_candidates "
+        "whose retrained validation metric is within keep_tolerance of the dense one",
+    )
     keep_candidates: Tuple[float, ...] = _doc((0.1, 0.2, 0.3, 0.5, 0.7), 'keep_ratio "auto": tried smallest first')
     keep_tolerance: float = _doc(0.01, 'keep_ratio "auto": relative loss of validation metric allowed')
     optimizer: str = _doc("adam", '"adam" or "adamw"; a fresh one per phase')
@@ -97,33 +113,45 @@ class TrainConfig:
     weight_decay: float = _doc(0.0, "weight decay (adamw: decoupled)")
     batch_size: int = _doc(64, "users per batch")
     patience: Optional[int] = _doc(None, "early stopping after this many epochs without improvement (None: never)")
-    metric: Optional[str] = _doc(None,
-                        'validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "bacc" (profile: balanced '
-                        "accuracy, which a constant guess cannot win)")
+    metric: Optional[str] = _doc(
+        None,
+        'validation metric; default f"mrr@{eval_ks[0]}" (ranking) or "bacc" (profile: balanced '
+        "accuracy, which a constant guess cannot win)",
+    )
     eval_ks: Tuple[int, ...] = _doc((5, 20), "K of the ranking metrics (mrr@K, hr@K, ndcg@K)")
     eval_batch_size: int = _doc(512, "users per evaluation batch")
     item_loss: str = _doc("softmax", '"item" tasks: "softmax" (full) or "bpr" (popularity-sampled negatives)')
     num_negatives: int = _doc(4, "BPR negatives per positive")
-    rho: float = _doc(1.0,
-                        "popularity sampler: temperature (\"rank\") or exponent (\"power\"); the release's 0.3 (rank) "
-                        "pushed BPR below popularity in our full-ranking tests")
+    rho: float = _doc(
+        1.0,
+        'popularity sampler: temperature ("rank") or exponent ("power"); the release\'s 0.3 (rank) '
+        "pushed BPR below popularity in our full-ranking tests",
+    )
     sampler_mode: str = _doc("rank", "conure.data.samplers.PopularitySampler mode (LambdaFM ranks or power)")
-    num_sampled: int = _doc(0,
-                        '"next_item" and "item" (softmax loss) tasks: sampled-softmax negatives shared by a batch '
-                        "(0 = full softmax); for large vocabularies")
-    pool: str = _doc("last",
-                        '"item"/"profile" heads: how the user vector is read from the backbone output: "last" '
-                        'position (the paper), "mean" over the real positions, or "attention" (learned weights '
-                        "over the positions); see conure.heads.Pool")
+    num_sampled: int = _doc(
+        0,
+        '"next_item" and "item" (softmax loss) tasks: sampled-softmax negatives shared by a batch '
+        "(0 = full softmax); for large vocabularies",
+    )
+    pool: str = _doc(
+        "last",
+        '"item"/"profile" heads: how the user vector is read from the backbone output: "last" '
+        'position (the paper), "mean" over the real positions, or "attention" (learned weights '
+        "over the positions); see conure.heads.Pool",
+    )
     dropout: float = _doc(0.0, '"item"/"profile" heads: dropout on the pooled user vector in training')
-    class_weight: str = _doc("none",
-                        "\"profile\": \"balanced\" weighs class k's loss by N / (K * n_k); \"sqrt\": by its square "
-                        'root (between "none" and "balanced")')
+    class_weight: str = _doc(
+        "none",
+        '"profile": "balanced" weighs class k\'s loss by N / (K * n_k); "sqrt": by its square '
+        'root (between "none" and "balanced")',
+    )
     label_smoothing: float = _doc(0.0, '"profile": cross-entropy label smoothing')
-    head_warmup: int = _doc(0,
-                        '"item"/"profile": epochs fitting the new head alone first (linear probe) on the user '
-                        "vectors of the untouched backbone, computed once (linear probing, then fine-tuning: a random "
-                        "head's gradients no longer scramble the free weights); early-stopped on the validation loss")
+    head_warmup: int = _doc(
+        0,
+        '"item"/"profile": epochs fitting the new head alone first (linear probe) on the user '
+        "vectors of the untouched backbone, computed once (linear probing, then fine-tuning: a random "
+        "head's gradients no longer scramble the free weights); early-stopped on the validation loss",
+    )
     head_lr: Optional[float] = _doc(None, "learning rate of the head warm-up (None: lr)")
     max_grad_norm: Optional[float] = _doc(None, "clip the gradient norm to this (None: no clipping)")
     precision: str = _doc("fp32", 'training: "fp32", "bf16" (autocast, float32 master weights) or "fp16" (CUDA)')
@@ -133,8 +161,11 @@ class TrainConfig:
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"TrainConfig.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.keep_ratio is not None and self.keep_ratio != "auto" and not (
-                isinstance(self.keep_ratio, (int, float)) and 0.0 <= self.keep_ratio <= 1.0):
+        if (
+            self.keep_ratio is not None
+            and self.keep_ratio != "auto"
+            and not (isinstance(self.keep_ratio, (int, float)) and 0.0 <= self.keep_ratio <= 1.0)
+        ):
             raise ValueError(f"TrainConfig.keep_ratio must be in [0, 1] or 'auto', got {self.keep_ratio!r}")
         self.keep_candidates = tuple(sorted(float(r) for r in self.keep_candidates))
         if not self.keep_candidates or any(not 0.0 < r < 1.0 for r in self.keep_candidates):
@@ -146,8 +177,9 @@ class TrainConfig:
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("TrainConfig: dropout and label_smoothing must be in [0, 1)")
         if self.class_weight not in CLASS_WEIGHTS:
-            raise ValueError(f"TrainConfig.class_weight must be one of {tuple(CLASS_WEIGHTS)}, got "
-                             f"{self.class_weight!r}")
+            raise ValueError(
+                f"TrainConfig.class_weight must be one of {tuple(CLASS_WEIGHTS)}, got {self.class_weight!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.head_warmup < 0 or (self.head_lr is not None and not self.head_lr > 0):
@@ -167,7 +199,7 @@ class TrainConfig:
         return d
 
 
-TaskConfig = TrainConfig     # its name before 0.2 (the YAML ``train:`` section is what it holds)
+TaskConfig = TrainConfig  # its name before 0.2 (the YAML ``train:`` section is what it holds)
 
 
 @dataclass
@@ -177,17 +209,17 @@ class ResumePoint:
     :class:`conure.run_callbacks.EpochCheckpoint`)."""
 
     task: int
-    phase: str                              # "train" or "retrain"
-    epoch: int                              # the last completed epoch; training continues with epoch + 1
-    stopped: bool                           # early stopping had ended the phase after that epoch
+    phase: str  # "train" or "retrain"
+    epoch: int  # the last completed epoch; training continues with epoch + 1
+    stopped: bool  # early stopping had ended the phase after that epoch
     best_value: float
     best_epoch: int
-    history: List[Dict[str, object]]        # the learner's history then (earlier phases' records included)
-    model: Dict[str, torch.Tensor]          # learner.store.state_dict()
-    optimizer: Dict[str, object]            # the phase optimizer's state_dict()
-    generator: torch.Tensor                 # the phase generator's state (shuffling, negatives)
-    torch_rng: torch.Tensor                 # torch.get_rng_state()
-    best: List[torch.Tensor]                # the phase's best parameters so far, in the order _fit trains them
+    history: List[Dict[str, object]]  # the learner's history then (earlier phases' records included)
+    model: Dict[str, torch.Tensor]  # learner.store.state_dict()
+    optimizer: Dict[str, object]  # the phase optimizer's state_dict()
+    generator: torch.Tensor  # the phase generator's state (shuffling, negatives)
+    torch_rng: torch.Tensor  # torch.get_rng_state()
+    best: List[torch.Tensor]  # the phase's best parameters so far, in the order _fit trains them
 
 
 class ResumeError(ValueError):
@@ -204,25 +236,27 @@ class ContinualLearner:
     """
 
     method = "base"
-    backend: Optional[PhaseBackend] = None   # local or DDP phases (conure.backends); None: from dist_context
-    dist_context = None   # conure.distributed.DistContext; None: the initialized process group if any; False: never
-    resume_from = None    # a ResumePoint: learning its task continues from there (see _fit); cleared once used
+    backend: Optional[PhaseBackend] = None  # local or DDP phases (conure.backends); None: from dist_context
+    dist_context = None  # conure.distributed.DistContext; None: the initialized process group if any; False: never
+    resume_from = None  # a ResumePoint: learning its task continues from there (see _fit); cleared once used
     # Plain function hooks, called after ``callbacks`` (see conure.callbacks for the states they receive):
-    on_epoch_end = None   # callable(EpochState) after every epoch
-    on_phase_end = None   # callable(PhaseEndState) after every phase (train, retrain), its best parameters restored
+    on_epoch_end = None  # callable(EpochState) after every epoch
+    on_phase_end = None  # callable(PhaseEndState) after every phase (train, retrain), its best parameters restored
 
     def __init__(self, backbone: NextItNet, *, seed: int = 0) -> None:
         if not isinstance(backbone, NextItNet):
-            raise TypeError(f"{type(self).__name__}: backbone must be a conure NextItNet, got {type(backbone).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: backbone must be a conure NextItNet, got {type(backbone).__name__}"
+            )
         self.seed = int(seed)
         self.store = nn.ModuleDict({"backbone": backbone})
-        self.tasks: Dict[int, Dict[str, Any]] = {}    # task id -> name, kind, num_targets, metric, config...
-        self.results: List[List[float]] = []             # row i: primary test metric of tasks 1..i+1 after task i+1
-        self.history: List[Dict[str, Any]] = []          # JSON-able records: epochs, prunes, task ends
+        self.tasks: Dict[int, Dict[str, Any]] = {}  # task id -> name, kind, num_targets, metric, config...
+        self.results: List[List[float]] = []  # row i: primary test metric of tasks 1..i+1 after task i+1
+        self.history: List[Dict[str, Any]] = []  # JSON-able records: epochs, prunes, task ends
         self._data: Dict[int, TaskData] = {}
-        self._current: Dict[str, Any] = {}                # the record of the task being learned
-        self.callbacks: List[Callback] = []              # conure.callbacks.Callback instances, called in order
-        self._epoch_events = True                        # False while keep_ratio "auto" searches (see _AutoKeep)
+        self._current: Dict[str, Any] = {}  # the record of the task being learned
+        self.callbacks: List[Callback] = []  # conure.callbacks.Callback instances, called in order
+        self._epoch_events = True  # False while keep_ratio "auto" searches (see _AutoKeep)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -284,11 +318,12 @@ class ContinualLearner:
     def _known(self, task_id) -> int:
         check_task_id(task_id, f"{type(self).__name__}")
         if task_id not in self.tasks:
-            raise ValueError(f"{type(self).__name__}: task {task_id} has not been learned "
-                             f"(learned: {self.learned_tasks or 'none'})")
+            raise ValueError(
+                f"{type(self).__name__}: task {task_id} has not been learned (learned: {self.learned_tasks or 'none'})"
+            )
         return task_id
 
-    def to(self, device) -> "ContinualLearner":
+    def to(self, device) -> ContinualLearner:
         """Move every stored module (backbones, heads, patches) to ``device``; returns self."""
         self.store.to(device)
         return self
@@ -322,8 +357,10 @@ class ContinualLearner:
         check_task_id(task_id, f"{type(self).__name__}.learn")
         expected = len(self.tasks) + 1
         if task_id != expected:
-            raise ValueError(f"{type(self).__name__}.learn: tasks are learned in order 1, 2, 3, ...; expected task id "
-                             f"{expected}, got {task_id}")
+            raise ValueError(
+                f"{type(self).__name__}.learn: tasks are learned in order 1, 2, 3, ...; expected task id "
+                f"{expected}, got {task_id}"
+            )
         if not isinstance(data, TaskData):
             raise TypeError(f"{type(self).__name__}.learn: task_data must be a conure.data.types.TaskData")
         if data.kind not in TASK_KINDS:
@@ -332,28 +369,50 @@ class ContinualLearner:
             raise ValueError(f"task {data.name!r}: num_items {data.num_items} != backbone's {self.backbone.num_items}")
         want = 2 if data.kind in ("next_item", "item") else 1
         if data.train.targets.dim() != want or data.test.targets.dim() != 1 or data.valid.targets.dim() != 1:
-            raise ValueError(f"task {data.name!r} ({data.kind}): train targets must be {want}-D and valid/test "
-                             f"targets 1-D (see conure.data.types)")
+            raise ValueError(
+                f"task {data.name!r} ({data.kind}): train targets must be {want}-D and valid/test "
+                f"targets 1-D (see conure.data.types)"
+            )
         if config is not None and not isinstance(config, TrainConfig):
-            raise TypeError(f"{type(self).__name__}.learn: config must be a TrainConfig or None, got "
-                            f"{type(config).__name__} (build one with TrainConfig(**options))")
+            raise TypeError(
+                f"{type(self).__name__}.learn: config must be a TrainConfig or None, got "
+                f"{type(config).__name__} (build one with TrainConfig(**options))"
+            )
         cfg = config if config is not None else TrainConfig()
-        autocast(cfg.precision, self.device)                   # fp16 off CUDA: refused before anything changes
+        autocast(cfg.precision, self.device)  # fp16 off CUDA: refused before anything changes
         metric = cfg.metric_for(data.kind)
         self._check_new_task(task_id)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, task_id, "head"))
-            head = make_head(data.kind, self.backbone.channels, data.num_targets, item_loss=cfg.item_loss,
-                             num_negatives=cfg.num_negatives, rho=cfg.rho, sampler_mode=cfg.sampler_mode,
-                             num_sampled=cfg.num_sampled, counts=data.target_counts, pool=cfg.pool,
-                             dropout=cfg.dropout, label_smoothing=cfg.label_smoothing)
+            head = make_head(
+                data.kind,
+                self.backbone.channels,
+                data.num_targets,
+                item_loss=cfg.item_loss,
+                num_negatives=cfg.num_negatives,
+                rho=cfg.rho,
+                sampler_mode=cfg.sampler_mode,
+                num_sampled=cfg.num_sampled,
+                counts=data.target_counts,
+                pool=cfg.pool,
+                dropout=cfg.dropout,
+                label_smoothing=cfg.label_smoothing,
+            )
         if data.kind == "profile" and cfg.class_weight != "none":
-            cast(ProfileHead, head).set_class_weight(balanced_class_weight(data.train.targets, data.num_targets,
-                                                        CLASS_WEIGHTS[cfg.class_weight]))
+            cast(ProfileHead, head).set_class_weight(
+                balanced_class_weight(data.train.targets, data.num_targets, CLASS_WEIGHTS[cfg.class_weight])
+            )
         self.store[f"head_{task_id}"] = head.to(self.device)
         self._data[task_id] = data
-        self._current = {"task": task_id, "name": data.name, "kind": data.kind, "num_targets": data.num_targets,
-                         "metric": metric, "eval_ks": list(cfg.eval_ks), "config": cfg.to_dict()}
+        self._current = {
+            "task": task_id,
+            "name": data.name,
+            "kind": data.kind,
+            "num_targets": data.num_targets,
+            "metric": metric,
+            "eval_ks": list(cfg.eval_ks),
+            "config": cfg.to_dict(),
+        }
         self._prepare(task_id)
         return cfg
 
@@ -364,10 +423,18 @@ class ContinualLearner:
 
     def _phase_inputs(self, task_id: int, cfg: TrainConfig, phase: str, generator: torch.Generator) -> PhaseInputs:
         names = ["backbone"] + [n for n in self.store if n.endswith(f"_{task_id}")]
-        return PhaseInputs(task_id=task_id, phase=phase, batch_size=cfg.batch_size, generator=generator,
-                           train=self._data[task_id].train, encode=self._encode_read,
-                           modules={n: self.store[n] for n in names}, store=self.store, device=self.device,
-                           shuffle_seed=derive_seed(self.seed, task_id, phase, "shuffle"))
+        return PhaseInputs(
+            task_id=task_id,
+            phase=phase,
+            batch_size=cfg.batch_size,
+            generator=generator,
+            train=self._data[task_id].train,
+            encode=self._encode_read,
+            modules={n: self.store[n] for n in names},
+            store=self.store,
+            device=self.device,
+            shuffle_seed=derive_seed(self.seed, task_id, phase, "shuffle"),
+        )
 
     def _emit(self, event: str, *args) -> None:
         if event == "on_epoch_end" and not self._epoch_events:
@@ -417,8 +484,9 @@ class ContinualLearner:
             start = self._valid_metric(task_id) if phase != "train" or warm else math.nan
             best_value, best_epoch, stopped, first = start, 0, False, 1
             best = [p.detach().clone() for p in params]
-        phase_state = PhaseState(task=task_id, phase=phase, epochs=epochs, first_epoch=first,
-                                 num_batches=step.num_batches(), learner=self)
+        phase_state = PhaseState(
+            task=task_id, phase=phase, epochs=epochs, first_epoch=first, num_batches=step.num_batches(), learner=self
+        )
         self._emit("on_phase_start", phase_state)
         self.store.train()
         for epoch in range(first, epochs + 1):
@@ -443,18 +511,39 @@ class ContinualLearner:
                 total, count = total + loss.detach().cpu(), count + 1
                 self._emit("on_train_batch_end", phase_state, batch)
             value = self._valid_metric(task_id)
-            record = {"event": "epoch", "task": task_id, "phase": phase, "epoch": epoch,
-                      "loss": step.mean_loss(total, count), "valid": value, "seconds": time.perf_counter() - start}
+            record = {
+                "event": "epoch",
+                "task": task_id,
+                "phase": phase,
+                "epoch": epoch,
+                "loss": step.mean_loss(total, count),
+                "valid": value,
+                "seconds": time.perf_counter() - start,
+            }
             self.history.append(record)
             if M.improves(info_metric, value, best_value):
                 best_value, best_epoch = value, epoch
                 best = [p.detach().clone() for p in params]
             elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
                 stopped = True
-            self._emit("on_epoch_end", EpochState(
-                task=task_id, phase=phase, epoch=epoch, epochs=epochs, stopped=stopped, best_value=best_value,
-                best_epoch=best_epoch, record=record, learner=self, optimizer=opt, generator=gen, best=best,
-                params=params))
+            self._emit(
+                "on_epoch_end",
+                EpochState(
+                    task=task_id,
+                    phase=phase,
+                    epoch=epoch,
+                    epochs=epochs,
+                    stopped=stopped,
+                    best_value=best_value,
+                    best_epoch=best_epoch,
+                    record=record,
+                    learner=self,
+                    optimizer=opt,
+                    generator=gen,
+                    best=best,
+                    params=params,
+                ),
+            )
         with torch.no_grad():
             for p, b in zip(params, best):
                 p.copy_(b)
@@ -462,13 +551,22 @@ class ContinualLearner:
         for p in params:
             p.requires_grad_(False)
         self._phase_end(task_id)
-        self.history.append({"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch,
-                             "best_valid": best_value})
+        self.history.append(
+            {"event": "phase", "task": task_id, "phase": phase, "best_epoch": best_epoch, "best_valid": best_value}
+        )
         # e.g. Conure's task metrics before pruning (phase "train"); evaluation is read-only: no RNG, no change.
         info = self._current
-        self._emit("on_phase_end", PhaseEndState(
-            task=task_id, phase=phase, best_epoch=best_epoch, best_valid=best_value, learner=self,
-            evaluate=lambda split="test": dict(self._evaluate(task_id, getattr(self._data[task_id], split), info))))
+        self._emit(
+            "on_phase_end",
+            PhaseEndState(
+                task=task_id,
+                phase=phase,
+                best_epoch=best_epoch,
+                best_valid=best_value,
+                learner=self,
+                evaluate=lambda split="test": dict(self._evaluate(task_id, getattr(self._data[task_id], split), info)),
+            ),
+        )
         return {"best_epoch": best_epoch, "best_valid": best_value}
 
     def _warm_head(self, task_id: int, cfg: TrainConfig) -> None:
@@ -481,9 +579,12 @@ class ContinualLearner:
         with torch.no_grad():
             was_training = self.store.training
             self.store.eval()
-            feats = {name: torch.cat([self._user_vectors(task_id, b.inputs) for b in
-                                      getattr(data, name).batches(cfg.eval_batch_size)])
-                     for name in ("train", "valid")}
+            feats = {
+                name: torch.cat(
+                    [self._user_vectors(task_id, b.inputs) for b in getattr(data, name).batches(cfg.eval_batch_size)]
+                )
+                for name in ("train", "valid")
+            }
             self.store.train(was_training)
         params = [p for p in head.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -494,19 +595,24 @@ class ContinualLearner:
 
         def valid_loss() -> float:
             head.eval()
-            with torch.no_grad():   # the same negatives every epoch (item heads that sample): a fixed generator
-                value = float(head.user_loss(feats["valid"], valid_targets,
-                                             torch.Generator().manual_seed(derive_seed(self.seed, task_id, "valid"))))
+            with torch.no_grad():  # the same negatives every epoch (item heads that sample): a fixed generator
+                value = float(
+                    head.user_loss(
+                        feats["valid"],
+                        valid_targets,
+                        torch.Generator().manual_seed(derive_seed(self.seed, task_id, "valid")),
+                    )
+                )
             head.train()
             return value
 
-        best_loss, best_epoch = math.inf, 0         # the random head is no candidate (see _fit)
+        best_loss, best_epoch = math.inf, 0  # the random head is no candidate (see _fit)
         best = [p.detach().clone() for p in params]
         head.train()
         for epoch in range(1, cfg.head_warmup + 1):
             order = torch.randperm(len(train), generator=gen)
             for start in range(0, len(train), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
+                idx = order[start : start + cfg.batch_size]
                 loss = head.user_loss(feats["train"][idx.to(self.device)], train.targets[idx].to(self.device), gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -520,11 +626,20 @@ class ContinualLearner:
         with torch.no_grad():
             for p, b in zip(params, best):
                 p.copy_(b)
-        self.history.append({"event": "head_warmup", "task": task_id, "epochs": epoch, "best_epoch": best_epoch,
-                             "best_valid_loss": best_loss, "best_valid": self._valid_metric(task_id)})
+        self.history.append(
+            {
+                "event": "head_warmup",
+                "task": task_id,
+                "epochs": epoch,
+                "best_epoch": best_epoch,
+                "best_valid_loss": best_loss,
+                "best_valid": self._valid_metric(task_id),
+            }
+        )
 
-    def _resume(self, point: ResumePoint, params: List[nn.Parameter], opt: torch.optim.Optimizer,
-                gen: torch.Generator) -> List[torch.Tensor]:
+    def _resume(
+        self, point: ResumePoint, params: List[nn.Parameter], opt: torch.optim.Optimizer, gen: torch.Generator
+    ) -> List[torch.Tensor]:
         """Put the phase back as it was after ``point.epoch`` (weights and owner maps, history, optimizer, random
         streams) and clear :attr:`resume_from`; returns the phase's best parameters so far."""
         where = f"cannot resume task {point.task} {point.phase}"
@@ -534,8 +649,9 @@ class ContinualLearner:
             self.store.load_state_dict(point.model, strict=True)
             opt.load_state_dict(point.optimizer)
         except (RuntimeError, ValueError, KeyError) as e:
-            raise ResumeError(f"{where}: the saved state does not fit the model ({str(e).splitlines()[0][:200]})"
-                              ) from None
+            raise ResumeError(
+                f"{where}: the saved state does not fit the model ({str(e).splitlines()[0][:200]})"
+            ) from None
         self.history = [dict(r) for r in point.history]
         gen.set_state(point.generator)
         torch.set_rng_state(point.torch_rng)
@@ -545,11 +661,19 @@ class ContinualLearner:
     def _ended_phase(self, point: ResumePoint, phase: str) -> Dict[str, object]:
         """Resuming in a later phase of ``point.task``: this phase had ended; its weights come back with the later
         phase's state, its result from the saved history."""
-        record = next((r for r in point.history if r.get("event") == "phase" and r.get("task") == point.task
-                       and r.get("phase") == phase), None)
+        record = next(
+            (
+                r
+                for r in point.history
+                if r.get("event") == "phase" and r.get("task") == point.task and r.get("phase") == phase
+            ),
+            None,
+        )
         if record is None:
-            raise ResumeError(f"cannot resume task {point.task}: the saved state is in phase {point.phase!r} but has "
-                              f"no record of phase {phase!r}")
+            raise ResumeError(
+                f"cannot resume task {point.task}: the saved state is in phase {point.phase!r} but has "
+                f"no record of phase {phase!r}"
+            )
         for p in self.store.parameters():
             p.requires_grad_(False)
         return {"best_epoch": record["best_epoch"], "best_valid": record["best_valid"]}
@@ -575,9 +699,15 @@ class ContinualLearner:
             else:
                 row.append(math.nan)
         self.results.append(row)
-        summary = {"event": "task", "task": task_id, "name": self.tasks[task_id]["name"],
-                   "metric": self.tasks[task_id]["metric"], "row": row,
-                   "valid": self._valid_metric(task_id), "params_stored": self.params_stored()}
+        summary = {
+            "event": "task",
+            "task": task_id,
+            "name": self.tasks[task_id]["name"],
+            "metric": self.tasks[task_id]["metric"],
+            "row": row,
+            "valid": self._valid_metric(task_id),
+            "params_stored": self.params_stored(),
+        }
         self.history.append(summary)
         self._emit("on_task_end", TaskEndState(task=task_id, summary=summary, learner=self))
         return summary
@@ -591,8 +721,10 @@ class ContinualLearner:
 
     def _user_vectors(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
         if not isinstance(items, torch.Tensor) or items.dtype != torch.int64:
-            raise ValueError(f"items must be an int64 tensor [B, L] of item ids, got {type(items).__name__}"
-                             f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
+            raise ValueError(
+                f"items must be an int64 tensor [B, L] of item ids, got {type(items).__name__}"
+                f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}"
+            )
         hidden, window = self._encode_read(task_id, items.to(self.device))
         return self._head(task_id).pool(hidden, window)
 
@@ -601,16 +733,24 @@ class ContinualLearner:
         positions it needs (``head.reads``: all, or only the last one) and those positions' items ``[B, n]``."""
         n = self._head(task_id).reads(items)
         hidden = self._encode(task_id, items, n)
-        return hidden, items if n is None else items[:, items.shape[1] - n:]
+        return hidden, items if n is None else items[:, items.shape[1] - n :]
 
     @torch.no_grad()
     def predict(self, task_id: int, items: torch.Tensor) -> torch.Tensor:
         """Task ``task_id``'s scores ``[B, num_targets]`` (ranking scores with column 0 = -inf, or class logits)."""
         return self.head(task_id).scores(self.user_vectors(task_id, items))
 
-    def evaluate(self, task_id: int, split: Union[str, Split] = "test", *, data: Optional[TaskData] = None,
-                 ks: Optional[Sequence[int]] = None, protocol: str = "full", num_negatives: int = 99,
-                 seed: int = 0) -> Dict[str, float]:
+    def evaluate(
+        self,
+        task_id: int,
+        split: Union[str, Split] = "test",
+        *,
+        data: Optional[TaskData] = None,
+        ks: Optional[Sequence[int]] = None,
+        protocol: str = "full",
+        num_negatives: int = 99,
+        seed: int = 0,
+    ) -> Dict[str, float]:
         """Metrics of a learned task on a split (``"train"``, ``"valid"``, ``"test"`` or a :class:`Split`).
 
         Ranking tasks: ``mrr@K``, ``hr@K``, ``ndcg@K`` for K in ``ks`` (default: the task's ``eval_ks``), full ranking
@@ -638,8 +778,15 @@ class ContinualLearner:
         return self._evaluate(task_id, s, info, protocol, num_negatives, seed)
 
     @torch.no_grad()
-    def _evaluate(self, task_id: int, split: Split, info: Dict[str, Any], protocol: str = "full",
-                  num_negatives: int = 99, seed: int = 0) -> Dict[str, float]:
+    def _evaluate(
+        self,
+        task_id: int,
+        split: Split,
+        info: Dict[str, Any],
+        protocol: str = "full",
+        num_negatives: int = 99,
+        seed: int = 0,
+    ) -> Dict[str, float]:
         was_training = self.store.training
         self.store.eval()
         head = self._head(task_id)
@@ -674,7 +821,7 @@ class ContinualLearner:
         n = len(self.results)
         out = torch.full((n, n), math.nan, dtype=torch.float64)
         for i, row in enumerate(self.results):
-            out[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
         return out
 
     def forgetting(self) -> float:
@@ -683,7 +830,7 @@ class ContinualLearner:
         n = r.shape[0]
         if n < 2:
             return math.nan
-        return float(torch.stack([r[j:n - 1, j].max() - r[n - 1, j] for j in range(n - 1)]).mean())
+        return float(torch.stack([r[j : n - 1, j].max() - r[n - 1, j] for j in range(n - 1)]).mean())
 
     def backward_transfer(self) -> float:
         """Backward transfer (Lopez-Paz & Ranzato 2017): mean of R[T-1, j] - R[j, j] over j < T-1; NaN if T < 2."""
@@ -719,15 +866,20 @@ class ContinualLearner:
 
     def state_meta(self) -> Dict[str, object]:
         """Everything else, JSON-able: method, options, module configs, task metadata, results, history."""
-        return {"format": "conure.learner", "version": 1, "method": self.method, "seed": self.seed,
-                "options": self._options(),
-                "modules": {name: module_config(m) for name, m in self.store.items()},
-                "tasks": [dict(self.tasks[t], task=t) for t in self.learned_tasks],
-                "results": [list(r) for r in self.results],
-                "history": copy.deepcopy(self.history)}
+        return {
+            "format": "conure.learner",
+            "version": 1,
+            "method": self.method,
+            "seed": self.seed,
+            "options": self._options(),
+            "modules": {name: module_config(m) for name, m in self.store.items()},
+            "tasks": [dict(self.tasks[t], task=t) for t in self.learned_tasks],
+            "results": [list(r) for r in self.results],
+            "history": copy.deepcopy(self.history),
+        }
 
     @classmethod
-    def from_state(cls, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> "ContinualLearner":
+    def from_state(cls, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> ContinualLearner:
         """Rebuild a learner saved with :meth:`state_tensors` and :meth:`state_meta` (task data not included:
         use :meth:`attach_data` to evaluate by split name)."""
         if meta.get("format") != "conure.learner":
@@ -751,8 +903,10 @@ class ContinualLearner:
         learner.store.load_state_dict(tensors, strict=True)
         for name, owner in learner.store.state_dict().items():
             if name.endswith(".owner") and owner.numel() and int(owner.max()) > len(ids):
-                raise ValueError(f"from_state: the owner map {name} holds task id {int(owner.max())}, but the state "
-                                 f"has learned tasks {ids or 'none'} only")
+                raise ValueError(
+                    f"from_state: the owner map {name} holds task id {int(owner.max())}, but the state "
+                    f"has learned tasks {ids or 'none'} only"
+                )
         for p in learner.store.parameters():
             p.requires_grad_(False)
         learner.tasks = {int(t["task"]): {k: v for k, v in t.items() if k != "task"} for t in meta["tasks"]}
@@ -806,12 +960,16 @@ class ConureLearner(ContinualLearner):
     """
 
     method = "conure"
-    options = {"keep_ratios": Option([0.3], "share of a task's weights kept after pruning, per task (last entry "
-                                            "repeats; 'auto': searched, see train.keep_candidates)",
-                                     lambda v: _keep_ratios(v))}
+    options = {
+        "keep_ratios": Option(
+            [0.3],
+            "share of a task's weights kept after pruning, per task (last entry "
+            "repeats; 'auto': searched, see train.keep_candidates)",
+            lambda v: _keep_ratios(v),
+        )
+    }
 
-    def __init__(self, backbone: NextItNet, *, keep_ratios: Union[float, Sequence[float]] = 0.3,
-                 seed: int = 0) -> None:
+    def __init__(self, backbone: NextItNet, *, keep_ratios: Union[float, Sequence[float]] = 0.3, seed: int = 0) -> None:
         super().__init__(backbone, seed=seed)
         try:
             self.keep_ratios = _keep_ratios(keep_ratios)
@@ -819,32 +977,32 @@ class ConureLearner(ContinualLearner):
             raise ValueError(f"ConureLearner: keep_ratios {e}") from None
         # during a phase: (weight, not-owned-by-the-task mask, values at phase start)
         self._snapshots: Optional[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
-        self._auto: Optional[_AutoKeep] = None     # keep_ratio "auto": the search state of the task being pruned
-        self.frozen_digests: Dict[int, str] = {}   # task -> task_digest() when it was frozen, checked every phase
+        self._auto: Optional[_AutoKeep] = None  # keep_ratio "auto": the search state of the task being pruned
+        self.frozen_digests: Dict[int, str] = {}  # task -> task_digest() when it was frozen, checked every phase
 
     def learn(self, task_data: TaskData, task_id: int, config: Optional[TrainConfig] = None) -> Dict[str, object]:
         """Learn a task: claim the free weights -> train -> prune -> retrain -> freeze (then evaluate all tasks)."""
-        cfg = self._begin(task_data, task_id, config)          # checks (ids, data, free capacity), head; or raises
+        cfg = self._begin(task_data, task_id, config)  # checks (ids, data, free capacity), head; or raises
         with self._undo_on_error(task_id):
-            claimed = self.backbone.claim_free_(task_id)       # every free conv weight now belongs to task_id
-            self._fit(task_id, cfg.epochs, cfg, "train")       # tasks 1..task_id-1 used but frozen
+            claimed = self.backbone.claim_free_(task_id)  # every free conv weight now belongs to task_id
+            self._fit(task_id, cfg.epochs, cfg, "train")  # tasks 1..task_id-1 used but frozen
             self._verify_frozen(f"task {task_id}: after training")
             ratio = self.keep_ratio(task_id, cfg)
-            for keep in (cfg.keep_candidates if ratio == "auto" else (ratio,)):
+            for keep in cfg.keep_candidates if ratio == "auto" else (ratio,):
                 trial = self._auto_keep_trial(task_id) if ratio == "auto" else None
-                kept = self.backbone.prune_(task_id, float(keep))      # the rest is free again
+                kept = self.backbone.prune_(task_id, float(keep))  # the rest is free again
                 self.history.append({"event": "prune", "task": task_id, "claimed": claimed, "kept": kept})
-                self._verify_replicas(f"task {task_id}: after pruning")   # DDP: same owner maps on every rank
+                self._verify_replicas(f"task {task_id}: after pruning")  # DDP: same owner maps on every rank
                 if sum(kept.values()) < sum(claimed.values()):
-                    self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")   # forward no longer uses pruned weights
+                    self._fit(task_id, cfg.retrain_epochs, cfg, "retrain")  # forward no longer uses pruned weights
                     self._verify_frozen(f"task {task_id}: after retraining")
                 if trial is not None and trial.accept(float(keep), cfg):
                     break
-        summary = self._end(task_id)                           # freeze; a row of the accuracy matrix
+        summary = self._end(task_id)  # freeze; a row of the accuracy matrix
         self.frozen_digests[task_id] = self.task_digest(task_id)
         return summary
 
-    def _auto_keep_trial(self, task_id: int) -> "_AutoKeep":
+    def _auto_keep_trial(self, task_id: int) -> _AutoKeep:
         """``keep_ratio: auto``: one candidate of the search (see :class:`_AutoKeep`)."""
         if self._auto is None or self._auto.task != task_id:
             self._auto = _AutoKeep(self, task_id)
@@ -868,8 +1026,10 @@ class ConureLearner(ContinualLearner):
         """Raise :class:`FrozenWeightsError` if a finished task's weights changed (the no-forgetting guarantee)."""
         for t, expected in self.frozen_digests.items():
             if self.task_digest(t) != expected:
-                raise FrozenWeightsError(f"{where}: the frozen weights of task {t} changed; its outputs would no "
-                                         f"longer be those it was evaluated with")
+                raise FrozenWeightsError(
+                    f"{where}: the frozen weights of task {t} changed; its outputs would no "
+                    f"longer be those it was evaluated with"
+                )
 
     def keep_ratio(self, task_id: int, cfg: Optional[TrainConfig] = None) -> Union[float, str]:
         """The keep ratio of ``task_id``: ``cfg.keep_ratio`` if set, else the learner's (a float or ``"auto"``)."""
@@ -887,23 +1047,24 @@ class ConureLearner(ContinualLearner):
         return self.backbone(items, task_id, out_len=out_len)
 
     def _trainable(self, task_id):
-        params = list(self.backbone.conv_weights())       # only entries owned by task_id move (op + restore)
+        params = list(self.backbone.conv_weights())  # only entries owned by task_id move (op + restore)
         if task_id == 1:
-            params += list(self.backbone.shared_parameters())   # embedding, LayerNorms: task 1 only
+            params += list(self.backbone.shared_parameters())  # embedding, LayerNorms: task 1 only
         return params
 
     def _phase_start(self, task_id):
-        self._snapshots = [(m.weight, m.owner != task_id, m.weight.detach().clone())
-                           for _, m in self.backbone.conv_layers()]
+        self._snapshots = [
+            (m.weight, m.owner != task_id, m.weight.detach().clone()) for _, m in self.backbone.conv_layers()
+        ]
 
     def _phase_end(self, task_id):
         self._snapshots = None
 
     def _abort(self, task_id):
-        if self._auto is not None:                    # interrupted in a keep_ratio "auto" search
+        if self._auto is not None:  # interrupted in a keep_ratio "auto" search
             self._epoch_events, self._auto = True, None
         if self._snapshots is not None:
-            self._after_step(task_id)                 # interrupted between a step and its restore
+            self._after_step(task_id)  # interrupted between a step and its restore
         for _, m in self.backbone.conv_layers():
             m.owner.masked_fill_(m.owner == task_id, 0)
         super()._abort(task_id)
@@ -940,7 +1101,7 @@ class _AutoKeep:
     seeds; callbacks see no epoch of it), and every candidate is recorded in the history
     (``{"event": "auto_keep", ...}``)."""
 
-    def __init__(self, learner: "ConureLearner", task_id: int) -> None:
+    def __init__(self, learner: ConureLearner, task_id: int) -> None:
         self.learner, self.task = learner, task_id
         store = learner.store
         self.state = {k: v.detach().clone() for k, v in store.state_dict().items()}
@@ -957,8 +1118,16 @@ class _AutoKeep:
         slack = cfg.keep_tolerance * abs(self.dense)
         ok = value <= self.dense + slack if self.metric in M.LOWER_IS_BETTER else value >= self.dense - slack
         last = keep >= cfg.keep_candidates[-1]
-        learner.history.append({"event": "auto_keep", "task": self.task, "keep_ratio": keep, "valid": value,
-                                "dense_valid": self.dense, "accepted": ok or last})
+        learner.history.append(
+            {
+                "event": "auto_keep",
+                "task": self.task,
+                "keep_ratio": keep,
+                "valid": value,
+                "dense_valid": self.dense,
+                "accepted": ok or last,
+            }
+        )
         if ok or last:
             learner._epoch_events, learner._auto = True, None
         return ok or last

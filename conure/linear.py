@@ -37,6 +37,7 @@ eigendecomposition costs about twenty Cholesky factorisations (measured with one
 when threads compete for cores), so ``"auto"`` (default) takes the eigendecomposition only for grids of more than
 20 values.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,15 @@ import torch
 from conure import metrics as M
 from conure.data.types import TaskData
 
-__all__ = ["DEFAULT_L2", "DEFAULT_RIDGE_L2", "DEFAULT_MAX_FEATURES", "DEFAULT_MAX_DIM", "bag_of_items",
-           "ridge_scores", "linear_baseline"]
+__all__ = [
+    "DEFAULT_L2",
+    "DEFAULT_RIDGE_L2",
+    "DEFAULT_MAX_FEATURES",
+    "DEFAULT_MAX_DIM",
+    "bag_of_items",
+    "ridge_scores",
+    "linear_baseline",
+]
 
 # Logistic regression: mean cross-entropy + l2 ||W||^2 / 2; strong -> weak (warm starts go that way).
 DEFAULT_L2: Tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
@@ -59,14 +67,14 @@ DEFAULT_L2: Tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5,
 DEFAULT_RIDGE_L2: Tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3)
 DEFAULT_MAX_FEATURES = 20_000
 DEFAULT_MAX_DIM = 10_000
-_EIGH_GRID = 20                     # "auto": eigendecomposition only for grids longer than this
-_MAX_ITER = 200                     # L-BFGS iterations per l2
-_SCORE_ENTRIES = 1 << 24            # ridge scoring: rows per batch such that a batch's scores hold ~16M entries
+_EIGH_GRID = 20  # "auto": eigendecomposition only for grids longer than this
+_MAX_ITER = 200  # L-BFGS iterations per l2
+_SCORE_ENTRIES = 1 << 24  # ridge scoring: rows per batch such that a batch's scores hold ~16M entries
 
 
 # ------------------------------------------------------------------------------------------------ features
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    with warnings.catch_warnings():         # torch calls sparse CSR "beta": the operations used here are not new
+    with warnings.catch_warnings():  # torch calls sparse CSR "beta": the operations used here are not new
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
@@ -88,12 +96,13 @@ def _multi_hot_coords(x: torch.Tensor, num_features: int) -> Tuple[torch.Tensor,
     n, width = x.shape
     keep = (x > 0) & (x < num_features)
     rows = torch.arange(n, dtype=torch.int64)[:, None].expand(n, width)[keep]
-    key = torch.unique(rows * num_features + x[keep])          # sorted: row-major order, duplicates once
+    key = torch.unique(rows * num_features + x[keep])  # sorted: row-major order, duplicates once
     return key // num_features, key % num_features
 
 
-def _csr_from_coords(rows: torch.Tensor, cols: torch.Tensor, shape: Tuple[int, int],
-                     dtype: torch.dtype) -> torch.Tensor:
+def _csr_from_coords(
+    rows: torch.Tensor, cols: torch.Tensor, shape: Tuple[int, int], dtype: torch.dtype
+) -> torch.Tensor:
     crow = torch.zeros(shape[0] + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
     return _csr(crow, cols, torch.ones(cols.numel(), dtype=dtype), shape)
@@ -120,7 +129,7 @@ def _with_bias(x: torch.Tensor, num_features: int) -> torch.Tensor:
     rows, cols = _multi_hot_coords(x, num_features)
     n = x.shape[0]
     key = torch.cat([rows * num_features + cols, torch.arange(n, dtype=torch.int64) * num_features])
-    key = torch.sort(key).values                               # the intercept sorts first in its row
+    key = torch.sort(key).values  # the intercept sorts first in its row
     return _csr_from_coords(key // num_features, key % num_features, (n, num_features), torch.float64)
 
 
@@ -129,7 +138,7 @@ def _dense_rows(a: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     crow, col, val = a.crow_indices(), a.col_indices(), a.values()
     lo, hi = int(crow[start]), int(crow[stop])
     out = torch.zeros(stop - start, a.shape[1], dtype=val.dtype)
-    local = torch.repeat_interleave(torch.arange(stop - start), crow[start + 1:stop + 1] - crow[start:stop])
+    local = torch.repeat_interleave(torch.arange(stop - start), crow[start + 1 : stop + 1] - crow[start:stop])
     out[local, col[lo:hi]] = val[lo:hi]
     return out
 
@@ -165,8 +174,9 @@ class _Ridge:
     (None: when ``F <= N``), else ``X X^T [N, N]``.
     """
 
-    def __init__(self, x: torch.Tensor, y_t: torch.Tensor, lambdas: Sequence[float], primal: Optional[bool],
-                 solver: str) -> None:
+    def __init__(
+        self, x: torch.Tensor, y_t: torch.Tensor, lambdas: Sequence[float], primal: Optional[bool], solver: str
+    ) -> None:
         n, f = x.shape
         self.x, self.y_t, self.lambdas = x, y_t, [float(v) for v in lambdas]
         self.primal = f <= n if primal is None else primal
@@ -174,7 +184,7 @@ class _Ridge:
         self.eigh = solver == "eigh" or (solver == "auto" and len(self.lambdas) > _EIGH_GRID)
         if self.eigh:
             s, self.q = torch.linalg.eigh(self.gram)
-            self.s = s.clamp_min(0.0)           # the Gram is PSD; rounding can leave tiny negative eigenvalues
+            self.s = s.clamp_min(0.0)  # the Gram is PSD; rounding can leave tiny negative eigenvalues
 
     def _factor(self, k: int) -> torch.Tensor:
         a = self.gram.clone()
@@ -182,15 +192,16 @@ class _Ridge:
         return torch.linalg.cholesky(a)
 
     def _rhs(self, x_new: torch.Tensor, s: int, e: int) -> torch.Tensor:
-        d = _dense_rows(x_new, s, e).T                         # X'^T [F, b]
-        return d if self.primal else self.x @ d                # dual: X X'^T [N, b]
+        d = _dense_rows(x_new, s, e).T  # X'^T [F, b]
+        return d if self.primal else self.x @ d  # dual: X X'^T [N, b]
 
     def _scores(self, sol: torch.Tensor) -> torch.Tensor:
-        r = self.x @ sol if self.primal else sol               # [N, b]: X S (primal) or S (dual)
-        return (self.y_t @ r).T                                # (Y^T R)^T = R^T Y [b, V]
+        r = self.x @ sol if self.primal else sol  # [N, b]: X S (primal) or S (dual)
+        return (self.y_t @ r).T  # (Y^T R)^T = R^T Y [b, V]
 
-    def scores(self, x_new: torch.Tensor, ks: Optional[Sequence[int]] = None,
-               batch_size: Optional[int] = None) -> Iterator[Tuple[int, int, int, torch.Tensor]]:
+    def scores(
+        self, x_new: torch.Tensor, ks: Optional[Sequence[int]] = None, batch_size: Optional[int] = None
+    ) -> Iterator[Tuple[int, int, int, torch.Tensor]]:
         """Scores ``X' W`` of the rows of ``x_new [n, F]`` (sparse CSR float64) for the lambdas at indices ``ks``
         (default all), yielded as ``(k, start, stop, scores [stop - start, V] float64)``, a batch of rows at a time
         (``W [F, V]`` is never formed)."""
@@ -198,13 +209,13 @@ class _Ridge:
         rows = x_new.shape[0]
         width = max(self.y_t.shape[0], self.gram.shape[0], 1)
         b = batch_size or max(1, min(rows, _SCORE_ENTRIES // width))
-        if self.eigh:                                          # one Q^T B per batch serves every lambda
+        if self.eigh:  # one Q^T B per batch serves every lambda
             for s in range(0, rows, b):
                 e = min(rows, s + b)
                 qtb = self.q.T @ self._rhs(x_new, s, e)
                 for k in ks:
                     yield k, s, e, self._scores(self.q @ (qtb / (self.s + self.lambdas[k])[:, None]))
-        else:                                                  # one factorisation per lambda
+        else:  # one factorisation per lambda
             for k in ks:
                 factor = self._factor(k)
                 for s in range(0, rows, b):
@@ -212,8 +223,15 @@ class _Ridge:
                     yield k, s, e, self._scores(torch.cholesky_solve(self._rhs(x_new, s, e), factor))
 
 
-def ridge_scores(x: torch.Tensor, y: torch.Tensor, x_new: torch.Tensor, lambdas: Sequence[float], *,
-                 primal: Optional[bool] = None, solver: str = "auto") -> torch.Tensor:
+def ridge_scores(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_new: torch.Tensor,
+    lambdas: Sequence[float],
+    *,
+    primal: Optional[bool] = None,
+    solver: str = "auto",
+) -> torch.Tensor:
     """Ridge regression scores, for tests and small problems: ``X' (X^T X + lam I)^-1 X^T Y`` for each ``lam``.
 
     ``x [N, F]``, ``y [N, V]``, ``x_new [n, F]``: dense or sparse (any layout) float tensors; ``lambdas``: raw
@@ -221,6 +239,7 @@ def ridge_scores(x: torch.Tensor, y: torch.Tensor, x_new: torch.Tensor, lambdas:
     (False), or whichever is smaller (None); ``solver``: "cholesky", "eigh" or "auto". Returns float64 ``[len(lambdas),
     n, V]``, computed the way :func:`linear_baseline` scores users (in batches, never forming ``W``).
     """
+
     def csr(a: torch.Tensor) -> torch.Tensor:
         a = a.to_dense() if a.layout != torch.strided else a
         return a.to(torch.float64).to_sparse_csr()
@@ -228,10 +247,12 @@ def ridge_scores(x: torch.Tensor, y: torch.Tensor, x_new: torch.Tensor, lambdas:
     if solver not in ("auto", "cholesky", "eigh"):
         raise ValueError(f"ridge_scores: solver must be 'auto', 'cholesky' or 'eigh', got {solver!r}")
     if x.dim() != 2 or y.dim() != 2 or x_new.dim() != 2 or x.shape[0] != y.shape[0] or x_new.shape[1] != x.shape[1]:
-        raise ValueError(f"ridge_scores: need x [N, F], y [N, V], x_new [n, F], got {tuple(x.shape)}, "
-                         f"{tuple(y.shape)}, {tuple(x_new.shape)}")
+        raise ValueError(
+            f"ridge_scores: need x [N, F], y [N, V], x_new [n, F], got {tuple(x.shape)}, "
+            f"{tuple(y.shape)}, {tuple(x_new.shape)}"
+        )
     out = torch.empty(len(lambdas), x_new.shape[0], y.shape[1], dtype=torch.float64)
-    with warnings.catch_warnings():                            # sparse CSR "beta" notes from torch
+    with warnings.catch_warnings():  # sparse CSR "beta" notes from torch
         warnings.simplefilter("ignore", UserWarning)
         y_t = csr((y.to_dense() if y.layout != torch.strided else y).T)
         for k, s, e, sc in _Ridge(csr(x), y_t, lambdas, primal, solver).scores(csr(x_new)):
@@ -245,18 +266,23 @@ def _check_split(task: TaskData, name: str, need_rows: bool) -> None:
     inputs, targets = split.inputs, split.targets
     where = f"linear baseline, task {task.name!r}, {name} split"
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
-        raise ValueError(f"{where}: inputs must be [N, L], got "
-                         f"{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}")
+        raise ValueError(
+            f"{where}: inputs must be [N, L], got "
+            f"{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}"
+        )
     n = inputs.shape[0]
     if need_rows and n == 0:
         raise ValueError(f"{where}: no users (the linear model needs {name} users)")
     if not isinstance(targets, torch.Tensor) or targets.shape[:1] != (n,):
-        raise ValueError(f"{where}: targets must have one row per user ({n}), got "
-                         f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
+        raise ValueError(
+            f"{where}: targets must have one row per user ({n}), got "
+            f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}"
+        )
     want = 1 if (task.kind == "profile" or name != "train") else 2
     if targets.dim() != want:
-        raise ValueError(f"{where}: {task.kind} targets must be {'[N]' if want == 1 else '[N, T]'}, got "
-                         f"{tuple(targets.shape)}")
+        raise ValueError(
+            f"{where}: {task.kind} targets must be {'[N]' if want == 1 else '[N, T]'}, got {tuple(targets.shape)}"
+        )
     if targets.is_floating_point():
         raise ValueError(f"{where}: targets must be integer ids, got {targets.dtype}")
     if targets.numel():
@@ -283,8 +309,7 @@ def _grid(values: Optional[Sequence[float]], default: Sequence[float], what: str
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _logistic(task: TaskData, metric: str, f: int, grid: List[float], max_iter: int,
-              test: bool) -> Dict[str, Any]:
+def _logistic(task: TaskData, metric: str, f: int, grid: List[float], max_iter: int, test: bool) -> Dict[str, Any]:
     k = task.num_targets
     x = bag_of_items(task.train.inputs, f, dtype=torch.float64)
     x_t = _transpose(x)
@@ -294,12 +319,12 @@ def _logistic(task: TaskData, metric: str, f: int, grid: List[float], max_iter: 
     onehot = torch.zeros(n, k, dtype=torch.float64)
     onehot[torch.arange(n), y] = 1.0
     prior = torch.bincount(y, minlength=k).to(torch.float64).clamp_min(0.5) / n
-    theta = torch.zeros(f * k + k, dtype=torch.float64)        # W [F, K] then the bias [K], one flat vector
-    theta[f * k:] = torch.log(prior)                            # start at the constant (majority) predictor
+    theta = torch.zeros(f * k + k, dtype=torch.float64)  # W [F, K] then the bias [K], one flat vector
+    theta[f * k :] = torch.log(prior)  # start at the constant (majority) predictor
     theta.requires_grad_(True)
 
     def unpack(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return t[:f * k].view(f, k), t[f * k:]
+        return t[: f * k].view(f, k), t[f * k :]
 
     def logits(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         w, b = unpack(t.detach())
@@ -307,10 +332,17 @@ def _logistic(task: TaskData, metric: str, f: int, grid: List[float], max_iter: 
 
     path, best, best_value = [], None, math.nan
     for l2 in grid:
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
-                                tolerance_change=1e-9, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [theta],
+            lr=1.0,
+            max_iter=max_iter,
+            history_size=20,
+            tolerance_grad=1e-5,
+            tolerance_change=1e-9,
+            line_search_fn="strong_wolfe",
+        )
 
-        def closure() -> torch.Tensor:
+        def closure(l2: float = l2) -> torch.Tensor:
             # loss and gradient by hand: sparse X, no autograd graph (X^T G is a second sparse product)
             w, _ = unpack(theta.detach())
             z = logits(x, theta)
@@ -328,24 +360,44 @@ def _logistic(task: TaskData, metric: str, f: int, grid: List[float], max_iter: 
     if best is None:
         raise ValueError(f"linear baseline, task {task.name!r}: validation {metric} is NaN for every l2")
     theta_best = best[1]
-    metrics = M.classification_metrics(logits(bag_of_items(task.test.inputs, f, dtype=torch.float64), theta_best),
-                                       task.test.targets, k) if test else {}
+    metrics = (
+        M.classification_metrics(
+            logits(bag_of_items(task.test.inputs, f, dtype=torch.float64), theta_best), task.test.targets, k
+        )
+        if test
+        else {}
+    )
     valid = M.classification_metrics(logits(x_valid, theta_best), task.valid.targets, k)
-    return {"model": "logistic", "l2": best[0], "valid": best_value, "valid_metrics": valid, "metrics": metrics,
-            "valid_by_l2": path}
+    return {
+        "model": "logistic",
+        "l2": best[0],
+        "valid": best_value,
+        "valid_metrics": valid,
+        "metrics": metrics,
+        "valid_by_l2": path,
+    }
 
 
-def _ridge(task: TaskData, metric: str, ks: List[int], f: int, grid: List[float], max_dim: int, solver: str,
-           batch_size: Optional[int], test: bool) -> Dict[str, Any]:
+def _ridge(
+    task: TaskData,
+    metric: str,
+    ks: List[int],
+    f: int,
+    grid: List[float],
+    max_dim: int,
+    solver: str,
+    batch_size: Optional[int],
+    test: bool,
+) -> Dict[str, Any]:
     n = len(task.train)
     if min(n, f) > max_dim:
-        f = max_dim                                            # primal then, on the max_dim - 1 most frequent items
+        f = max_dim  # primal then, on the max_dim - 1 most frequent items
     x = _with_bias(task.train.inputs.to(torch.int64).cpu(), f)
     t = task.train.targets.to(torch.int64).cpu()
-    t = t[:, -1:] if task.kind == "next_item" else t          # next_item: the item after the input window
-    rows, cols = _multi_hot_coords(t, task.num_targets)      # drops the padding id 0, repeats once
+    t = t[:, -1:] if task.kind == "next_item" else t  # next_item: the item after the input window
+    rows, cols = _multi_hot_coords(t, task.num_targets)  # drops the padding id 0, repeats once
     y_t = _csr_from_coords(*_sort_pairs(cols, rows, n), (task.num_targets, n), torch.float64)
-    problem = _Ridge(x, y_t, [n * l2 for l2 in grid], None, solver)   # (1/N) ||XW - Y||^2 + l2 ||W||^2
+    problem = _Ridge(x, y_t, [n * l2 for l2 in grid], None, solver)  # (1/N) ||XW - Y||^2 + l2 ||W||^2
 
     def ranks(split_name: str, k_list: Sequence[int]) -> Dict[int, torch.Tensor]:
         split = getattr(task, split_name)
@@ -366,11 +418,18 @@ def _ridge(task: TaskData, metric: str, ks: List[int], f: int, grid: List[float]
         raise ValueError(f"linear baseline, task {task.name!r}: validation {metric} is NaN for every l2")
     metrics: Dict[str, float] = {}
     if test:
-        metrics = M.ranking_metrics(ranks("test", [best_k])[best_k] if len(task.test) else
-                                    torch.zeros(0, dtype=torch.int64), ks)
-    return {"model": "ridge", "l2": grid[best_k], "valid": best_value,
-            "valid_metrics": M.ranking_metrics(best_valid, ks), "metrics": metrics, "valid_by_l2": path,
-            "features_cap": f - 1}
+        metrics = M.ranking_metrics(
+            ranks("test", [best_k])[best_k] if len(task.test) else torch.zeros(0, dtype=torch.int64), ks
+        )
+    return {
+        "model": "ridge",
+        "l2": grid[best_k],
+        "valid": best_value,
+        "valid_metrics": M.ranking_metrics(best_valid, ks),
+        "metrics": metrics,
+        "valid_by_l2": path,
+        "features_cap": f - 1,
+    }
 
 
 def _sort_pairs(rows: torch.Tensor, cols: torch.Tensor, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -379,11 +438,20 @@ def _sort_pairs(rows: torch.Tensor, cols: torch.Tensor, width: int) -> Tuple[tor
     return rows[order], cols[order]
 
 
-def linear_baseline(task: TaskData, metric: Optional[str] = None, eval_ks: Sequence[int] = (5, 20), *,
-                    max_features: int = DEFAULT_MAX_FEATURES, l2: Optional[Sequence[float]] = None,
-                    ridge_l2: Optional[Sequence[float]] = None, max_dim: int = DEFAULT_MAX_DIM,
-                    solver: str = "auto", max_iter: int = _MAX_ITER, batch_size: Optional[int] = None,
-                    test: bool = True) -> Dict[str, Any]:
+def linear_baseline(
+    task: TaskData,
+    metric: Optional[str] = None,
+    eval_ks: Sequence[int] = (5, 20),
+    *,
+    max_features: int = DEFAULT_MAX_FEATURES,
+    l2: Optional[Sequence[float]] = None,
+    ridge_l2: Optional[Sequence[float]] = None,
+    max_dim: int = DEFAULT_MAX_DIM,
+    solver: str = "auto",
+    max_iter: int = _MAX_ITER,
+    batch_size: Optional[int] = None,
+    test: bool = True,
+) -> Dict[str, Any]:
     """The bag-of-items linear model of ``task`` (see the module docstring), its ``l2`` chosen on the valid split.
 
     ``metric``: the selection and reported metric (default :func:`conure.metrics.default_metric`); ``eval_ks``:
@@ -415,12 +483,15 @@ def linear_baseline(task: TaskData, metric: Optional[str] = None, eval_ks: Seque
         raise ValueError(f"linear baseline: batch_size must be an int >= 1 or None, got {batch_size!r}")
     for split in ("train", "valid", "test"):
         _check_split(task, split, need_rows=split != "test")
-    f = min(task.num_items, max_features + 1)                  # columns: padding/intercept + the F first ids
-    with warnings.catch_warnings():                            # sparse CSR "beta" notes from torch
+    f = min(task.num_items, max_features + 1)  # columns: padding/intercept + the F first ids
+    with warnings.catch_warnings():  # sparse CSR "beta" notes from torch
         warnings.simplefilter("ignore", UserWarning)
         if task.kind == "profile":
-            known = set(M.classification_metrics(torch.zeros(0, task.num_targets), torch.zeros(0, dtype=torch.long),
-                                                 task.num_targets)) - {"n"}
+            known = set(
+                M.classification_metrics(
+                    torch.zeros(0, task.num_targets), torch.zeros(0, dtype=torch.long), task.num_targets
+                )
+            ) - {"n"}
             if metric not in known:
                 raise ValueError(f"linear baseline: profile metric must be one of {sorted(known)}, got {metric!r}")
             out = _logistic(task, metric, f, _grid(l2, DEFAULT_L2, "l2"), max_iter, test)
@@ -429,7 +500,16 @@ def linear_baseline(task: TaskData, metric: Optional[str] = None, eval_ks: Seque
             grid = _grid(ridge_l2, DEFAULT_RIDGE_L2, "ridge_l2")
             out = _ridge(task, metric, _ranking_ks(metric, eval_ks), f, grid, max_dim, solver, batch_size, test)
             features = out.pop("features_cap")
-    return {"name": "linear", "model": out["model"], "metric": metric, "value": out["metrics"].get(metric, math.nan),
-            "valid": out["valid"], "l2": out["l2"], "features": features, "metrics": out["metrics"],
-            "valid_metrics": out["valid_metrics"], "valid_by_l2": out["valid_by_l2"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "name": "linear",
+        "model": out["model"],
+        "metric": metric,
+        "value": out["metrics"].get(metric, math.nan),
+        "valid": out["valid"],
+        "l2": out["l2"],
+        "features": features,
+        "metrics": out["metrics"],
+        "valid_metrics": out["valid_metrics"],
+        "valid_by_l2": out["valid_by_l2"],
+        "seconds": time.perf_counter() - t0,
+    }

@@ -21,6 +21,7 @@ Classification (profile tasks)
     ``auc = 0.5`` whatever the class balance, so model selection on ``bacc`` cannot be won by the majority guess
     (``acc`` can). The default validation metric of profile tasks is ``bacc`` (:func:`default_metric`).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,13 +58,16 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude_padding: b
     Returns int64 ``[N]``. Raises ValueError for a target outside the ranked ids.
     """
     if scores.dim() != 2 or targets.dim() != 1 or scores.shape[0] != targets.shape[0]:
-        raise ValueError(f"target_ranks: need scores [N, V] and targets [N], got {tuple(scores.shape)} and "
-                         f"{tuple(targets.shape)}")
+        raise ValueError(
+            f"target_ranks: need scores [N, V] and targets [N], got {tuple(scores.shape)} and {tuple(targets.shape)}"
+        )
     targets = targets.to(scores.device, torch.int64)
     low = 1 if exclude_padding else 0
     if targets.numel() and (int(targets.min()) < low or int(targets.max()) >= scores.shape[1]):
-        raise ValueError(f"target_ranks: targets must lie in [{low}, {scores.shape[1] - 1}], got "
-                         f"[{int(targets.min())}, {int(targets.max())}]")
+        raise ValueError(
+            f"target_ranks: targets must lie in [{low}, {scores.shape[1] - 1}], got "
+            f"[{int(targets.min())}, {int(targets.max())}]"
+        )
     # Ranked as _clean(scores) (NaN -> -inf, +-inf -> the largest finite values), without [N, V] temporaries: a
     # cleaned copy, and the bool "ahead" mask whose sum torch widens to int64 (256 users x 1M items: 1 + 2 GiB
     # beside the 1 GiB of scores). Against a finite target score above the lowest float the raw scores compare the
@@ -71,7 +75,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude_padding: b
     # their cleaned copy.
     s = scores if scores.is_floating_point() else scores.to(torch.float32)
     t = s.gather(1, targets[:, None])
-    ahead = _count_at_least(s, t) - 1                      # less the target itself (t >= t)
+    ahead = _count_at_least(s, t) - 1  # less the target itself (t >= t)
     if exclude_padding:
         ahead -= (s[:, 0] >= t[:, 0]).to(torch.int64)
     odd = ~torch.isfinite(t[:, 0]) | (t[:, 0] == torch.finfo(s.dtype).min)
@@ -90,13 +94,17 @@ def _count_at_least(s: torch.Tensor, t: torch.Tensor, cells: int = 1 << 24) -> t
     n = torch.zeros(s.shape[0], dtype=torch.int64, device=s.device)
     step = max(1, cells // max(s.shape[0], 1))
     for c0 in range(0, s.shape[1], step):
-        n += (s[:, c0:c0 + step] >= t).sum(dim=1)
+        n += (s[:, c0 : c0 + step] >= t).sum(dim=1)
     return n
 
 
-def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, num_negatives: int = 99,
-                  generator: Optional[torch.Generator] = None,
-                  weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sampled_ranks(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    num_negatives: int = 99,
+    generator: Optional[torch.Generator] = None,
+    weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Pessimistic rank of each target among itself and ``num_negatives`` sampled negatives (the 1+99 protocol).
 
     Negatives are drawn without replacement from ids ``1..V-1`` other than the target, uniformly or proportionally
@@ -149,8 +157,9 @@ def ranking_metrics(ranks: torch.Tensor, ks: Iterable[int] = (5, 20)) -> Dict[st
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Multi-class accuracy: share of rows whose arg-max (lowest index among ties) equals the label."""
     if logits.dim() != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"accuracy: need logits [N, C] and labels [N], got {tuple(logits.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"accuracy: need logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     if not labels.numel():
         return math.nan
     return float((_clean(logits).argmax(dim=1) == labels.to(logits.device)).double().mean())
@@ -193,19 +202,22 @@ def _binary_auc(score: torch.Tensor, positive: torch.Tensor) -> float:
         return math.nan
     s = score.to(torch.float64)
     _, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
-    upper = torch.cumsum(counts, 0).to(torch.float64)      # 1-based rank of the last member of each tie group
+    upper = torch.cumsum(counts, 0).to(torch.float64)  # 1-based rank of the last member of each tie group
     avg_rank = (upper - (counts.to(torch.float64) - 1) / 2)[inverse]
     return float((avg_rank[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: Optional[int] = None
-                           ) -> Dict[str, float]:
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: Optional[int] = None
+) -> Dict[str, float]:
     """``acc``, ``bacc``, ``macro_f1``, ``nll``, ``auc`` (two classes only) and ``n`` of ``logits [N, K]`` against
     ``labels [N]`` (see the module docstring). Predictions are the arg-max (lowest index among ties); NaN logits
     count as -inf. Empty input gives NaN metrics and ``n = 0``."""
     if logits.dim() != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"classification_metrics: need logits [N, K] and labels [N], got {tuple(logits.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"classification_metrics: need logits [N, K] and labels [N], got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
     k = int(num_classes if num_classes is not None else logits.shape[1])
     if logits.shape[1] != k:
         raise ValueError(f"classification_metrics: logits have {logits.shape[1]} columns for {k} classes")
@@ -218,8 +230,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
         return out
     labels = labels.to(torch.int64).cpu()
     if int(labels.min()) < 0 or int(labels.max()) >= k:
-        raise ValueError(f"classification_metrics: labels must lie in [0, {k - 1}], got [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
+        raise ValueError(
+            f"classification_metrics: labels must lie in [0, {k - 1}], got [{int(labels.min())}, {int(labels.max())}]"
+        )
     z = _clean(logits.detach().cpu().to(torch.float64))
     pred = z.argmax(dim=1)
     hit = pred == labels

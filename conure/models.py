@@ -3,6 +3,7 @@
 Activations are ``[B, L, C]``. See :mod:`conure.nn` for the block variants (pre-LN default, post-LN as in the
 original NextItNet) and the owner-map convention (uint8, 0 = free, t = owned by task t).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -12,8 +13,15 @@ import torch.nn as nn
 
 from conure import ops
 from conure.heads import head_from_config
-from conure.nn import (BottleneckPatch, CapacityError, MaskedCausalConv1d, ResidualBlock, check_task_id, gather_last,
-                       left_padded)
+from conure.nn import (
+    BottleneckPatch,
+    CapacityError,
+    MaskedCausalConv1d,
+    ResidualBlock,
+    check_task_id,
+    gather_last,
+    left_padded,
+)
 
 __all__ = ["NextItNet", "PatchStack", "module_config", "build_module"]
 
@@ -25,8 +33,14 @@ class NextItNet(nn.Module):
     output at the last non-padding position. ``patches`` is an optional sequence of one module per block (PeterRec).
     """
 
-    def __init__(self, num_items: int, channels: int = 256, kernel_size: int = 3,
-                 dilations: Sequence[int] = (1, 4) * 4, pre_ln: bool = True) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        channels: int = 256,
+        kernel_size: int = 3,
+        dilations: Sequence[int] = (1, 4) * 4,
+        pre_ln: bool = True,
+    ) -> None:
         super().__init__()
         if num_items < 2:
             raise ValueError(f"NextItNet: num_items counts the padding id 0 and must be >= 2, got {num_items}")
@@ -40,13 +54,18 @@ class NextItNet(nn.Module):
 
     def config(self) -> Dict[str, object]:
         """Constructor arguments (JSON-able): ``NextItNet(**net.config())`` builds an equal-shaped network."""
-        return {"num_items": self.num_items, "channels": self.channels, "kernel_size": self.kernel_size,
-                "dilations": list(self.dilations), "pre_ln": self.pre_ln}
+        return {
+            "num_items": self.num_items,
+            "channels": self.channels,
+            "kernel_size": self.kernel_size,
+            "dilations": list(self.dilations),
+            "pre_ln": self.pre_ln,
+        }
 
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         """Embedding ~ N(0, 1/C) with a zero padding row; convolutions as ``nn.Conv1d``; LayerNorms (1, 0)."""
         with torch.no_grad():
-            nn.init.normal_(self.embedding.weight, 0.0, self.channels ** -0.5, generator=generator)
+            nn.init.normal_(self.embedding.weight, 0.0, self.channels**-0.5, generator=generator)
             self.embedding.weight[0].zero_()
             for block in self.blocks:
                 block.conv1.reset_parameters(generator)
@@ -54,24 +73,33 @@ class NextItNet(nn.Module):
                 block.ln1.reset_parameters()
                 block.ln2.reset_parameters()
 
-    def forward(self, items: torch.Tensor, task: int, patches: Optional[Sequence[nn.Module]] = None,
-                out_len: Optional[int] = None) -> torch.Tensor:
+    def forward(
+        self,
+        items: torch.Tensor,
+        task: int,
+        patches: Optional[Sequence[nn.Module]] = None,
+        out_len: Optional[int] = None,
+    ) -> torch.Tensor:
         """``[B, L, C]``; with ``out_len``, only the last ``out_len`` positions ``[B, out_len, C]``, computed from the
         inputs they depend on alone: each block gets the last positions its output needs plus its receptive field
         (:meth:`window_lengths`), so a head that reads the last position skips most of the early layers' work
         (the values equal the full forward's up to GEMM rounding)."""
         check_task_id(task, "NextItNet.forward")
         if not isinstance(items, torch.Tensor) or items.dim() != 2 or items.dtype != torch.int64:
-            raise ValueError("NextItNet.forward: items must be an int64 tensor [B, L], got "
-                             f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}"
-                             f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
+            raise ValueError(
+                "NextItNet.forward: items must be an int64 tensor [B, L], got "
+                f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}"
+                f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}"
+            )
         if items.numel():
             # One host sync, worth it: nn.Embedding's own error names neither the id nor the vocabulary (and on
             # CUDA it is a device-side assert that poisons the context).
             lo, hi = (int(v) for v in torch.aminmax(items))
             if lo < 0 or hi >= self.num_items:
-                raise ValueError(f"NextItNet.forward: item ids must be in [0, num_items={self.num_items}) "
-                                 f"(0 = padding), got ids from {lo} to {hi}")
+                raise ValueError(
+                    f"NextItNet.forward: item ids must be in [0, num_items={self.num_items}) "
+                    f"(0 = padding), got ids from {lo} to {hi}"
+                )
         if patches is not None and len(patches) != len(self.blocks):
             raise ValueError(f"NextItNet.forward: need one patch per block ({len(self.blocks)}), got {len(patches)}")
         if out_len is None or out_len >= items.shape[1]:
@@ -82,10 +110,10 @@ class NextItNet(nn.Module):
         if isinstance(out_len, bool) or not isinstance(out_len, int) or out_len < 1:
             raise ValueError(f"NextItNet.forward: out_len must be an int >= 1, got {out_len!r}")
         windows = self.window_lengths(out_len, items.shape[1])
-        x = self.embedding(items[:, items.shape[1] - windows[0]:])
+        x = self.embedding(items[:, items.shape[1] - windows[0] :])
         for n, block in enumerate(self.blocks):
-            x = block(x[:, x.shape[1] - windows[n]:], task, None if patches is None else patches[n])
-        return x[:, x.shape[1] - out_len:]
+            x = block(x[:, x.shape[1] - windows[n] :], task, None if patches is None else patches[n])
+        return x[:, x.shape[1] - out_len :]
 
     def window_lengths(self, out_len: int, length: int) -> List[int]:
         """Per block, how many of the last input positions its output's last ``out_len`` positions depend on
@@ -97,12 +125,15 @@ class NextItNet(nn.Module):
             out.append(min(need, length))
         return out[::-1]
 
-    def user_vector(self, items: torch.Tensor, task: int,
-                    patches: Optional[Sequence[nn.Module]] = None) -> torch.Tensor:
+    def user_vector(
+        self, items: torch.Tensor, task: int, patches: Optional[Sequence[nn.Module]] = None
+    ) -> torch.Tensor:
         """Backbone output at the last non-padding position of each row: ``[B, C]`` (only the positions it depends
         on are computed when every row is left padded)."""
         n = 1 if left_padded(items) else None
-        return gather_last(self.forward(items, task, patches, out_len=n), items[:, items.shape[1] - 1:] if n else items)
+        return gather_last(
+            self.forward(items, task, patches, out_len=n), items[:, items.shape[1] - 1 :] if n else items
+        )
 
     # --- the owner maps ------------------------------------------------------------------------------------------
     def conv_layers(self) -> List[Tuple[str, MaskedCausalConv1d]]:
@@ -112,8 +143,9 @@ class NextItNet(nn.Module):
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters without an owner map (embedding, LayerNorms, conv biases): Conure trains them in task 1 only."""
         for name, p in self.named_parameters():
-            if not (name.endswith(".weight") and isinstance(self.get_submodule(name[:-len(".weight")]),
-                                                                MaskedCausalConv1d)):
+            if not (
+                name.endswith(".weight") and isinstance(self.get_submodule(name[: -len(".weight")]), MaskedCausalConv1d)
+            ):
                 yield p
 
     def conv_weights(self) -> List[nn.Parameter]:
@@ -130,7 +162,8 @@ class NextItNet(nn.Module):
             raise CapacityError(
                 f"task {task}: no free weights left in {len(full)} convolution(s) ({', '.join(full[:4])}"
                 f"{', ...' if len(full) > 4 else ''}); earlier tasks kept all of them. Use a smaller keep_ratio "
-                f"for earlier tasks or a wider backbone.")
+                f"for earlier tasks or a wider backbone."
+            )
 
     @torch.no_grad()
     def claim_free_(self, task: int) -> Dict[str, int]:
@@ -155,12 +188,13 @@ class NextItNet(nn.Module):
 
         Returns a dict:
 
-        * ``layers``: ``{name: {"size": n, "free": share, "tasks": {t: share}}}`` per conv layer (shares of its weights);
+        * ``layers``: ``{name: {"size": n, "free": share, "tasks": {t: share}}}`` per conv layer (shares of its
+          weights);
         * ``total_weights``, ``free`` (share of all conv weights that is free);
-        * ``tasks``: ``{t: {"weights", "share", "weight_bytes", "owner_bytes", "head_bytes", "shared_bytes", "bytes"}}``:
-          the conv weights task t owns, their bytes, one owner-map byte per owned weight, its head's parameter bytes
-          (``heads[t]`` if given), and for task 1 the parameters without owner map (embedding, LayerNorms, biases)
-          that it trains; ``bytes`` is the sum.
+        * ``tasks``: ``{t: {"weights", "share", "weight_bytes", "owner_bytes", "head_bytes", "shared_bytes",
+          "bytes"}}``: the conv weights task t owns, their bytes, one owner-map byte per owned weight, its head's
+          parameter bytes (``heads[t]`` if given), and for task 1 the parameters without owner map (embedding,
+          LayerNorms, biases) that it trains; ``bytes`` is the sum.
         * ``free_bytes``: bytes of the free weights plus their owner-map bytes (stored, usable by the next task).
         """
         layers: Dict[str, object] = {}
@@ -169,8 +203,11 @@ class NextItNet(nn.Module):
         for name, m in self.conv_layers():
             counts = torch.bincount(m.owner.flatten().to(torch.int64), minlength=1).tolist()
             n = m.owner.numel()
-            layers[name] = {"size": n, "free": counts[0] / n,
-                            "tasks": {t: c / n for t, c in enumerate(counts) if t and c}}
+            layers[name] = {
+                "size": n,
+                "free": counts[0] / n,
+                "tasks": {t: c / n for t, c in enumerate(counts) if t and c},
+            }
             for t, c in enumerate(counts):
                 if t and c:
                     totals[t] = totals.get(t, 0) + c
@@ -183,12 +220,23 @@ class NextItNet(nn.Module):
             c = totals.get(t, 0)
             head = heads.get(t)
             head_bytes = 0 if head is None else sum(p.numel() * p.element_size() for p in head.parameters())
-            row = {"weights": c, "share": c / max(total, 1), "weight_bytes": c * wsize, "owner_bytes": c,
-                   "head_bytes": head_bytes, "shared_bytes": shared if t == 1 else 0}
+            row = {
+                "weights": c,
+                "share": c / max(total, 1),
+                "weight_bytes": c * wsize,
+                "owner_bytes": c,
+                "head_bytes": head_bytes,
+                "shared_bytes": shared if t == 1 else 0,
+            }
             row["bytes"] = row["weight_bytes"] + row["owner_bytes"] + row["head_bytes"] + row["shared_bytes"]
             tasks[t] = row
-        return {"layers": layers, "total_weights": total, "free": free / max(total, 1), "tasks": tasks,
-                "free_bytes": free * (wsize + 1)}
+        return {
+            "layers": layers,
+            "total_weights": total,
+            "free": free / max(total, 1),
+            "tasks": tasks,
+            "free_bytes": free * (wsize + 1),
+        }
 
 
 class PatchStack(nn.ModuleList):
@@ -199,8 +247,12 @@ class PatchStack(nn.ModuleList):
         self.channels, self.num_blocks, self.reduction = channels, num_blocks, reduction
 
     def config(self) -> Dict[str, object]:
-        return {"type": "PatchStack", "channels": self.channels, "num_blocks": self.num_blocks,
-                "reduction": self.reduction}
+        return {
+            "type": "PatchStack",
+            "channels": self.channels,
+            "num_blocks": self.num_blocks,
+            "reduction": self.reduction,
+        }
 
 
 def module_config(module: nn.Module) -> Dict[str, object]:

@@ -13,6 +13,7 @@ Residual block variants (``pre_ln``):
 ``conv2`` uses twice ``conv1``'s dilation, so ``dilations=(1, 4) * 4`` gives the paper's 1,2,4,8 pattern over 8 blocks.
 Neither variant applies a final LayerNorm after the last block: the backbone output is the residual stream itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,8 @@ from conure import ops
 from conure.checks import MAX_TASK, check_task_id
 
 __all__ = [
-    "MAX_TASK", "left_padded",
+    "MAX_TASK",
+    "left_padded",
     "CapacityError",
     "check_task_id",
     "MaskedCausalConv1d",
@@ -35,7 +37,6 @@ __all__ = [
     "last_positions",
     "gather_last",
 ]
-
 
 
 class CapacityError(RuntimeError):
@@ -63,10 +64,11 @@ class MaskedCausalConv1d(nn.Module):
     task 1 only).
     """
 
-    owner: torch.Tensor     # uint8 [C_out, C_in, K] buffer: 0 = free, t = owned by task t
+    owner: torch.Tensor  # uint8 [C_out, C_in, K] buffer: 0 = free, t = owned by task t
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
-                 bias: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, bias: bool = False
+    ) -> None:
         super().__init__()
         if kernel_size < 1 or dilation < 1 or in_channels < 1 or out_channels < 1:
             raise ValueError("MaskedCausalConv1d: channels, kernel_size and dilation must be >= 1")
@@ -101,8 +103,10 @@ class MaskedCausalConv1d(nn.Module):
         return int(free.sum())
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class BottleneckPatch(nn.Module):
@@ -128,8 +132,9 @@ class ResidualBlock(nn.Module):
     :class:`BottleneckPatch`) is applied to the residual branch just before it is added back.
     """
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, pre_ln: bool = True,
-                 fused_training: bool = True) -> None:
+    def __init__(
+        self, channels: int, kernel_size: int, dilation: int, pre_ln: bool = True, fused_training: bool = True
+    ) -> None:
         super().__init__()
         self.pre_ln = pre_ln
         # Training through the fused op (conure.ops.residual_block) is on by default: its backward is bitwise
@@ -144,13 +149,27 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, task: int, patch: Optional[nn.Module] = None) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] != self.conv1.in_channels:
-            raise ValueError(f"ResidualBlock: x has {x.shape[-1]} channels but the block has "
-                             f"{self.conv1.in_channels} (x {tuple(x.shape)})")
+            raise ValueError(
+                f"ResidualBlock: x has {x.shape[-1]} channels but the block has "
+                f"{self.conv1.in_channels} (x {tuple(x.shape)})"
+            )
         if patch is None and self._fusable(x, task):
             # One compiled op for the whole block (conure.ops.residual_block); same result as the composition below.
-            return ops.residual_block(x, self.conv1.weight, self.conv1.owner, self.conv2.weight, self.conv2.owner,
-                                      self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias, task,
-                                      self.conv1.dilation, self.ln1.eps, post_ln=not self.pre_ln)
+            return ops.residual_block(
+                x,
+                self.conv1.weight,
+                self.conv1.owner,
+                self.conv2.weight,
+                self.conv2.owner,
+                self.ln1.weight,
+                self.ln1.bias,
+                self.ln2.weight,
+                self.ln2.bias,
+                task,
+                self.conv1.dilation,
+                self.ln1.eps,
+                post_ln=not self.pre_ln,
+            )
         if self.pre_ln:
             h = self.conv1(F.relu(self.ln1(x)), task)
             h = self.conv2(F.relu(self.ln2(h)), task)
@@ -164,15 +183,30 @@ class ResidualBlock(nn.Module):
     def _fusable(self, x, task) -> bool:
         # Anything unusual (bias, odd inputs: their errors come from the layers) takes the composition.
         w = self.conv1.weight
-        if not self.fused_training and torch.is_grad_enabled() and (
-                (isinstance(x, torch.Tensor) and x.requires_grad) or any(p.requires_grad for p in self.parameters())):
+        if (
+            not self.fused_training
+            and torch.is_grad_enabled()
+            and ((isinstance(x, torch.Tensor) and x.requires_grad) or any(p.requires_grad for p in self.parameters()))
+        ):
             return False
-        return (ops.available() and isinstance(x, torch.Tensor) and x.dim() == 3 and x.device == w.device
-                and (x.dtype == w.dtype or (x.is_floating_point() and ops.autocast_dtype(x) is not None))
-                and isinstance(task, int) and not isinstance(task, bool) and 0 <= task <= MAX_TASK and self.conv1.bias is None and self.conv2.bias is None
-                and self.conv2.dilation == 2 * self.conv1.dilation and self.ln1.eps == self.ln2.eps
-                and self.ln1.weight is not None and self.ln2.weight is not None
-                and self.ln1.bias is not None and self.ln2.bias is not None)
+        return (
+            ops.available()
+            and isinstance(x, torch.Tensor)
+            and x.dim() == 3
+            and x.device == w.device
+            and (x.dtype == w.dtype or (x.is_floating_point() and ops.autocast_dtype(x) is not None))
+            and isinstance(task, int)
+            and not isinstance(task, bool)
+            and 0 <= task <= MAX_TASK
+            and self.conv1.bias is None
+            and self.conv2.bias is None
+            and self.conv2.dilation == 2 * self.conv1.dilation
+            and self.ln1.eps == self.ln2.eps
+            and self.ln1.weight is not None
+            and self.ln2.weight is not None
+            and self.ln1.bias is not None
+            and self.ln2.bias is not None
+        )
 
 
 def left_padded(items: torch.Tensor) -> bool:

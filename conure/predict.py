@@ -1,5 +1,6 @@
 """Prediction from raw histories: ``user<TAB>item item ...`` lines in, top-k items or class scores out, streamed in
 batches (what ``conure predict`` does)."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,15 @@ from conure.data.readers import is_utf8
 from conure.run import RunError
 from conure.run_callbacks import _bar
 
-__all__ = ["Row", "iter_sequences", "read_sequences", "PredictStats", "iter_predictions", "predict_rows",
-           "prediction_text"]
+__all__ = [
+    "Row",
+    "iter_sequences",
+    "read_sequences",
+    "PredictStats",
+    "iter_predictions",
+    "predict_rows",
+    "prediction_text",
+]
 
 
 Row = Tuple[str, List[str]]
@@ -64,8 +72,10 @@ def _parse_sequences(lines: Iterable[str], name: str) -> Iterator[Row]:
             continue
         parts = line.rstrip("\n").split("\t")
         if len(parts) != 2:
-            raise RunError(f"{name}:{lineno}: expected 'user<TAB>item item ...', got {len(parts)} tab-separated "
-                           f"field{'s' if len(parts) != 1 else ''}")
+            raise RunError(
+                f"{name}:{lineno}: expected 'user<TAB>item item ...', got {len(parts)} tab-separated "
+                f"field{'s' if len(parts) != 1 else ''}"
+            )
         user = parts[0].strip()
         if not user:
             raise RunError(f"{name}:{lineno}: empty user id")
@@ -82,11 +92,11 @@ def _path_lines(p: Path, name: str) -> Iterator[str]:
 
 def _binary_lines(f: Any, name: str, seekable: bool) -> Iterator[str]:
     """The lines of a binary file from its position, decoded as described in :func:`iter_sequences`."""
-    encoding = None                 # None: only ASCII so far, which both encodings decode alike
+    encoding = None  # None: only ASCII so far, which both encodings decode alike
     n = 0
     for raw in f:
         if encoding is None and not raw.isascii():
-            if seekable:            # decide for the whole file: is the rest valid UTF-8?
+            if seekable:  # decide for the whole file: is the rest valid UTF-8?
                 pos = f.tell()
                 valid = is_utf8(itertools.chain([raw], iter(lambda: f.read(1 << 20), b"")))
                 f.seek(pos)
@@ -95,10 +105,12 @@ def _binary_lines(f: Any, name: str, seekable: bool) -> Iterator[str]:
             encoding = "utf-8" if valid else "latin-1"
         try:
             text = raw.decode(encoding or "ascii")
-        except UnicodeDecodeError as e:     # a stream: UTF-8 so far, this line is not
-            raise RunError(f"{name}:{n + 1}: not valid UTF-8 ({e.reason}), but earlier lines were UTF-8 and have "
-                           f"been read as such; a stream cannot be reread as latin-1 (convert it to UTF-8 or give "
-                           f"a file)") from None
+        except UnicodeDecodeError as e:  # a stream: UTF-8 so far, this line is not
+            raise RunError(
+                f"{name}:{n + 1}: not valid UTF-8 ({e.reason}), but earlier lines were UTF-8 and have "
+                f"been read as such; a stream cannot be reread as latin-1 (convert it to UTF-8 or give "
+                f"a file)"
+            ) from None
         lines = text.splitlines()
         n += len(lines)
         yield from lines
@@ -109,22 +121,31 @@ def _text_lines(stream: Any, name: str) -> Iterator[str]:
         for chunk in stream:
             yield from chunk.splitlines()
     except UnicodeDecodeError as e:
-        raise RunError(f"{name}: the input is not valid {e.encoding} ({e.reason}); give it as a file (read as "
-                       f"UTF-8, or latin-1 when it is not UTF-8)") from None
+        raise RunError(
+            f"{name}: the input is not valid {e.encoding} ({e.reason}); give it as a file (read as "
+            f"UTF-8, or latin-1 when it is not UTF-8)"
+        ) from None
 
 
 @dataclass
 class PredictStats:
     """What :func:`iter_predictions` has seen so far: users predicted, input items not in the model's vocabulary
     (skipped), users with no known item (an empty prediction with a ``"note"``)."""
+
     users: int = 0
     unknown: int = 0
     empty: int = 0
 
 
-def iter_predictions(model: "ckpt.InferenceModel", rows: Iterable[Row], *, top_k: int = 10,
-                     exclude_seen: bool = False, batch_size: int = 512,
-                     stats: Optional[PredictStats] = None) -> Iterator[List[Dict[str, Any]]]:
+def iter_predictions(
+    model: ckpt.InferenceModel,
+    rows: Iterable[Row],
+    *,
+    top_k: int = 10,
+    exclude_seen: bool = False,
+    batch_size: int = 512,
+    stats: Optional[PredictStats] = None,
+) -> Iterator[List[Dict[str, Any]]]:
     """Predictions of a task model for raw-id histories, one list per batch of ``batch_size`` rows, each yielded
     as soon as it is computed: ``rows`` (any iterable, e.g. :func:`iter_sequences`) is read one batch at a time, so
     memory stays bounded whatever the input size. ``stats`` (optional) is updated batch by batch.
@@ -154,47 +175,66 @@ def iter_predictions(model: "ckpt.InferenceModel", rows: Iterable[Row], *, top_k
             x = torch.zeros(len(chunk), L, dtype=torch.long)
             for i, ids in enumerate(encoded):
                 if ids:
-                    x[i, L - len(ids):] = torch.tensor(ids, dtype=torch.long)
+                    x[i, L - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             scores = model.scores(x).float().cpu()
             out: List[Dict[str, Any]] = []
             for i, ((user, _), ids) in enumerate(zip(chunk, encoded)):
                 if not ids:
-                    out.append({"user": user, **({"label": None} if model.kind == "profile" else {"items": []}),
-                                "note": "no known item in the history"})
+                    out.append(
+                        {
+                            "user": user,
+                            **({"label": None} if model.kind == "profile" else {"items": []}),
+                            "note": "no known item in the history",
+                        }
+                    )
                     stats.empty += 1
                     continue
                 s = scores[i]
                 if model.kind == "profile":
                     probs = torch.softmax(s, dim=0)
                     c = int(torch.argmax(s))
-                    out.append({"user": user, "label": names[c],
-                                "probs": {str(n): round(float(p), 6) for n, p in zip(names, probs)}})
+                    out.append(
+                        {
+                            "user": user,
+                            "label": names[c],
+                            "probs": {str(n): round(float(p), 6) for n, p in zip(names, probs)},
+                        }
+                    )
                     continue
                 if exclude_seen and model.vocab.get("targets") == "source":
                     s = s.clone()
                     s[torch.tensor(sorted(set(ids)))] = float("-inf")
                 vals, idx = torch.topk(s, k)
-                keep = [(names[j], float(v)) for j, v in zip(idx.tolist(), vals.tolist())
-                        if j > 0 and v > float("-inf")]
+                keep = [
+                    (names[j], float(v)) for j, v in zip(idx.tolist(), vals.tolist()) if j > 0 and v > float("-inf")
+                ]
                 out.append({"user": user, "items": [n for n, _ in keep], "scores": [round(v, 6) for _, v in keep]})
             stats.users += len(out)
             bar.update(1)
             yield out
 
 
-def predict_rows(model: "ckpt.InferenceModel", rows: Iterable[Row], *, top_k: int = 10,
-                 exclude_seen: bool = False, batch_size: int = 512) -> Tuple[List[Dict[str, Any]], int]:
+def predict_rows(
+    model: ckpt.InferenceModel,
+    rows: Iterable[Row],
+    *,
+    top_k: int = 10,
+    exclude_seen: bool = False,
+    batch_size: int = 512,
+) -> Tuple[List[Dict[str, Any]], int]:
     """Every prediction of :func:`iter_predictions` in one list: (one dict per user, unknown item count)."""
     stats = PredictStats()
     out: List[Dict[str, Any]] = []
-    for batch in iter_predictions(model, rows, top_k=top_k, exclude_seen=exclude_seen, batch_size=batch_size,
-                                  stats=stats):
+    for batch in iter_predictions(
+        model, rows, top_k=top_k, exclude_seen=exclude_seen, batch_size=batch_size, stats=stats
+    ):
         out.extend(batch)
     return out, stats.unknown
 
 
-def prediction_text(model: "ckpt.InferenceModel", batches: Iterable[List[Dict[str, Any]]],
-                    fmt: str = "tsv") -> Iterator[str]:
+def prediction_text(
+    model: ckpt.InferenceModel, batches: Iterable[List[Dict[str, Any]]], fmt: str = "tsv"
+) -> Iterator[str]:
     """``conure predict``'s output, one piece per batch of :func:`iter_predictions`; joined, the pieces are
     exactly ``json.dumps({"task", "name", "kind", "predictions": [...]}, indent=1) + "\\n"`` (``fmt="json"``) or
     one line per user (``tsv``): ``user<TAB>item item ...`` (ranking) or ``user<TAB>label`` (profile; empty for a
@@ -213,12 +253,12 @@ def prediction_text(model: "ckpt.InferenceModel", batches: Iterable[List[Dict[st
     # (nested indents are relative; a JSON string holds no raw newline); batches are separated by ",\n", then the
     # list and the document close.
     empty = json.dumps({"task": model.task, "name": model.name, "kind": model.kind, "predictions": []}, indent=1)
-    head = empty[:-len("[]\n}")] + "[\n"
+    head = empty[: -len("[]\n}")] + "[\n"
     first = True
     for batch in batches:
         if not batch:
             continue
-        items = " " + json.dumps(batch, indent=1)[len("[\n"):-len("\n]")].replace("\n", "\n ")
+        items = " " + json.dumps(batch, indent=1)[len("[\n") : -len("\n]")].replace("\n", "\n ")
         yield (head if first else ",\n") + items
         first = False
     yield empty + "\n" if first else "\n ]\n}\n"

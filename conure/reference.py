@@ -4,6 +4,7 @@ Short and obviously right: tests and benchmarks compare the compiled kernels aga
 :mod:`conure.ops` runs them when the compiled library is not in use (the fallback). Same names and signatures as
 :mod:`conure.ops`. Weight layouts are production helpers and live in :mod:`conure.ops.layout`.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -15,8 +16,16 @@ from conure.ops.deprecation import alias
 from conure.ops.layout import active_mask
 from conure.ops.layout import conv_cols as _conv_cols
 
-__all__ = ["active_mask", "magnitude_prune_", "magnitude_prune_many_", "masked_causal_conv1d", "multi_task_forward",
-           "residual_block", "ring_col_", "stream_step_"]
+__all__ = [
+    "active_mask",
+    "magnitude_prune_",
+    "magnitude_prune_many_",
+    "masked_causal_conv1d",
+    "multi_task_forward",
+    "residual_block",
+    "ring_col_",
+    "stream_step_",
+]
 
 
 def masked_causal_conv1d(
@@ -74,13 +83,14 @@ def magnitude_prune_many_(
     flat_o[idx[order[k:]]] = 0
     offset = 0
     for o in owners:
-        o.copy_(flat_o[offset: offset + o.numel()].view_as(o))
+        o.copy_(flat_o[offset : offset + o.numel()].view_as(o))
         offset += o.numel()
     return k
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Twins of the fused operators (conure.fused): the residual block, the streaming step, the multi-task forward.
+
 
 def residual_block(
     x: torch.Tensor,
@@ -133,13 +143,14 @@ def stream_step_(
     (:func:`conure.ops.layout.conv_cols` per task); ``rings[c]``: [T_c, B, (K - 1) * dilation, C_in] holding the
     conv's last inputs (relu(LN(.)) outputs) at slot ``position % R`` (zeros = before the sequence start), T_0 = 1
     (block 0's first conv input is the same for all tasks), T_c = T otherwise; ``ln_params[2c], ln_params[2c + 1]``:
-    the LayerNorm in front of conv c. Returns the blocks' output [T, B, C] at position ``pos``. ``pos`` itself is not changed.
+    the LayerNorm in front of conv c. Returns the blocks' output [T, B, C] at position ``pos``. ``pos`` itself is not
+    changed.
 
     post_ln: post-LN blocks ``z + relu(LN2(conv2(relu(LN1(conv1(z))))))``: conv1's ring holds the block inputs,
     conv2's relu(LN1(conv1 output)); ``ln_params[2c], ln_params[2c + 1]``: the LayerNorm after conv c.
     """
     if post_ln:
-        z = x.unsqueeze(0)              # [1, B, C] until block 0's first conv, then [T, B, C]
+        z = x.unsqueeze(0)  # [1, B, C] until block 0's first conv, then [T, B, C]
         for block, d in enumerate(dilations):
             a = z
             for half in (0, 1):
@@ -162,8 +173,7 @@ def stream_step_(
     return z
 
 
-def ring_col_(ring: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int, dilation: int
-              ) -> torch.Tensor:
+def ring_col_(ring: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
     """A conv's input row at position ``pos`` with its K taps side by side, from its ring buffer; writes the new input
     into the ring.
 
@@ -174,8 +184,9 @@ def ring_col_(ring: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_siz
     batch = torch.arange(ring.shape[1], device=ring.device)
     a = a.expand(ring.shape[0], -1, -1)
     r = ring.shape[2]
-    col = torch.cat([ring[:, batch, (pos - (kernel_size - 1 - j) * dilation) % r] for j in range(kernel_size - 1)]
-                    + [a], dim=-1)
+    col = torch.cat(
+        [ring[:, batch, (pos - (kernel_size - 1 - j) * dilation) % r] for j in range(kernel_size - 1)] + [a], dim=-1
+    )
     if r > 0:
         ring[:, batch, pos % r] = a
     return col
@@ -208,8 +219,8 @@ def multi_task_forward(
                     wc = wcols[c][t]
                     ws.append(wc.reshape(k, wc.shape[0] // k, wc.shape[1]).permute(2, 1, 0))
                 ones = [torch.ones_like(w, dtype=torch.uint8) for w in ws]
-                z = residual_block(z, ws[0], ones[0], ws[1], ones[1], *ln_params[4 * block:4 * block + 4], 1, d, eps,
-                                   post_ln=True)
+                ln1w, ln1b, ln2w, ln2b = ln_params[4 * block : 4 * block + 4]
+                z = residual_block(z, ws[0], ones[0], ws[1], ones[1], ln1w, ln1b, ln2w, ln2b, 1, d, eps, post_ln=True)
                 continue
             h = z
             for half in (0, 1):
@@ -220,15 +231,27 @@ def multi_task_forward(
                 out = masked_causal_conv1d(a, w, torch.ones_like(w, dtype=torch.uint8), 1, None, d * (half + 1))
                 h = out if half == 0 else z + out
             z = h
-        outs.append(z[:, z.shape[1] - out_len:])
+        outs.append(z[:, z.shape[1] - out_len :])
     return torch.stack(outs)
 
 
 # ---- conure 0.1 names, kept for one release
-residual_block_post_ln = alias("conure.reference.residual_block_post_ln", residual_block,
-                               "conure.reference.residual_block(..., post_ln=True)", post_ln=True)
-stream_step_post_ln_ = alias("conure.reference.stream_step_post_ln_", stream_step_,
-                             "conure.reference.stream_step_(..., post_ln=True)", post_ln=True)
-multi_task_forward_post_ln = alias("conure.reference.multi_task_forward_post_ln", multi_task_forward,
-                                   "conure.reference.multi_task_forward(..., post_ln=True)", post_ln=True)
+residual_block_post_ln = alias(
+    "conure.reference.residual_block_post_ln",
+    residual_block,
+    "conure.reference.residual_block(..., post_ln=True)",
+    post_ln=True,
+)
+stream_step_post_ln_ = alias(
+    "conure.reference.stream_step_post_ln_",
+    stream_step_,
+    "conure.reference.stream_step_(..., post_ln=True)",
+    post_ln=True,
+)
+multi_task_forward_post_ln = alias(
+    "conure.reference.multi_task_forward_post_ln",
+    multi_task_forward,
+    "conure.reference.multi_task_forward(..., post_ln=True)",
+    post_ln=True,
+)
 conv_cols = alias("conure.reference.conv_cols", _conv_cols, "conure.ops.layout.conv_cols")

@@ -10,13 +10,24 @@
 
 This module imports nothing of conure: every other module may use it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-__all__ = ["Option", "METHODS", "register_method", "method_class", "method_options", "check_method_options",
-           "DatasetKind", "DATASETS", "register_dataset", "dataset_kind"]
+__all__ = [
+    "Option",
+    "METHODS",
+    "register_method",
+    "method_class",
+    "method_options",
+    "check_method_options",
+    "DatasetKind",
+    "DATASETS",
+    "register_dataset",
+    "dataset_kind",
+]
 
 
 @dataclass(frozen=True)
@@ -33,14 +44,14 @@ class Option:
             return value
         try:
             return self.check(value)
-        except (TypeError, ValueError) as e:     # checks say "must be ..., got ...": prefix the option's name
+        except (TypeError, ValueError) as e:  # checks say "must be ..., got ...": prefix the option's name
             raise ValueError(f"{where} {e}") from None
 
 
 METHODS: Dict[str, type] = {}
 
 
-def register_method(cls: type) -> type:
+def register_method(cls: Any) -> Any:
     """Register a learner class under ``cls.method`` (lower case). A second class with the same name replaces the
     first only if it is the same class re-imported (module reload); otherwise it is an error."""
     name = str(cls.method).lower()

@@ -1,4 +1,5 @@
 """Text of a run's report: the accuracy matrix, Conure's capacity table, the baselines of a task."""
+
 from __future__ import annotations
 
 import math
@@ -13,15 +14,14 @@ def fmt_value(v: Any, width: int = 8) -> str:
     return f"{v:.4f}".rjust(width)
 
 
-def format_matrix(method: str, matrix: Sequence[Sequence[Any]], names: Sequence[str],
-                  metrics: Sequence[str]) -> str:
+def format_matrix(method: str, matrix: Sequence[Sequence[Any]], names: Sequence[str], metrics: Sequence[str]) -> str:
     """The accuracy matrix as a text table: row i = after learning task i, column j = task j's test metric."""
     w = max(9, max((len(n) for n in names), default=0) + 1)
     lines = [f"accuracy matrix ({method}): row i = after learning task i, column j = task j's test metric"]
-    lines.append(" " * (w + 3) + "".join(n[:w - 1].rjust(w) for n in names))
+    lines.append(" " * (w + 3) + "".join(n[: w - 1].rjust(w) for n in names))
     lines.append(" " * (w + 3) + "".join(m.rjust(w) for m in metrics))
     for i, row in enumerate(matrix):
-        label = f"{i + 1:>2} {names[i][:w - 1]:<{w}}"
+        label = f"{i + 1:>2} {names[i][: w - 1]:<{w}}"
         cells = [(row[j] if j < len(row) else None) for j in range(len(names))]
         lines.append(label + "".join(fmt_value(c, w) for c in cells))
     return "\n".join(lines)
@@ -29,8 +29,10 @@ def format_matrix(method: str, matrix: Sequence[Sequence[Any]], names: Sequence[
 
 def format_capacity(capacity: Mapping[str, Any], names: Sequence[str]) -> str:
     """Conure's capacity table: conv weights and bytes each task owns, and what is free."""
-    lines = ["capacity (conure): conv weights owned per task (after pruning) and bytes stored",
-             f"{'task':>4} {'name':<14}{'conv weights':>14}{'share':>8}{'bytes':>12}"]
+    lines = [
+        "capacity (conure): conv weights owned per task (after pruning) and bytes stored",
+        f"{'task':>4} {'name':<14}{'conv weights':>14}{'share':>8}{'bytes':>12}",
+    ]
     total = capacity.get("total_weights", 0)
     for t, row in sorted(((int(k), v) for k, v in capacity.get("tasks", {}).items())):
         name = names[t - 1] if t <= len(names) else ""
@@ -46,6 +48,7 @@ def json_capacity(cap: Mapping[str, Any]) -> Dict[str, Any]:
         if isinstance(v, Mapping):
             return {str(k): conv(x) for k, x in v.items()}
         return v
+
     return conv(cap)
 
 

@@ -27,6 +27,7 @@ resume, the learner is rebuilt as it was after its last completed task, its ``re
 are skipped (``learn``'s own steps between phases, claim and prune, only change what the restore then overwrites, and
 their counts do not depend on weight values) and the phase that was running continues from its saved state.
 """
+
 from __future__ import annotations
 
 import csv
@@ -53,11 +54,21 @@ from conure.learner import ContinualLearner, ResumeError, ResumePoint, TrainConf
 from conure.linear import linear_baseline
 from conure.models import NextItNet
 from conure.report import fmt_value, format_baseline, format_capacity, format_matrix, json_capacity, linear_value
-from conure.runlock import RunLock
 from conure.run_callbacks import LOG_FIELDS, CSVLogger, EpochCheckpoint, ProgressBars, TensorBoardLogger, log_rows
+from conure.runlock import RunLock
 
-__all__ = ["RunError", "Run", "build_tasks", "trivial_baselines", "baselines", "linear_entry", "new_learner",
-           "resume_point", "select_device", "task_metric"]
+__all__ = [
+    "RunError",
+    "Run",
+    "build_tasks",
+    "trivial_baselines",
+    "baselines",
+    "linear_entry",
+    "new_learner",
+    "resume_point",
+    "select_device",
+    "task_metric",
+]
 
 
 class RunError(Exception):
@@ -78,7 +89,7 @@ def _dist_device(spec: str) -> Optional[str]:
     if spec == "cpu":
         return "cpu"
     if spec.startswith("cuda"):
-        select_device(spec)                 # no CUDA: the same error as a single-process run
+        select_device(spec)  # no CUDA: the same error as a single-process run
         return "cuda"
     return None
 
@@ -95,8 +106,15 @@ def build_tasks(cfg: RunConfig) -> List[TaskData]:
     except TypeError as e:
         raise ConfigError(f"data.options: {e} (see the reader for data kind {cfg.data.kind!r})") from None
     try:
-        return build_task_sequence(inter, cfg.task_specs(), max_len=cfg.data.max_len, min_len=cfg.data.min_len,
-                                   seed=cfg.seed, valid_frac=cfg.data.valid_frac, test_frac=cfg.data.test_frac)
+        return build_task_sequence(
+            inter,
+            cfg.task_specs(),
+            max_len=cfg.data.max_len,
+            min_len=cfg.data.min_len,
+            seed=cfg.seed,
+            valid_frac=cfg.data.valid_frac,
+            test_frac=cfg.data.test_frac,
+        )
     except DataError:
         raise
     except ValueError as e:
@@ -117,8 +135,9 @@ def linear_entry(task: TaskData, tc: TrainConfig, options: Mapping[str, Any]) ->
         return {"name": "linear", "metric": metric, "value": math.nan, "error": str(e)}
 
 
-def trivial_baselines(tasks: Sequence[TaskData], task_cfgs: Sequence[TrainConfig],
-              linear: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+def trivial_baselines(
+    tasks: Sequence[TaskData], task_cfgs: Sequence[TrainConfig], linear: Optional[Mapping[str, Any]] = None
+) -> List[Dict[str, Any]]:
     """Per task, the trivial predictor on its test split: majority class (profile) or popularity (ranking), as
     ``{"name", "metric", "value", "metrics"}`` (``metrics``: every test metric of the task kind). With ``linear``
     (options of :func:`conure.linear.linear_baseline`; ``{}``: its defaults), also the bag-of-items linear model
@@ -144,8 +163,13 @@ def trivial_baselines(tasks: Sequence[TaskData], task_cfgs: Sequence[TrainConfig
 
 def new_learner(cfg: RunConfig, method: str, num_items: int, device: torch.device) -> ContinualLearner:
     """A fresh learner: the same seeded backbone initialisation for every method (a fair comparison)."""
-    net = NextItNet(num_items, channels=cfg.model.channels, kernel_size=cfg.model.kernel_size,
-                    dilations=tuple(cfg.model.dilations), pre_ln=cfg.model.pre_ln)
+    net = NextItNet(
+        num_items,
+        channels=cfg.model.channels,
+        kernel_size=cfg.model.kernel_size,
+        dilations=tuple(cfg.model.dilations),
+        pre_ln=cfg.model.pre_ln,
+    )
     net.reset_parameters(torch.Generator().manual_seed(derive_seed(cfg.seed, "backbone")))
     return make_method(method, net.to(device), seed=cfg.seed, **cfg.method.options(method))
 
@@ -157,7 +181,7 @@ def resume_point(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any], r
     state: Dict[int, Dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("phase/optim/"):
-            idx, key = k[len("phase/optim/"):].split("/", 1)
+            idx, key = k[len("phase/optim/") :].split("/", 1)
             state.setdefault(int(idx), {})[key] = v
     for idx, scalars in dict(info.get("optim_scalars", {})).items():
         state.setdefault(int(idx), {}).update(scalars)
@@ -167,13 +191,19 @@ def resume_point(tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any], r
         i += 1
     try:
         return ResumePoint(
-            task=int(info["task"]), phase=str(info["phase"]), epoch=int(info["epoch"]), stopped=bool(info["stopped"]),
-            best_value=float(info["best_value"]), best_epoch=int(info["best_epoch"]),
+            task=int(info["task"]),
+            phase=str(info["phase"]),
+            epoch=int(info["epoch"]),
+            stopped=bool(info["stopped"]),
+            best_value=float(info["best_value"]),
+            best_epoch=int(info["best_epoch"]),
             history=[dict(r) for r in info["history"]],
-            model={k[len("phase/model/"):]: v for k, v in tensors.items() if k.startswith("phase/model/")},
+            model={k[len("phase/model/") :]: v for k, v in tensors.items() if k.startswith("phase/model/")},
             optimizer={"state": state, "param_groups": list(info["param_groups"])},
             generator=tensors.get(f"phase/rng/rank/{rank}/generator", tensors["phase/rng/generator"]),
-            torch_rng=tensors["phase/rng/torch"], best=best)
+            torch_rng=tensors["phase/rng/torch"],
+            best=best,
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"the checkpoint's mid-task state is incomplete ({type(e).__name__}: {e})") from None
 
@@ -189,8 +219,16 @@ class Run:
     ``echo`` receives the human-readable report lines (the CLI prints them to stdout).
     """
 
-    def __init__(self, cfg: RunConfig, out_dir: os.PathLike, *, resume: bool = False, overwrite: bool = False,
-                 echo: Callable[[str], None] = print, stop_after: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: os.PathLike,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        echo: Callable[[str], None] = print,
+        stop_after: Optional[int] = None,
+    ) -> None:
         # A RunConfig built in Python skips load_config's checks and defaults (tasks: [] = the data kind's
         # sequence, unique task names, task 1 a next_item task...): resolve it as a config file would be.
         self.cfg = cfg = parse_config(config_to_dict(cfg))
@@ -200,18 +238,18 @@ class Run:
         self.echo = echo
         self.stop_after = stop_after
         self.config_dict = config_to_dict(cfg)
-        self.ctx: Optional[D.DistContext] = None   # set by execute(): the torchrun job's context, if any
-        self.main = True                             # rank 0 (or no job): the rank that writes
-        self.training = False                        # a learner has started learning (ranks may be mid-collective)
-        self.lock: Optional[RunLock] = None          # rank 0's lock on the directory (conure.runlock), while running
+        self.ctx: Optional[D.DistContext] = None  # set by execute(): the torchrun job's context, if any
+        self.main = True  # rank 0 (or no job): the rank that writes
+        self.training = False  # a learner has started learning (ranks may be mid-collective)
+        self.lock: Optional[RunLock] = None  # rank 0's lock on the directory (conure.runlock), while running
         # Filled by execute(), once the data is read:
         self.tasks: List[TaskData] = []
         self.task_cfgs: List[TrainConfig] = []
-        self.names: List[str] = []                   # task names, task 1 first
-        self.metrics: List[str] = []                 # each task's primary metric
-        self.vocab: Dict[str, Any] = {}              # the item vocabulary as checkpoints store it
-        self.baselines: List[Dict[str, Any]] = []    # per task: the trivial and linear baselines
-        self.results: Dict[str, Dict[str, Any]] = {}     # per method: what results.json holds
+        self.names: List[str] = []  # task names, task 1 first
+        self.metrics: List[str] = []  # each task's primary metric
+        self.vocab: Dict[str, Any] = {}  # the item vocabulary as checkpoints store it
+        self.baselines: List[Dict[str, Any]] = []  # per task: the trivial and linear baselines
+        self.results: Dict[str, Dict[str, Any]] = {}  # per method: what results.json holds
         self.learners: Dict[str, ContinualLearner] = {}
         self.seconds: Optional[float] = None
 
@@ -221,24 +259,29 @@ class Run:
         out = self.out
         if out.exists() and not out.is_dir():
             raise RunError(f"--out {out}: exists and is not a directory")
-        self.lock = self.lock or RunLock.acquire(out, error=RunError)   # one writer: before any check or --overwrite
+        self.lock = self.lock or RunLock.acquire(out, error=RunError)  # one writer: before any check or --overwrite
         has_run = out.is_dir() and (any((out / f).exists() for f in OUR_FILES) or (out / "checkpoints").is_dir())
         if has_run and self.resume:
             saved = out / "config.yaml"
             if saved.exists():
                 import yaml
+
                 try:
                     old = parse_config(yaml.safe_load(saved.read_text()))
                 except (ConfigError, Exception) as e:
                     raise RunError(f"cannot resume: {saved} is not a valid config ({e})") from None
                 diffs = identity_diff(config_to_dict(old), self.config_dict)
                 if diffs:
-                    raise RunError(f"cannot resume {out}: the config differs from the run's: {'; '.join(diffs[:3])}"
-                                   f"{' ...' if len(diffs) > 3 else ''} (use the run's config, or another --out)")
+                    raise RunError(
+                        f"cannot resume {out}: the config differs from the run's: {'; '.join(diffs[:3])}"
+                        f"{' ...' if len(diffs) > 3 else ''} (use the run's config, or another --out)"
+                    )
             return True
         if has_run and not self.overwrite:
-            raise RunError(f"--out {out} already holds a run; use --resume to continue it, --overwrite to start "
-                           f"over, or another --out")
+            raise RunError(
+                f"--out {out} already holds a run; use --resume to continue it, --overwrite to start "
+                f"over, or another --out"
+            )
         return False
 
     def _clear_dir(self) -> None:
@@ -258,7 +301,7 @@ class Run:
         job (:func:`conure.distributed.init_distributed`), runs on every rank, and leaves the process group at the
         end (and after a failure that every rank met before training: the directory, the data)."""
         threads = torch.get_num_threads()
-        joined = not D.is_distributed()       # a process group made by the caller stays the caller's
+        joined = not D.is_distributed()  # a process group made by the caller stays the caller's
         self.ctx = D.init_distributed(device=_dist_device(self.cfg.device))
         self.main = D.is_main_process()
         self.training = False
@@ -288,7 +331,7 @@ class Run:
         resuming, error = D.broadcast_object(answer)
         if error is not None:
             err = RunError(error)
-            err.reported_by_rank_0 = not self.main      # the CLI prints it once
+            err.reported_by_rank_0 = not self.main  # the CLI prints it once
             raise err
         return resuming
 
@@ -297,7 +340,7 @@ class Run:
         t_start = time.perf_counter()
         if not self.main:
             self.echo = lambda text: None
-        resuming = self._agreed_dir()           # checks only: nothing is written before the data loads
+        resuming = self._agreed_dir()  # checks only: nothing is written before the data loads
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = self.ctx.device if self.ctx is not None else select_device(cfg.device)
@@ -311,17 +354,23 @@ class Run:
                 if self.overwrite:
                     self._clear_dir()
             self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(self.out / "config.yaml", dump_config(
-                cfg, header="resolved conure run config (every key); rerun with: conure train --config <this file>"))
-        D.barrier()                             # the directory is ready before any rank goes on
+            ckpt.atomic_write_text(
+                self.out / "config.yaml",
+                dump_config(
+                    cfg, header="resolved conure run config (every key); rerun with: conure train --config <this file>"
+                ),
+            )
+        D.barrier()  # the directory is ready before any rank goes on
         self.tasks = tasks
         self.task_cfgs = cfg.task_configs()
         self.names = [t.name for t in tasks]
         self.metrics = [task_metric(t, c) for t, c in zip(tasks, self.task_cfgs)]
         self.vocab = ckpt.vocab_meta(tasks)
-        self.echo(f"data: {cfg.data.kind}{' ' + cfg.data.path if cfg.data.path else ''}: {len(tasks)} tasks, "
-                  f"{tasks[0].num_items - 1:,} source items, {tasks[0].train.users.unique().numel():,} train users "
-                  f"({time.perf_counter() - t0:.1f}s)")
+        self.echo(
+            f"data: {cfg.data.kind}{' ' + cfg.data.path if cfg.data.path else ''}: {len(tasks)} tasks, "
+            f"{tasks[0].num_items - 1:,} source items, {tasks[0].train.users.unique().numel():,} train users "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
         self.baselines = self._baselines()
         for i, (t, b) in enumerate(zip(tasks, self.baselines), 1):
             lin = b.get("linear")
@@ -330,12 +379,16 @@ class Run:
             elif "error" in lin:
                 note = f"; linear baseline skipped: {lin['error']}"
             else:
-                note = (f", linear {fmt_value(lin['value'], 0)} ({lin['model']}, l2 {lin['l2']:g}, {lin['features']:,} "
-                        f"item features, {lin['seconds']:.1f}s)")
-            self.echo(f"  task {i} {t.name} ({t.kind}, {t.num_targets - (0 if t.kind == 'profile' else 1):,} "
-                      f"{'classes' if t.kind == 'profile' else 'targets'}; users train/valid/test "
-                      f"{t.train.users.unique().numel():,}/{len(t.valid):,}/{len(t.test):,}): {b['name']} baseline "
-                      f"{b['metric']} {b['value']:.4f}{note}")
+                note = (
+                    f", linear {fmt_value(lin['value'], 0)} ({lin['model']}, l2 {lin['l2']:g}, {lin['features']:,} "
+                    f"item features, {lin['seconds']:.1f}s)"
+                )
+            self.echo(
+                f"  task {i} {t.name} ({t.kind}, {t.num_targets - (0 if t.kind == 'profile' else 1):,} "
+                f"{'classes' if t.kind == 'profile' else 'targets'}; users train/valid/test "
+                f"{t.train.users.unique().numel():,}/{len(t.valid):,}/{len(t.test):,}): {b['name']} baseline "
+                f"{b['metric']} {b['value']:.4f}{note}"
+            )
 
         if resuming and self.main:
             self._rebuild_log()
@@ -357,7 +410,7 @@ class Run:
         if self.main:
             try:
                 answer = (trivial_baselines(self.tasks, self.task_cfgs, lin), None)
-            except Exception as e:      # other ranks wait in the broadcast: tell them, then raise it here
+            except Exception as e:  # other ranks wait in the broadcast: tell them, then raise it here
                 answer, failure = (None, f"baselines: {type(e).__name__}: {e}"), e
         result, error = D.broadcast_object(answer)
         if failure is not None:
@@ -375,37 +428,51 @@ class Run:
         learner = None
         if self.main:
             ckpt.remove_stale_temps(path)
-        if self.resume and D.broadcast_object(path.exists()):     # rank 0 decides; every rank loads the file
+        if self.resume and D.broadcast_object(path.exists()):  # rank 0 decides; every rank loads the file
             tensors, meta = ckpt.load(path, kind="run")
             self._same_on_every_rank(path, meta)
             if meta.get("method") != method:
                 raise RunError(f"{path}: holds method {meta.get('method')!r}, expected {method!r}")
             saved_vocab = meta.get("vocab", {}).get("source")
             if saved_vocab != self.vocab["source"]:
-                raise RunError(f"cannot resume {method}: the data gives another item vocabulary than the checkpoint's "
-                               f"(did the data files change?)")
+                raise RunError(
+                    f"cannot resume {method}: the data gives another item vocabulary than the checkpoint's "
+                    f"(did the data files change?)"
+                )
             learner = ckpt.learner_from(tensors, meta["learner"], "learner/", device)
             info = meta.get("progress", {}).get("in_task")
             if info is not None:
                 point = resume_point(tensors, info, D.get_rank())
             done = len(learner.tasks)
-            where = f"after task {done}" if point is None else \
-                f"task {point.task} {point.phase} epoch {point.epoch}"
+            where = f"after task {done}" if point is None else f"task {point.task} {point.phase} epoch {point.epoch}"
             self.echo(f"[{method}] resuming from {path} ({where})")
         if learner is None:
             learner = new_learner(cfg, method, tasks[0].num_items, device)
         for t in learner.learned_tasks:
             learner.attach_data(t, tasks[t - 1])
         self.learners[method] = learner
-        n_epochs = sum(1 for r in (point.history if point else learner.history)
-                       if r.get("event") == "epoch")
-        checkpoint = EpochCheckpoint(path, every_epoch=cfg.output.checkpoint_every_epoch, total_tasks=len(tasks),
-                                     meta=lambda: self._checkpoint_meta(method))
+        n_epochs = sum(1 for r in (point.history if point else learner.history) if r.get("event") == "epoch")
+        checkpoint = EpochCheckpoint(
+            path,
+            every_epoch=cfg.output.checkpoint_every_epoch,
+            total_tasks=len(tasks),
+            meta=lambda: self._checkpoint_meta(method),
+        )
         checkpoint.snapshot(learner)
-        tb = TensorBoardLogger(self.out / "tb" / method, self.names, enabled=cfg.output.tensorboard and self.main,
-                               first_step=n_epochs, purge=self.resume, echo=self.echo)
-        callbacks = [ProgressBars(method, self.names, self.metrics, verbose=cfg.output.verbose),
-                     CSVLogger(self.out / "log.csv", method, self.names, self.metrics), tb, checkpoint]
+        tb = TensorBoardLogger(
+            self.out / "tb" / method,
+            self.names,
+            enabled=cfg.output.tensorboard and self.main,
+            first_step=n_epochs,
+            purge=self.resume,
+            echo=self.echo,
+        )
+        callbacks = [
+            ProgressBars(method, self.names, self.metrics, verbose=cfg.output.verbose),
+            CSVLogger(self.out / "log.csv", method, self.names, self.metrics),
+            tb,
+            checkpoint,
+        ]
         learner.callbacks.extend(callbacks)
         learner.resume_from = point
         t_method = time.perf_counter()
@@ -416,7 +483,7 @@ class Run:
                 t0 = time.perf_counter()
                 self.training = True
                 try:
-                    summary = learner.learn(tasks[t - 1], t, self.task_cfgs[t - 1])   # checkpointed at its end
+                    summary = learner.learn(tasks[t - 1], t, self.task_cfgs[t - 1])  # checkpointed at its end
                 except ResumeError as e:
                     raise RunError(str(e)) from None
                 self._task_report(method, learner, t, summary, time.perf_counter() - t0)
@@ -433,10 +500,16 @@ class Run:
 
     def _checkpoint_meta(self, method: str) -> Dict[str, Any]:
         """What a run's checkpoints hold besides the learner: the config, vocabulary, tasks and baselines."""
-        return {"method": method, "config": self.config_dict, "vocab": self.vocab,
-                "tasks": [{"name": n, "kind": t.kind, "metric": m} for n, t, m in zip(self.names, self.tasks,
-                                                                                     self.metrics)],
-                "baselines": self.baselines, "max_len": self.cfg.data.max_len}
+        return {
+            "method": method,
+            "config": self.config_dict,
+            "vocab": self.vocab,
+            "tasks": [
+                {"name": n, "kind": t.kind, "metric": m} for n, t, m in zip(self.names, self.tasks, self.metrics)
+            ],
+            "baselines": self.baselines,
+            "max_len": self.cfg.data.max_len,
+        }
 
     def _same_on_every_rank(self, path: Path, meta: Mapping[str, Any]) -> None:
         """Raise on every rank if the ranks read different checkpoints (another file, or one rewritten meanwhile)."""
@@ -444,8 +517,10 @@ class Run:
         every = D.all_gather_object(digest)
         if any(d != every[0] for d in every):
             bad = [r for r, d in enumerate(every) if d != every[0]]
-            raise RunError(f"cannot resume: rank(s) {bad} read another {path} than rank 0 (every rank must see the "
-                           f"same run directory)")
+            raise RunError(
+                f"cannot resume: rank(s) {bad} read another {path} than rank 0 (every rank must see the "
+                f"same run directory)"
+            )
 
     def _rebuild_log(self) -> None:
         """After an interruption, log.csv may hold epochs the checkpoints do not: rewrite it from their history."""
@@ -469,26 +544,40 @@ class Run:
         for i, row in enumerate(learner.results):
             for j, v in enumerate(row):
                 matrix[i][j] = v
-        out = {"matrix": matrix, "final": matrix[-1] if matrix else [], "tasks_learned": len(learner.tasks),
-               "params_stored": learner.params_stored(), "bytes_stored": learner.bytes_stored(),
-               "forgetting": learner.forgetting(), "backward_transfer": learner.backward_transfer(),
-               "seconds": seconds, "checkpoint": str(self._ckpt_path(method))}
+        out = {
+            "matrix": matrix,
+            "final": matrix[-1] if matrix else [],
+            "tasks_learned": len(learner.tasks),
+            "params_stored": learner.params_stored(),
+            "bytes_stored": learner.bytes_stored(),
+            "forgetting": learner.forgetting(),
+            "backward_transfer": learner.backward_transfer(),
+            "seconds": seconds,
+            "checkpoint": str(self._ckpt_path(method)),
+        }
         if hasattr(learner, "capacity"):
             out["capacity"] = json_capacity(learner.capacity())
         return out
 
     def _write_results(self, complete: bool) -> Dict[str, Any]:
-        res = {"tasks": self.names, "kinds": [t.kind for t in self.tasks], "metric": self.metrics,
-               "baselines": self.baselines, "methods": self.results,
-               "complete": complete and all(r["tasks_learned"] == len(self.tasks) for r in self.results.values()),
-               "seconds": self.seconds, "config": self.config_dict}
+        res = {
+            "tasks": self.names,
+            "kinds": [t.kind for t in self.tasks],
+            "metric": self.metrics,
+            "baselines": self.baselines,
+            "methods": self.results,
+            "complete": complete and all(r["tasks_learned"] == len(self.tasks) for r in self.results.values()),
+            "seconds": self.seconds,
+            "config": self.config_dict,
+        }
         res = ckpt.nan_to_none(res)
         if self.main:
             ckpt.atomic_write_text(self.out / "results.json", json.dumps(res, indent=1) + "\n")
         return res
 
-    def _task_report(self, method: str, learner: ContinualLearner, t: int, summary: Mapping[str, Any],
-                     seconds: float) -> None:
+    def _task_report(
+        self, method: str, learner: ContinualLearner, t: int, summary: Mapping[str, Any], seconds: float
+    ) -> None:
         recs = [r for r in learner.history if r.get("task") == t]
         parts = []
         for phase in ("train", "retrain"):
@@ -496,7 +585,7 @@ class Run:
             ph = next((r for r in recs if r.get("event") == "phase" and r["phase"] == phase), None)
             if ph is not None:
                 parts.append(f"{phase} {len(epochs)} ep (best {ph['best_epoch']}, valid {ph['best_valid']:.4f})")
-            prune = next((r for r in reversed(recs) if r.get("event") == "prune"), None)   # keep_ratio auto: last
+            prune = next((r for r in reversed(recs) if r.get("event") == "prune"), None)  # keep_ratio auto: last
             if phase == "train" and prune is not None:
                 kept, claimed = sum(prune["kept"].values()), sum(prune["claimed"].values())
                 parts.append(f"kept {kept:,}/{claimed:,} weights")
@@ -512,28 +601,34 @@ class Run:
         if isinstance(b.get("linear"), Mapping):
             v = linear_value(b)
             lin = f",{mark(v)}linear {'-' if v is None else f'{v:.4f}'}"
-        self.echo(f"[{method}] task {t}/{len(self.tasks)} {self.names[t - 1]}: {'; '.join(parts)}; test "
-                  f"{self.metrics[t - 1]} {test:.4f}{mark(b['value'])}{b['name']} {b['value']:.4f}{lin} "
-                  f"({seconds:.1f}s)")
+        self.echo(
+            f"[{method}] task {t}/{len(self.tasks)} {self.names[t - 1]}: {'; '.join(parts)}; test "
+            f"{self.metrics[t - 1]} {test:.4f}{mark(b['value'])}{b['name']} {b['value']:.4f}{lin} "
+            f"({seconds:.1f}s)"
+        )
 
     def _report(self) -> None:
         self.echo("")
-        self.echo("baselines (test): " + "; ".join(f"{n} {format_baseline(b)}"
-                                                   for n, b in zip(self.names, self.baselines)))
+        self.echo(
+            "baselines (test): " + "; ".join(f"{n} {format_baseline(b)}" for n, b in zip(self.names, self.baselines))
+        )
         for method, r in self.results.items():
             self.echo("")
             self.echo(format_matrix(method, r["matrix"], self.names, self.metrics))
             if r["tasks_learned"] >= 2:
                 self.echo(f"forgetting {r['forgetting']:.4f}, backward transfer {r['backward_transfer']:+.4f}")
-        for method, r in self.results.items():
+        for r in self.results.values():
             if "capacity" in r:
                 self.echo("")
                 self.echo(format_capacity(r["capacity"], self.names))
         self.echo("")
-        self.echo("parameters stored: " + ", ".join(f"{m} {r['params_stored']:,} ({r['bytes_stored'] / 1e6:.2f} MB)"
-                                                    for m, r in self.results.items()))
-        self.echo(f"wrote {self.out}/results.json, log.csv, config.yaml, checkpoints/ "
-                  f"({self.seconds:.1f}s)")
+        self.echo(
+            "parameters stored: "
+            + ", ".join(
+                f"{m} {r['params_stored']:,} ({r['bytes_stored'] / 1e6:.2f} MB)" for m, r in self.results.items()
+            )
+        )
+        self.echo(f"wrote {self.out}/results.json, log.csv, config.yaml, checkpoints/ ({self.seconds:.1f}s)")
 
     def _plots(self) -> None:
         try:
@@ -542,8 +637,14 @@ class Run:
             self.echo(f"note: plots skipped ({type(e).__name__}: {e})")
             return
         try:
-            written = plots.plot_run(self.out, self.names, self.metrics, self.results,
-                                     {m: L.history for m, L in self.learners.items()}, self.baselines)
+            written = plots.plot_run(
+                self.out,
+                self.names,
+                self.metrics,
+                self.results,
+                {m: L.history for m, L in self.learners.items()},
+                self.baselines,
+            )
         except ImportError as e:
             self.echo(f"note: plots skipped (matplotlib not installed: {e})")
             return
@@ -551,4 +652,4 @@ class Run:
             self.echo("plots: " + ", ".join(str(p) for p in written))
 
 
-baselines = trivial_baselines       # the name before 0.2
+baselines = trivial_baselines  # the name before 0.2

@@ -9,6 +9,7 @@ per-epoch checkpoints that a run resumes from bit-identically.
 Under torchrun every rank runs the callbacks (a checkpoint gathers each rank's generator, a collective); only rank 0
 shows bars and writes files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,16 @@ from conure import checkpoint as ckpt
 from conure import distributed as D
 from conure.callbacks import Callback, EpochState, EvalState, PhaseEndState, PhaseState, TaskEndState
 
-__all__ = ["progress_enabled", "ProgressBars", "CSVLogger", "TensorBoardLogger", "EpochCheckpoint", "LOG_FIELDS",
-           "log_rows", "phase_tensors"]
+__all__ = [
+    "progress_enabled",
+    "ProgressBars",
+    "CSVLogger",
+    "TensorBoardLogger",
+    "EpochCheckpoint",
+    "LOG_FIELDS",
+    "log_rows",
+    "phase_tensors",
+]
 
 
 def progress_enabled() -> bool:
@@ -41,6 +50,7 @@ def progress_enabled() -> bool:
 
 def _bar(**kwargs):
     from tqdm.auto import tqdm
+
     kwargs.setdefault("disable", not progress_enabled() or not D.is_main_process())
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
@@ -59,9 +69,13 @@ class ProgressBars(Callback):
         return self.names[task - 1] if task <= len(self.names) else str(task)
 
     def on_phase_start(self, state: PhaseState) -> None:
-        self.epochs = _bar(total=state.epochs, desc=f"{self.label} task {state.task} {self._name(state.task)} "
-                                                    f"{state.phase}", unit="epoch", leave=False)
-        self.epochs.n = state.first_epoch - 1          # a resumed phase starts after its saved epoch
+        self.epochs = _bar(
+            total=state.epochs,
+            desc=f"{self.label} task {state.task} {self._name(state.task)} {state.phase}",
+            unit="epoch",
+            leave=False,
+        )
+        self.epochs.n = state.first_epoch - 1  # a resumed phase starts after its saved epoch
         self.epochs.refresh()
         self.num_batches = state.num_batches
 
@@ -86,11 +100,15 @@ class ProgressBars(Callback):
             self.epochs.refresh()
         if self.verbose and D.is_main_process():
             from tqdm.auto import tqdm
+
             t = state.task
             metric = self.metrics[t - 1] if t <= len(self.metrics) else "valid"
-            tqdm.write(f"[{self.label}] task {t} {self._name(t)} {state.phase} epoch {state.epoch}/{state.epochs}: "
-                       f"loss {r['loss']:.4f}, valid {metric} {r['valid']:.4f} ({r['seconds']:.1f}s)"
-                       f"{' (early stop)' if state.stopped else ''}", file=sys.stdout)
+            tqdm.write(
+                f"[{self.label}] task {t} {self._name(t)} {state.phase} epoch {state.epoch}/{state.epochs}: "
+                f"loss {r['loss']:.4f}, valid {metric} {r['valid']:.4f} ({r['seconds']:.1f}s)"
+                f"{' (early stop)' if state.stopped else ''}",
+                file=sys.stdout,
+            )
 
     def on_phase_end(self, state: PhaseEndState) -> None:
         for bar in (self.batches, self.epochs):
@@ -99,8 +117,9 @@ class ProgressBars(Callback):
         self.batches = self.epochs = None
 
     def on_eval_start(self, state: EvalState) -> None:
-        self.evals = _bar(total=max(1, state.num_batches), desc=f"{self.label} eval task {state.task}", leave=False,
-                          unit="batch")
+        self.evals = _bar(
+            total=max(1, state.num_batches), desc=f"{self.label} eval task {state.task}", leave=False, unit="batch"
+        )
 
     def on_eval_batch_end(self, state: EvalState) -> None:
         if self.evals is not None:
@@ -116,18 +135,28 @@ class ProgressBars(Callback):
 LOG_FIELDS = ["method", "task", "name", "phase", "epoch", "loss", "metric", "valid", "seconds"]
 
 
-def log_rows(method: str, history: Sequence[Mapping[str, Any]], names: Sequence[str],
-             metrics: Sequence[str]) -> List[Dict[str, Any]]:
+def log_rows(
+    method: str, history: Sequence[Mapping[str, Any]], names: Sequence[str], metrics: Sequence[str]
+) -> List[Dict[str, Any]]:
     """``log.csv`` rows of the epoch records in a learner's ``history``."""
     rows = []
     for r in history:
         if r.get("event") != "epoch":
             continue
         t = int(r["task"])
-        rows.append({"method": method, "task": t, "name": names[t - 1] if t <= len(names) else "",
-                     "phase": r["phase"], "epoch": r["epoch"], "loss": f"{r['loss']:.6g}",
-                     "metric": metrics[t - 1] if t <= len(metrics) else "", "valid": f"{r['valid']:.6g}",
-                     "seconds": f"{r['seconds']:.3f}"})
+        rows.append(
+            {
+                "method": method,
+                "task": t,
+                "name": names[t - 1] if t <= len(names) else "",
+                "phase": r["phase"],
+                "epoch": r["epoch"],
+                "loss": f"{r['loss']:.6g}",
+                "metric": metrics[t - 1] if t <= len(metrics) else "",
+                "valid": f"{r['valid']:.6g}",
+                "seconds": f"{r['seconds']:.3f}",
+            }
+        )
     return rows
 
 
@@ -154,8 +183,16 @@ class TensorBoardLogger(Callback):
     metrics and the parameters stored. Nothing when tensorboard is missing (one note to ``echo``) or disabled.
     ``first_step``: the global epoch count already logged (a resumed run continues its curves)."""
 
-    def __init__(self, folder: os.PathLike, names: Sequence[str], *, enabled: bool = True, first_step: int = 0,
-                 purge: bool = False, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        folder: os.PathLike,
+        names: Sequence[str],
+        *,
+        enabled: bool = True,
+        first_step: int = 0,
+        purge: bool = False,
+        echo: Callable[[str], None] = print,
+    ) -> None:
         self.names, self.step, self.writer = list(names), first_step, None
         if not enabled or not D.is_main_process():
             return
@@ -212,10 +249,17 @@ def phase_tensors(state: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Di
     for r in range(1, len(ranks)):
         tensors[f"phase/rng/rank/{r}/generator"] = ranks[r]
     tensors["phase/rng/torch"] = torch.get_rng_state()
-    info = {"task": state["task"], "phase": state["phase"], "epoch": state["epoch"], "stopped": state["stopped"],
-            "best_value": state["best_value"], "best_epoch": state["best_epoch"],
-            "history": [dict(r) for r in L.history],
-            "param_groups": sd["param_groups"], "optim_scalars": scalars}
+    info = {
+        "task": state["task"],
+        "phase": state["phase"],
+        "epoch": state["epoch"],
+        "stopped": state["stopped"],
+        "best_value": state["best_value"],
+        "best_epoch": state["best_epoch"],
+        "history": [dict(r) for r in L.history],
+        "param_groups": sd["param_groups"],
+        "optim_scalars": scalars,
+    }
     return tensors, info
 
 
@@ -225,8 +269,14 @@ class EpochCheckpoint(Callback):
     keys to the JSON (a run adds its config, vocabulary, tasks and baselines). Start it with :meth:`snapshot` of a
     resumed learner so the first epoch's checkpoint has the learned tasks."""
 
-    def __init__(self, path: os.PathLike, *, every_epoch: bool = True, total_tasks: Optional[int] = None,
-                 meta: Optional[Callable[[], Mapping[str, Any]]] = None) -> None:
+    def __init__(
+        self,
+        path: os.PathLike,
+        *,
+        every_epoch: bool = True,
+        total_tasks: Optional[int] = None,
+        meta: Optional[Callable[[], Mapping[str, Any]]] = None,
+    ) -> None:
         self.path, self.every_epoch, self.total_tasks, self.meta = Path(path), every_epoch, total_tasks, meta
         self.base: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None
 
@@ -245,9 +295,13 @@ class EpochCheckpoint(Callback):
         if state is not None:
             extra, in_task = phase_tensors(state)
             tensors.update(extra)
-        meta = {"kind": "run", "method": learner.method, **dict(self.meta() if self.meta else {}),
-                "learner": base_meta,
-                "progress": {"completed": len(base_meta["tasks"]), "total": self.total_tasks, "in_task": in_task}}
+        meta = {
+            "kind": "run",
+            "method": learner.method,
+            **dict(self.meta() if self.meta else {}),
+            "learner": base_meta,
+            "progress": {"completed": len(base_meta["tasks"]), "total": self.total_tasks, "in_task": in_task},
+        }
         ckpt.save(self.path, tensors, meta)
 
     def on_epoch_end(self, state: EpochState) -> None:
@@ -255,10 +309,10 @@ class EpochCheckpoint(Callback):
             return
         backend = state.learner.execution_backend()
         extra = {}
-        if backend.world_size > 1:     # collectives, on every rank: each rank's generator (BPR draws differ per rank)
+        if backend.world_size > 1:  # collectives, on every rank: each rank's generator (BPR draws differ per rank)
             extra["rank_generators"] = backend.all_gather_object(state.generator.get_state())
         self.save(state.learner, dict(state, **extra))
-        if backend.world_size > 1:     # no rank starts the next epoch before the checkpoint is on disk
+        if backend.world_size > 1:  # no rank starts the next epoch before the checkpoint is on disk
             backend.barrier()
 
     def on_task_end(self, state: TaskEndState) -> None:

@@ -15,6 +15,7 @@ of one. Under torchrun only rank 0 takes the lock (it alone writes the directory
 Limits: ``flock`` is advisory (a process that does not ask is not stopped) and on some network filesystems (older
 NFS) it is local to one host; two hosts writing one NFS directory are not detected there.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -66,14 +67,14 @@ class RunLock:
     def __init__(self, path: Path, fd: int, created: Sequence[Path] = ()) -> None:
         self.path = path
         self._fd: Optional[int] = fd
-        self.created = list(created)     # directories made for the lock, deepest first: removed if left empty
+        self.created = list(created)  # directories made for the lock, deepest first: removed if left empty
 
     @classmethod
-    def acquire(cls, run_dir: os.PathLike, error: Type[Exception] = RunLocked) -> "RunLock":
+    def acquire(cls, run_dir: os.PathLike, error: Type[Exception] = RunLocked) -> RunLock:
         d = Path(run_dir)
         path = d / LOCK_NAME
         created = [p for p in [d, *d.parents] if not p.exists()]
-        for _ in range(100):        # retried only when the file was unlinked between our open and our flock
+        for _ in range(100):  # retried only when the file was unlinked between our open and our flock
             try:
                 d.mkdir(parents=True, exist_ok=True)
                 # O_CLOEXEC: a program exec'd by the run does not inherit the lock; no O_TRUNC: the record of a
@@ -82,15 +83,18 @@ class RunLock:
             except OSError as e:
                 # as ``error`` (a RunError in runner): under torchrun, rank 0 reports it to the other ranks, which
                 # would otherwise wait for rank 0's answer forever
-                raise error(f"cannot lock {d} for writing: {e.strerror or e}"
-                            f"{': ' + str(e.filename) if e.filename else ''}") from None
+                raise error(
+                    f"cannot lock {d} for writing: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise error(f"{d} is being written by {_describe(holder(d))}; wait for it to end (or stop "
-                                f"it), then rerun; eval/inspect/predict/export can read the run meanwhile") from None
+                    raise error(
+                        f"{d} is being written by {_describe(holder(d))}; wait for it to end (or stop "
+                        f"it), then rerun; eval/inspect/predict/export can read the run meanwhile"
+                    ) from None
                 raise error(f"cannot lock {path}: {e.strerror or e}") from None
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -98,7 +102,7 @@ class RunLock:
                 same = False
             if same:
                 break
-            os.close(fd)            # we locked a file its last holder removed: lock the one at the path now
+            os.close(fd)  # we locked a file its last holder removed: lock the one at the path now
         else:
             raise error(f"cannot lock {path}: it keeps being replaced")
         lock = cls(path, fd, [p for p in created if p.is_dir()])
@@ -111,9 +115,13 @@ class RunLock:
 
     def _write_record(self) -> None:
         import sys
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv)[:500]}
+
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:500],
+        }
         data = (json.dumps(info) + "\n").encode("utf-8")
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
@@ -122,7 +130,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __bool__(self) -> bool:     # ``lock or RunLock.acquire(...)``: a released lock is taken again
+    def __bool__(self) -> bool:  # ``lock or RunLock.acquire(...)``: a released lock is taken again
         return self.held
 
     def release(self) -> None:
@@ -133,11 +141,11 @@ class RunLock:
             return
         try:
             if self.created and [p.name for p in self.path.parent.iterdir()] == [LOCK_NAME]:
-                self.path.unlink()          # still locked here: a writer that opened it sees the inode change
+                self.path.unlink()  # still locked here: a writer that opened it sees the inode change
                 for p in self.created:
                     try:
                         p.rmdir()
-                    except OSError:         # something else appeared there meanwhile: leave it
+                    except OSError:  # something else appeared there meanwhile: leave it
                         break
         except OSError:
             pass
@@ -147,13 +155,13 @@ class RunLock:
             finally:
                 os.close(fd)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def __del__(self) -> None:     # a Run dropped without execute()'s cleanup must not keep the directory locked
+    def __del__(self) -> None:  # a Run dropped without execute()'s cleanup must not keep the directory locked
         try:
             self.release()
         except Exception:

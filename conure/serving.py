@@ -17,6 +17,7 @@ Post-LN backbones (``NextItNet(pre_ln=False)``) go through ``multi_task_forward(
 The vectors are the backbone's output at the last position: what a head with ``pool="last"`` reads. A head that
 pools over positions (``"mean"``, ``"attention"``) needs every position: ``learner.user_vectors(task, items)``.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -61,9 +62,11 @@ class MultiTaskServer:
     @torch.no_grad()
     def __call__(self, items: torch.Tensor) -> torch.Tensor:
         if not isinstance(items, torch.Tensor) or items.dim() != 2 or items.dtype != torch.int64:
-            raise ValueError("MultiTaskServer: items must be an int64 tensor [B, L], got "
-                             f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}"
-                             f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}")
+            raise ValueError(
+                "MultiTaskServer: items must be an int64 tensor [B, L], got "
+                f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}"
+                f"{' ' + str(items.dtype) if isinstance(items, torch.Tensor) else ''}"
+            )
         if items.shape[1] == 0:
             raise ValueError("MultiTaskServer: items has no positions (L = 0)")
         w = self.weights
@@ -73,8 +76,7 @@ class MultiTaskServer:
         # Left-padded histories end at L - 1; otherwise compute from the earliest last position on.
         first = int(last.min()) if items.shape[0] else length - 1
         out_len = length - first
-        out = ops.multi_task_forward(x, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps, out_len,
-                                     post_ln=not w.pre_ln)
+        out = ops.multi_task_forward(x, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps, out_len, post_ln=not w.pre_ln)
         if out_len == 1:
             return out[:, :, 0]
         idx = (last - first).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, out.shape[3])

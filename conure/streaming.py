@@ -20,6 +20,7 @@ the model's weights or owner maps change call :meth:`StreamingState.refresh_weig
 Pre-LN backbones (the paper's) step through the fused ``stream_step_`` operator, post-LN backbones
 (``NextItNet(pre_ln=False)``) through ``stream_step_post_ln_``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Union
@@ -28,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from conure import ops
-from conure.ops.layout import conv_cols
 from conure.nn import check_task_id
+from conure.ops.layout import conv_cols
 
 __all__ = ["StackedWeights", "StreamingState"]
 
@@ -106,15 +107,19 @@ class StackedWeights:
             raise TypeError(f"{where}: items must be a tensor, got {type(items).__name__}")
         if items.is_floating_point():
             if items.shape[-1] != self.channels or items.dtype != self.dtype:
-                raise ValueError(f"{where}: embeddings must be [..., {self.channels}] of {self.dtype}, got "
-                                 f"{tuple(items.shape)} {items.dtype}")
+                raise ValueError(
+                    f"{where}: embeddings must be [..., {self.channels}] of {self.dtype}, got "
+                    f"{tuple(items.shape)} {items.dtype}"
+                )
             return items.to(self.device)
         if items.dtype != torch.int64:
             raise TypeError(f"{where}: item ids must be int64, got {items.dtype}")
         items = items.to(self.device)
         if items.numel() and (int(items.min()) < 0 or int(items.max()) >= self.embedding.shape[0]):
-            raise ValueError(f"{where}: item ids must be in [0, {self.embedding.shape[0]}), got "
-                             f"[{int(items.min())}, {int(items.max())}]")
+            raise ValueError(
+                f"{where}: item ids must be in [0, {self.embedding.shape[0]}), got "
+                f"[{int(items.min())}, {int(items.max())}]"
+            )
         return F.embedding(items, self.embedding)
 
 
@@ -146,8 +151,10 @@ class StreamingState:
             self.weights = StackedWeights(model, tasks)
         w = self.weights
         self.pos = torch.zeros(batch_size, dtype=torch.int64, device=w.device)
-        self.rings = [torch.zeros(1 if c == 0 else len(tasks), batch_size, r, ch, dtype=w.dtype, device=w.device)
-                      for c, (r, ch) in enumerate(zip(w.ring_lengths(), w.ring_channels()))]
+        self.rings = [
+            torch.zeros(1 if c == 0 else len(tasks), batch_size, r, ch, dtype=w.dtype, device=w.device)
+            for c, (r, ch) in enumerate(zip(w.ring_lengths(), w.ring_channels()))
+        ]
         if pad_history:
             self.reset_(None, pad_history)
 
@@ -168,8 +175,9 @@ class StreamingState:
     def _task_index(self, task: Optional[int]) -> int:
         if task is None:
             if len(self.tasks) != 1:
-                raise ValueError(f"StreamingState.step: this state holds tasks {self.tasks}; name one (or use "
-                                 f"step_all)")
+                raise ValueError(
+                    f"StreamingState.step: this state holds tasks {self.tasks}; name one (or use step_all)"
+                )
             return 0
         if task not in self.tasks:
             raise ValueError(f"StreamingState.step: task {task!r} is not held by this state (tasks {self.tasks})")
@@ -185,10 +193,12 @@ class StreamingState:
         w = self.weights
         x = w.embed(items, "StreamingState.step")
         if x.shape != (self.batch_size, w.channels):
-            raise ValueError(f"StreamingState.step: need one item per user ([{self.batch_size}]), got "
-                             f"{tuple(items.shape)}")
-        out = ops.stream_step_(x, self.pos, self.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps,
-                               post_ln=not w.pre_ln)
+            raise ValueError(
+                f"StreamingState.step: need one item per user ([{self.batch_size}]), got {tuple(items.shape)}"
+            )
+        out = ops.stream_step_(
+            x, self.pos, self.rings, w.wcols, w.ln, w.dilations, w.kernel_size, w.eps, post_ln=not w.pre_ln
+        )
         self.pos += 1
         return out
 
@@ -204,8 +214,10 @@ class StreamingState:
     def run(self, items: torch.Tensor) -> torch.Tensor:
         """Step through ``items [B, L]`` column by column; returns the user vectors after the last: [T, B, C]."""
         if not isinstance(items, torch.Tensor) or items.dim() != 2 or items.shape[0] != self.batch_size:
-            raise ValueError(f"StreamingState.run: items must be [B={self.batch_size}, L], got "
-                             f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}")
+            raise ValueError(
+                f"StreamingState.run: items must be [B={self.batch_size}, L], got "
+                f"{tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__}"
+            )
         out = None
         for t in range(items.shape[1]):
             out = self.step_all(items[:, t])
@@ -220,14 +232,14 @@ class StreamingState:
             raise IndexError(f"{where}: user index out of range for {self.batch_size} users")
         return idx
 
-    def _empty_like(self, batch_size: int) -> "StreamingState":
+    def _empty_like(self, batch_size: int) -> StreamingState:
         new = object.__new__(StreamingState)
         new.weights = self.weights
         new.pos = self.pos.new_zeros(batch_size)
         new.rings = [r.new_zeros((r.shape[0], batch_size) + tuple(r.shape[2:])) for r in self.rings]
         return new
 
-    def gather(self, user_idx) -> "StreamingState":
+    def gather(self, user_idx) -> StreamingState:
         """A new state holding users ``user_idx`` (int64 indices, repeats allowed) of this one (copies)."""
         idx = self._index(user_idx, "StreamingState.gather")
         new = self._empty_like(idx.numel())
@@ -236,11 +248,14 @@ class StreamingState:
         return new
 
     @torch.no_grad()
-    def scatter_(self, user_idx, other: "StreamingState") -> "StreamingState":
+    def scatter_(self, user_idx, other: StreamingState) -> StreamingState:
         """Write ``other``'s users into this state at ``user_idx`` (one index per user of ``other``)."""
         idx = self._index(user_idx, "StreamingState.scatter_")
-        if other.weights.tasks != self.tasks or other.batch_size != idx.numel() or \
-                [r.shape[2:] for r in other.rings] != [r.shape[2:] for r in self.rings]:
+        if (
+            other.weights.tasks != self.tasks
+            or other.batch_size != idx.numel()
+            or [r.shape[2:] for r in other.rings] != [r.shape[2:] for r in self.rings]
+        ):
             raise ValueError("StreamingState.scatter_: other must hold the same tasks and model, one user per index")
         self.pos[idx] = other.pos
         for r, o in zip(self.rings, other.rings):
@@ -248,12 +263,15 @@ class StreamingState:
         return self
 
     @torch.no_grad()
-    def reset_(self, user_idx=None, pad_history: int = 0) -> "StreamingState":
+    def reset_(self, user_idx=None, pad_history: int = 0) -> StreamingState:
         """Restart users ``user_idx`` (all when None): empty history, or after ``pad_history`` padding items."""
         if isinstance(pad_history, bool) or not isinstance(pad_history, int) or pad_history < 0:
             raise ValueError(f"StreamingState.reset_: pad_history must be an int >= 0, got {pad_history!r}")
-        idx = torch.arange(self.batch_size, device=self.pos.device) if user_idx is None else \
-            self._index(user_idx, "StreamingState.reset_")
+        idx = (
+            torch.arange(self.batch_size, device=self.pos.device)
+            if user_idx is None
+            else self._index(user_idx, "StreamingState.reset_")
+        )
         fresh = self._empty_like(idx.numel())
         pad = torch.zeros(idx.numel(), dtype=torch.int64, device=self.pos.device)
         for _ in range(min(pad_history, self.receptive_field)):
@@ -268,17 +286,23 @@ class StreamingState:
         return out
 
     @torch.no_grad()
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> "StreamingState":
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> StreamingState:
         """Restore :meth:`state_dict` output (same model layout and tasks; any batch size)."""
         tasks = tuple(int(t) for t in state["tasks"].tolist())
         if tasks != self.tasks:
             raise ValueError(f"StreamingState.load_state_dict: state holds tasks {tasks}, this one {self.tasks}")
         rings = [state[f"ring.{c}"] for c in range(len(self.rings))]
         for c, (r, mine) in enumerate(zip(rings, self.rings)):
-            if r.dim() != 4 or r.shape[0] != mine.shape[0] or r.shape[2:] != mine.shape[2:] or \
-                    r.shape[1] != state["pos"].shape[0]:
-                raise ValueError(f"StreamingState.load_state_dict: ring {c} has shape {tuple(r.shape)}, expected "
-                                 f"[{mine.shape[0]}, B, {mine.shape[2]}, {mine.shape[3]}]")
+            if (
+                r.dim() != 4
+                or r.shape[0] != mine.shape[0]
+                or r.shape[2:] != mine.shape[2:]
+                or r.shape[1] != state["pos"].shape[0]
+            ):
+                raise ValueError(
+                    f"StreamingState.load_state_dict: ring {c} has shape {tuple(r.shape)}, expected "
+                    f"[{mine.shape[0]}, B, {mine.shape[2]}, {mine.shape[3]}]"
+                )
         w = self.weights
         self.pos = state["pos"].to(device=w.device, dtype=torch.int64).clone()
         self.rings = [r.to(device=w.device, dtype=w.dtype).contiguous().clone() for r in rings]

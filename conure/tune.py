@@ -26,6 +26,7 @@ warm-up, Conure's keep ratio, and the class weighting of profile tasks; epochs s
 Optuna is an optional dependency (``pip install optuna`` or ``pip install conure[tune]``); this module imports it
 only when :func:`tune` runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,7 +55,7 @@ __all__ = ["TuneError", "Param", "tune", "default_space", "parse_space", "load_s
 
 OPTUNA_HINT = "conure tune needs optuna: pip install optuna (or pip install 'conure[tune]')"
 PREFIX_FILE, STUDY_FILE, BEST_FILE = "prefix.safetensors", "study.db", "best.yaml"
-_IDENTITY_ATTR = "conure_identity"      # study user attribute: what the trials' values depend on (see _identity)
+_IDENTITY_ATTR = "conure_identity"  # study user attribute: what the trials' values depend on (see _identity)
 
 # Fields a trial must not change: the metric and its cut-offs define what the trials' values mean (changing them
 # would make trials incomparable), and evaluate_all only concerns test evaluation, which tuning never does.
@@ -84,7 +85,7 @@ def default_space(kind: str, method: str = "conure") -> Dict[str, Dict[str, Any]
         # adaptive step and barely regularises.
         "weight_decay": {"low": 1e-6, "high": 1e-1, "log": True, "or_zero": True},
     }
-    if kind in ("item", "profile"):     # the head options: next-item heads read every position, without dropout
+    if kind in ("item", "profile"):  # the head options: next-item heads read every position, without dropout
         space["dropout"] = {"low": 0.0, "high": 0.5}
         space["pool"] = {"choices": ["last", "mean", "attention"]}
         space["head_warmup"] = {"choices": [0, 50]}
@@ -100,7 +101,7 @@ class Param:
     """One searched TrainConfig field: a float range (``or_zero``: 0 or the range), an int range, or choices."""
 
     key: str
-    kind: str                               # "float", "int" or "choices"
+    kind: str  # "float", "int" or "choices"
     low: Optional[float] = None
     high: Optional[float] = None
     log: bool = False
@@ -158,7 +159,7 @@ def _hint_types(tp: Any) -> Tuple[type, ...]:
 
 
 def _value_ok(value: Any, types: Tuple[type, ...]) -> bool:
-    if isinstance(value, bool):             # YAML true/false is not a number here
+    if isinstance(value, bool):  # YAML true/false is not a number here
         return bool in types
     if isinstance(value, int):
         return int in types or float in types
@@ -185,8 +186,10 @@ def parse_space(raw: Any, base: TrainConfig, *, method: str = "conure", where: s
     by building a TrainConfig over ``base``; ``keep_ratio`` needs the conure method. Raises :class:`TuneError` naming
     the bad key."""
     if not isinstance(raw, Mapping) or not raw:
-        raise TuneError(f"{where}: expected a non-empty mapping of TrainConfig keys to ranges, e.g. "
-                        f"lr: {{low: 1e-5, high: 1e-2, log: true}}")
+        raise TuneError(
+            f"{where}: expected a non-empty mapping of TrainConfig keys to ranges, e.g. "
+            f"lr: {{low: 1e-5, high: 1e-2, log: true}}"
+        )
     field_names = [f.name for f in dataclasses.fields(TrainConfig)]
     tunable = [n for n in field_names if n not in _NOT_TUNABLE]
     hints = typing.get_type_hints(TrainConfig)
@@ -196,16 +199,22 @@ def parse_space(raw: Any, base: TrainConfig, *, method: str = "conure", where: s
         at = f"{where}: {key}"
         if key not in field_names:
             close = difflib.get_close_matches(str(key), tunable, n=1)
-            raise TuneError(f"{where}: unknown key {key!r}: not a TrainConfig field"
-                            + (f" (did you mean {close[0]!r}?)" if close else f" (tunable: {', '.join(tunable)})"))
+            raise TuneError(
+                f"{where}: unknown key {key!r}: not a TrainConfig field"
+                + (f" (did you mean {close[0]!r}?)" if close else f" (tunable: {', '.join(tunable)})")
+            )
         if key in _NOT_TUNABLE:
-            raise TuneError(f"{at}: not tunable (metric, eval_ks and eval_batch_size define how trials are scored; "
-                            f"evaluate_all concerns test evaluation, which tuning never does)")
+            raise TuneError(
+                f"{at}: not tunable (metric, eval_ks and eval_batch_size define how trials are scored; "
+                f"evaluate_all concerns test evaluation, which tuning never does)"
+            )
         if key == "keep_ratio" and method != "conure":
             raise TuneError(f"{at}: only the conure method prunes (the config's method is {method!r})")
         if not isinstance(spec, Mapping):
-            raise TuneError(f"{at}: expected {{low, high[, log, or_zero]}}, {{int: [low, high][, log]}} or "
-                            f"{{choices: [...]}}, got {spec!r}")
+            raise TuneError(
+                f"{at}: expected {{low, high[, log, or_zero]}}, {{int: [low, high][, log]}} or "
+                f"{{choices: [...]}}, got {spec!r}"
+            )
         spec = dict(spec)
         types = _hint_types(hints[key])
         if "choices" in spec:
@@ -228,22 +237,30 @@ def parse_space(raw: Any, base: TrainConfig, *, method: str = "conure", where: s
             if "int" in spec:
                 extra = sorted(set(spec) - {"int", "log"})
                 rng = spec["int"]
-                if extra or not (isinstance(rng, (list, tuple)) and len(rng) == 2
-                                 and all(isinstance(v, int) and not isinstance(v, bool) for v in rng)):
-                    raise TuneError(f"{at}: expected {{int: [low, high]}} with integer bounds (and optionally log), "
-                                    f"got {dict(spec)!r}")
+                if extra or not (
+                    isinstance(rng, (list, tuple))
+                    and len(rng) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in rng)
+                ):
+                    raise TuneError(
+                        f"{at}: expected {{int: [low, high]}} with integer bounds (and optionally log), "
+                        f"got {dict(spec)!r}"
+                    )
                 if int not in types:
                     raise TuneError(f"{at}: {key} is not an integer field; use {{low, high}}")
                 low, high, kind = rng[0], rng[1], "int"
             else:
                 extra = sorted(set(spec) - {"low", "high", "log", "or_zero"})
                 if extra or "low" not in spec or "high" not in spec:
-                    raise TuneError(f"{at}: expected {{low, high[, log, or_zero]}}, {{int: [low, high]}} or "
-                                    f"{{choices: [...]}}, got {dict(spec)!r}"
-                                    + (f" (unknown: {', '.join(map(str, extra))})" if extra else ""))
+                    raise TuneError(
+                        f"{at}: expected {{low, high[, log, or_zero]}}, {{int: [low, high]}} or "
+                        f"{{choices: [...]}}, got {dict(spec)!r}"
+                        + (f" (unknown: {', '.join(map(str, extra))})" if extra else "")
+                    )
                 low, high, kind = _number(spec["low"]), _number(spec["high"]), "float"
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                           for v in (low, high)):
+                if not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)
+                ):
                     raise TuneError(f"{at}: low and high must be finite numbers, got {low!r} and {high!r}")
                 if float not in types:
                     hint = "{int: [low, high]} or choices" if int in types else "choices"
@@ -256,8 +273,14 @@ def parse_space(raw: Any, base: TrainConfig, *, method: str = "conure", where: s
                 raise TuneError(f"{at}: low must be below high, got {low!r} and {high!r}")
             if log and low <= 0:
                 raise TuneError(f"{at}: a log range needs low > 0, got {low!r}")
-            p = Param(key, kind, low=float(low) if kind == "float" else low,
-                      high=float(high) if kind == "float" else high, log=log, or_zero=or_zero)
+            p = Param(
+                key,
+                kind,
+                low=float(low) if kind == "float" else low,
+                high=float(high) if kind == "float" else high,
+                log=log,
+                or_zero=or_zero,
+            )
             values = [low, high] + ([0.0] if or_zero else [])
         for v in values:
             try:
@@ -307,8 +330,10 @@ def find_task(cfg: RunConfig, task: Union[str, int]) -> int:
     text = str(task).strip()
     if text.isdigit() and 1 <= int(text) <= len(names):
         return int(text) - 1
-    raise TuneError(f"--task {task!r}: no such task; the config's tasks are: "
-                    + ", ".join(f"{i} {n}" for i, n in enumerate(names, 1)))
+    raise TuneError(
+        f"--task {task!r}: no such task; the config's tasks are: "
+        + ", ".join(f"{i} {n}" for i, n in enumerate(names, 1))
+    )
 
 
 def _without_test(task: TaskData) -> TaskData:
@@ -335,8 +360,14 @@ def _identity(cfg: RunConfig, index: int) -> Dict[str, Any]:
     d = config_to_dict(cfg)
     tcs = [tc.to_dict() for tc in cfg.task_configs()]
     method = {k: v for k, v in d["method"].items() if k != "compare"}
-    prefix = {"seed": d["seed"], "data": d["data"], "model": d["model"], "method": method,
-              "tasks": d["tasks"][:index], "train": tcs[:index]}
+    prefix = {
+        "seed": d["seed"],
+        "data": d["data"],
+        "model": d["model"],
+        "method": method,
+        "tasks": d["tasks"][:index],
+        "train": tcs[:index],
+    }
     return {"prefix": prefix, "task": d["tasks"][index], "train": tcs[index]}
 
 
@@ -367,7 +398,7 @@ def _valid_baseline(task: TaskData, tc: TrainConfig, metric: str) -> Tuple[str, 
 
 def _yaml_value(value: Any) -> str:
     """A value as YAML flow text (what a config file and ``--set`` read back as the same value)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10 ** 6, sort_keys=False)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False)
     return text.strip().removesuffix("...").strip()
 
 
@@ -378,9 +409,16 @@ def _fmt(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- the prefix
-def _prefix(cfg: RunConfig, tasks: Sequence[TaskData], index: int, out: Path, ident: Mapping[str, Any],
-            data_digest: str, device: torch.device, echo: Callable[[str], None]
-            ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
+def _prefix(
+    cfg: RunConfig,
+    tasks: Sequence[TaskData],
+    index: int,
+    out: Path,
+    ident: Mapping[str, Any],
+    data_digest: str,
+    device: torch.device,
+    echo: Callable[[str], None],
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
     """The learner state after tasks ``1..index`` (0-based ``index`` = the tuned task): read from
     ``out/prefix.safetensors`` when it was learned under the same config and data, else learned now and written
     there. Returns ``(tensors, learner meta, "cached" or "learned")``."""
@@ -395,26 +433,42 @@ def _prefix(cfg: RunConfig, tasks: Sequence[TaskData], index: int, out: Path, id
             echo(f"note: {e}; learning the earlier tasks again")
         else:
             if meta.get("hash") == digest:
-                echo(f"tasks 1..{index}: learner state read from {path}" if index else
-                     f"initial learner state read from {path}")
-                return {k[len("learner/"):]: v for k, v in tensors.items() if k.startswith("learner/")}, \
-                    meta["learner"], "cached"
+                echo(
+                    f"tasks 1..{index}: learner state read from {path}"
+                    if index
+                    else f"initial learner state read from {path}"
+                )
+                return (
+                    {k[len("learner/") :]: v for k, v in tensors.items() if k.startswith("learner/")},
+                    meta["learner"],
+                    "cached",
+                )
             keys = _diff(meta.get("identity"), dict(ident))
-            echo(f"note: {path} was learned under another config ({', '.join(keys[:4])}"
-                 f"{' ...' if len(keys) > 4 else ''} differ); learning the earlier tasks again")
+            echo(
+                f"note: {path} was learned under another config ({', '.join(keys[:4])}"
+                f"{' ...' if len(keys) > 4 else ''} differ); learning the earlier tasks again"
+            )
     method = cfg.method.name
     # As Run does before learning: the global RNG (dropout) starts from the config's seed.
     torch.manual_seed(cfg.seed)
     learner = new_learner(cfg, method, tasks[0].num_items, device)
-    learner.dist_context = False        # tuning runs in one process, even inside a torchrun job
+    learner.dist_context = False  # tuning runs in one process, even inside a torchrun job
     tcs = cfg.task_configs()
     for t in range(1, index + 1):
         t0 = time.perf_counter()
         summary = learner.learn(tasks[t - 1], t, tcs[t - 1])
-        echo(f"[{method}] task {t}/{index} {tasks[t - 1].name} learned (before the tuned task): valid "
-             f"{summary['metric']} {summary['valid']:.4f} ({time.perf_counter() - t0:.1f}s)")
-    meta = {"kind": "tune-prefix", "hash": digest, "identity": dict(ident), "method": method,
-            "tasks": [t.name for t in tasks[:index]], "learner": learner.state_meta()}
+        echo(
+            f"[{method}] task {t}/{index} {tasks[t - 1].name} learned (before the tuned task): valid "
+            f"{summary['metric']} {summary['valid']:.4f} ({time.perf_counter() - t0:.1f}s)"
+        )
+    meta = {
+        "kind": "tune-prefix",
+        "hash": digest,
+        "identity": dict(ident),
+        "method": method,
+        "tasks": [t.name for t in tasks[:index]],
+        "learner": learner.state_meta(),
+    }
     ckpt.save(path, ckpt.learner_tensors(learner), meta)
     return learner.state_tensors(), learner.state_meta(), "learned"
 
@@ -431,8 +485,11 @@ def _counts(study: Any, optuna: Any) -> Dict[str, int]:
 
 
 def _best_trials(study: Any, optuna: Any, direction: str, n: int = 5) -> List[Any]:
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.value is not None and not math.isnan(t.value)]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and not math.isnan(t.value)
+    ]
     done.sort(key=lambda t: (t.value if direction == "minimize" else -t.value, t.number))
     return done[:n]
 
@@ -442,8 +499,14 @@ def _table(best: Sequence[Any], keys: Sequence[str], metric: str, reference: Opt
     rows = []
     for t in best:
         o = t.user_attrs.get("overrides", {})
-        rows.append([f"{t.number}{'*' if t.number == reference else ''}", f"{t.value:.4f}",
-                     str(t.user_attrs.get("epochs", "-"))] + [_fmt(o.get(k, "-")) for k in cols])
+        rows.append(
+            [
+                f"{t.number}{'*' if t.number == reference else ''}",
+                f"{t.value:.4f}",
+                str(t.user_attrs.get("epochs", "-")),
+            ]
+            + [_fmt(o.get(k, "-")) for k in cols]
+        )
     head = ["trial", metric, "epochs"] + cols
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
@@ -451,25 +514,35 @@ def _table(best: Sequence[Any], keys: Sequence[str], metric: str, reference: Opt
     return "\n".join(lines)
 
 
-def _best_yaml(cfg: RunConfig, index: int, metric: str, direction: str, best: Any, counts: Mapping[str, int],
-               config_name: Optional[str]) -> str:
+def _best_yaml(
+    cfg: RunConfig,
+    index: int,
+    metric: str,
+    direction: str,
+    best: Any,
+    counts: Mapping[str, int],
+    config_name: Optional[str],
+) -> str:
     """best.yaml: the overrides for the tuned task in the config's syntax, as --set lines, and the value."""
     overrides = dict(best.user_attrs.get("overrides", {}))
     name = cfg.tasks[index]["name"]
     sets = [f"tasks.{index}.train.{k}={_yaml_value(v)}" for k, v in overrides.items()]
-    lines = [f"# conure tune: best trial for task {index + 1} {name!r}"
-             + (f" of {config_name}" if config_name else "") + f", by validation {metric} ({direction}).",
-             "# Paste 'tasks:' over the config's tasks section (only this task's train mapping changed),",
-             "# or pass the 'set' lines to conure train as --set KEY=VALUE.",
-             f"task: {_yaml_value(name)}",
-             f"task_number: {index + 1}",
-             f"metric: {_yaml_value(metric)}",
-             f"direction: {direction}",
-             f"value: {_yaml_value(float(best.value))}",
-             f"trial: {best.number}",
-             f"trials: {_yaml_value({k: counts[k] for k in ('complete', 'pruned', 'failed')})}",
-             f"train: {_yaml_value(overrides)}",
-             "set:"]
+    lines = [
+        f"# conure tune: best trial for task {index + 1} {name!r}"
+        + (f" of {config_name}" if config_name else "")
+        + f", by validation {metric} ({direction}).",
+        "# Paste 'tasks:' over the config's tasks section (only this task's train mapping changed),",
+        "# or pass the 'set' lines to conure train as --set KEY=VALUE.",
+        f"task: {_yaml_value(name)}",
+        f"task_number: {index + 1}",
+        f"metric: {_yaml_value(metric)}",
+        f"direction: {direction}",
+        f"value: {_yaml_value(float(best.value))}",
+        f"trial: {best.number}",
+        f"trials: {_yaml_value({k: counts[k] for k in ('complete', 'pruned', 'failed')})}",
+        f"train: {_yaml_value(overrides)}",
+        "set:",
+    ]
     lines += [f"  - {_yaml_value(s)}" for s in sets]
     lines.append("tasks:")
     for i, t in enumerate(cfg.tasks):
@@ -478,16 +551,27 @@ def _best_yaml(cfg: RunConfig, index: int, metric: str, direction: str, best: An
             t["train"] = {**dict(t.get("train") or {}), **overrides}
         lines.append(f"  - {_yaml_value(t)}")
     text = "\n".join(lines) + "\n"
-    loaded = yaml.safe_load(text)     # what we write must read back as written
+    loaded = yaml.safe_load(text)  # what we write must read back as written
     assert loaded["train"] == overrides and loaded["tasks"][index]["train"] == {
-        **dict(cfg.tasks[index].get("train") or {}), **overrides}, "best.yaml does not round-trip"
+        **dict(cfg.tasks[index].get("train") or {}),
+        **overrides,
+    }, "best.yaml does not round-trip"
     return text
 
 
-def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Path], *,
-         space: Optional[Union[Mapping[str, Any], str, Path]] = None, timeout: Optional[float] = None,
-         echo: Callable[[str], None] = print, pruner: Any = None, sampler: Any = None,
-         config_name: Optional[str] = None) -> Dict[str, Any]:
+def tune(
+    cfg: RunConfig,
+    task: Union[str, int],
+    trials: int,
+    out: Union[str, Path],
+    *,
+    space: Optional[Union[Mapping[str, Any], str, Path]] = None,
+    timeout: Optional[float] = None,
+    echo: Callable[[str], None] = print,
+    pruner: Any = None,
+    sampler: Any = None,
+    config_name: Optional[str] = None,
+) -> Dict[str, Any]:
     """Tune task ``task`` (name, or 1-based number) of ``cfg`` until ``trials`` trials of the study in ``out`` are
     complete or pruned (see the module docstring); returns a summary dict.
 
@@ -531,16 +615,22 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
     ident = _identity(cfg, index)
 
     verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)     # one line per trial comes from us
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
     threads = torch.get_num_threads()
     try:
         try:
             # timeout: several `conure tune` processes may share one study (parallel workers): wait for the lock.
-            storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}",
-                                                 engine_kwargs={"connect_args": {"timeout": 60}})
-            study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
-                                        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3))
-        except Exception as e:      # sqlalchemy/optuna errors: a file that is not a study database, a locked disk
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{(out / STUDY_FILE).resolve()}", engine_kwargs={"connect_args": {"timeout": 60}}
+            )
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction=direction,
+                load_if_exists=True,
+                pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3),
+            )
+        except Exception as e:  # sqlalchemy/optuna errors: a file that is not a study database, a locked disk
             reason = " ".join(str(e).split())[:300] or type(e).__name__
             raise TuneError(f"{out / STUDY_FILE}: cannot open the study database ({reason})") from None
         stored = study.user_attrs.get(_IDENTITY_ATTR)
@@ -549,8 +639,10 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
             raise TuneError(f"{out / STUDY_FILE}: study {name!r} was not written by conure tune; use another --out")
         if stored is not None and stored != json.loads(json.dumps(ident)):
             keys = _diff(stored, json.loads(json.dumps(ident)))
-            raise TuneError(f"{out / STUDY_FILE}: study {name!r} was run under another config ({', '.join(keys[:3])}"
-                            f"{' ...' if len(keys) > 3 else ''} differ); use the study's config, or another --out")
+            raise TuneError(
+                f"{out / STUDY_FILE}: study {name!r} was run under another config ({', '.join(keys[:3])}"
+                f"{' ...' if len(keys) > 3 else ''} differ); use the study's config, or another --out"
+            )
         if list(study.directions) != [getattr(optuna.study.StudyDirection, direction.upper())]:
             raise TuneError(f"{out / STUDY_FILE}: study {name!r} does not {direction} {metric}; use another --out")
         if stored is None:
@@ -566,15 +658,19 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
         tasks = [_without_test(t) for t in build_tasks(cfg)]
         target = tasks[index]
         b_name, b_value = _valid_baseline(target, base, metric)
-        echo(f"tuning task {index + 1}/{len(tasks)} {name} ({kind}) with {method}: validation {metric} "
-             f"({direction}; {len(target.valid):,} validation users, {len(target.train):,} train users; "
-             f"{b_name} baseline {b_value:.4f}); data {time.perf_counter() - t0:.1f}s")
+        echo(
+            f"tuning task {index + 1}/{len(tasks)} {name} ({kind}) with {method}: validation {metric} "
+            f"({direction}; {len(target.valid):,} validation users, {len(target.train):,} train users; "
+            f"{b_name} baseline {b_value:.4f}); data {time.perf_counter() - t0:.1f}s"
+        )
         echo("search space: " + "; ".join(p.describe() for p in params))
         data_digest = _data_digest(tasks)
         stored_digest = study.user_attrs.get("data_digest")
         if stored_digest is not None and stored_digest != data_digest:
-            raise TuneError(f"{out / STUDY_FILE}: the data changed since study {name!r} began (same config, other "
-                            f"train/validation data); use another --out")
+            raise TuneError(
+                f"{out / STUDY_FILE}: the data changed since study {name!r} began (same config, other "
+                f"train/validation data); use another --out"
+            )
         if stored_digest is None:
             study.set_user_attr("data_digest", data_digest)
         tensors, meta, how = _prefix(cfg, tasks, index, out, ident["prefix"], data_digest, device, echo)
@@ -602,8 +698,10 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
                 study.set_user_attr("reference_trial", 0)
                 study.set_user_attr("reference_partial", bool(outside))
                 partial = bool(outside)
-                echo("trial 0 takes the config's settings" + (f" (sampled instead, outside the space: "
-                                                             f"{', '.join(outside)})" if outside else ""))
+                echo(
+                    "trial 0 takes the config's settings"
+                    + (f" (sampled instead, outside the space: {', '.join(outside)})" if outside else "")
+                )
 
         def objective(trial: Any) -> float:
             overrides = _overrides(params, trial)
@@ -625,7 +723,7 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
                     raise optuna.TrialPruned(f"pruned after epoch {state['epoch']}")
 
             learner.on_epoch_end = on_epoch_end
-            torch.manual_seed(cfg.seed)     # every trial draws the same global random numbers (dropout)
+            torch.manual_seed(cfg.seed)  # every trial draws the same global random numbers (dropout)
             summary = learner.learn(target, index + 1, tc)
             trial.set_user_attr("epochs", epochs[0])
             return float(summary["valid"])
@@ -651,8 +749,11 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
             else:
                 state["failed_in_a_row"] += 1
                 result = "failed (no finite validation value)"
-            ref = f" [the config's settings{', where in the space' if partial else ''}]" \
-                if trial.number == reference else ""
+            ref = (
+                f" [the config's settings{', where in the space' if partial else ''}]"
+                if trial.number == reference
+                else ""
+            )
             echo(f"trial {trial.number} ({n}/{trials}){ref}: {settings}: {result} ({seconds:.1f}s)")
             if n >= trials:
                 study.stop()
@@ -662,15 +763,25 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
 
         interrupted = False
         if counts["complete"] + counts["pruned"] >= trials:
-            echo(f"the study already holds {counts['complete'] + counts['pruned']} complete or pruned trials "
-                 f"(--trials {trials}): nothing to add")
+            echo(
+                f"the study already holds {counts['complete'] + counts['pruned']} complete or pruned trials "
+                f"(--trials {trials}): nothing to add"
+            )
         else:
             if n_before:
-                echo(f"resuming study {name!r} in {out / STUDY_FILE}: {counts['complete']} complete, "
-                     f"{counts['pruned']} pruned, {counts['failed']} failed trials")
+                echo(
+                    f"resuming study {name!r} in {out / STUDY_FILE}: {counts['complete']} complete, "
+                    f"{counts['pruned']} pruned, {counts['failed']} failed trials"
+                )
             try:
-                study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[after_trial],
-                               gc_after_trial=False, show_progress_bar=False)
+                study.optimize(
+                    objective,
+                    n_trials=None,
+                    timeout=timeout,
+                    callbacks=[after_trial],
+                    gc_after_trial=False,
+                    show_progress_bar=False,
+                )
             except KeyboardInterrupt:
                 interrupted = True
                 echo("interrupted: the study keeps every finished trial; run the same command to continue")
@@ -679,24 +790,41 @@ def tune(cfg: RunConfig, task: Union[str, int], trials: int, out: Union[str, Pat
         best = _best_trials(study, optuna, direction)
         keys = [p.key for p in params]
         result: Dict[str, Any] = {
-            "task": name, "task_number": index + 1, "metric": metric, "direction": direction, "trials": counts,
-            "added": state["added"], "prefix": how, "best": None, "interrupted": interrupted,
-            "study": str(out / STUDY_FILE), "best_yaml": None, "reference_trial": reference,
-            "baseline": {"name": b_name, "value": b_value}}
+            "task": name,
+            "task_number": index + 1,
+            "metric": metric,
+            "direction": direction,
+            "trials": counts,
+            "added": state["added"],
+            "prefix": how,
+            "best": None,
+            "interrupted": interrupted,
+            "study": str(out / STUDY_FILE),
+            "best_yaml": None,
+            "reference_trial": reference,
+            "baseline": {"name": b_name, "value": b_value},
+        }
         echo("")
-        echo(f"study {name!r}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed "
-             f"trials ({out / STUDY_FILE})")
+        echo(
+            f"study {name!r}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed "
+            f"trials ({out / STUDY_FILE})"
+        )
         if not best:
             echo("no complete trial yet: no best settings")
             return result
-        echo(f"best trials by validation {metric} ({b_name} baseline {b_value:.4f}"
-             + (", * = the config's settings)" if reference is not None else ")"))
+        echo(
+            f"best trials by validation {metric} ({b_name} baseline {b_value:.4f}"
+            + (", * = the config's settings)" if reference is not None else ")")
+        )
         echo(_table(best, keys, metric, reference))
         top = best[0]
         text = _best_yaml(cfg, index, metric, direction, top, counts, config_name)
         path = ckpt.atomic_write_text(out / BEST_FILE, text)
-        result["best"] = {"trial": top.number, "value": float(top.value),
-                          "overrides": dict(top.user_attrs.get("overrides", {}))}
+        result["best"] = {
+            "trial": top.number,
+            "value": float(top.value),
+            "overrides": dict(top.user_attrs.get("overrides", {})),
+        }
         result["best_yaml"] = str(path)
         echo(f"best: trial {top.number}, valid {metric} {top.value:.4f} -> {path}")
         for line in yaml.safe_load(text)["set"]:

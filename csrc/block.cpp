@@ -151,9 +151,7 @@ void check_block_args(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
 
 }  // namespace
 
-at::ScalarType stats_dtype(at::ScalarType activation) {
-  return activation == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType stats_dtype(at::ScalarType activation) { return activation == at::kDouble ? at::kDouble : at::kFloat; }
 
 namespace {
 
@@ -198,9 +196,8 @@ struct ChunkStats {
 // and the LayerNorm parameter gradients (stats dtype). Undefined where the output mask does not ask for them.
 struct Partials {
   at::Tensor G1, G2, dg1, db1, dg2, db2;
-  static Partials make(int64_t n, const std::array<bool, 7>& mask, int64_t g1_rows, int64_t g1_cols,
-                       int64_t g2_rows, int64_t g2_cols, int64_t ln1, int64_t ln2, const at::TensorOptions& opts,
-                       at::ScalarType sdt) {
+  static Partials make(int64_t n, const std::array<bool, 7>& mask, int64_t g1_rows, int64_t g1_cols, int64_t g2_rows,
+                       int64_t g2_cols, int64_t ln1, int64_t ln2, const at::TensorOptions& opts, at::ScalarType sdt) {
     Partials p;
     if (mask[1]) p.G1 = at::empty({n, g1_rows, g1_cols}, opts);
     if (mask[2]) p.G2 = at::empty({n, g2_rows, g2_cols}, opts);
@@ -279,13 +276,14 @@ void plain_col2im_add(const at::Tensor& gcol, int64_t K, int64_t j0, int64_t dil
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
-    const Kernels& k, const at::Tensor& x_in, const at::Tensor& w1_in, const at::Tensor& owner1_in,
-    const at::Tensor& w2_in, const at::Tensor& owner2_in, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
-    const at::Tensor& ln2_weight, const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps,
-    bool post_ln) {
-  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                   dilation, post_ln);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(const Kernels& k, const at::Tensor& x_in,
+                                                             const at::Tensor& w1_in, const at::Tensor& owner1_in,
+                                                             const at::Tensor& w2_in, const at::Tensor& owner2_in,
+                                                             const at::Tensor& ln1_weight, const at::Tensor& ln1_bias,
+                                                             const at::Tensor& ln2_weight, const at::Tensor& ln2_bias,
+                                                             int64_t task, int64_t dilation, double eps, bool post_ln) {
+  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
+                   post_ln);
   const at::Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), C = x.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
   at::Tensor y = at::empty({B, L, C}, x.options());
@@ -339,17 +337,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_forward(
 // and its LN2 ("front") feeds conv2; post-LN's LN1 is the front one and its LN2 follows conv2 (gone back through first,
 // from the saved h2). The LN + ReLU outputs are recomputed from the saved statistics. Weight and LayerNorm
 // gradients: per-chunk partial sums, added in chunk order (finish_grads), so the result does not depend on threads.
-BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const at::Tensor& x_in,
-                          const at::Tensor& h_in, const at::Tensor& stats_in, const at::Tensor& w1_in,
-                          const at::Tensor& owner1_in, const at::Tensor& w2_in, const at::Tensor& owner2_in,
-                          const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-                          const at::Tensor& ln2_bias, int64_t task, int64_t dilation, std::array<bool, 7> mask,
-                          bool post_ln) {
-  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                   dilation, post_ln);
+BlockGrads block_backward(const Kernels& k, const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& h_in,
+                          const at::Tensor& stats_in, const at::Tensor& w1_in, const at::Tensor& owner1_in,
+                          const at::Tensor& w2_in, const at::Tensor& owner2_in, const at::Tensor& ln1_weight,
+                          const at::Tensor& ln1_bias, const at::Tensor& ln2_weight, const at::Tensor& ln2_bias,
+                          int64_t task, int64_t dilation, std::array<bool, 7> mask, bool post_ln) {
+  check_block_args(x_in, w1_in, owner1_in, w2_in, owner2_in, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
+                   post_ln);
   const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2), Cm = w1_in.size(0), K = w1_in.size(2);
-  check_saved(post_ln ? "residual_block_post_ln_backward" : "residual_block_backward", grad_y_in, x_in, h_in,
-              stats_in, Cm + (post_ln ? C : 0));
+  check_saved(post_ln ? "residual_block_post_ln_backward" : "residual_block_backward", grad_y_in, x_in, h_in, stats_in,
+              Cm + (post_ln ? C : 0));
   const auto sdt = stats_dtype(x_in.scalar_type());
   const bool need_x = mask[0], need_w1 = mask[1], need_w2 = mask[2];
   const bool need_ln1 = mask[3] || mask[4], need_ln2 = mask[5] || mask[6];
@@ -460,8 +457,8 @@ int64_t check_stack(const char* where, const at::Tensor& x, int64_t C, at::Tenso
   const int64_t nb = static_cast<int64_t>(dilations.size());
   TORCH_CHECK(nb >= 1, where, ": need at least one block");
   TORCH_CHECK(static_cast<int64_t>(wcols.size()) == 2 * nb && static_cast<int64_t>(ln.size()) == 4 * nb, where,
-              ": need 2 weights and 4 LayerNorm vectors per block, got ", wcols.size(), " and ", ln.size(), " for ",
-              nb, " blocks");
+              ": need 2 weights and 4 LayerNorm vectors per block, got ", wcols.size(), " and ", ln.size(), " for ", nb,
+              " blocks");
   TORCH_CHECK(K >= 1, where, ": kernel_size must be >= 1, got ", K);
   TORCH_CHECK(wcols[0].dim() == 3 && wcols[0].size(0) >= 1, where, ": weights must be [T, K*C_in, C_out], got ",
               wcols[0].sizes());
@@ -472,16 +469,16 @@ int64_t check_stack(const char* where, const at::Tensor& x, int64_t C, at::Tenso
     const at::Tensor& w = wcols[c];
     TORCH_CHECK(w.dim() == 3 && w.size(0) == T && w.size(1) == K * c_in && w.size(2) >= 1 && w.is_contiguous() &&
                     w.scalar_type() == x.scalar_type() && w.device() == x.device(),
-                where, ": weight ", c, " must be a contiguous [", T, ", ", K * c_in, ", C_out] of x's dtype and "
-                "device, got ", w.sizes(), " ", w.scalar_type());
+                where, ": weight ", c, " must be a contiguous [", T, ", ", K * c_in,
+                ", C_out] of x's dtype and "
+                "device, got ",
+                w.sizes(), " ", w.scalar_type());
     const int64_t c_out = w.size(2);
-    if (c % 2 == 1)
-      TORCH_CHECK(c_out == C, where, ": block ", c / 2, " must output ", C, " channels, got ", c_out);
+    if (c % 2 == 1) TORCH_CHECK(c_out == C, where, ": block ", c / 2, " must output ", C, " channels, got ", c_out);
     const int64_t c_ln = post_ln ? c_out : c_in;
     for (int64_t v = 0; v < 2; ++v) {
       const at::Tensor& p = ln[2 * c + v];
-      TORCH_CHECK(p.dim() == 1 && p.size(0) == c_ln && p.scalar_type() == x.scalar_type() &&
-                      p.device() == x.device(),
+      TORCH_CHECK(p.dim() == 1 && p.size(0) == c_ln && p.scalar_type() == x.scalar_type() && p.device() == x.device(),
                   where, ": LayerNorm vector ", 2 * c + v, " must be [", c_ln, "] of x's dtype and device, got ",
                   p.sizes());
     }
@@ -503,8 +500,7 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
   const int64_t nb = static_cast<int64_t>(dilations.size());
   TORCH_CHECK(pos.dim() == 1 && pos.size(0) == B && pos.scalar_type() == at::kLong && pos.device() == x_in.device(),
               "stream_step_: pos must be int64 [", B, "] on x's device, got ", pos.sizes(), " ", pos.scalar_type());
-  TORCH_CHECK(static_cast<int64_t>(rings.size()) == 2 * nb, "stream_step_: need 2 rings per block, got ",
-              rings.size());
+  TORCH_CHECK(static_cast<int64_t>(rings.size()) == 2 * nb, "stream_step_: need 2 rings per block, got ", rings.size());
   for (int64_t c = 0; c < 2 * nb; ++c) {
     const int64_t dil = dilations[c / 2] * (c % 2 + 1), ci = wcols[c].size(1) / K, tr = c == 0 ? 1 : T;
     const at::Tensor& r = rings[c];
@@ -562,8 +558,8 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
         } else {   // z + relu(LN2(conv2)); LN2 + ReLU is the K = 1 case of ln_relu_im2col
           at::Tensor y = last ? result.narrow(0, g0, g) : at::empty({g, B, co}, x.options());
           at::Tensor none, rows = y.view({g * B, 1, co});
-          k.ln_relu_im2col(out.view({g * B, 1, co}), ln[2 * c].contiguous(), ln[2 * c + 1].contiguous(), eps, 1, 0,
-                           1, true, none, none, rows, none);
+          k.ln_relu_im2col(out.view({g * B, 1, co}), ln[2 * c].contiguous(), ln[2 * c + 1].contiguous(), eps, 1, 0, 1,
+                           true, none, none, rows, none);
           y.add_(z.expand({g, B, co}));
           z = y;
         }
@@ -578,7 +574,7 @@ at::Tensor stream_step(const Kernels& k, const at::Tensor& x_in, const at::Tenso
 // im2col is shared by the tasks, and sequences go a chunk at a time, all tasks together: each LN/im2col pass covers
 // every task's rows and each conv is one batched GEMM over the tasks' stacked weights.
 at::Tensor multi_task(const Kernels& k, const at::Tensor& x_in, at::TensorList wcols, at::TensorList ln,
-                              at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len, bool post_ln) {
+                      at::IntArrayRef dilations, int64_t K, double eps, int64_t out_len, bool post_ln) {
   TORCH_CHECK(x_in.dim() == 3 && at::isFloatingType(x_in.scalar_type()),
               "multi_task_forward: x must be a float [B, L, C], got ", x_in.sizes(), " ", x_in.scalar_type());
   const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2);
@@ -666,10 +662,12 @@ using block::stream_step;
 // ---------------------------------------------------------------------------------------------------------------
 // The operators (csrc/ops.h): device guard, the device's kernels, the variant.
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block(
-    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
-    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps, bool post_ln) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block(const at::Tensor& x, const at::Tensor& w1,
+                                                              const at::Tensor& owner1, const at::Tensor& w2,
+                                                              const at::Tensor& owner2, const at::Tensor& ln1_weight,
+                                                              const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                                                              const at::Tensor& ln2_bias, int64_t task,
+                                                              int64_t dilation, double eps, bool post_ln) {
   const at::OptionalDeviceGuard guard(at::device_of(x));
   const Kernels& k = kernels_for(x, post_ln ? "residual_block_post_ln" : "residual_block");
   return block_forward(k, x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps,

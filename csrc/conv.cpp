@@ -7,8 +7,8 @@
 
 #include <dlfcn.h>
 
-#include <algorithm>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <algorithm>
 #include <cfenv>
 #include <cmath>
 #include <string>
@@ -90,18 +90,16 @@ void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Te
                      const std::optional<at::Tensor>& bias, int64_t dilation) {
   TORCH_CHECK(x.dim() == 3, "masked_causal_conv1d: x must be [B, L, C_in], got ", x.sizes());
   TORCH_CHECK(weight.dim() == 3, "masked_causal_conv1d: weight must be [C_out, C_in, K], got ", weight.sizes());
-  TORCH_CHECK(x.size(2) == weight.size(1), "masked_causal_conv1d: x has ", x.size(2),
-              " channels, weight expects ", weight.size(1));
+  TORCH_CHECK(x.size(2) == weight.size(1), "masked_causal_conv1d: x has ", x.size(2), " channels, weight expects ",
+              weight.size(1));
   TORCH_CHECK(weight.size(0) > 0 && weight.size(1) > 0 && weight.size(2) > 0, "masked_causal_conv1d: weight ",
-              weight.sizes(),
-              " has an empty dimension");
+              weight.sizes(), " has an empty dimension");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type() && at::isFloatingType(x.scalar_type()),
               "masked_causal_conv1d: x and weight must share one floating dtype, got ", x.scalar_type(), " and ",
               weight.scalar_type());
-  TORCH_CHECK(owner.scalar_type() == at::kByte, "masked_causal_conv1d: owner must be uint8, got ",
-              owner.scalar_type());
-  TORCH_CHECK(owner.sizes() == weight.sizes(), "masked_causal_conv1d: owner shape ", owner.sizes(),
-              " != weight shape ", weight.sizes());
+  TORCH_CHECK(owner.scalar_type() == at::kByte, "masked_causal_conv1d: owner must be uint8, got ", owner.scalar_type());
+  TORCH_CHECK(owner.sizes() == weight.sizes(), "masked_causal_conv1d: owner shape ", owner.sizes(), " != weight shape ",
+              weight.sizes());
   TORCH_CHECK(x.device() == weight.device() && owner.device() == weight.device(),
               "masked_causal_conv1d: x, weight and owner must be on one device");
   TORCH_CHECK(task >= 0 && task <= 255, "masked_causal_conv1d: task must be in [0, 255], got ", task);
@@ -121,12 +119,11 @@ void check_prune_args(at::TensorList weights, at::TensorList owners, int64_t tas
   TORCH_CHECK(keep_ratio >= 0.0 && keep_ratio <= 1.0, "magnitude_prune_: keep_ratio must be in [0, 1], got ",
               keep_ratio);
   for (size_t n = 0; n < weights.size(); ++n) {
-    TORCH_CHECK(at::isFloatingType(weights[n].scalar_type()) &&
-                    weights[n].scalar_type() == weights[0].scalar_type(),
+    TORCH_CHECK(at::isFloatingType(weights[n].scalar_type()) && weights[n].scalar_type() == weights[0].scalar_type(),
                 "magnitude_prune_: weights must share one floating dtype");
     TORCH_CHECK(owners[n].scalar_type() == at::kByte, "magnitude_prune_: owner ", n, " must be uint8");
-    TORCH_CHECK(owners[n].sizes() == weights[n].sizes(), "magnitude_prune_: owner ", n, " shape ",
-                owners[n].sizes(), " != weight shape ", weights[n].sizes());
+    TORCH_CHECK(owners[n].sizes() == weights[n].sizes(), "magnitude_prune_: owner ", n, " shape ", owners[n].sizes(),
+                " != weight shape ", weights[n].sizes());
     TORCH_CHECK(owners[n].is_contiguous(), "magnitude_prune_: owner ", n, " must be contiguous");
     TORCH_CHECK(weights[n].device() == weights[0].device() && owners[n].device() == weights[0].device(),
                 "magnitude_prune_: all tensors must be on one device");
@@ -228,8 +225,8 @@ ConvGrads masked_causal_conv1d_backward(const at::Tensor& grad_y_in, const at::T
   dilation = std::min(dilation, std::max<int64_t>(L, 1));  // as in the forward
   TORCH_CHECK(grad_y_in.device() == x.device(), "masked_causal_conv1d_backward: grad_y is on ", grad_y_in.device(),
               " but x is on ", x.device(), ": all tensors must be on one device");
-  TORCH_CHECK(grad_y_in.dim() == 3 && grad_y_in.size(0) == B && grad_y_in.size(1) == L &&
-                  grad_y_in.size(2) == C_out && grad_y_in.scalar_type() == x.scalar_type(),
+  TORCH_CHECK(grad_y_in.dim() == 3 && grad_y_in.size(0) == B && grad_y_in.size(1) == L && grad_y_in.size(2) == C_out &&
+                  grad_y_in.scalar_type() == x.scalar_type(),
               "masked_causal_conv1d_backward: grad_y must be [", B, ", ", L, ", ", C_out, "] of x's dtype, got ",
               grad_y_in.sizes(), " ", grad_y_in.scalar_type());
   const at::Tensor grad_y = grad_y_in.contiguous();

@@ -30,9 +30,9 @@ struct Kernels {
   // mean, rstd: [S * L_in]; written when compute_stats, else read (backward's recompute). Both may be undefined
   // tensors when compute_stats (then the statistics are not stored). copy_out: undefined, or [S, L_copy, C] with
   // L_copy <= L_in that receives the last L_copy positions of `in` in the same pass (the block's residual).
-  void (*ln_relu_im2col)(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
-                         int64_t K, int64_t j0, int64_t dilation, bool compute_stats, at::Tensor& mean,
-                         at::Tensor& rstd, at::Tensor& col, at::Tensor& copy_out);
+  void (*ln_relu_im2col)(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps, int64_t K,
+                         int64_t j0, int64_t dilation, bool compute_stats, at::Tensor& mean, at::Tensor& rstd,
+                         at::Tensor& col, at::Tensor& copy_out);
 
   // Backward of ln_relu_im2col with L_out == L_in == L. gcol: [S, L, (K-j0)*C], the gradient of col.
   //   ga[s, p] = sum_{j >= j0, p + s_j < L} gcol[s, p + s_j, (j-j0)*C : ...]      (col2im)
@@ -41,9 +41,9 @@ struct Kernels {
   //   dgamma += sum_{s,p} dz * xhat; dbeta += sum_{s,p} dz            ([C], stats dtype)
   // residual may be undefined (then 0); grad_in undefined: not computed; dgamma/dbeta undefined: not computed.
   void (*ln_relu_col2im_backward)(const at::Tensor& gcol, const at::Tensor& in, const at::Tensor& mean,
-                                  const at::Tensor& rstd, const at::Tensor& gamma, const at::Tensor& beta,
-                                  int64_t K, int64_t j0, int64_t dilation, const at::Tensor& residual,
-                                  at::Tensor& grad_in, at::Tensor& dgamma, at::Tensor& dbeta);
+                                  const at::Tensor& rstd, const at::Tensor& gamma, const at::Tensor& beta, int64_t K,
+                                  int64_t j0, int64_t dilation, const at::Tensor& residual, at::Tensor& grad_in,
+                                  at::Tensor& dgamma, at::Tensor& dbeta);
 
   // out[m] = sum_{i < n} parts[i, m], added in order i = 0, 1, ... (deterministic). parts: [n, M]; out: [M]; any
   // floating dtype (both the same).

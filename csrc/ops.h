@@ -29,10 +29,12 @@ at::Tensor magnitude_prune_many_(at::TensorList weights, at::TensorList owners, 
 // ---- csrc/block.cpp
 // Returns (y, h, stats): h and stats are what the backward needs (pre-LN: conv1's output [B, L, C_mid]; post-LN:
 // conv1's then conv2's output, [B, L, C_mid + C] flat one after the other; stats [2, 2, B, L]).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block(
-    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& owner1, const at::Tensor& w2,
-    const at::Tensor& owner2, const at::Tensor& ln1_weight, const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
-    const at::Tensor& ln2_bias, int64_t task, int64_t dilation, double eps, bool post_ln);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_block(const at::Tensor& x, const at::Tensor& w1,
+                                                              const at::Tensor& owner1, const at::Tensor& w2,
+                                                              const at::Tensor& owner2, const at::Tensor& ln1_weight,
+                                                              const at::Tensor& ln1_bias, const at::Tensor& ln2_weight,
+                                                              const at::Tensor& ln2_bias, int64_t task,
+                                                              int64_t dilation, double eps, bool post_ln);
 // Gradients of (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias), each computed when output_mask says so.
 BlockGrads residual_block_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
                                    const at::Tensor& stats, const at::Tensor& w1, const at::Tensor& owner1,

@@ -12,6 +12,7 @@ variant is ``name:key=value,key=value`` (TaskConfig fields; values parsed as YAM
         --seeds 0 1 2 --tasks gender age occupation --out experiments/results/ablation_ml1m \\
         --variant base: --variant mean:pool=mean --variant mean_lr:pool=mean,lr=1e-4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def parse_variant(text: str) -> tuple:
     for part in filter(None, body.split(",")):
         key, _, value = part.partition("=")
         parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):         # YAML 1.1 reads "1e-4" (no dot) as a string
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
                 parsed = float(parsed)
             except ValueError:
@@ -118,11 +119,18 @@ def main(argv=None) -> int:
             if key not in done and task.kind == "profile":
                 metric = M.default_metric(task.kind)
                 lin = linear_baseline(task, metric, tcfgs[i].eval_ks)
-                const = M.classification_metrics(M.majority_logits(task.train.targets, len(task.test),
-                                                                   task.num_targets), task.test.targets,
-                                                  task.num_targets)
-                rec = {"seed": seed, "variant": "_reference", "task": tname, "linear": lin["metrics"],
-                       "majority": const}
+                const = M.classification_metrics(
+                    M.majority_logits(task.train.targets, len(task.test), task.num_targets),
+                    task.test.targets,
+                    task.num_targets,
+                )
+                rec = {
+                    "seed": seed,
+                    "variant": "_reference",
+                    "task": tname,
+                    "linear": lin["metrics"],
+                    "majority": const,
+                }
                 with runs_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 done.add(key)
@@ -138,15 +146,25 @@ def main(argv=None) -> int:
                 test = learner.evaluate(2, "test")
                 valid = learner.evaluate(2, "valid")
                 epochs = [r for r in learner.history if r.get("event") == "phase" and r.get("task") == 2]
-                rec = {"seed": seed, "variant": vname, "task": tname, "overrides": over, "test": test,
-                       "valid": valid, "phases": epochs, "seconds": time.perf_counter() - t0}
+                rec = {
+                    "seed": seed,
+                    "variant": vname,
+                    "task": tname,
+                    "overrides": over,
+                    "test": test,
+                    "valid": valid,
+                    "phases": epochs,
+                    "seconds": time.perf_counter() - t0,
+                }
                 with runs_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 done.add((seed, vname, tname))
-                log(f"seed {seed} {vname:>14} {tname:>10}: test acc {test.get('acc', math.nan):.4f} "
+                log(
+                    f"seed {seed} {vname:>14} {tname:>10}: test acc {test.get('acc', math.nan):.4f} "
                     f"bacc {test.get('bacc', math.nan):.4f} f1 {test.get('macro_f1', math.nan):.4f} "
                     f"| valid bacc {valid.get('bacc', math.nan):.4f} "
-                    f"| best epochs {[p['best_epoch'] for p in epochs]} ({rec['seconds']:.0f}s)")
+                    f"| best epochs {[p['best_epoch'] for p in epochs]} ({rec['seconds']:.0f}s)"
+                )
     print(table(runs_path))
     return 0
 
@@ -169,16 +187,28 @@ def table(runs_path: Path) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.3f} +- {sd:.3f} ({len(values)})"
 
-    lines = ["| variant | " + " | ".join(f"{t} {k}" for t in tasks for k in keys) + " |",
-             "|---|" + "---|" * (len(tasks) * len(keys))]
+    lines = [
+        "| variant | " + " | ".join(f"{t} {k}" for t in tasks for k in keys) + " |",
+        "|---|" + "---|" * (len(tasks) * len(keys)),
+    ]
     for name, src in (("majority", "majority"), ("linear (bag of items)", "linear")):
-        lines.append(f"| {name} | " + " | ".join(
-            cell([r[src][k] for r in rows if r["variant"] == "_reference" and r["task"] == t])
-            for t in tasks for k in keys) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                cell([r[src][k] for r in rows if r["variant"] == "_reference" and r["task"] == t])
+                for t in tasks
+                for k in keys
+            )
+            + " |"
+        )
     for v in variants:
-        lines.append(f"| {v} | " + " | ".join(
-            cell([r["test"][k] for r in rows if r["variant"] == v and r["task"] == t]) for t in tasks for k in keys)
-            + " |")
+        lines.append(
+            f"| {v} | "
+            + " | ".join(
+                cell([r["test"][k] for r in rows if r["variant"] == v and r["task"] == t]) for t in tasks for k in keys
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 

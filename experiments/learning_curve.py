@@ -12,6 +12,7 @@ each share of the training users (seeded subsample) and each profile task: fit t
         --set data.path=../shared/data/ml-1m-dev --set train.epochs=3 --set train.retrain_epochs=1 \\
         --seeds 0 1 2 --tasks gender age occupation --shares 0.125 0.25 0.5 1 --epochs 0 --out runs/curve
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,7 @@ from ablation_profile import _copy, parse, parser, task1_learner  # noqa: E402
 def subsample(task, share: float, seed: int):
     """The task with a seeded ``share`` of its training users (valid and test unchanged)."""
     n = len(task.train)
-    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(2, round(share * n))].sort().values
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: max(2, round(share * n))].sort().values
     train = Split(task.train.users[keep], task.train.inputs[keep], task.train.targets[keep])
     return dataclasses.replace(task, train=train)
 
@@ -70,19 +71,36 @@ def main(argv=None) -> int:
                     base = task1_learner(cfg, tasks, seed, out / f"seed{seed}_task1.safetensors", print)
                 task = subsample(tasks[i], share, seed)
                 # --epochs 0: a probe of the frozen representation (no training, so nothing to prune either)
-                tc = tcfgs[i] if args.epochs is None else dataclasses.replace(
-                    tcfgs[i], epochs=args.epochs, retrain_epochs=0, **({"keep_ratio": 1.0} if args.epochs == 0 else {}))
+                tc = (
+                    tcfgs[i]
+                    if args.epochs is None
+                    else dataclasses.replace(
+                        tcfgs[i],
+                        epochs=args.epochs,
+                        retrain_epochs=0,
+                        **({"keep_ratio": 1.0} if args.epochs == 0 else {}),
+                    )
+                )
                 metric = tc.metric or M.default_metric(task.kind, tc.eval_ks)
                 lin = linear_baseline(task, metric, tc.eval_ks)
                 learner = _copy(base)
                 learner.learn(task, 2, tc)
-                rec = {"seed": seed, "task": tname, "share": share, "train_users": len(task.train),
-                       "linear": lin["metrics"], "conure": learner.evaluate(2, "test")}
+                rec = {
+                    "seed": seed,
+                    "task": tname,
+                    "share": share,
+                    "train_users": len(task.train),
+                    "linear": lin["metrics"],
+                    "conure": learner.evaluate(2, "test"),
+                }
                 with path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
-                print(f"seed {seed} {tname} share {share}: {len(task.train)} users, acc linear "
-                      f"{rec['linear']['acc']:.4f} conure {rec['conure']['acc']:.4f}, bacc linear "
-                      f"{rec['linear']['bacc']:.4f} conure {rec['conure']['bacc']:.4f}", flush=True)
+                print(
+                    f"seed {seed} {tname} share {share}: {len(task.train)} users, acc linear "
+                    f"{rec['linear']['acc']:.4f} conure {rec['conure']['acc']:.4f}, bacc linear "
+                    f"{rec['linear']['bacc']:.4f} conure {rec['conure']['bacc']:.4f}",
+                    flush=True,
+                )
     rows = [json.loads(line) for line in path.read_text().splitlines()]
 
     def cell(vals):
@@ -96,9 +114,11 @@ def main(argv=None) -> int:
         for share in sorted({r["share"] for r in rows if r["task"] == tname}):
             sel = [r for r in rows if r["task"] == tname and r["share"] == share]
             users = round(statistics.mean(r["train_users"] for r in sel))
-            print(f"| {tname} | {users:,} | {cell([r['linear']['acc'] for r in sel])} | "
-                  f"{cell([r['conure']['acc'] for r in sel])} | {cell([r['linear']['bacc'] for r in sel])} | "
-                  f"{cell([r['conure']['bacc'] for r in sel])} |")
+            print(
+                f"| {tname} | {users:,} | {cell([r['linear']['acc'] for r in sel])} | "
+                f"{cell([r['conure']['acc'] for r in sel])} | {cell([r['linear']['bacc'] for r in sel])} | "
+                f"{cell([r['conure']['bacc'] for r in sel])} |"
+            )
     return 0
 
 

@@ -92,8 +92,19 @@ def test_e2e_runs_both_backends_on_a_small_movielens_file(tmp_path):
     rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
     assert rows[0]["name"].startswith("e2e ML-100K task 1, one epoch") and "| e2e ML-100K" in text
     (data / "u.user").write_text("".join(f"{u}|{20 + u % 30}|{'MF'[u % 2]}|other|00000\n" for u in range(1, 61)))
-    text = run("benchmarks/e2e_ml100k.py", "--data", str(data), "--repeats", "1", "--task", "gender", "--max-len",
-               "30", "--json", str(out))
+    text = run(
+        "benchmarks/e2e_ml100k.py",
+        "--data",
+        str(data),
+        "--repeats",
+        "1",
+        "--task",
+        "gender",
+        "--max-len",
+        "30",
+        "--json",
+        str(out),
+    )
     rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
     assert rows[0]["name"].startswith("e2e ML-100K later task gender (pool last, positions needed)"), rows
 
@@ -107,8 +118,25 @@ def test_shape_memory_prints_both_backends():
 
 def test_scaling_py_measures_every_stage_at_a_tiny_size(tmp_path):
     out = tmp_path / "rows.jsonl"
-    text = run("benchmarks/scaling.py", "--point", "2000,600,16", "--steps", "2", "--warmup", "1", "--eval-users",
-               "64", "--num-sampled", "64", "--channels", "16", "--dilations", "1,2", "--json", str(out))
+    text = run(
+        "benchmarks/scaling.py",
+        "--point",
+        "2000,600,16",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--eval-users",
+        "64",
+        "--num-sampled",
+        "64",
+        "--channels",
+        "16",
+        "--dilations",
+        "1,2",
+        "--json",
+        str(out),
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["loss"] for r in rows] == ["full", "sampled"]
     for r in rows:
@@ -121,14 +149,40 @@ def test_scaling_py_measures_every_stage_at_a_tiny_size(tmp_path):
 
 
 def test_scaling_py_ddp_against_threads_at_a_tiny_size():
-    text = run("benchmarks/scaling.py", "--ddp", "--users", "2000", "--items", "600", "--len", "16", "--loss",
-               "sampled", "--num-sampled", "64", "--steps", "2", "--warmup", "1", "--batch", "32", "--channels", "16",
-               "--dilations", "1,2")
+    text = run(
+        "benchmarks/scaling.py",
+        "--ddp",
+        "--users",
+        "2000",
+        "--items",
+        "600",
+        "--len",
+        "16",
+        "--loss",
+        "sampled",
+        "--num-sampled",
+        "64",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch",
+        "32",
+        "--channels",
+        "16",
+        "--dilations",
+        "1,2",
+    )
     assert "(1 proc x 2 threads)" in text and "(1 proc x 1 thread)" in text and "(2 gloo ranks x 1 thread)" in text
     assert "peak per rank " in text
 
 
 def test_scaling_py_rejects_bad_arguments():
-    res = subprocess.run([sys.executable, "benchmarks/scaling.py", "--loss", "dense"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "benchmarks/scaling.py", "--loss", "dense"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "--loss: 'full' and/or 'sampled', got dense" in res.stderr

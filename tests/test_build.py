@@ -91,7 +91,7 @@ def test_cache_key_changes_with_torch_version_sources_compiler_and_cuda(tmp_path
     assert _build.cache_key(dict(parts, cxx11_abi="0")) != key
     assert _build.cache_key(dict(parts, cuda="cu12.8|nvcc=x|archs=9.0")) != key
 
-    header = root / "csrc" / "kernels.h"                                         # a header, not in sources.txt
+    header = root / "csrc" / "kernels.h"  # a header, not in sources.txt
     header.write_text(header.read_text() + "\n// changed\n")
     assert _build.cache_key(_build.key_parts(root)) != key
 

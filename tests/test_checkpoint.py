@@ -7,6 +7,7 @@
 * export: a task's inference model predicts exactly what the learner predicts;
 * a ``conure train`` run killed with SIGKILL at a random moment resumes to the same final result (subprocess).
 """
+
 import json
 import os
 import pickle
@@ -35,12 +36,18 @@ warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*compiled e
 
 REPO = Path(conure.__file__).resolve().parents[1]
 TINY = {
-    "seed": 3, "threads": 1,
-    "data": {"kind": "synthetic", "max_len": 12,
-             "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4}},
-    "tasks": [{"name": "next_item", "kind": "next_item"},
-              {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
-              {"name": "gender", "kind": "profile", "attribute": "gender"}],
+    "seed": 3,
+    "threads": 1,
+    "data": {
+        "kind": "synthetic",
+        "max_len": 12,
+        "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4},
+    },
+    "tasks": [
+        {"name": "next_item", "kind": "next_item"},
+        {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
+        {"name": "gender", "kind": "profile", "attribute": "gender"},
+    ],
     "model": {"channels": 16, "dilations": [1, 2]},
     "method": {"name": "conure", "keep_ratios": [0.5]},
     "train": {"epochs": 3, "retrain_epochs": 2, "lr": 0.01, "batch_size": 32, "eval_batch_size": 128},
@@ -57,9 +64,15 @@ def env():
 
 # ------------------------------------------------------------------------------------------------ container
 def sample_tensors():
-    return {"a/float": torch.randn(3, 4), "b/uint8": torch.randint(0, 255, (5,), dtype=torch.uint8),
-            "c/bool": torch.tensor([True, False, True]), "d/scalar": torch.tensor(2.5),
-            "e/empty": torch.zeros(0, 3), "f/long": torch.arange(7), "g/half": torch.randn(4).half()}
+    return {
+        "a/float": torch.randn(3, 4),
+        "b/uint8": torch.randint(0, 255, (5,), dtype=torch.uint8),
+        "c/bool": torch.tensor([True, False, True]),
+        "d/scalar": torch.tensor(2.5),
+        "e/empty": torch.zeros(0, 3),
+        "f/long": torch.arange(7),
+        "g/half": torch.randn(4).half(),
+    }
 
 
 def test_round_trip_keeps_every_tensor_and_the_metadata(tmp_path):
@@ -79,7 +92,7 @@ def test_round_trip_keeps_every_tensor_and_the_metadata(tmp_path):
 def _header(path):
     data = Path(path).read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    return data, n, json.loads(data[8:8 + n])
+    return data, n, json.loads(data[8 : 8 + n])
 
 
 def _rewrite_header(path, header, body):
@@ -93,7 +106,7 @@ def test_tampered_tensor_bytes_are_refused(tmp_path):
     data, n, header = _header(path)
     begin = 8 + n + header["a/float"]["data_offsets"][0]
     tampered = bytearray(data)
-    tampered[begin + 1] ^= 0x40                         # one bit of one float
+    tampered[begin + 1] ^= 0x40  # one bit of one float
     path.write_bytes(bytes(tampered))
     with pytest.raises(ckpt.CheckpointError, match="checksum mismatch"):
         ckpt.load(path)
@@ -105,7 +118,7 @@ def test_tampered_metadata_is_refused(tmp_path):
     meta = json.loads(header["__metadata__"]["meta"])
     meta["epochs"] = 4
     header["__metadata__"]["meta"] = json.dumps(meta, sort_keys=True)
-    _rewrite_header(path, header, data[8 + n:])
+    _rewrite_header(path, header, data[8 + n :])
     with pytest.raises(ckpt.CheckpointError, match="checksum mismatch"):
         ckpt.load(path)
 
@@ -114,13 +127,14 @@ def test_tampered_metadata_is_refused(tmp_path):
 def test_truncated_files_are_refused(tmp_path, keep):
     path = ckpt.save(tmp_path / "c.safetensors", sample_tensors(), {"kind": "run"})
     data = path.read_bytes()
-    path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    path.write_bytes(data[:keep] if keep >= 0 else data[: len(data) + keep])
     with pytest.raises(ckpt.CheckpointError, match="truncated"):
         ckpt.load(path)
 
 
 def test_trailing_bytes_foreign_files_and_newer_versions_are_refused(tmp_path):
     from safetensors.torch import save_file
+
     path = ckpt.save(tmp_path / "c.safetensors", sample_tensors(), {"kind": "run"})
     good = path.read_bytes()
     path.write_bytes(good + b"\0" * 16)
@@ -136,7 +150,7 @@ def test_trailing_bytes_foreign_files_and_newer_versions_are_refused(tmp_path):
     path.write_bytes(good)
     _, n, header = _header(path)
     header["__metadata__"]["version"] = str(ckpt.VERSION + 1)
-    _rewrite_header(path, header, good[8 + n:])
+    _rewrite_header(path, header, good[8 + n :])
     with pytest.raises(ckpt.CheckpointError, match="newer conure"):
         ckpt.load(path)
     with pytest.raises(ckpt.CheckpointError, match="not found"):
@@ -169,17 +183,16 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
     monkeypatch.undo()
     tensors, meta = ckpt.load(path)
     assert meta["v"] == 1 and torch.equal(tensors["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]   # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left behind
     mask = os.umask(0o022)
     os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~mask      # the mode open() gives, not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # the mode open() gives, not mkstemp's 0600
 
 
 # ------------------------------------------------------------------------------------------------ epoch loop
 @pytest.fixture(scope="module")
 def tiny_tasks():
-    return make_synthetic_tasks(num_users=240, num_items=40, seq_len=10, num_target_items=20, num_topics=4,
-                                seed=1)
+    return make_synthetic_tasks(num_users=240, num_items=40, seq_len=10, num_target_items=20, num_topics=4, seed=1)
 
 
 def fresh(method, tasks, seed=5):
@@ -217,17 +230,32 @@ def require_same(reference, other, method, tasks, n_tasks):
     if same_state(reference, other):
         return
     if not engine_is_deterministic(method, tasks, n_tasks, reference):
-        pytest.xfail(f"the engine is not deterministic on this machine ({method}: two identical plain runs differ; "
-                     f"conure.fused backward?), so no resume can be exact")
-    assert False, "the states differ while the plain engine reproduces itself"
+        pytest.xfail(
+            f"the engine is not deterministic on this machine ({method}: two identical plain runs differ; "
+            f"conure.fused backward?), so no resume can be exact"
+        )
+    raise AssertionError("the states differ while the plain engine reproduces itself")
 
 
 @pytest.mark.parametrize("method", ["conure", "sinmoall"])
 def test_the_epoch_hook_sees_every_epoch_and_changes_nothing(tiny_tasks, method):
     plain, hooked = fresh(method, tiny_tasks), fresh(method, tiny_tasks)
     seen = []
-    keys = {"task", "phase", "epoch", "epochs", "stopped", "best_value", "best_epoch", "record", "learner",
-            "optimizer", "generator", "best", "params"}
+    keys = {
+        "task",
+        "phase",
+        "epoch",
+        "epochs",
+        "stopped",
+        "best_value",
+        "best_epoch",
+        "record",
+        "learner",
+        "optimizer",
+        "generator",
+        "best",
+        "params",
+    }
 
     def hook(s):
         assert set(s) == keys and s["learner"] is hooked and s["record"] is hooked.history[-1]
@@ -242,7 +270,7 @@ def test_the_epoch_hook_sees_every_epoch_and_changes_nothing(tiny_tasks, method)
     assert strip_seconds(plain.history) == strip_seconds(hooked.history)
     epochs = [(r["task"], r["phase"], r["epoch"]) for r in plain.history if r["event"] == "epoch"]
     assert [s[:3] for s in seen] == epochs and epochs
-    assert any(stopped for *_, stopped in seen)          # patience 1 ends some phase early: the hook says so
+    assert any(stopped for *_, stopped in seen)  # patience 1 ends some phase early: the hook says so
 
 
 @pytest.mark.parametrize("stop_at", [("train", 2), ("retrain", 1)])
@@ -269,12 +297,14 @@ def test_a_phase_continues_from_its_checkpoint_to_the_same_result(tiny_tasks, st
     with pytest.raises(Stop):
         learner.learn(tiny_tasks[1], 2, TC)
     # Round trip through a real checkpoint file.
-    path = ckpt.save(Path(os.environ.get("TMPDIR", "/tmp")) / f"conure-test-{os.getpid()}.safetensors",
-                     {**base_tensors, **saved["tensors"]},
-                     {"kind": "run", "learner": base_meta, "progress": {"in_task": saved["info"]}})
+    path = ckpt.save(
+        Path(os.environ.get("TMPDIR", "/tmp")) / f"conure-test-{os.getpid()}.safetensors",
+        {**base_tensors, **saved["tensors"]},
+        {"kind": "run", "learner": base_meta, "progress": {"in_task": saved["info"]}},
+    )
     tensors, meta = ckpt.load(path, kind="run")
     path.unlink()
-    wrong = ckpt.learner_from(tensors, meta["learner"])      # a point that does not fit: a clear error
+    wrong = ckpt.learner_from(tensors, meta["learner"])  # a point that does not fit: a clear error
     wrong.resume_from = resume_point(tensors, meta["progress"]["in_task"])
     wrong.resume_from.best.pop()
     with pytest.raises(ResumeError, match="early-stopping state does not match"):
@@ -283,7 +313,7 @@ def test_a_phase_continues_from_its_checkpoint_to_the_same_result(tiny_tasks, st
     resumed.attach_data(1, tiny_tasks[0])
     resumed.resume_from = resume_point(tensors, meta["progress"]["in_task"])
     resumed.learn(tiny_tasks[1], 2, TC)
-    assert resumed.resume_from is None                   # used once
+    assert resumed.resume_from is None  # used once
     require_same(reference, resumed, "conure", tiny_tasks, 2)
     assert reference.results == resumed.results
     assert strip_seconds(reference.history) == strip_seconds(resumed.history)
@@ -306,7 +336,7 @@ def test_export_predicts_exactly_what_the_learner_predicts(tiny_tasks, tmp_path,
     if method == "conure":
         _, meta = ckpt.load(tmp_path / "t2.safetensors", kind="export")
         owners = {int(k) for layer in meta["owners"].values() for k in layer}
-        assert owners <= {0, 1, 2} and 2 in owners     # nothing of task 3 in task 2's model
+        assert owners <= {0, 1, 2} and 2 in owners  # nothing of task 3 in task 2's model
 
 
 # ------------------------------------------------------------------------------------------------ kill + resume
@@ -325,23 +355,24 @@ def _epochs_logged(out):
         return 0
 
 
-KILL_ROUNDS = int(os.environ.get("CONURE_KILL_ROUNDS", "1"))   # more rounds (fresh random seeds each): a long run
+KILL_ROUNDS = int(os.environ.get("CONURE_KILL_ROUNDS", "1"))  # more rounds (fresh random seeds each): a long run
 
 
 @pytest.mark.parametrize("round_", range(KILL_ROUNDS))
 def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path, round_):
     import yaml
+
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(TINY))
     ref = _train(cfg_path, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
     total = _epochs_logged(tmp_path / "ref")
     rng = random.Random()
-    seed = rng.randrange(10 ** 6)
+    seed = rng.randrange(10**6)
     rng.seed(seed)
     out = tmp_path / "killed"
     kills = []
-    for attempt in range(2):                     # kill twice: the second time while resuming
+    for attempt in range(2):  # kill twice: the second time while resuming
         low, high = _epochs_logged(out) + 1, total - 2
         if low > high:
             break
@@ -356,18 +387,22 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path, ro
             time.sleep(0.003)
         proc.wait()
         kills.append((target, proc.returncode))
-    assert kills and kills[0][1] == -signal.SIGKILL, (seed, kills)   # the first run did not finish by itself
+    assert kills and kills[0][1] == -signal.SIGKILL, (seed, kills)  # the first run did not finish by itself
     resumed = _train(cfg_path, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout, (seed, kills, resumed.stdout)
+
     def result(run_dir):
         res = json.loads((run_dir / "results.json").read_text())
         tensors, meta = ckpt.load(run_dir / "checkpoints" / "conure.safetensors")
         return res, tensors, meta
 
     def same(x, y):
-        return (x[0]["methods"]["conure"]["matrix"] == y[0]["methods"]["conure"]["matrix"]
-                and x[1].keys() == y[1].keys() and all(torch.equal(x[1][k], y[1][k]) for k in x[1]))
+        return (
+            x[0]["methods"]["conure"]["matrix"] == y[0]["methods"]["conure"]["matrix"]
+            and x[1].keys() == y[1].keys()
+            and all(torch.equal(x[1][k], y[1][k]) for k in x[1])
+        )
 
     ref_result, got = result(tmp_path / "ref"), result(out)
     assert got[0]["complete"]
@@ -377,24 +412,29 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path, ro
         assert again.returncode == 0, again.stderr
         if not same(ref_result, result(tmp_path / "ref2")):
             pytest.xfail("two uninterrupted runs of the engine differ on this machine: no resume can be exact")
-        assert False, f"resumed run differs from the uninterrupted one (seed {seed}, kills {kills})"
+        raise AssertionError(f"resumed run differs from the uninterrupted one (seed {seed}, kills {kills})")
     mb = got[2]
     assert mb["progress"]["in_task"] is None
     # The log holds every epoch once, as the uninterrupted run's does.
     import csv
+
     rows = lambda p: [(r["task"], r["phase"], r["epoch"], r["loss"], r["valid"]) for r in csv.DictReader(open(p))]
     assert rows(out / "log.csv") == rows(tmp_path / "ref" / "log.csv"), (seed, kills)
-    print(f"kill round {round_}: seed {seed}, {len(kills)} SIGKILLs survived (epoch targets "
-          f"{[t for t, _ in kills]} of {total}), resumed bit-identical")
+    print(
+        f"kill round {round_}: seed {seed}, {len(kills)} SIGKILLs survived (epoch targets "
+        f"{[t for t, _ in kills]} of {total}), resumed bit-identical"
+    )
 
 
 def test_resuming_refuses_another_config(tmp_path):
     import yaml
+
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(TINY))
     run_cfg, _ = load_config(str(cfg_path), ["train.epochs=1"])
     Run(run_cfg, tmp_path / "run", echo=lambda s: None, stop_after=1).execute()
     other, _ = load_config(str(cfg_path), ["train.epochs=2"])
     from conure.runner import RunError
+
     with pytest.raises(RunError, match=r"train\.epochs"):
         Run(other, tmp_path / "run", resume=True, echo=lambda s: None).execute()

@@ -3,6 +3,7 @@
 Success paths (demo, train, eval, inspect, predict, export, config) on tiny settings, and every error case: one
 line ``conure: error: ...`` on stderr, exit code 2, no traceback unless ``--debug``.
 """
+
 import csv
 import json
 import os
@@ -21,12 +22,18 @@ from conure.config import RunConfig, config_to_dict
 REPO = Path(conure.__file__).resolve().parents[1]
 
 TINY = {
-    "seed": 3, "threads": 1,
-    "data": {"kind": "synthetic", "max_len": 12,
-             "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4}},
-    "tasks": [{"name": "next_item", "kind": "next_item"},
-              {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
-              {"name": "gender", "kind": "profile", "attribute": "gender"}],
+    "seed": 3,
+    "threads": 1,
+    "data": {
+        "kind": "synthetic",
+        "max_len": 12,
+        "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4},
+    },
+    "tasks": [
+        {"name": "next_item", "kind": "next_item"},
+        {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
+        {"name": "gender", "kind": "profile", "attribute": "gender"},
+    ],
     "model": {"channels": 16, "dilations": [1, 2]},
     "method": {"name": "conure", "keep_ratios": [0.5]},
     "train": {"epochs": 2, "retrain_epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 128},
@@ -34,9 +41,19 @@ TINY = {
 }
 
 # The demo, shrunk to test size (every other key as shipped: both methods, all five tasks).
-DEMO_SETS = ["threads=1", "data.options.num_users=300", "data.options.num_items=60", "data.options.seq_len=12",
-             "data.options.num_target_items=30", "data.options.num_topics=4", "data.max_len=12",
-             "model.channels=16", "model.dilations=[1,2]", "train.epochs=2", "train.retrain_epochs=1"]
+DEMO_SETS = [
+    "threads=1",
+    "data.options.num_users=300",
+    "data.options.num_items=60",
+    "data.options.seq_len=12",
+    "data.options.num_target_items=30",
+    "data.options.num_topics=4",
+    "data.max_len=12",
+    "model.channels=16",
+    "model.dilations=[1,2]",
+    "train.epochs=2",
+    "train.retrain_epochs=1",
+]
 
 
 def env():
@@ -47,8 +64,15 @@ def env():
 
 
 def conure_cmd(*args, cwd=None, input=None, timeout=180):
-    return subprocess.run([sys.executable, "-m", "conure", *map(str, args)], cwd=cwd, env=env(), input=input,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "conure", *map(str, args)],
+        cwd=cwd,
+        env=env(),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_many(commands, cwd=None):
@@ -62,6 +86,7 @@ class InProcess:
 
     def __init__(self, argv, capsys, cwd):
         from conure.cli import main
+
         old = os.getcwd()
         os.chdir(cwd)
         try:
@@ -99,14 +124,14 @@ def test_demo_prints_and_writes_the_promised_results(tmp_path):
     res = json.loads((out / "results.json").read_text())
     names = ["next_item", "service2", "gender", "age", "later_items"]
     assert res["tasks"] == names and res["complete"] is True
-    assert res["metric"] == ["mrr@5", "mrr@5", "bacc", "bacc", "mrr@5"]     # profile: balanced accuracy
+    assert res["metric"] == ["mrr@5", "mrr@5", "bacc", "bacc", "mrr@5"]  # profile: balanced accuracy
     assert set(res["methods"]) == {"conure", "sinmoall"}
     for method, m in res["methods"].items():
         matrix = m["matrix"]
         assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
         for i, row in enumerate(matrix):
-            assert all(isinstance(v, float) for v in row[:i + 1]), (method, i, row)
-            assert all(v is None for v in row[i + 1:]), (method, i, row)
+            assert all(isinstance(v, float) for v in row[: i + 1]), (method, i, row)
+            assert all(v is None for v in row[i + 1 :]), (method, i, row)
         assert isinstance(m["params_stored"], int) and m["params_stored"] > 0
     # Conure never forgets: every column stays exactly what it was when its task was learned.
     conure_m = res["methods"]["conure"]["matrix"]
@@ -115,11 +140,19 @@ def test_demo_prints_and_writes_the_promised_results(tmp_path):
     assert res["methods"]["conure"]["forgetting"] == 0.0
     kinds = {b["name"] for b in res["baselines"]}
     assert kinds == {"popularity", "majority"} and all(isinstance(b["value"], float) for b in res["baselines"])
-    assert all(isinstance(b["linear"]["value"], float) for b in res["baselines"])       # the bag-of-items model
+    assert all(isinstance(b["linear"]["value"], float) for b in res["baselines"])  # the bag-of-items model
     # The report: per-task metrics against baselines, both matrices, capacity, parameters, wall time.
-    for text in ("accuracy matrix (conure)", "accuracy matrix (sinmoall)", "capacity (conure)", "popularity",
-                 "majority", "parameters stored", "demo wall time", "[conure] task 5/5 later_items",
-                 "beats the linear model on"):
+    for text in (
+        "accuracy matrix (conure)",
+        "accuracy matrix (sinmoall)",
+        "capacity (conure)",
+        "popularity",
+        "majority",
+        "parameters stored",
+        "demo wall time",
+        "[conure] task 5/5 later_items",
+        "beats the linear model on",
+    ):
         assert text in r.stdout, text
     # Logs and plots.
     rows = list(csv.DictReader(open(out / "log.csv")))
@@ -130,6 +163,7 @@ def test_demo_prints_and_writes_the_promised_results(tmp_path):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     try:
         import tensorboard  # noqa: F401
+
         assert list((out / "tb" / "conure").glob("events.out.tfevents.*"))
     except ImportError:
         pass
@@ -141,6 +175,7 @@ def test_demo_prints_and_writes_the_promised_results(tmp_path):
 @pytest.mark.slow
 def test_the_full_demo_beats_every_baseline_within_three_minutes(tmp_path):
     import time
+
     t0 = time.perf_counter()
     r = ok(conure_cmd("demo", "--out", tmp_path / "demo", cwd=tmp_path, timeout=600))
     seconds = time.perf_counter() - t0
@@ -169,9 +204,9 @@ def test_train_writes_a_run_directory(trained):
     assert list(res["methods"]) == ["conure"]
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["channels"] == 16 and saved["train"]["epochs"] == 2
-    assert saved["train"]["optimizer"] == "adam"              # defaults are written out too
+    assert saved["train"]["optimizer"] == "adam"  # defaults are written out too
     rows = list(csv.DictReader(open(run / "log.csv")))
-    assert len(rows) == 3 * (2 + 1)                         # 3 tasks x (train + retrain epochs)
+    assert len(rows) == 3 * (2 + 1)  # 3 tasks x (train + retrain epochs)
     assert "accuracy matrix (conure)" in r.stdout and "[conure] task 3/3 gender" in r.stdout
     # beside each task's trivial baseline, the bag-of-items linear model (same input window), its L2 on valid users
     assert [b["name"] for b in res["baselines"]] == ["popularity", "popularity", "majority"]
@@ -180,10 +215,10 @@ def test_train_writes_a_run_directory(trained):
         assert lin["name"] == "linear" and lin["model"] == model and lin["metric"] == b["metric"]
         assert 0.0 <= lin["value"] <= 1.0 and lin["value"] == lin["metrics"][lin["metric"]]
         assert lin["l2"] in saved["baselines"][("l2" if model == "logistic" else "ridge_l2")]
-        assert b["metrics"][b["metric"]] == b["value"]                  # the trivial predictor's every metric
+        assert b["metrics"][b["metric"]] == b["value"]  # the trivial predictor's every metric
     report = next(line for line in r.stdout.splitlines() if line.startswith("baselines (test):"))
     assert report.count("linear") == 3
-    assert not (run / "plots").exists() and not (run / "tb").exists()   # output.plots/tensorboard: false
+    assert not (run / "plots").exists() and not (run / "tb").exists()  # output.plots/tensorboard: false
 
 
 def test_train_in_bf16_mixed_precision(tmp_path):
@@ -194,6 +229,7 @@ def test_train_in_bf16_mixed_precision(tmp_path):
     res = json.loads((tmp_path / "bf16" / "results.json").read_text())
     assert res["complete"] and res["config"]["train"]["precision"] == "bf16"
     from conure import checkpoint as ckpt
+
     tensors, _ = ckpt.load(ckpt.resolve_checkpoint(tmp_path / "bf16"))
     assert {t.dtype for t in tensors.values()} <= {torch.float32, torch.float64, torch.uint8}
     r = conure_cmd("train", "--config", "tiny.yaml", "--out", "fp16", "--set", "train.precision=fp16", cwd=tmp_path)
@@ -205,26 +241,59 @@ def test_eval_and_predict_in_bf16(trained, capsys):
     not equal); predictions keep their shape."""
     d, _ = trained
     fp32 = json.loads(ok(InProcess(["eval", "--checkpoint", d / "run", "--json"], capsys, d)).stdout)
-    bf16 = json.loads(ok(InProcess(["eval", "--checkpoint", d / "run", "--json", "--precision", "bf16"], capsys,
-                                   d)).stdout)
+    bf16 = json.loads(
+        ok(InProcess(["eval", "--checkpoint", d / "run", "--json", "--precision", "bf16"], capsys, d)).stdout
+    )
     assert [t["name"] for t in bf16["tasks"]] == [t["name"] for t in fp32["tasks"]]
     for a, b in zip(fp32["tasks"], bf16["tasks"]):
         assert a["metrics"].keys() == b["metrics"].keys() and abs(a["value"] - b["value"]) < 0.1, (a, b)
     (d / "bf16.tsv").write_text("alice\t3 7 12 5 9\nbob\t40 41 42\n")
-    out = ok(InProcess(["predict", "--checkpoint", d / "run", "--task", "1", "--input", d / "bf16.tsv", "--top-k",
-                        "3", "--precision", "bf16"], capsys, d)).stdout.splitlines()
+    out = ok(
+        InProcess(
+            [
+                "predict",
+                "--checkpoint",
+                d / "run",
+                "--task",
+                "1",
+                "--input",
+                d / "bf16.tsv",
+                "--top-k",
+                "3",
+                "--precision",
+                "bf16",
+            ],
+            capsys,
+            d,
+        )
+    ).stdout.splitlines()
     assert len(out) == 2 and all(len(line.split("\t")[1].split()) == 3 for line in out)
 
 
 def test_train_print_config_applies_typed_overrides(trained, capsys):
     d, _ = trained
-    r = ok(InProcess(["train", "--config", "tiny.yaml", "--set", "model.channels=32", "--set",
-                      "method.compare=sinmoall,finecls", "--set", "tasks.1.train.epochs=7", "--print-config"],
-                     capsys, d))
+    r = ok(
+        InProcess(
+            [
+                "train",
+                "--config",
+                "tiny.yaml",
+                "--set",
+                "model.channels=32",
+                "--set",
+                "method.compare=sinmoall,finecls",
+                "--set",
+                "tasks.1.train.epochs=7",
+                "--print-config",
+            ],
+            capsys,
+            d,
+        )
+    )
     cfg = yaml.safe_load(r.stdout)
     assert cfg["model"]["channels"] == 32 and cfg["method"]["compare"] == ["sinmoall", "finecls"]
     assert cfg["tasks"][1]["train"] == {"epochs": 7}
-    assert not (d / "runs").exists()                          # printing does not train
+    assert not (d / "runs").exists()  # printing does not train
 
 
 def test_config_defaults_documents_every_key():
@@ -233,7 +302,7 @@ def test_config_defaults_documents_every_key():
     assert yaml.safe_load(r.stdout) == defaults
     for key in ("seed", "channels", "keep_ratios", "epochs", "checkpoint_every_epoch", "linear", "max_features"):
         line = next(line for line in r.stdout.splitlines() if line.strip().startswith(key + ":"))
-        assert "#" in line, line                               # each key has its comment
+        assert "#" in line, line  # each key has its comment
 
 
 def test_eval_inspect_predict_export(trained, capsys):
@@ -241,12 +310,15 @@ def test_eval_inspect_predict_export(trained, capsys):
     ck = d / "run" / "checkpoints" / "conure.safetensors"
     res = json.loads((d / "run" / "results.json").read_text())
     (d / "users.tsv").write_text("alice\t3 7 12 5 9\nbob\t40 41 42\ncarol\t999999\n")
-    r_eval, r_inspect, r_pred1, r_export = run_many([
-        ("eval", "--checkpoint", ck, "--json"),
-        ("inspect", "--checkpoint", ck),
-        ("predict", "--checkpoint", ck, "--task", "1", "--input", d / "users.tsv", "--top-k", "4"),
-        ("export", "--checkpoint", ck, "--task", "2", "--out", d / "service2.safetensors"),
-    ], cwd=d)
+    r_eval, r_inspect, r_pred1, r_export = run_many(
+        [
+            ("eval", "--checkpoint", ck, "--json"),
+            ("inspect", "--checkpoint", ck),
+            ("predict", "--checkpoint", ck, "--task", "1", "--input", d / "users.tsv", "--top-k", "4"),
+            ("export", "--checkpoint", ck, "--task", "2", "--out", d / "service2.safetensors"),
+        ],
+        cwd=d,
+    )
     # eval: the checkpoint, re-evaluated on the rebuilt data, gives exactly the run's final row.
     ev = json.loads(ok(r_eval).stdout)
     assert [t["value"] for t in ev["tasks"]] == res["methods"]["conure"]["final"]
@@ -256,11 +328,20 @@ def test_eval_inspect_predict_export(trained, capsys):
     assert r.stdout.count("service2") == 1 and "gender" not in r.stdout
     # inspect
     text = ok(r_inspect).stdout
-    for s in ("method conure", "status: complete", "next_item", "service2", "gender", "capacity (conure)",
-              "parameters stored", "accuracy matrix (conure)", "linear"):
+    for s in (
+        "method conure",
+        "status: complete",
+        "next_item",
+        "service2",
+        "gender",
+        "capacity (conure)",
+        "parameters stored",
+        "accuracy matrix (conure)",
+        "linear",
+    ):
         assert s in text, s
     gender = next(line for line in text.splitlines() if line.split()[:2] == ["3", "gender"])
-    assert gender.split()[-1] == f"{res['baselines'][2]['linear']['value']:.4f}"     # the linear column
+    assert gender.split()[-1] == f"{res['baselines'][2]['linear']['value']:.4f}"  # the linear column
     info = json.loads(ok(InProcess(["inspect", "--checkpoint", ck, "--json"], capsys, d)).stdout)
     assert info["baselines"] == res["baselines"]
     assert info["params_stored"] == res["methods"]["conure"]["params_stored"]
@@ -275,15 +356,33 @@ def test_eval_inspect_predict_export(trained, capsys):
     r = ok(InProcess(["predict", "--checkpoint", ck, "--task", "gender", "--input", d / "users.tsv"], capsys, d))
     labels = [line.split("\t")[1] for line in r.stdout.splitlines()]
     assert labels[:2] and set(labels[:2]) <= {"F", "M"} and labels[2] == ""
-    r = ok(InProcess(["predict", "--checkpoint", ck, "--task", "2", "--input", d / "users.tsv", "--format", "json",
-                      "--top-k", "3"], capsys, d))
+    r = ok(
+        InProcess(
+            [
+                "predict",
+                "--checkpoint",
+                ck,
+                "--task",
+                "2",
+                "--input",
+                d / "users.tsv",
+                "--format",
+                "json",
+                "--top-k",
+                "3",
+            ],
+            capsys,
+            d,
+        )
+    )
     pj = json.loads(r.stdout)
     assert pj["kind"] == "item" and len(pj["predictions"][0]["items"]) == 3
     assert all(1 <= int(i) <= 30 for i in pj["predictions"][0]["items"])
     # export, then predict from the export: the same output as from the run checkpoint.
     assert "exported task 2" in ok(r_export).stdout
-    r_from_export = ok(conure_cmd("predict", "--checkpoint", d / "service2.safetensors", "--input",
-                                  d / "users.tsv", cwd=d))
+    r_from_export = ok(
+        conure_cmd("predict", "--checkpoint", d / "service2.safetensors", "--input", d / "users.tsv", cwd=d)
+    )
     r_from_run = ok(InProcess(["predict", "--checkpoint", ck, "--task", "2", "--input", d / "users.tsv"], capsys, d))
     assert r_from_export.stdout == r_from_run.stdout and r_from_run.stdout.count("\n") == 3
     r = ok(InProcess(["inspect", "--checkpoint", d / "service2.safetensors"], capsys, d))
@@ -301,7 +400,7 @@ def write_bad_inputs(d):
     ck = d / "run" / "checkpoints" / "conure.safetensors"
     data = ck.read_bytes()
     tampered = bytearray(data)
-    tampered[-5] ^= 0x01                                       # a bit of the last tensor
+    tampered[-5] ^= 0x01  # a bit of the last tensor
     (d / "tampered.safetensors").write_bytes(bytes(tampered))
     (d / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (d / "bad.tsv").write_text("alice 3 7 12\n")
@@ -351,8 +450,10 @@ ERRORS = [
     (("predict", "--checkpoint", CK, "--task", "1", "--input", "run"), ("input run is a directory",)),
     (("predict", "--checkpoint", CK, "--task", "1", "--input", "no_users.tsv"), ("no_users.tsv: no users",)),
     (("predict", "--checkpoint", CK, "--task", "1", "--input", "no_user_id.tsv"), ("no_user_id.tsv:2: empty user id",)),
-    (("predict", "--checkpoint", CK, "--task", "1", "--input", "bad_later.tsv"),
-     ("bad_later.tsv:3: expected 'user<TAB>item item ...', got 3 tab-separated fields",)),
+    (
+        ("predict", "--checkpoint", CK, "--task", "1", "--input", "bad_later.tsv"),
+        ("bad_later.tsv:3: expected 'user<TAB>item item ...', got 3 tab-separated fields",),
+    ),
 ]
 # One of each kind through a real subprocess: unknown key, wrong type, missing file, bad task id, tampered
 # checkpoint (all of them run in-process below).
@@ -363,7 +464,7 @@ def test_errors_through_the_real_command(trained):
     d, _ = trained
     write_bad_inputs(d)
     cases = [ERRORS[i] for i in SUBPROCESS_ERRORS]
-    for (cmd, frags), r in zip(cases, run_many([c for c, _ in cases], cwd=d)):
+    for (_cmd, frags), r in zip(cases, run_many([c for c, _ in cases], cwd=d)):
         assert_error(r, *frags)
 
 
@@ -373,13 +474,14 @@ def test_every_error_is_one_line_with_exit_code_2(trained, capsys, case):
     write_bad_inputs(d)
     cmd, frags = ERRORS[case]
     assert_error(InProcess(cmd, capsys, d), *frags)
-    assert not (d / "e.safetensors").exists() and not (d / "x").exists()   # a failed command leaves nothing
+    assert not (d / "e.safetensors").exists() and not (d / "x").exists()  # a failed command leaves nothing
 
 
 def test_debug_raises_instead_of_one_line(trained, capsys):
     """--debug: the exception propagates (Python prints its traceback) instead of the one-line message."""
     from conure.checkpoint import CheckpointError
     from conure.cli import main
+
     d, _ = trained
     with pytest.raises(CheckpointError, match="not found"):
         main(["--debug", "eval", "--checkpoint", str(d / "no_such.safetensors")])
@@ -404,7 +506,9 @@ class StubModel:
 
     def scores(self, x):
         import math
+
         import torch
+
         self.batches.append(len(x))
         row = [0.0, math.log(3)] if self.kind == "profile" else [float("-inf"), 0.5, 0.25, 1.0, 0.125]
         return torch.tensor([row] * len(x))
@@ -413,7 +517,9 @@ class StubModel:
 def predict_in_process(monkeypatch, capsys, cwd, argv, model=None, stdin=None):
     """``conure predict`` through conure.cli.main in this process; ``model`` replaces the checkpoint's."""
     import io
+
     import conure.commands
+
     if model is not None:
         monkeypatch.setattr(conure.commands, "open_model", lambda checkpoint, task: model)
     if stdin is not None:
@@ -422,8 +528,10 @@ def predict_in_process(monkeypatch, capsys, cwd, argv, model=None, stdin=None):
 
 
 SMALL_INPUT = "# user<TAB>items\nalice\t10 20\nbob\t99\n\ncarol\t30 40 10 20\n"
-SMALL_NOTES = ("conure: note: 1 input item(s) are not in the model's vocabulary and were skipped\n"
-               "conure: note: 1 user(s) have no known item; their prediction is empty\n")
+SMALL_NOTES = (
+    "conure: note: 1 input item(s) are not in the model's vocabulary and were skipped\n"
+    "conure: note: 1 user(s) have no known item; their prediction is empty\n"
+)
 # What the non-streaming implementation wrote for SMALL_INPUT, --top-k 2: TSV lines, and
 # json.dumps({"task", "name", "kind", "predictions"}, indent=1) + "\n".
 SMALL_TSV = "alice\t30 10\nbob\t\ncarol\t30 10\n"
@@ -494,9 +602,15 @@ SMALL_PROFILE_JSON = """{
 """
 
 
-@pytest.mark.parametrize("kind,fmt,want", [("next_item", "tsv", SMALL_TSV), ("next_item", "json", SMALL_JSON),
-                                           ("profile", "tsv", SMALL_PROFILE_TSV),
-                                           ("profile", "json", SMALL_PROFILE_JSON)])
+@pytest.mark.parametrize(
+    "kind,fmt,want",
+    [
+        ("next_item", "tsv", SMALL_TSV),
+        ("next_item", "json", SMALL_JSON),
+        ("profile", "tsv", SMALL_PROFILE_TSV),
+        ("profile", "json", SMALL_PROFILE_JSON),
+    ],
+)
 def test_predict_output_is_byte_identical_to_the_documented_format(tmp_path, monkeypatch, capsys, kind, fmt, want):
     (tmp_path / "in.tsv").write_text(SMALL_INPUT)
     args = ["--input", "in.tsv", "--top-k", "2", "--format", fmt]
@@ -514,8 +628,15 @@ def test_predict_output_over_several_batches_is_the_documented_text(tmp_path, mo
     users = [f"u{i}" for i in range(1100)]
     (tmp_path / "in.tsv").write_text("".join(f"{u}\t10 20\n" for u in users))
     model = StubModel()
-    r = ok(predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "in.tsv", "--top-k", "2", "--format", fmt,
-                                                              "--output", "p.txt"], model))
+    r = ok(
+        predict_in_process(
+            monkeypatch,
+            capsys,
+            tmp_path,
+            ["--input", "in.tsv", "--top-k", "2", "--format", fmt, "--output", "p.txt"],
+            model,
+        )
+    )
     assert model.batches == [512, 512, 76]
     if fmt == "json":
         preds = [{"user": u, "items": ["30", "10"], "scores": [1.0, 0.5]} for u in users]
@@ -528,14 +649,16 @@ def test_predict_output_over_several_batches_is_the_documented_text(tmp_path, mo
 
 def test_prediction_text_joins_to_json_dumps_for_any_batching():
     from conure.runner import prediction_text
+
     model = StubModel()
-    preds = [{"user": f"u{i}", "items": [str(i), "x\ny"][: i % 3], "scores": [0.5, float("nan")][: i % 3]}
-             for i in range(7)] + [{"user": "\u00e9\t\"", "items": [], "note": "no known item in the history"}]
+    preds = [
+        {"user": f"u{i}", "items": [str(i), "x\ny"][: i % 3], "scores": [0.5, float("nan")][: i % 3]} for i in range(7)
+    ] + [{"user": '\u00e9\t"', "items": [], "note": "no known item in the history"}]
     want = json.dumps({"task": 1, "name": "next_item", "kind": "next_item", "predictions": preds}, indent=1) + "\n"
     for cuts in ([], [8], [1], [3, 3], [0, 5], [1, 1, 1, 1, 1, 1, 1]):
         batches, start = [], 0
         for c in cuts:
-            batches.append(preds[start:start + c])
+            batches.append(preds[start : start + c])
             start += c
         batches.append(preds[start:])
         assert "".join(prediction_text(model, batches, "json")) == want, cuts
@@ -547,9 +670,11 @@ def test_predict_matches_predict_rows_on_a_real_checkpoint(trained, monkeypatch,
     """Every kind of task of the trained run, 1100 users (three batches): the streamed text is the documented
     format of predict_rows' list (the list API, kept)."""
     from conure.runner import open_model, predict_rows, read_sequences
+
     d, _ = trained
     ck = d / "run" / "checkpoints" / "conure.safetensors"
     import random
+
     rng = random.Random(5)
     lines = [f"user{i}\t{' '.join(str(rng.randint(1, 70)) for _ in range(rng.randint(0, 14)))}" for i in range(1100)]
     (d / "many.tsv").write_text("\n".join(lines) + "\n")
@@ -559,15 +684,34 @@ def test_predict_matches_predict_rows_on_a_real_checkpoint(trained, monkeypatch,
         model = open_model(ck, task)
         preds, unknown = predict_rows(model, rows, top_k=5)
         assert unknown > 0 and len(preds) == 1100
-        want_json = json.dumps({"task": model.task, "name": model.name, "kind": model.kind, "predictions": preds},
-                               indent=1) + "\n"
+        want_json = (
+            json.dumps({"task": model.task, "name": model.name, "kind": model.kind, "predictions": preds}, indent=1)
+            + "\n"
+        )
         if model.kind == "profile":
             want_tsv = "".join(f"{p['user']}\t{'' if p['label'] is None else p['label']}\n" for p in preds)
         else:
             want_tsv = "".join(f"{p['user']}\t{' '.join(p['items'])}\n" for p in preds)
         for fmt, want in (("json", want_json), ("tsv", want_tsv)):
-            r = ok(InProcess(["predict", "--checkpoint", ck, "--task", task, "--input", "many.tsv", "--top-k", "5",
-                              "--format", fmt], capsys, d))
+            r = ok(
+                InProcess(
+                    [
+                        "predict",
+                        "--checkpoint",
+                        ck,
+                        "--task",
+                        task,
+                        "--input",
+                        "many.tsv",
+                        "--top-k",
+                        "5",
+                        "--format",
+                        fmt,
+                    ],
+                    capsys,
+                    d,
+                )
+            )
             assert r.stdout == want, (task, fmt)
             assert f"{unknown} input item(s)" in r.stderr
 
@@ -593,6 +737,7 @@ def test_predict_consumes_its_input_lazily():
     """Bounded memory without timing: the first batch is predicted (and yielded) after exactly one batch of rows
     has been read, whether the rows come from a generator or from the reader over a stream."""
     from conure.runner import PredictStats, iter_predictions, iter_sequences, predict_rows
+
     consumed = []
 
     def rows(n):
@@ -614,13 +759,20 @@ def test_predict_consumes_its_input_lazily():
     it.close()
     # predict_rows: the list API over the same generator, unchanged signature and result.
     preds, unknown = predict_rows(model, [("a", ["10", "77"]), ("b", ["88"])], top_k=1, batch_size=1)
-    assert preds == [{"user": "a", "items": ["30"], "scores": [1.0]},
-                     {"user": "b", "items": [], "note": "no known item in the history"}] and unknown == 2
+    assert (
+        preds
+        == [
+            {"user": "a", "items": ["30"], "scores": [1.0]},
+            {"user": "b", "items": [], "note": "no known item in the history"},
+        ]
+        and unknown == 2
+    )
 
 
 def test_predict_command_writes_each_batch_before_reading_the_rest(trained, monkeypatch):
     """The command streams end to end: stdin is read one batch (512 users) ahead of what stdout has received."""
     from conure.cli import main
+
     d, _ = trained
     ck = d / "run" / "checkpoints" / "conure.safetensors"
     stream = CountingLines(f"user{i}\t{3 + i % 50} {7 + i % 40} 12\n" for i in range(1500))
@@ -649,10 +801,14 @@ def test_predict_reads_stdin(trained, monkeypatch, capsys):
     ck = d / "run" / "checkpoints" / "conure.safetensors"
     text = "alice\t3 7 12 5 9\r\nbob\t40 41 42\n# comment\ncarol\t999999\n"
     (d / "stdin_same.tsv").write_text(text)
-    from_file = ok(InProcess(["predict", "--checkpoint", ck, "--task", "2", "--input", "stdin_same.tsv",
-                              "--format", "json"], capsys, d))
-    r = ok(conure_cmd("predict", "--checkpoint", ck, "--task", "2", "--input", "-", "--format", "json", cwd=d,
-                      input=text))
+    from_file = ok(
+        InProcess(
+            ["predict", "--checkpoint", ck, "--task", "2", "--input", "stdin_same.tsv", "--format", "json"], capsys, d
+        )
+    )
+    r = ok(
+        conure_cmd("predict", "--checkpoint", ck, "--task", "2", "--input", "-", "--format", "json", cwd=d, input=text)
+    )
     assert r.stdout == from_file.stdout and r.stderr == from_file.stderr
     assert [p["user"] for p in json.loads(r.stdout)["predictions"]] == ["alice", "bob", "carol"]
     # A malformed line names the stream and the line; an empty stdin has no users.
@@ -675,6 +831,7 @@ def leftovers(folder, name):
 @pytest.mark.parametrize("existing", [False, True])
 def test_predict_bad_line_half_way_leaves_no_output(tmp_path, monkeypatch, capsys, existing):
     import conure.checkpoint
+
     bad = many_then_bad(tmp_path / "in.tsv")
     out = tmp_path / "p.json"
     if existing:
@@ -685,11 +842,13 @@ def test_predict_bad_line_half_way_leaves_no_output(tmp_path, monkeypatch, capsy
     def write(self, text):
         written.append(text)
         real_write(self, text)
+
     monkeypatch.setattr(conure.checkpoint.AtomicWriter, "write", write)
-    r = predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "in.tsv", "--format", "json",
-                                                           "--output", "p.json"], StubModel())
+    r = predict_in_process(
+        monkeypatch, capsys, tmp_path, ["--input", "in.tsv", "--format", "json", "--output", "p.json"], StubModel()
+    )
     assert_error(r, f"in.tsv:{bad}: expected 'user<TAB>item item ...'")
-    assert len(written) == 1 and written[0].count('"user"') == 512       # the first batch went to the temp file
+    assert len(written) == 1 and written[0].count('"user"') == 512  # the first batch went to the temp file
     assert r.stdout == ""
     if existing:
         assert out.read_text() == "the previous predictions\n"
@@ -701,19 +860,22 @@ def test_predict_bad_line_half_way_leaves_no_output(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize("failure", ["interrupt", "disk_full"])
 def test_predict_interrupted_or_disk_full_keeps_the_previous_output(tmp_path, monkeypatch, capsys, failure):
     import errno
+
     import conure.checkpoint
+
     (tmp_path / "in.tsv").write_text("".join(f"u{i}\t10 20\n" for i in range(2000)))
     (tmp_path / "p.tsv").write_text("the previous predictions\n")
     model = StubModel()
-    if failure == "interrupt":                          # Ctrl-C while the third batch is scored
+    if failure == "interrupt":  # Ctrl-C while the third batch is scored
         real_scores = model.scores
 
         def scores(x):
             if len(model.batches) == 2:
                 raise KeyboardInterrupt
             return real_scores(x)
+
         model.scores = scores
-    else:                                               # the disk fills up half-way through the second batch
+    else:  # the disk fills up half-way through the second batch
         real_init = conure.checkpoint.AtomicWriter.__init__
 
         class DiskFull:
@@ -723,7 +885,7 @@ def test_predict_interrupted_or_disk_full_keeps_the_previous_output(tmp_path, mo
             def write(self, text):
                 self.calls += 1
                 if self.calls == 2:
-                    self.f.write(text[:len(text) // 2])
+                    self.f.write(text[: len(text) // 2])
                     self.f.flush()
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 return self.f.write(text)
@@ -734,6 +896,7 @@ def test_predict_interrupted_or_disk_full_keeps_the_previous_output(tmp_path, mo
         def init(self, path, binary=True):
             real_init(self, path, binary)
             self._f = DiskFull(self._f)
+
         monkeypatch.setattr(conure.checkpoint.AtomicWriter, "__init__", init)
     r = predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "in.tsv", "--output", "p.tsv"], model)
     if failure == "interrupt":
@@ -747,26 +910,30 @@ def test_predict_interrupted_or_disk_full_keeps_the_previous_output(tmp_path, mo
 def test_read_sequences_errors_and_decoding(tmp_path):
     """The reader keeps its checks, messages and decoding (a file: UTF-8, else latin-1 as a whole)."""
     import io
+
     from conure.runner import RunError, iter_sequences, read_sequences
 
     def rows_of(data, name="in.tsv"):
         (tmp_path / name).write_bytes(data)
         return read_sequences(tmp_path / name)
 
-    for data, msg in ((b"a\t1\nb\t2\t3\n", "in.tsv:2: expected 'user<TAB>item item ...', got 3 tab-separated fields"),
-                      (b"a\t1\n\nb 2\n", "in.tsv:3: expected 'user<TAB>item item ...', got 1 tab-separated field"),
-                      (b"a\t1\n\t2\n", "in.tsv:2: empty user id"), (b"#\n \n", "in.tsv: no users in the input"),
-                      (b"", "in.tsv: no users in the input")):
+    for data, msg in (
+        (b"a\t1\nb\t2\t3\n", "in.tsv:2: expected 'user<TAB>item item ...', got 3 tab-separated fields"),
+        (b"a\t1\n\nb 2\n", "in.tsv:3: expected 'user<TAB>item item ...', got 1 tab-separated field"),
+        (b"a\t1\n\t2\n", "in.tsv:2: empty user id"),
+        (b"#\n \n", "in.tsv: no users in the input"),
+        (b"", "in.tsv: no users in the input"),
+    ):
         with pytest.raises(RunError) as e:
             rows_of(data)
-        assert str(e.value) == f"{tmp_path / 'in.tsv'}{msg[len('in.tsv'):]}", data
+        assert str(e.value) == f"{tmp_path / 'in.tsv'}{msg[len('in.tsv') :]}", data
     with pytest.raises(RunError, match="input file not found: .*nothere.tsv"):
-        iter_sequences(tmp_path / "nothere.tsv")         # at once, before any iteration
+        iter_sequences(tmp_path / "nothere.tsv")  # at once, before any iteration
     with pytest.raises(RunError, match="is a directory, not a sequence file"):
         iter_sequences(tmp_path)
     # Lines split as str.splitlines splits them (\r\n, \r, form feed...), ids split on whitespace.
     assert rows_of(b"a\t1 2\r\nb\t3\rc\t 4  5\n") == [("a", ["1", "2"]), ("b", ["3"]), ("c", ["4", "5"])]
-    assert rows_of(b"a\t1\x0cb\t2\x85c\t3\n") == [("a", ["1"]), ("b", ["2"]), ("c", ["3"])]   # \x85: latin-1 NEL
+    assert rows_of(b"a\t1\x0cb\t2\x85c\t3\n") == [("a", ["1"]), ("b", ["2"]), ("c", ["3"])]  # \x85: latin-1 NEL
     assert rows_of("a\t1\u2028b\t2\n".encode()) == [("a", ["1"]), ("b", ["2"])]
     # UTF-8; latin-1 for the whole file when any byte of it is not UTF-8 (here after a UTF-8 line).
     assert rows_of("caf\u00e9\t1\n".encode()) == [("caf\u00e9", ["1"])]
@@ -774,8 +941,11 @@ def test_read_sequences_errors_and_decoding(tmp_path):
     assert rows_of(latin) == [("caf\u00c3\u00a9", ["1"]), ("na\u00efve", ["2"])]
     assert rows_of(b"a\t1\n" * 3000 + latin)[-2:] == [("caf\u00c3\u00a9", ["1"]), ("na\u00efve", ["2"])]
     # A stream read once (a pipe): latin-1 when its first non-ASCII line is not UTF-8, an error when only a later one.
-    assert list(iter_sequences(io.BytesIO(b"a\t1\nna\xefve\t2\ncaf\xc3\xa9\t3\n"))) == \
-        [("a", ["1"]), ("na\u00efve", ["2"]), ("caf\u00c3\u00a9", ["3"])]
+    assert list(iter_sequences(io.BytesIO(b"a\t1\nna\xefve\t2\ncaf\xc3\xa9\t3\n"))) == [
+        ("a", ["1"]),
+        ("na\u00efve", ["2"]),
+        ("caf\u00c3\u00a9", ["3"]),
+    ]
     with pytest.raises(RunError, match=r"<pipe>:3: not valid UTF-8"):
         list(iter_sequences(io.BytesIO(latin.replace(b"\n", b"\n\n", 1)), name="<pipe>"))
 
@@ -784,6 +954,7 @@ def test_read_sequences_errors_and_decoding(tmp_path):
 def test_predict_reads_a_named_pipe(tmp_path, monkeypatch, capsys):
     """``--input <(zcat users.tsv.gz)``: a path that can be read only once."""
     import threading
+
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     data = "caf\u00e9\t10 20\n" + "".join(f"u{i}\t30\n" for i in range(600))
@@ -791,7 +962,8 @@ def test_predict_reads_a_named_pipe(tmp_path, monkeypatch, capsys):
     def feed():
         with open(fifo, "w", encoding="utf-8") as f:
             f.write(data)
-    t = threading.Thread(target=feed, daemon=True)      # never blocks the test run if the pipe is not opened
+
+    t = threading.Thread(target=feed, daemon=True)  # never blocks the test run if the pipe is not opened
     t.start()
     try:
         r = ok(predict_in_process(monkeypatch, capsys, tmp_path, ["--input", "fifo", "--top-k", "1"], StubModel()))

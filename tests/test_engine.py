@@ -3,6 +3,7 @@
 Tiny models (16 channels, 2 blocks, one intra-op thread) on :func:`conure.data.make_synthetic_tasks` with 2000
 users: next-item, other-service items, gender (binary), age (5 classes), all learnable from the history.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -17,7 +18,7 @@ from conure import metrics as M
 from conure import reference
 from conure.baselines import METHODS, make_method
 from conure.data import make_synthetic_tasks
-from conure.learner import FrozenWeightsError, ConureLearner, ContinualLearner, TaskConfig
+from conure.learner import ContinualLearner, ConureLearner, FrozenWeightsError, TaskConfig
 from conure.models import NextItNet
 from conure.nn import CapacityError, MaskedCausalConv1d, ResidualBlock, last_positions
 
@@ -29,9 +30,9 @@ CHANNELS, DILATIONS = 16, (1, 4)
 # ------------------------------------------------------------------------------------------------------------------
 # Data: the data layer's synthetic sequence (next_item, item, gender (2 classes), age (5 classes)).
 
+
 def make_tasks(seed=0):
-    return make_synthetic_tasks(num_users=2000, num_items=60, seq_len=12, num_target_items=40, num_topics=6,
-                                seed=seed)
+    return make_synthetic_tasks(num_users=2000, num_items=60, seq_len=12, num_target_items=40, num_topics=6, seed=seed)
 
 
 def baseline_metric(task):
@@ -48,12 +49,16 @@ def fresh_backbone(num_items, seed=0, pre_ln=True):
 
 def configs(optimizer="adam", weight_decay=0.0):
     kw = dict(lr=1e-2, batch_size=64, optimizer=optimizer, weight_decay=weight_decay)
-    return [TaskConfig(epochs=6, retrain_epochs=2, **kw), TaskConfig(epochs=6, retrain_epochs=2, **kw),
-            TaskConfig(epochs=4, retrain_epochs=1, **kw), TaskConfig(epochs=10, retrain_epochs=1, patience=3, **kw)]
+    return [
+        TaskConfig(epochs=6, retrain_epochs=2, **kw),
+        TaskConfig(epochs=6, retrain_epochs=2, **kw),
+        TaskConfig(epochs=4, retrain_epochs=1, **kw),
+        TaskConfig(epochs=10, retrain_epochs=1, patience=3, **kw),
+    ]
 
 
 KEEP = [0.3, 0.5, 0.5, 1.0]
-MARGINS = [0.3, 0.08, 0.1, 0.05]     # over popularity MRR@5 / majority accuracy, per task
+MARGINS = [0.3, 0.08, 0.1, 0.05]  # over popularity MRR@5 / majority accuracy, per task
 
 
 def task_hash(learner, j):
@@ -93,16 +98,18 @@ def probe(tasks):
 
 def _run_conure(tasks, probe, optimizer, weight_decay):
     learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=KEEP, seed=0)
-    snaps = []   # after each task: predictions, hashes, test metrics of every learned task, owner maps
+    snaps = []  # after each task: predictions, hashes, test metrics of every learned task, owner maps
     for i, (task, cfg) in enumerate(zip(tasks, configs(optimizer, weight_decay)), 1):
         learner.learn(task, i, cfg)
-        snaps.append({
-            "pred": {j: learner.predict(j, probe) for j in range(1, i + 1)},
-            "user": {j: learner.user_vectors(j, probe) for j in range(1, i + 1)},
-            "hash": {j: task_hash(learner, j) for j in range(1, i + 1)},
-            "test": {j: learner.evaluate(j, "test") for j in range(1, i + 1)},
-            "owners": [m.owner.clone() for _, m in learner.backbone.conv_layers()],
-        })
+        snaps.append(
+            {
+                "pred": {j: learner.predict(j, probe) for j in range(1, i + 1)},
+                "user": {j: learner.user_vectors(j, probe) for j in range(1, i + 1)},
+                "hash": {j: task_hash(learner, j) for j in range(1, i + 1)},
+                "test": {j: learner.evaluate(j, "test") for j in range(1, i + 1)},
+                "owners": [m.owner.clone() for _, m in learner.backbone.conv_layers()],
+            }
+        )
     return learner, snaps
 
 
@@ -118,17 +125,18 @@ def conure_adamw(tasks, probe):
 
 @pytest.fixture(scope="module")
 def conure_adam_l2(tasks, probe):
-    return _run_conure(tasks, probe, "adam", 1e-3)     # Adam's L2 weight decay feeds frozen weights a gradient
+    return _run_conure(tasks, probe, "adam", 1e-3)  # Adam's L2 weight decay feeds frozen weights a gradient
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Layers and backbone.
 
+
 def test_masked_conv_is_causal_masked_and_matches_conv1d():
     torch.manual_seed(0)
     conv = MaskedCausalConv1d(4, 5, 3, dilation=2)
     x = torch.randn(2, 9, 4)
-    assert torch.count_nonzero(conv(x, 1)) == 0                 # every weight free: nothing is used
+    assert torch.count_nonzero(conv(x, 1)) == 0  # every weight free: nothing is used
     assert conv.claim_free_(1) == 5 * 4 * 3 and conv.owner.dtype == torch.uint8
     assert "owner" in conv.state_dict()
     y = conv(x, 1)
@@ -136,7 +144,7 @@ def test_masked_conv_is_causal_masked_and_matches_conv1d():
     assert y.shape == (2, 9, 5)
     torch.testing.assert_close(y, expected)
     x2 = x.clone()
-    x2[:, 6:] += 1.0                                            # the future must not leak into the past
+    x2[:, 6:] += 1.0  # the future must not leak into the past
     assert torch.equal(conv(x2, 1)[:, :6], y[:, :6]) and not torch.equal(conv(x2, 1)[:, 6:], y[:, 6:])
 
 
@@ -170,8 +178,8 @@ def test_nextitnet_shapes_defaults_and_user_vector():
     items = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 7]])
     hidden = net(items, 1)
     assert hidden.shape == (3, 5, CHANNELS)
-    assert torch.equal(net.user_vector(items, 1), hidden[:, -1])   # left padding: the last position
-    right = torch.tensor([[3, 4, 5, 0, 0]])                          # robust to right padding too
+    assert torch.equal(net.user_vector(items, 1), hidden[:, -1])  # left padding: the last position
+    right = torch.tensor([[3, 4, 5, 0, 0]])  # robust to right padding too
     assert last_positions(right).tolist() == [2]
     assert torch.equal(net.user_vector(right, 1), net(right, 1)[:, 2])
     big = NextItNet(10)
@@ -208,6 +216,7 @@ def test_bad_task_id_in_learner(tasks):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Conure.
+
 
 def test_every_task_beats_its_baseline(tasks, conure_adam, conure_adamw, conure_adam_l2):
     assert [t.kind for t in tasks] == ["next_item", "item", "profile", "profile"] and tasks[3].num_targets == 5
@@ -246,7 +255,7 @@ def test_without_the_restore_adamw_moves_frozen_weights(tasks, probe, monkeypatc
     with pytest.raises(FrozenWeightsError, match="task 2: after training: the frozen weights of task 1 changed"):
         learner.learn(tasks[1], 2, cfg)
     assert task_hash(learner, 1) != before and not torch.equal(learner.predict(1, probe), pred)
-    assert learner.learned_tasks == [1]   # the failed task was undone
+    assert learner.learned_tasks == [1]  # the failed task was undone
 
 
 def test_frozen_digests_survive_a_state_round_trip(conure_adam):
@@ -258,20 +267,21 @@ def test_frozen_digests_survive_a_state_round_trip(conure_adam):
 def test_pruning_keeps_requested_counts(conure_adam):
     learner, snaps = conure_adam
     ratios = KEEP
-    free = [m.owner.numel() for _, m in learner.backbone.conv_layers()]       # all free before task 1
+    free = [m.owner.numel() for _, m in learner.backbone.conv_layers()]  # all free before task 1
     for t, snap in enumerate(snaps, 1):
         for n, owner in enumerate(snap["owners"]):
             owned = int((owner == t).sum())
-            assert owned == round(ratios[t - 1] * free[n]), (t, n)          # keep_ratio of what task t claimed
+            assert owned == round(ratios[t - 1] * free[n]), (t, n)  # keep_ratio of what task t claimed
             assert int((owner > t).sum()) == 0
-            if t > 1:                                                        # earlier tasks' weights untouched
+            if t > 1:  # earlier tasks' weights untouched
                 earlier = snaps[t - 2]["owners"][n]
                 assert torch.equal(owner[(earlier >= 1)], earlier[(earlier >= 1)])
             free[n] -= owned
         assert [int((o == 0).sum()) for o in snap["owners"]] == free
     prunes = [h for h in learner.history if h["event"] == "prune"]
-    assert [sum(p["kept"].values()) for p in prunes] == [sum(int((o == t).sum()) for o in s["owners"])
-                                                         for t, s in enumerate(snaps, 1)]
+    assert [sum(p["kept"].values()) for p in prunes] == [
+        sum(int((o == t).sum()) for o in s["owners"]) for t, s in enumerate(snaps, 1)
+    ]
     cap = learner.capacity()
     for layer in cap["layers"].values():
         assert layer["free"] + sum(layer["tasks"].values()) == pytest.approx(1.0)
@@ -292,13 +302,14 @@ def test_retrain_leaves_pruned_weights_as_they_were(tasks, monkeypatch):
 
     monkeypatch.setattr(NextItNet, "prune_", prune_and_capture)
     learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=0.3)
-    learner.learn(tasks[0], 1, TaskConfig(epochs=1, retrain_epochs=2, batch_size=64, optimizer="adamw",
-                                          weight_decay=0.5))
+    learner.learn(
+        tasks[0], 1, TaskConfig(epochs=1, retrain_epochs=2, batch_size=64, optimizer="adamw", weight_decay=0.5)
+    )
     moved = 0
     for (_, m), w in zip(learner.backbone.conv_layers(), captured["weights"]):
-        assert torch.equal(m.weight[m.owner == 0], w[m.owner == 0])     # freed values kept for the next task
+        assert torch.equal(m.weight[m.owner == 0], w[m.owner == 0])  # freed values kept for the next task
         moved += int((m.weight[m.owner == 1] != w[m.owner == 1]).sum())
-    assert moved > 0                                                     # while the kept ones were retrained
+    assert moved > 0  # while the kept ones were retrained
 
 
 def test_no_free_weights_is_a_clear_error(tasks):
@@ -318,7 +329,7 @@ def test_a_failed_task_is_undone_and_can_be_learned_again(tasks, probe):
     learner.learn(tasks[0], 1, cfg)
     owners, before = [m.owner.clone() for _, m in learner.backbone.conv_layers()], task_hash(learner, 1)
     bad_targets = tasks[1].train.targets.clone()
-    bad_targets[:, 0] = tasks[1].num_targets + 5                      # out of the target vocabulary
+    bad_targets[:, 0] = tasks[1].num_targets + 5  # out of the target vocabulary
     bad = dataclasses.replace(tasks[1], train=dataclasses.replace(tasks[1].train, targets=bad_targets))
     with pytest.raises((IndexError, RuntimeError)):
         learner.learn(bad, 2, cfg)
@@ -332,24 +343,25 @@ def test_a_failed_task_is_undone_and_can_be_learned_again(tasks, probe):
 def test_state_round_trip(tasks, probe, conure_adam):
     learner, _ = conure_adam
     tensors, meta = learner.state_tensors(), learner.state_meta()
-    meta = json.loads(json.dumps(meta))                                 # JSON-able, no pickles
+    meta = json.loads(json.dumps(meta))  # JSON-able, no pickles
     assert all(isinstance(v, torch.Tensor) for v in tensors.values())
     assert any(k.endswith("conv1.owner") for k in tensors)
     loaded = ContinualLearner.from_state(tensors, meta)
     assert isinstance(loaded, ConureLearner) and loaded.learned_tasks == [1, 2, 3, 4]
     assert loaded.keep_ratios == learner.keep_ratios
     mine, theirs = learner.state_tensors(), loaded.state_tensors()
-    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype
-                                                for k in mine)
+    assert mine.keys() == theirs.keys() and all(
+        torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine
+    )
     for j in (1, 2, 3, 4):
         assert torch.equal(loaded.predict(j, probe), learner.predict(j, probe))
         loaded.attach_data(j, tasks[j - 1])
         assert loaded.evaluate(j, "test") == learner.evaluate(j, "test")
     assert loaded.results == learner.results and loaded.history == learner.history
     full, sampled = learner.evaluate(1, "test"), learner.evaluate(1, "test", protocol="sampled", num_negatives=20)
-    assert sampled == learner.evaluate(1, "test", protocol="sampled", num_negatives=20)          # seeded
-    assert sampled["hr@5"] >= full["hr@5"] and sampled["mrr@5"] >= full["mrr@5"]    # a subset of the candidates
-    assert set(learner.evaluate(3, "test")) == {"acc", "bacc", "macro_f1", "nll", "auc", "n"}   # task 3: binary
+    assert sampled == learner.evaluate(1, "test", protocol="sampled", num_negatives=20)  # seeded
+    assert sampled["hr@5"] >= full["hr@5"] and sampled["mrr@5"] >= full["mrr@5"]  # a subset of the candidates
+    assert set(learner.evaluate(3, "test")) == {"acc", "bacc", "macro_f1", "nll", "auc", "n"}  # task 3: binary
     assert loaded.params_stored() == learner.params_stored()
     with pytest.raises(ValueError):
         ContinualLearner.from_state(tensors, dict(meta, format="nope"))
@@ -398,6 +410,7 @@ def test_training_is_the_same_bits_run_to_run_at_a_given_thread_count():
 def test_phase_hook_sees_each_phase_with_its_best_weights_and_changes_nothing(tasks):
     """on_phase_end: once per phase, in order, after the best parameters are restored; its evaluate() gives the
     dense (pre-prune) metrics that differ from the final ones, and a run with the hook ends bit-identical."""
+
     def run(hook):
         learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=0.3, seed=0)
         learner.on_phase_end = hook
@@ -408,14 +421,15 @@ def test_phase_hook_sees_each_phase_with_its_best_weights_and_changes_nothing(ta
 
     def hook(state):
         assert state["learner"] is not None and state["best_epoch"] >= 1
-        seen.append((state["task"], state["phase"], state["best_epoch"], state["evaluate"]("test"),
-                     state["evaluate"]("test")))
+        seen.append(
+            (state["task"], state["phase"], state["best_epoch"], state["evaluate"]("test"), state["evaluate"]("test"))
+        )
 
     hooked, plain = run(hook), run(None)
     assert [(t, ph) for t, ph, *_ in seen] == [(1, "train"), (1, "retrain")]
-    assert seen[0][3] == seen[0][4]            # read-only: evaluating twice gives the same metrics
-    assert seen[0][3] != hooked.evaluate(1, "test")          # dense (before pruning) differs from final
-    assert seen[1][3] == hooked.evaluate(1, "test")          # the retrain phase's best weights are the final ones
+    assert seen[0][3] == seen[0][4]  # read-only: evaluating twice gives the same metrics
+    assert seen[0][3] != hooked.evaluate(1, "test")  # dense (before pruning) differs from final
+    assert seen[1][3] == hooked.evaluate(1, "test")  # the retrain phase's best weights are the final ones
     a, b = hooked.state_tensors(), plain.state_tensors()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -425,7 +439,7 @@ def test_early_stopping_ends_with_the_best_weights(tasks):
     learner.learn(tasks[0], 1, TaskConfig(epochs=40, retrain_epochs=0, patience=1, lr=0.05, batch_size=64))
     epochs = [h for h in learner.history if h["event"] == "epoch"]
     phase = [h for h in learner.history if h["event"] == "phase"][-1]
-    assert len(epochs) < 40                                            # it stopped early
+    assert len(epochs) < 40  # it stopped early
     assert phase["best_valid"] == max([h["valid"] for h in epochs] + [phase["best_valid"]])
     assert learner.evaluate(1, "valid")["mrr@5"] == phase["best_valid"]
 
@@ -456,6 +470,7 @@ def test_learns_on_device_and_round_trips_through_cpu(tasks, probe, device):
 # ------------------------------------------------------------------------------------------------------------------
 # Baselines.
 
+
 def test_sinmoall_forgets_where_conure_does_not(tasks, conure_adam):
     learner = make_method("sinmoall", fresh_backbone(tasks[0].num_items), seed=0)
     for i, (task, cfg) in enumerate(zip(tasks, configs()), 1):
@@ -480,12 +495,18 @@ def test_baselines_share_the_interface_and_count_storage(tasks, probe):
         assert learner.accuracy_matrix().shape == (2, 2) and math.isnan(learner.accuracy_matrix()[0, 1])
         assert set(learner.evaluate(2, "valid")) >= {"mrr@5", "hr@5", "ndcg@5", "n"}
         heads = sum(p.numel() for t in (1, 2) for p in learner.head(t).parameters())
-        extra = {"conure": math.ceil(conv / 4), "sinmo": b, "fineall": b, "sinmoall": 0, "finecls": 0,
-                 "peterrec": sum(p.numel() for p in learner.store["patch_2"].parameters()) if name == "peterrec" else 0}
+        extra = {
+            "conure": math.ceil(conv / 4),
+            "sinmo": b,
+            "fineall": b,
+            "sinmoall": 0,
+            "finecls": 0,
+            "peterrec": sum(p.numel() for p in learner.store["patch_2"].parameters()) if name == "peterrec" else 0,
+        }
         assert learner.params_stored() == b + heads + extra[name], name
         stored[name] = learner.params_stored()
         if name in ("conure", "sinmo", "finecls", "fineall", "peterrec"):
-            assert torch.equal(learner.predict(1, probe), pred1), name       # these cannot forget task 1
+            assert torch.equal(learner.predict(1, probe), pred1), name  # these cannot forget task 1
         else:
             assert not torch.equal(learner.predict(1, probe), pred1), name
         loaded = ContinualLearner.from_state(learner.state_tensors(), json.loads(json.dumps(learner.state_meta())))

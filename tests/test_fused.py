@@ -1,7 +1,7 @@
 """The fused residual blocks (conure.fused.residual_block, pre-LN, and residual_block_post_ln) against the
 composition of reference ops."""
+
 import functools
-import itertools
 import random
 
 import pytest
@@ -39,8 +39,9 @@ def variant(request):
     return request.param
 
 
-def make_block(batch, length, c, c_mid, k, seed, dtype=torch.float32, device="cpu", max_task=4, noncontig=False,
-               post_ln=False):
+def make_block(
+    batch, length, c, c_mid, k, seed, dtype=torch.float32, device="cpu", max_task=4, noncontig=False, post_ln=False
+):
     """Random block inputs (never zeros; LN affine away from (1, 0)); owners with free entries and several tasks.
     LayerNorm vectors [C], [C_mid] for the pre-LN block, [C_mid], [C] for the post-LN one."""
     g = torch.Generator().manual_seed(seed)
@@ -57,8 +58,12 @@ def make_block(batch, length, c, c_mid, k, seed, dtype=torch.float32, device="cp
     o1 = torch.randint(0, max_task + 1, w1.shape, generator=g, dtype=torch.uint8)
     o2 = torch.randint(0, max_task + 1, w2.shape, generator=g, dtype=torch.uint8)
     n1, n2 = (c_mid, c) if post_ln else (c, c_mid)
-    ln = [1 + 0.3 * torch.randn(n1, generator=g, dtype=dtype), 0.3 * torch.randn(n1, generator=g, dtype=dtype),
-          1 + 0.3 * torch.randn(n2, generator=g, dtype=dtype), 0.3 * torch.randn(n2, generator=g, dtype=dtype)]
+    ln = [
+        1 + 0.3 * torch.randn(n1, generator=g, dtype=dtype),
+        0.3 * torch.randn(n1, generator=g, dtype=dtype),
+        1 + 0.3 * torch.randn(n2, generator=g, dtype=dtype),
+        0.3 * torch.randn(n2, generator=g, dtype=dtype),
+    ]
     x = 1.5 * x + 0.2
     return [t.to(device) for t in (x, w1, o1, w2, o2, *ln)]
 
@@ -81,11 +86,15 @@ def run_both(inputs, task, dilation, seed=0, variant=PRE):
 def block_cases():
     rng = random.Random(7)
     shapes = [  # batch, length, c, c_mid, k, dilation
-        (3, 7, 5, 6, 3, 1), (2, 9, 8, 4, 3, 2), (1, 1, 4, 4, 3, 1), (2, 5, 3, 3, 1, 1), (2, 6, 7, 5, 2, 3),
-        (3, 4, 6, 6, 3, 8),      # every tap but the last reaches before the start
-        (2, 13, 6, 9, 5, 2),     # K = 5: some taps of conv2 reach past the start, conv1's do not
+        (3, 7, 5, 6, 3, 1),
+        (2, 9, 8, 4, 3, 2),
+        (1, 1, 4, 4, 3, 1),
+        (2, 5, 3, 3, 1, 1),
+        (2, 6, 7, 5, 2, 3),
+        (3, 4, 6, 6, 3, 8),  # every tap but the last reaches before the start
+        (2, 13, 6, 9, 5, 2),  # K = 5: some taps of conv2 reach past the start, conv1's do not
         (2, 40, 16, 16, 3, 200),  # dilation far larger than the sequence
-        (45, 50, 8, 8, 3, 4),    # more rows than one chunk (2048): several chunks
+        (45, 50, 8, 8, 3, 4),  # more rows than one chunk (2048): several chunks
     ]
     for shape in shapes:
         yield pytest.param(*shape, rng.randint(0, 10**6), id="B{}-L{}-C{}-Cm{}-K{}-d{}".format(*shape))
@@ -94,12 +103,13 @@ def block_cases():
 @pytest.mark.parametrize("batch,length,c,c_mid,k,dilation,seed", list(block_cases()))
 def test_block_matches_reference(batch, length, c, c_mid, k, dilation, seed, device, variant):
     for task, noncontig in ((0, False), (1, True), (3, False), (4, True), (255, False)):
-        inputs = make_block(batch, length, c, c_mid, k, seed + task, device=device, noncontig=noncontig,
-                            post_ln=variant.post_ln)
+        inputs = make_block(
+            batch, length, c, c_mid, k, seed + task, device=device, noncontig=noncontig, post_ln=variant.post_ln
+        )
         y, grads, y_ref, grads_ref = run_both(inputs, task, dilation, seed, variant)
         torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
         for name, g, g_ref in zip(GRAD_NAMES, grads, grads_ref):
-            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"grad {name}: {m}")
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad {name}: {m}")
         o1, o2 = inputs[2], inputs[4]
         # conv weights: gradient exactly zero wherever the weight is not the running task's
         assert torch.all(grads[1][o1 != task] == 0) and torch.all(grads[2][o2 != task] == 0)
@@ -113,14 +123,16 @@ def test_block_matches_reference(batch, length, c, c_mid, k, dilation, seed, dev
 @pytest.mark.parametrize("k,dilation,length", [(3, 1, 6), (2, 3, 5), (3, 4, 4), (1, 1, 3)])
 @pytest.mark.parametrize("task", [0, 2])
 def test_block_gradcheck_float64(k, dilation, length, task, device, variant):
-    x, w1, o1, w2, o2, g1, b1, g2, b2 = make_block(2, length, 4, 3, k, 11 * k + task, torch.float64, device,
-                                                   noncontig=task == 2, post_ln=variant.post_ln)
+    x, w1, o1, w2, o2, g1, b1, g2, b2 = make_block(
+        2, length, 4, 3, k, 11 * k + task, torch.float64, device, noncontig=task == 2, post_ln=variant.post_ln
+    )
     f1, f2 = w1.detach().clone(), w2.detach().clone()
 
     # Only the running task's conv entries are free inputs; the rest are constants, as the op's gradient says.
     def f(x, w1, w2, g1, b1, g2, b2):
-        return variant.op(x, torch.where(o1 == task, w1, f1), o1, torch.where(o2 == task, w2, f2), o2,
-                          g1, b1, g2, b2, task, dilation)
+        return variant.op(
+            x, torch.where(o1 == task, w1, f1), o1, torch.where(o2 == task, w2, f2), o2, g1, b1, g2, b2, task, dilation
+        )
 
     inputs = [t.detach().clone().requires_grad_() for t in (x, w1, w2, g1, b1, g2, b2)]
     assert torch.autograd.gradcheck(f, inputs)
@@ -160,18 +172,34 @@ def test_block_no_grad_and_empty(device, variant):
 
 def test_opcheck_block(device, variant):
     x, w1, o1, w2, o2, *ln = make_block(3, 9, 5, 6, 3, 21, device=device, noncontig=True, post_ln=variant.post_ln)
-    args = (x.requires_grad_(), w1.requires_grad_(), o1, w2.requires_grad_(), o2, *[p.requires_grad_() for p in ln],
-            2, 2, 1e-5, variant.post_ln)
+    args = (
+        x.requires_grad_(),
+        w1.requires_grad_(),
+        o1,
+        w2.requires_grad_(),
+        o2,
+        *[p.requires_grad_() for p in ln],
+        2,
+        2,
+        1e-5,
+        variant.post_ln,
+    )
     torch.library.opcheck(variant.raw.default, args)
-    torch.library.opcheck(variant.raw.default, tuple(a.detach() if isinstance(a, torch.Tensor) else a
-                                                     for a in args[:-4]) + (0, 1, 1e-5, variant.post_ln))
+    torch.library.opcheck(
+        variant.raw.default,
+        tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-4]) + (0, 1, 1e-5, variant.post_ln),
+    )
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     _, h, stats = variant.raw(*detached)
     grad = torch.randn_like(x)
-    for mask in ([True] * 7, [True, False, True, False, False, True, False],
-                 [False, False, False, True, True, False, False]):
-        torch.library.opcheck(variant.raw_backward.default,
-                              (grad, detached[0], h, stats, *detached[1:9], 2, 2, mask, variant.post_ln))
+    for mask in (
+        [True] * 7,
+        [True, False, True, False, False, True, False],
+        [False, False, False, True, True, False, False],
+    ):
+        torch.library.opcheck(
+            variant.raw_backward.default, (grad, detached[0], h, stats, *detached[1:9], 2, 2, mask, variant.post_ln)
+        )
 
 
 def test_torch_compile_fullgraph(variant):
@@ -223,9 +251,20 @@ def test_backbone_uses_fused_block_and_matches_reference_composition(fused_train
     # The same network from the reference composition.
     x = net.embedding(items)
     for block in net.blocks:
-        x = reference.residual_block(x, block.conv1.weight, block.conv1.owner, block.conv2.weight, block.conv2.owner,
-                                     block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, 3,
-                                     block.conv1.dilation, block.ln1.eps)
+        x = reference.residual_block(
+            x,
+            block.conv1.weight,
+            block.conv1.owner,
+            block.conv2.weight,
+            block.conv2.owner,
+            block.ln1.weight,
+            block.ln1.bias,
+            block.ln2.weight,
+            block.ln2.bias,
+            3,
+            block.conv1.dilation,
+            block.ln1.eps,
+        )
     torch.testing.assert_close(out, x, rtol=1e-4, atol=1e-5)
     grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
     grads_ref = torch.autograd.grad(x.square().sum(), list(net.parameters()))
@@ -310,8 +349,10 @@ def test_block_same_bits_for_one_and_two_threads_over_several_chunks(variant):
 # ----------------------------------------------------------------------------------------------------------------
 # The post-LN block in the layer and the engine.
 
+
 def test_post_ln_layer_uses_the_fused_op_and_matches_the_composition(monkeypatch):
     from conure.nn import ResidualBlock
+
     torch.manual_seed(0)
     block = ResidualBlock(8, 3, 2, pre_ln=False)
     for conv in (block.conv1, block.conv2):
@@ -322,9 +363,19 @@ def test_post_ln_layer_uses_the_fused_op_and_matches_the_composition(monkeypatch
     monkeypatch.setattr(ops, "residual_block", lambda *a, **kw: calls.append(kw.get("post_ln")) or real(*a, **kw))
     y = block(x, 2)
     assert calls == [True], "ResidualBlock(pre_ln=False) did not take the fused post-LN op"
-    y_ref = reference.residual_block_post_ln(x, block.conv1.weight, block.conv1.owner, block.conv2.weight,
-                                             block.conv2.owner, block.ln1.weight, block.ln1.bias, block.ln2.weight,
-                                             block.ln2.bias, 2, 2)
+    y_ref = reference.residual_block_post_ln(
+        x,
+        block.conv1.weight,
+        block.conv1.owner,
+        block.conv2.weight,
+        block.conv2.owner,
+        block.ln1.weight,
+        block.ln1.bias,
+        block.ln2.weight,
+        block.ln2.bias,
+        2,
+        2,
+    )
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     gy = torch.randn_like(y)
     params = [x, block.conv1.weight, block.conv2.weight, block.ln1.weight, block.ln2.bias]
@@ -336,6 +387,7 @@ def test_post_ln_backbone_keeps_task_1_bit_identical_after_task_2():
     """Conure on a post-LN backbone (trained through the fused op): task 1's outputs do not move in task 2."""
     from conure.data import make_synthetic_tasks
     from conure.learner import ConureLearner, TaskConfig
+
     tasks = make_synthetic_tasks(num_users=400, num_items=50, seq_len=12, num_target_items=30, num_topics=4, seed=2)
     torch.manual_seed(0)
     learner = ConureLearner(NextItNet(tasks[0].num_items, 16, 3, (1, 4), pre_ln=False), keep_ratios=0.5, seed=0)

@@ -526,21 +526,32 @@ def _stack(g, blocks, c, k, tasks, dtype, max_owner):
         w = torch.randn(c, c, k, generator=g, dtype=dtype) / math.sqrt(c * k)
         owner = torch.randint(0, max_owner + 1, w.shape, generator=g, dtype=torch.uint8)
         wcols.append(torch.stack([layout.conv_cols(w, owner, t) for t in range(1, tasks + 1)]))
-        ln_params += [1 + 0.1 * torch.randn(c, generator=g, dtype=dtype), 0.1 * torch.randn(c, generator=g,
-                                                                                           dtype=dtype)]
+        ln_params += [
+            1 + 0.1 * torch.randn(c, generator=g, dtype=dtype),
+            0.1 * torch.randn(c, generator=g, dtype=dtype),
+        ]
     return wcols, ln_params
 
 
 @requires_fused
 @pytest.mark.parametrize("post_ln", [False, True], ids=["pre_ln", "post_ln"])
-@given(st.integers(0, 3), st.integers(1, 12), st.integers(1, 6), st.integers(1, 4),
-       st.lists(st.integers(1, 8), min_size=1, max_size=2), st.integers(1, 3), st.integers(0, 5),
-       st.sampled_from([torch.float32, torch.float64]), st.data())
-def test_fused_multi_task_forward_matches_reference(post_ln, batch, length, c, k, dilations, tasks, max_owner, dtype,
-                                                    data):
+@given(
+    st.integers(0, 3),
+    st.integers(1, 12),
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.lists(st.integers(1, 8), min_size=1, max_size=2),
+    st.integers(1, 3),
+    st.integers(0, 5),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.data(),
+)
+def test_fused_multi_task_forward_matches_reference(
+    post_ln, batch, length, c, k, dilations, tasks, max_owner, dtype, data
+):
     op = functools.partial(ops.multi_task_forward, post_ln=post_ln)
     twin = functools.partial(reference.multi_task_forward, post_ln=post_ln)
-    g = _gen(data.draw(st.integers(0, 2 ** 31 - 1)))
+    g = _gen(data.draw(st.integers(0, 2**31 - 1)))
     out_len = data.draw(st.integers(1, length))
     x = torch.randn(batch, length, c, generator=g, dtype=dtype)
     wcols, ln_params = _stack(g, len(dilations), c, k, tasks, dtype, max_owner)

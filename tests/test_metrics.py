@@ -105,11 +105,11 @@ def test_target_ranks_match_the_cleaned_definition_with_nan_inf_and_ties():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
         n, v = 7, 9
-        s = torch.randint(-2, 3, (n, v), generator=g).float()                 # many ties
+        s = torch.randint(-2, 3, (n, v), generator=g).float()  # many ties
         s[torch.rand(n, v, generator=g) < 0.2] = math.nan
         s[torch.rand(n, v, generator=g) < 0.2] = -math.inf
         s[torch.rand(n, v, generator=g) < 0.1] = math.inf
-        s[torch.rand(n, v, generator=g) < 0.05] = torch.finfo(torch.float32).min      # what -inf cleans to
+        s[torch.rand(n, v, generator=g) < 0.05] = torch.finfo(torch.float32).min  # what -inf cleans to
         y = torch.randint(1, v, (n,), generator=g)
         for pad in (True, False):
             c = torch.nan_to_num(s, nan=-math.inf)
@@ -118,7 +118,7 @@ def test_target_ranks_match_the_cleaned_definition_with_nan_inf_and_ties():
             if pad:
                 ahead[:, 0] = False
             assert M.target_ranks(s, y, exclude_padding=pad).tolist() == (1 + ahead.sum(1)).tolist()
-    assert M.target_ranks(torch.tensor([[0, 3, 1]]), torch.tensor([2])).tolist() == [2]    # integer scores
+    assert M.target_ranks(torch.tensor([[0, 3, 1]]), torch.tensor([2])).tolist() == [2]  # integer scores
 
 
 def test_count_at_least_in_blocks_of_columns():

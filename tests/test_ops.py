@@ -1,4 +1,5 @@
 """The compiled operators against their pure-torch reference twins (conure.reference)."""
+
 import itertools
 import random
 
@@ -21,8 +22,9 @@ def conv_cases():
     for k, dilation in itertools.product((1, 2, 3, 5), (1, 2, 4, 8, 200)):
         span = dilation * (k - 1)
         for length in sorted({1, 2, 7, span - 1, span + 1, 129} - {0, -1}):
-            yield pytest.param(rng.randint(1, 5), length, k, dilation, rng.randint(0, 10**6),
-                               id=f"B?-L{length}-K{k}-d{dilation}")
+            yield pytest.param(
+                rng.randint(1, 5), length, k, dilation, rng.randint(0, 10**6), id=f"B?-L{length}-K{k}-d{dilation}"
+            )
 
 
 def make_inputs(batch, length, k, dilation, seed, dtype, device, noncontig):
@@ -44,8 +46,7 @@ def make_inputs(batch, length, k, dilation, seed, dtype, device, noncontig):
 @pytest.mark.parametrize("batch,length,k,dilation,seed", list(conv_cases()))
 def test_conv_matches_reference(batch, length, k, dilation, seed, device):
     for task, with_bias, noncontig in ((0, True, False), (2, False, True), (4, True, True), (255, False, False)):
-        x, weight, owner, bias = make_inputs(batch, length, k, dilation, seed + task, torch.float32, device,
-                                             noncontig)
+        x, weight, owner, bias = make_inputs(batch, length, k, dilation, seed + task, torch.float32, device, noncontig)
         b = bias if with_bias else None
         xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
         xo, wo = x.clone().requires_grad_(), weight.clone().requires_grad_()
@@ -71,12 +72,18 @@ def _conv_outputs(fn, x, weight, owner, task, bias, dilation, grad):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("batch,length,c_in,c_out,k,dilation", [
-    (3, 37, 64, 48, 3, 2), (2, 9, 40, 24, 5, 4), (4, 6, 33, 20, 3, 4),
-    (5, 300, 1024, 16, 3, 1),       # several col chunks (4M elements each: 4 sequences here)
-])
-def test_half_precision_conv_accumulates_in_float32_and_rounds_once(dtype, batch, length, c_in, c_out, k, dilation,
-                                                                    device):
+@pytest.mark.parametrize(
+    "batch,length,c_in,c_out,k,dilation",
+    [
+        (3, 37, 64, 48, 3, 2),
+        (2, 9, 40, 24, 5, 4),
+        (4, 6, 33, 20, 3, 4),
+        (5, 300, 1024, 16, 3, 1),  # several col chunks (4M elements each: 4 sequences here)
+    ],
+)
+def test_half_precision_conv_accumulates_in_float32_and_rounds_once(
+    dtype, batch, length, c_in, c_out, k, dilation, device
+):
     """bfloat16/float16: every output is the exact result (float64 on the same rounded inputs) rounded once to the
     dtype, but for the rare value the float32 accumulator puts on the other side of a rounding boundary. Rounding
     after each tap (K GEMMs accumulating into y) misses on about a third of the values of y and grad_x."""
@@ -89,14 +96,23 @@ def test_half_precision_conv_accumulates_in_float32_and_rounds_once(dtype, batch
     bias = torch.randn(c_out, generator=g).to(dtype)
     grad = torch.randn(batch, length, c_out, generator=g).to(dtype)
     task = 3
-    exact = _conv_outputs(reference.masked_causal_conv1d, x.double(), weight.double(), owner, task, bias.double(),
-                          dilation, grad.double())
+    exact = _conv_outputs(
+        reference.masked_causal_conv1d, x.double(), weight.double(), owner, task, bias.double(), dilation, grad.double()
+    )
     flags = torch.backends.cuda.matmul
     saved = flags.allow_fp16_reduced_precision_reduction, flags.allow_bf16_reduced_precision_reduction
     flags.allow_fp16_reduced_precision_reduction = flags.allow_bf16_reduced_precision_reduction = False
     try:
-        ours = _conv_outputs(ops.masked_causal_conv1d, x.to(device), weight.to(device), owner.to(device), task,
-                             bias.to(device), dilation, grad.to(device))
+        ours = _conv_outputs(
+            ops.masked_causal_conv1d,
+            x.to(device),
+            weight.to(device),
+            owner.to(device),
+            task,
+            bias.to(device),
+            dilation,
+            grad.to(device),
+        )
     finally:
         flags.allow_fp16_reduced_precision_reduction, flags.allow_bf16_reduced_precision_reduction = saved
     for name, want in exact.items():
@@ -106,7 +122,7 @@ def test_half_precision_conv_accumulates_in_float32_and_rounds_once(dtype, batch
         miss = got != rounded
         assert miss.float().mean().item() < 0.01, f"{name}: {miss.float().mean().item():.1%} not rounded once"
         ulp = (torch.nextafter(rounded.abs(), torch.tensor(float("inf"), dtype=dtype)) - rounded.abs()).double()
-        slack = 1e-6 * want.abs().max().item()     # float32's own error on a sum that cancels to near zero
+        slack = 1e-6 * want.abs().max().item()  # float32's own error on a sum that cancels to near zero
         bad = ((got.double() - want).abs() > ulp + slack) & miss
         assert not bad.any(), f"{name}: more than one ulp off: {got[bad][:3]} vs exact {want[bad][:3]}"
 
@@ -151,12 +167,13 @@ def test_conv_empty_batch_and_large_dilation(device):
 
 def test_opcheck_conv(device):
     x, weight, owner, bias = make_inputs(3, 9, 3, 2, 11, torch.float32, device, True)
-    for args in ((x.requires_grad_(), weight.requires_grad_(), owner, 2, bias, 2),
-                 (x, weight, owner, 4, None, 1)):
+    for args in ((x.requires_grad_(), weight.requires_grad_(), owner, 2, bias, 2), (x, weight, owner, 4, None, 1)):
         torch.library.opcheck(torch.ops.conure.masked_causal_conv1d.default, args)
     grad = torch.randn(3, 9, weight.shape[0], device=device)
-    torch.library.opcheck(torch.ops.conure.masked_causal_conv1d_backward.default,
-                          (grad, x.detach(), weight.detach(), owner, 2, 2, [True, True, True]))
+    torch.library.opcheck(
+        torch.ops.conure.masked_causal_conv1d_backward.default,
+        (grad, x.detach(), weight.detach(), owner, 2, 2, [True, True, True]),
+    )
 
 
 def test_opcheck_prune(device):

@@ -225,8 +225,15 @@ def test_conv_deterministic_1000_iterations():
 
 
 def test_cuda_kernels_registered():
-    for op in ("masked_causal_conv1d", "masked_causal_conv1d_backward", "magnitude_prune_many_", "residual_block",
-               "residual_block_backward", "stream_step_", "multi_task_forward"):
+    for op in (
+        "masked_causal_conv1d",
+        "masked_causal_conv1d_backward",
+        "magnitude_prune_many_",
+        "residual_block",
+        "residual_block_backward",
+        "stream_step_",
+        "multi_task_forward",
+    ):
         assert "CUDA" in torch._C._dispatch_dump(f"conure::{op}"), op
 
 

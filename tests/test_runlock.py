@@ -5,6 +5,7 @@
 * readers (``inspect``, ``eval``, ``predict``, ``export``) work on a run while it is being written;
 * a writer killed with SIGKILL leaves no stale lock: ``--resume`` takes the run over and finishes it.
 """
+
 import json
 import os
 import signal
@@ -24,9 +25,13 @@ from conure.runlock import LOCK_NAME, RunLock, RunLocked, holder
 REPO = Path(conure.__file__).resolve().parents[1]
 
 TINY = {
-    "seed": 3, "threads": 1,
-    "data": {"kind": "synthetic", "max_len": 12,
-             "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4}},
+    "seed": 3,
+    "threads": 1,
+    "data": {
+        "kind": "synthetic",
+        "max_len": 12,
+        "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4},
+    },
     "tasks": [{"name": "next_item", "kind": "next_item"}],
     "model": {"channels": 16, "dilations": [1, 2]},
     "method": {"name": "conure", "keep_ratios": [0.5]},
@@ -67,7 +72,7 @@ def write_config(tmp_path, name, tasks=None, **train):
 def completed_tasks(path):
     try:
         return ckpt.load(path, kind="run")[1]["progress"]["completed"]
-    except ckpt.CheckpointError:      # not there yet (a reader never sees half a file: the test's point)
+    except ckpt.CheckpointError:  # not there yet (a reader never sees half a file: the test's point)
         return 0
 
 
@@ -77,8 +82,9 @@ def wait_for(path, proc, timeout=120.0, tasks=0):
     while not path.exists() or completed_tasks(path) < tasks:
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"the writer ended (exit {proc.returncode}) before writing {path}:\n{out[-2000:]}\n"
-                        f"{err[-2000:]}")
+            pytest.fail(
+                f"the writer ended (exit {proc.returncode}) before writing {path}:\n{out[-2000:]}\n{err[-2000:]}"
+            )
         if time.monotonic() > t_end:
             proc.kill()
             pytest.fail(f"no {path} after {timeout}s")
@@ -100,20 +106,20 @@ def refused(r, pid):
 
 # ------------------------------------------------------------------------------------------------ the lock itself
 def test_lock_is_exclusive_names_its_holder_and_is_released(tmp_path):
-    run = tmp_path / "new" / "run"                  # created with its parents: the lock needs a place
+    run = tmp_path / "new" / "run"  # created with its parents: the lock needs a place
     with RunLock.acquire(run) as lock:
         assert lock.held and (run / LOCK_NAME).is_file()
         info = holder(run)
         assert info["pid"] == os.getpid() and info["host"] and info["started"]
         with pytest.raises(RunLocked, match=rf"process {os.getpid()} on .* \(started "):
-            RunLock.acquire(run)                    # flock belongs to the open file: this process is refused too
+            RunLock.acquire(run)  # flock belongs to the open file: this process is refused too
         with pytest.raises(ValueError, match="being written"):
             RunLock.acquire(run, error=ValueError)  # the caller's error class (runner: RunError -> exit 2)
     assert not lock.held
-    RunLock.acquire(run).release()                  # released: free again, the stale record is no obstacle
+    RunLock.acquire(run).release()  # released: free again, the stale record is no obstacle
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunLocked, match="cannot lock"):
-        RunLock.acquire(tmp_path / "file")          # a file where the directory should be: a clear error
+        RunLock.acquire(tmp_path / "file")  # a file where the directory should be: a clear error
 
 
 def test_holder_without_a_record(tmp_path):
@@ -129,33 +135,44 @@ def test_second_writer_is_refused_and_changes_nothing(tmp_path):
     r = conure_cmd("train", "--config", cfg, "--out", run)
     assert r.returncode == 0, r.stderr
     before = snapshot(run)
-    with RunLock.acquire(run):                      # a live writer: this test process
-        before_lock = snapshot(run)                 # (the lock file now holds our record)
-        cmds = [("train", "--config", cfg, "--out", run, "--resume"),
-                ("train", "--config", cfg, "--out", run, "--overwrite"),
-                ("demo", "--out", run)]
+    with RunLock.acquire(run):  # a live writer: this test process
+        before_lock = snapshot(run)  # (the lock file now holds our record)
+        cmds = [
+            ("train", "--config", cfg, "--out", run, "--resume"),
+            ("train", "--config", cfg, "--out", run, "--overwrite"),
+            ("demo", "--out", run),
+        ]
         with ThreadPoolExecutor(max_workers=3) as pool:
             results = list(pool.map(lambda c: conure_cmd(*c), cmds))
         for res in results:
             refused(res, os.getpid())
-        assert snapshot(run) == before_lock         # --overwrite did not clear, nothing was written
-    assert {k: v for k, v in before_lock.items() if k != LOCK_NAME} == {k: v for k, v in before.items()
-                                                                       if k != LOCK_NAME}
+        assert snapshot(run) == before_lock  # --overwrite did not clear, nothing was written
+    assert {k: v for k, v in before_lock.items() if k != LOCK_NAME} == {
+        k: v for k, v in before.items() if k != LOCK_NAME
+    }
 
 
 def test_readers_work_while_a_run_is_written_and_a_second_writer_is_refused(tmp_path):
     # task 1 learned in seconds, task 2 trains until killed: the readers have a learned task to read
-    cfg = write_config(tmp_path, "long", epochs=2, tasks=[
-        {"name": "next_item", "kind": "next_item"},
-        {"name": "gender", "kind": "profile", "attribute": "gender", "train": {"epochs": 100000}}])
+    cfg = write_config(
+        tmp_path,
+        "long",
+        epochs=2,
+        tasks=[
+            {"name": "next_item", "kind": "next_item"},
+            {"name": "gender", "kind": "profile", "attribute": "gender", "train": {"epochs": 100000}},
+        ],
+    )
     run = tmp_path / "run"
     writer = start("train", "--config", cfg, "--out", run)
     try:
         wait_for(run / "checkpoints" / "conure.safetensors", writer, tasks=1)
-        cmds = [("train", "--config", cfg, "--out", run, "--resume"),
-                ("inspect", "--checkpoint", run),
-                ("eval", "--checkpoint", run, "--task", "next_item", "--json"),
-                ("export", "--checkpoint", run, "--task", "next_item", "--out", tmp_path / "export.safetensors")]
+        cmds = [
+            ("train", "--config", cfg, "--out", run, "--resume"),
+            ("inspect", "--checkpoint", run),
+            ("eval", "--checkpoint", run, "--task", "next_item", "--json"),
+            ("export", "--checkpoint", run, "--task", "next_item", "--out", tmp_path / "export.safetensors"),
+        ]
         with ThreadPoolExecutor(max_workers=4) as pool:
             second, inspect, evaluate, export = pool.map(lambda c: conure_cmd(*c), cmds)
         assert writer.poll() is None, "the writer ended before the readers were done: the test proves nothing"
@@ -165,8 +182,9 @@ def test_readers_work_while_a_run_is_written_and_a_second_writer_is_refused(tmp_
         assert "next_item" in inspect.stdout
         assert json.loads(evaluate.stdout)["tasks"][0]["name"] == "next_item"
         (tmp_path / "users.tsv").write_text("u1\t1 2 3\n")
-        pred = conure_cmd("predict", "--checkpoint", run, "--task", "next_item", "--input", tmp_path / "users.tsv",
-                          "--top-k", "3")
+        pred = conure_cmd(
+            "predict", "--checkpoint", run, "--task", "next_item", "--input", tmp_path / "users.tsv", "--top-k", "3"
+        )
         assert pred.returncode == 0 and pred.stdout.startswith("u1\t"), pred.stderr
         assert writer.poll() is None
     finally:
@@ -183,9 +201,9 @@ def test_a_writer_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
     writer.send_signal(signal.SIGKILL)
     writer.communicate()
     assert alive and writer.returncode == -signal.SIGKILL, "the writer finished before the kill"
-    assert holder(run)["pid"] == writer.pid         # the dead holder's record stays ...
+    assert holder(run)["pid"] == writer.pid  # the dead holder's record stays ...
     r = conure_cmd("train", "--config", cfg, "--out", run, "--resume")
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"     # ... but its lock went with it
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"  # ... but its lock went with it
     assert "resuming from" in r.stdout
     assert json.loads((run / "results.json").read_text())["complete"] is True
     assert holder(run)["pid"] != writer.pid
@@ -194,7 +212,7 @@ def test_a_writer_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
 def test_a_directory_made_for_the_lock_is_removed_when_nothing_was_written(tmp_path):
     run = tmp_path / "a" / "b"
     RunLock.acquire(run).release()
-    assert not (tmp_path / "a").exists()            # a run failing on its config leaves no directory behind
+    assert not (tmp_path / "a").exists()  # a run failing on its config leaves no directory behind
     with RunLock.acquire(run):
         (run / "log.csv").write_text("x")
-    assert (run / LOCK_NAME).exists() and (run / "log.csv").exists()     # a written run keeps its lock file
+    assert (run / LOCK_NAME).exists() and (run / "log.csv").exists()  # a written run keeps its lock file

@@ -1,4 +1,5 @@
 """Streaming inference (conure.streaming) and multi-task serving (conure.serving) against the full forward."""
+
 import pytest
 import torch
 
@@ -102,7 +103,7 @@ def test_late_joiner_with_pad_history(device):
     for n in (0, 7, 500):
         state.reset_(None, pad_history=n)
         padded = torch.cat([torch.zeros(3, min(n, 200), dtype=torch.int64, device=device), items], dim=1)
-        full = full_forward(net, padded, (1, 3))[:, :, -items.shape[1]:]
+        full = full_forward(net, padded, (1, 3))[:, :, -items.shape[1] :]
         for t in range(items.shape[1]):
             out = state.step_all(items[:, t])
             assert (out - full[:, :, t]).abs().max() <= TOL
@@ -158,8 +159,10 @@ def test_reference_twin_and_opcheck(device):
     for r1, r2 in zip(ours.rings, ref.rings):
         torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-5)
     x = w.embed(items[:, 0], "test")
-    torch.library.opcheck(torch.ops.conure.stream_step_.default,
-                          (x, ours.pos, [r.clone() for r in ours.rings], w.wcols, w.ln, w.dilations, 3, w.eps))
+    torch.library.opcheck(
+        torch.ops.conure.stream_step_.default,
+        (x, ours.pos, [r.clone() for r in ours.rings], w.wcols, w.ln, w.dilations, 3, w.eps),
+    )
     emb = w.embed(items, "test")
     torch.library.opcheck(torch.ops.conure.multi_task_forward.default, (emb, w.wcols, w.ln, w.dilations, 3, w.eps, 4))
 
@@ -226,8 +229,17 @@ def test_post_ln_stream_op_matches_its_reference_twin_and_opcheck(k, dilations, 
     wcols, ln = _raw_stack(c, c_mid, k, dilations, tasks, post_ln=True, seed=k, device=device)
 
     def rings():
-        return [torch.zeros(1 if i == 0 else tasks, batch, (k - 1) * dilations[i // 2] * (1 + i % 2),
-                            c if i % 2 == 0 else c_mid, device=device) for i in range(len(wcols))]
+        return [
+            torch.zeros(
+                1 if i == 0 else tasks,
+                batch,
+                (k - 1) * dilations[i // 2] * (1 + i % 2),
+                c if i % 2 == 0 else c_mid,
+                device=device,
+            )
+            for i in range(len(wcols))
+        ]
+
     ours, ref = rings(), rings()
     pos = torch.tensor([0, 0, 3, 1, 0], device=device)
     g = torch.Generator().manual_seed(1)
@@ -239,9 +251,11 @@ def test_post_ln_stream_op_matches_its_reference_twin_and_opcheck(k, dilations, 
         pos += 1
     for r1, r2 in zip(ours, ref):
         torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-5)
-    assert k == 1 or any(r.abs().sum() > 0 for r in ours)     # K = 1: no ring slots
-    torch.library.opcheck(torch.ops.conure.stream_step_.default,
-                          (x, pos, [r.clone() for r in ours], wcols, ln, list(dilations), k, 1e-5, True))
+    assert k == 1 or any(r.abs().sum() > 0 for r in ours)  # K = 1: no ring slots
+    torch.library.opcheck(
+        torch.ops.conure.stream_step_.default,
+        (x, pos, [r.clone() for r in ours], wcols, ln, list(dilations), k, 1e-5, True),
+    )
     # LayerNorms sized as for a pre-LN stack: tests/bad_inputs/test_fused.py (fused.stream_post.ln_size,
     # raw.stream_post.ln_size)
 
@@ -262,18 +276,19 @@ def test_post_ln_late_joiner_gather_and_state_dict(device):
 # ----------------------------------------------------------------------------------------------------------------
 # Multi-task serving
 
+
 @pytest.mark.parametrize("dilations", [(1, 4, 2, 8), (3,)])
 def test_post_ln_serving_matches_loop_over_tasks(dilations, device):
     net = make_net(dilations=dilations, device=device, pre_ln=False)
     server = MultiTaskServer(net)
     assert not server.weights.pre_ln and server.tasks == (1, 2, 3)
     items = left_padded(4, 40, 60, [0, 10, 39, 30], seed=1, device=device)
-    items[1, 35:] = 0                   # right padding: the last real item is at 34
+    items[1, 35:] = 0  # right padding: the last real item is at 34
     with torch.no_grad():
         loop = torch.stack([net.user_vector(items, t) for t in server.tasks])
     got = server(items)
     assert got.shape == (3, 4, 16) and (got - loop).abs().max() <= TOL
-    with torch.no_grad():                # a snapshot: later changes need refresh()
+    with torch.no_grad():  # a snapshot: later changes need refresh()
         net.blocks[0].conv1.weight.mul_(2)
     assert torch.equal(server(items), got)
     server.refresh(net)
@@ -298,8 +313,8 @@ def test_serving_matches_loop_over_tasks(device):
 def test_serving_right_padded_rows_and_task_subset(device):
     net = make_net(device=device)
     items = left_padded(4, 20, 60, [0, 0, 0, 0], seed=2, device=device)
-    items[1, 15:] = 0   # right padding: the last real item is at 14
-    items[3, :] = 0     # all padding
+    items[1, 15:] = 0  # right padding: the last real item is at 14
+    items[3, :] = 0  # all padding
     with torch.no_grad():
         loop = torch.stack([net.user_vector(items, t) for t in (3, 1)])
     got = all_task_user_vectors(net, items, (3, 1))
@@ -329,8 +344,9 @@ def test_multi_task_forward_post_ln_matches_its_reference_twin(k, dilations, dev
         ref = reference.multi_task_forward_post_ln(x, wcols, ln, dilations, k, 1e-5, out_len)
         assert ours.shape == (tasks, 4, out_len, c)
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    torch.library.opcheck(torch.ops.conure.multi_task_forward.default,
-                          (x, wcols, ln, list(dilations), k, 1e-5, 5, True))
+    torch.library.opcheck(
+        torch.ops.conure.multi_task_forward.default, (x, wcols, ln, list(dilations), k, 1e-5, 5, True)
+    )
     # LayerNorms sized as for a pre-LN stack: tests/bad_inputs/test_fused.py (fused.multi_post.*)
 
 

@@ -8,6 +8,7 @@ module would otherwise be in a cycle with ``conure/__init__.py``).
 
     python tools/check_imports.py            # prints the cycles (strongly connected components), exit 1 if any
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,9 +40,9 @@ def edges(name: str, path: Path, known: Set[str]) -> Set[str]:
                 if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
                     out.add(alias.name)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:       # relative: resolve against this module's package
+            if node.level:  # relative: resolve against this module's package
                 base = name.split(".") if is_pkg else name.split(".")[:-1]
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""

@@ -1,4 +1,5 @@
 """The one exception type of the data layer."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,13 +11,13 @@ An :class:`Interactions` holds, for U users,
 Raw ids are kept as they came (ints for MovieLens, strings for token formats); vocabularies (dense ids with 0
 reserved for padding) are built later, from the training users only, by :mod:`conure.data.tasks`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-
 
 __all__ = ["ItemSequences", "Interactions", "factorize", "FirstSeenIndex"]
 
@@ -93,11 +93,16 @@ class ItemSequences:
 
     def sequence(self, user: int) -> list:
         """User ``user``'s raw item ids, oldest first."""
-        return self.item_ids[self.items[self.offsets[user]:self.offsets[user + 1]]].tolist()
+        return self.item_ids[self.items[self.offsets[user] : self.offsets[user + 1]]].tolist()
 
     @classmethod
-    def from_events(cls, user_codes: np.ndarray, num_users: int, item_raw: Sequence | np.ndarray,
-                    timestamps: Optional[np.ndarray] = None) -> "ItemSequences":
+    def from_events(
+        cls,
+        user_codes: np.ndarray,
+        num_users: int,
+        item_raw: Sequence | np.ndarray,
+        timestamps: Optional[np.ndarray] = None,
+    ) -> ItemSequences:
         """Group events by user and order them by time.
 
         ``user_codes``: [E] dense user index of each event (file order). Ties in ``timestamps`` keep file order
@@ -107,8 +112,14 @@ class ItemSequences:
         return cls.from_codes(user_codes, num_users, item_ids, item_codes, timestamps)
 
     @classmethod
-    def from_codes(cls, user_codes: np.ndarray, num_users: int, item_ids: np.ndarray, item_codes: np.ndarray,
-                   timestamps: Optional[np.ndarray] = None) -> "ItemSequences":
+    def from_codes(
+        cls,
+        user_codes: np.ndarray,
+        num_users: int,
+        item_ids: np.ndarray,
+        item_codes: np.ndarray,
+        timestamps: Optional[np.ndarray] = None,
+    ) -> ItemSequences:
         """:meth:`from_events` for items already factorized (``item_ids[item_codes]`` = the raw item of each
         event, file order)."""
         user_codes = np.asarray(user_codes, dtype=np.int64)
@@ -120,11 +131,15 @@ class ItemSequences:
         counts = np.bincount(user_codes, minlength=num_users)
         offsets = np.zeros(num_users + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        return cls(item_ids=item_ids, offsets=offsets, items=item_codes[order],
-                   timestamps=None if timestamps is None else timestamps[order])
+        return cls(
+            item_ids=item_ids,
+            offsets=offsets,
+            items=item_codes[order],
+            timestamps=None if timestamps is None else timestamps[order],
+        )
 
     @classmethod
-    def from_lists(cls, sequences: Sequence[Sequence[Hashable]]) -> "ItemSequences":
+    def from_lists(cls, sequences: Sequence[Sequence[Hashable]]) -> ItemSequences:
         """Build from one list of raw item ids per user (already chronological)."""
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         flat = [item for seq in sequences for item in seq]
@@ -132,7 +147,7 @@ class ItemSequences:
         return cls.from_lengths(item_ids, codes, lengths)
 
     @classmethod
-    def from_lengths(cls, item_ids: np.ndarray, items: np.ndarray, lengths: np.ndarray) -> "ItemSequences":
+    def from_lengths(cls, item_ids: np.ndarray, items: np.ndarray, lengths: np.ndarray) -> ItemSequences:
         """Build from the users' item codes laid end to end (``items``, chronological per user) and the [U]
         number of items of each user."""
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -195,13 +210,20 @@ class Interactions:
         return {uid: i for i, uid in enumerate(self.user_ids.tolist())}
 
     def __repr__(self) -> str:
-        return (f"Interactions({self.source or 'in-memory'}: {self.num_users} users, {self.num_raw_items} items, "
-                f"{self.num_events} events, attributes={sorted(self.attributes)}, streams={sorted(self.streams)})")
+        return (
+            f"Interactions({self.source or 'in-memory'}: {self.num_users} users, {self.num_raw_items} items, "
+            f"{self.num_events} events, attributes={sorted(self.attributes)}, streams={sorted(self.streams)})"
+        )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_events(cls, users: Sequence[Hashable] | np.ndarray, items: Sequence[Hashable] | np.ndarray,
-                    timestamps: Optional[Sequence[float] | np.ndarray] = None, source: str = "") -> "Interactions":
+    def from_events(
+        cls,
+        users: Sequence[Hashable] | np.ndarray,
+        items: Sequence[Hashable] | np.ndarray,
+        timestamps: Optional[Sequence[float] | np.ndarray] = None,
+        source: str = "",
+    ) -> Interactions:
         """Build from parallel event columns in file order (one row per interaction).
 
         Each user's events are sorted by ``timestamps`` (stable: ties keep file order); without timestamps the
@@ -209,22 +231,37 @@ class Interactions:
         """
         user_ids, user_codes = factorize(users)
         item_ids, item_codes = factorize(items)
-        return cls.from_codes(user_ids, user_codes, item_ids, item_codes,
-                              None if timestamps is None else np.asarray(timestamps, np.float64), source)
+        return cls.from_codes(
+            user_ids,
+            user_codes,
+            item_ids,
+            item_codes,
+            None if timestamps is None else np.asarray(timestamps, np.float64),
+            source,
+        )
 
     @classmethod
-    def from_codes(cls, user_ids: np.ndarray, user_codes: np.ndarray, item_ids: np.ndarray,
-                   item_codes: np.ndarray, timestamps: Optional[np.ndarray] = None,
-                   source: str = "") -> "Interactions":
+    def from_codes(
+        cls,
+        user_ids: np.ndarray,
+        user_codes: np.ndarray,
+        item_ids: np.ndarray,
+        item_codes: np.ndarray,
+        timestamps: Optional[np.ndarray] = None,
+        source: str = "",
+    ) -> Interactions:
         """:meth:`from_events` for event columns already factorized (``user_ids[user_codes]`` and
         ``item_ids[item_codes]`` are the raw user and item of each event, in file order)."""
         history = ItemSequences.from_codes(user_codes, len(user_ids), item_ids, item_codes, timestamps)
         return cls(user_ids=user_ids, history=history, source=source)
 
     @classmethod
-    def from_sequences(cls, sequences: Mapping[Hashable, Sequence[Hashable]] | Iterable[Tuple[Hashable, Sequence]],
-                       attributes: Optional[Mapping[str, Mapping[Hashable, Optional[str]]]] = None,
-                       source: str = "") -> "Interactions":
+    def from_sequences(
+        cls,
+        sequences: Mapping[Hashable, Sequence[Hashable]] | Iterable[Tuple[Hashable, Sequence]],
+        attributes: Optional[Mapping[str, Mapping[Hashable, Optional[str]]]] = None,
+        source: str = "",
+    ) -> Interactions:
         """Build from ``{user: [item, ...]}`` (oldest first) and optional ``{attribute: {user: value}}``."""
         pairs = list(sequences.items()) if isinstance(sequences, Mapping) else list(sequences)
         user_ids = np.empty(len(pairs), dtype=object)
@@ -240,8 +277,13 @@ class Interactions:
             inter.attributes[name] = col
         return inter
 
-    def set_attribute(self, name: str, values: np.ndarray, origin: Optional[Tuple[str, np.ndarray]] = None,
-                      labels: Optional[Dict[str, str]] = None) -> None:
+    def set_attribute(
+        self,
+        name: str,
+        values: np.ndarray,
+        origin: Optional[Tuple[str, np.ndarray]] = None,
+        labels: Optional[Dict[str, str]] = None,
+    ) -> None:
         """Attach a [U] column of raw attribute values (``None`` = missing)."""
         if len(values) != self.num_users:
             raise ValueError(f"attribute {name!r} has {len(values)} rows, expected {self.num_users}")

@@ -11,6 +11,7 @@ each block's ids into int64 codes at once (:class:`~conure.data.interactions.Fir
 grows with the output (code arrays, distinct ids) rather than with one Python string per token. They return
 exactly what reading the whole file at once returned, errors included.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -29,8 +30,15 @@ from conure.data.tasks import PROFILE_TRAIN
 from conure.registry import DatasetKind, dataset_kind, register_dataset
 
 __all__ = [
-    "read_ml100k", "read_ml1m", "read_recbole", "read_conure", "read_seq_tsv", "read_attribute_csv",
-    "load_dataset", "ML_AGE_BRACKETS", "ML1M_OCCUPATIONS",
+    "read_ml100k",
+    "read_ml1m",
+    "read_recbole",
+    "read_conure",
+    "read_seq_tsv",
+    "read_attribute_csv",
+    "load_dataset",
+    "ML_AGE_BRACKETS",
+    "ML1M_OCCUPATIONS",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -38,13 +46,42 @@ PathLike = Union[str, os.PathLike]
 # MovieLens-1M's age codes (its README): the code is the lower bound of the bracket. MovieLens-100K gives raw
 # ages, which read_ml100k maps onto the same codes so that one "age_bracket" spec works on both.
 ML_AGE_BRACKETS: Dict[str, str] = {
-    "1": "Under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+",
+    "1": "Under 18",
+    "18": "18-24",
+    "25": "25-34",
+    "35": "35-44",
+    "45": "45-49",
+    "50": "50-55",
+    "56": "56+",
 }
-ML1M_OCCUPATIONS: Dict[str, str] = {str(i): name for i, name in enumerate([
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer", "programmer",
-    "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
-    "unemployed", "writer"])}
+ML1M_OCCUPATIONS: Dict[str, str] = {
+    str(i): name
+    for i, name in enumerate(
+        [
+            "other",
+            "academic/educator",
+            "artist",
+            "clerical/admin",
+            "college/grad student",
+            "customer service",
+            "doctor/health care",
+            "executive/managerial",
+            "farmer",
+            "homemaker",
+            "K-12 student",
+            "lawyer",
+            "programmer",
+            "retired",
+            "sales/marketing",
+            "scientist",
+            "self-employed",
+            "technician/engineer",
+            "tradesman/craftsman",
+            "unemployed",
+            "writer",
+        ]
+    )
+}
 _GENDERS = ("F", "M")
 
 
@@ -130,7 +167,7 @@ def _line_blocks(path: PathLike, what: str, whole: bool = False) -> Iterator[Tup
                 pending.append(chunk)
                 continue
             block = "".join(pending) + chunk[:cut] if pending else chunk[:cut]
-            pending = [chunk[cut + 1:]]
+            pending = [chunk[cut + 1 :]]
             yield lineno, block
             lineno += block.count("\n") + 1
         tail = "".join(pending)
@@ -146,7 +183,7 @@ def _drain(parts: List[np.ndarray], dtype: type) -> np.ndarray:
     parts.reverse()
     while parts:
         part = parts.pop()
-        out[pos:pos + len(part)] = part
+        out[pos : pos + len(part)] = part
         pos += len(part)
     return out
 
@@ -158,8 +195,9 @@ def _find(directory: Path, names: Sequence[str], what: str) -> Path:
     raise DataError(f"{what} not found (looked for {', '.join(names)})", path=directory)
 
 
-def _diagnose_table(path: PathLike, text: str, sep: str, columns: Sequence[str],
-                    parsers: Sequence[Callable[[str], object]]) -> None:
+def _diagnose_table(
+    path: PathLike, text: str, sep: str, columns: Sequence[str], parsers: Sequence[Callable[[str], object]]
+) -> None:
     """Slow path: raise a DataError for the first line that does not fit ``columns``; return if all fit."""
     ncols = len(columns)
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -168,16 +206,22 @@ def _diagnose_table(path: PathLike, text: str, sep: str, columns: Sequence[str],
         parts = line.split(sep)
         if len(parts) != ncols:
             if len(parts) == 1:
-                raise DataError(f"expected {ncols} fields ({', '.join(columns)}) separated by {sep!r}, found no "
-                                f"{sep!r} in {line[:60]!r}: wrong separator?", path, lineno)
-            raise DataError(f"expected {ncols} fields ({', '.join(columns)}) separated by {sep!r}, got "
-                            f"{len(parts)}", path, lineno)
+                raise DataError(
+                    f"expected {ncols} fields ({', '.join(columns)}) separated by {sep!r}, found no "
+                    f"{sep!r} in {line[:60]!r}: wrong separator?",
+                    path,
+                    lineno,
+                )
+            raise DataError(
+                f"expected {ncols} fields ({', '.join(columns)}) separated by {sep!r}, got {len(parts)}", path, lineno
+            )
         for name, part, parse in zip(columns, parts, parsers):
             try:
                 parse(part)
             except ValueError:
-                raise DataError(f"{name} {part!r} is not a valid {getattr(parse, '__name__', 'value')}",
-                                path, lineno) from None
+                raise DataError(
+                    f"{name} {part!r} is not a valid {getattr(parse, '__name__', 'value')}", path, lineno
+                ) from None
 
 
 def _int_table(path: PathLike, text: str, sep: str, columns: Sequence[str]) -> np.ndarray:
@@ -205,8 +249,9 @@ def _int_table(path: PathLike, text: str, sep: str, columns: Sequence[str]) -> n
     return table
 
 
-def _events_to_interactions(path: PathLike, table: np.ndarray, min_rating: Optional[float],
-                            source: str) -> Interactions:
+def _events_to_interactions(
+    path: PathLike, table: np.ndarray, min_rating: Optional[float], source: str
+) -> Interactions:
     """[n, 4] user/item/rating/timestamp int table -> Interactions (ties in time keep file order)."""
     if min_rating is not None:
         table = table[table[:, 2] >= min_rating]
@@ -215,8 +260,12 @@ def _events_to_interactions(path: PathLike, table: np.ndarray, min_rating: Optio
     return Interactions.from_events(table[:, 0], table[:, 1], table[:, 3].astype(np.float64), source=source)
 
 
-def _attach_rows(inter: Interactions, path: PathLike, rows: List[Tuple[int, Hashable, Dict[str, Optional[str]]]],
-                 labels: Optional[Dict[str, Dict[str, str]]] = None) -> None:
+def _attach_rows(
+    inter: Interactions,
+    path: PathLike,
+    rows: List[Tuple[int, Hashable, Dict[str, Optional[str]]]],
+    labels: Optional[Dict[str, Dict[str, str]]] = None,
+) -> None:
     """Attach per-user attribute rows ``(line, raw user id, {name: value})``; users absent from the
     interactions are ignored (a users file usually lists everyone), duplicates are an error."""
     index = inter.user_index()
@@ -275,9 +324,12 @@ def read_ml100k(path: PathLike, *, min_rating: Optional[float] = None) -> Intera
                 continue
             parts = line.split("|")
             if len(parts) != 5:
-                raise DataError(f"expected 5 '|'-separated fields (id|age|gender|occupation|zip), got "
-                                f"{len(parts)}" + (": wrong separator?" if len(parts) == 1 else ""),
-                                user_path, lineno)
+                raise DataError(
+                    f"expected 5 '|'-separated fields (id|age|gender|occupation|zip), got "
+                    f"{len(parts)}" + (": wrong separator?" if len(parts) == 1 else ""),
+                    user_path,
+                    lineno,
+                )
             uid_s, age_s, gender, occupation, zip_code = (x.strip() for x in parts)
             try:
                 uid = int(uid_s)
@@ -291,10 +343,19 @@ def read_ml100k(path: PathLike, *, min_rating: Optional[float] = None) -> Intera
                     raise DataError(f"age {age_s!r} is not an integer", user_path, lineno) from None
             if gender and gender not in _GENDERS:
                 raise DataError(f"gender {gender!r} is not one of {_GENDERS}", user_path, lineno)
-            rows.append((lineno, uid, {
-                "gender": gender or None, "age": None if age is None else str(age),
-                "age_bracket": None if age is None else _age_code(age),
-                "occupation": occupation or None, "zip": zip_code or None}))
+            rows.append(
+                (
+                    lineno,
+                    uid,
+                    {
+                        "gender": gender or None,
+                        "age": None if age is None else str(age),
+                        "age_bracket": None if age is None else _age_code(age),
+                        "occupation": occupation or None,
+                        "zip": zip_code or None,
+                    },
+                )
+            )
         _attach_rows(inter, user_path, rows, labels={"age_bracket": ML_AGE_BRACKETS})
     return inter
 
@@ -317,9 +378,12 @@ def read_ml1m(path: PathLike, *, min_rating: Optional[float] = None) -> Interact
                 continue
             parts = line.split("::")
             if len(parts) != 5:
-                raise DataError(f"expected 5 '::'-separated fields (UserID::Gender::Age::Occupation::Zip-code), "
-                                f"got {len(parts)}" + (": wrong separator?" if len(parts) == 1 else ""),
-                                user_path, lineno)
+                raise DataError(
+                    f"expected 5 '::'-separated fields (UserID::Gender::Age::Occupation::Zip-code), "
+                    f"got {len(parts)}" + (": wrong separator?" if len(parts) == 1 else ""),
+                    user_path,
+                    lineno,
+                )
             uid_s, gender, age, occupation, zip_code = (x.strip() for x in parts)
             try:
                 uid = int(uid_s)
@@ -328,14 +392,30 @@ def read_ml1m(path: PathLike, *, min_rating: Optional[float] = None) -> Interact
             if gender and gender not in _GENDERS:
                 raise DataError(f"Gender {gender!r} is not one of {_GENDERS}", user_path, lineno)
             if age and age not in ML_AGE_BRACKETS:
-                raise DataError(f"Age {age!r} is not one of the codes {sorted(ML_AGE_BRACKETS, key=int)}",
-                                user_path, lineno)
+                raise DataError(
+                    f"Age {age!r} is not one of the codes {sorted(ML_AGE_BRACKETS, key=int)}", user_path, lineno
+                )
             if occupation and occupation not in ML1M_OCCUPATIONS:
                 raise DataError(f"Occupation {occupation!r} is not a code 0-20", user_path, lineno)
-            rows.append((lineno, uid, {"gender": gender or None, "age": age or None, "age_bracket": age or None,
-                                       "occupation": occupation or None, "zip": zip_code or None}))
-        _attach_rows(inter, user_path, rows,
-                     labels={"age": ML_AGE_BRACKETS, "age_bracket": ML_AGE_BRACKETS, "occupation": ML1M_OCCUPATIONS})
+            rows.append(
+                (
+                    lineno,
+                    uid,
+                    {
+                        "gender": gender or None,
+                        "age": age or None,
+                        "age_bracket": age or None,
+                        "occupation": occupation or None,
+                        "zip": zip_code or None,
+                    },
+                )
+            )
+        _attach_rows(
+            inter,
+            user_path,
+            rows,
+            labels={"age": ML_AGE_BRACKETS, "age_bracket": ML_AGE_BRACKETS, "occupation": ML1M_OCCUPATIONS},
+        )
     return inter
 
 
@@ -348,8 +428,11 @@ def _recbole_header(path: Path, line: str, sep: str) -> List[Tuple[str, str]]:
     for raw in line.split(sep):
         name, colon, ftype = raw.strip().rpartition(":")
         if not colon or not name or ftype not in RECBOLE_TYPES:
-            raise DataError(f"bad header field {raw.strip()!r}: expected name:type with type one of "
-                            f"{', '.join(RECBOLE_TYPES)}", path, 1)
+            raise DataError(
+                f"bad header field {raw.strip()!r}: expected name:type with type one of {', '.join(RECBOLE_TYPES)}",
+                path,
+                1,
+            )
         fields.append((name, ftype))
     return fields
 
@@ -406,9 +489,9 @@ class _RecboleRows:
         self.header = _recbole_header(path, head, sep)
         self.names = [n for n, _ in self.header]
         self._rest = [(2, rest)] if newline else []
-        self._all_regular = True                # every data line held ncols fields (and the text no NUL)
+        self._all_regular = True  # every data line held ncols fields (and the text no NUL)
         self._n_lines = 0
-        self._empty_lines: List[int] = []       # line numbers of empty data lines (first two suffice)
+        self._empty_lines: List[int] = []  # line numbers of empty data lines (first two suffice)
         self._first_blank: Optional[int] = None  # first whitespace-only line left out of a regular block
 
     def blocks(self) -> Iterator[Tuple[Sequence[int], List[List[str]]]]:
@@ -417,15 +500,14 @@ class _RecboleRows:
             nl = block.count("\n") + 1
             self._n_lines += nl
             # (empty lines matter with one field only: with more, they fail the field count)
-            if len(self._empty_lines) < 2 and (not block or "\n\n" in block or block[0] == "\n"
-                                               or block[-1] == "\n"):
+            if len(self._empty_lines) < 2 and (not block or "\n\n" in block or block[0] == "\n" or block[-1] == "\n"):
                 self._empty_lines += [lineno + i for i, ln in enumerate(block.split("\n")) if not ln][:2]
             # Fast path: with ncols fields on every line the block splits in one C call into a flat field list
             # whose j::ncols slices are the columns (~10x faster than splitting line by line).
             if self._join:
                 flat = block.replace("\n", sep).split(sep)
                 regular = len(flat) == ncols * nl and (ncols == 1 or _lines_regular(block, sep, ncols, nl))
-            else:   # the same columns, split line by line (a NUL in the text is irregular, as in _lines_regular)
+            else:  # the same columns, split line by line (a NUL in the text is irregular, as in _lines_regular)
                 per_line = [line.split(sep) for line in block.split("\n")]
                 regular = "\x00" not in block and all(len(fields) == ncols for fields in per_line)
                 flat = [f for fields in per_line for f in fields] if regular else []
@@ -452,9 +534,12 @@ class _RecboleRows:
                     continue
                 parts = line.split(sep)
                 if len(parts) != ncols:
-                    raise DataError(f"expected {ncols} {sep!r}-separated fields ({', '.join(self.names)}), got "
-                                    f"{len(parts)}" + (": wrong separator?" if len(parts) == 1 else ""),
-                                    self.path, lineno + i)
+                    raise DataError(
+                        f"expected {ncols} {sep!r}-separated fields ({', '.join(self.names)}), got "
+                        f"{len(parts)}" + (": wrong separator?" if len(parts) == 1 else ""),
+                        self.path,
+                        lineno + i,
+                    )
                 rows.append(parts)
                 numbers.append(lineno + i)
             yield numbers, [list(c) for c in zip(*rows)] if rows else [[] for _ in range(ncols)]
@@ -471,8 +556,7 @@ class _RecboleRows:
         return self._first_blank
 
 
-def _floats(path: Path, name: str, values: List[str],
-            numbers: Sequence[int]) -> Tuple[np.ndarray, Optional[Exception]]:
+def _floats(path: Path, name: str, values: List[str], numbers: Sequence[int]) -> Tuple[np.ndarray, Optional[Exception]]:
     """``(values as float64, None)``, or ``(empty, the error)``: the first value ``float`` rejects, by line."""
     try:
         return np.array(values, dtype=np.float64), None
@@ -485,8 +569,9 @@ def _floats(path: Path, name: str, values: List[str],
         return np.empty(0), exc  # numpy parses str with float(): not reached
 
 
-def _recbole_user_row(path: Path, header: List[Tuple[str, str]], cols: List[List[str]], r: int, ln: int,
-                      uidx: int, user_field: str) -> Tuple[int, str, Dict[str, Optional[str]]]:
+def _recbole_user_row(
+    path: Path, header: List[Tuple[str, str]], cols: List[List[str]], r: int, ln: int, uidx: int, user_field: str
+) -> Tuple[int, str, Dict[str, Optional[str]]]:
     values: Dict[str, Optional[str]] = {}
     for j, (fname, ftype) in enumerate(header):
         if j == uidx:
@@ -504,10 +589,17 @@ def _recbole_user_row(path: Path, header: List[Tuple[str, str]], cols: List[List
     return ln, uid, values
 
 
-def read_recbole(path: PathLike, *, dataset: Optional[str] = None, user_field: str = "user_id",
-                 item_field: str = "item_id", time_field: Optional[str] = "timestamp",
-                 rating_field: Optional[str] = "rating", min_rating: Optional[float] = None,
-                 field_separator: str = "\t") -> Interactions:
+def read_recbole(
+    path: PathLike,
+    *,
+    dataset: Optional[str] = None,
+    user_field: str = "user_id",
+    item_field: str = "item_id",
+    time_field: Optional[str] = "timestamp",
+    rating_field: Optional[str] = "rating",
+    min_rating: Optional[float] = None,
+    field_separator: str = "\t",
+) -> Interactions:
     """RecBole atomic files: ``<name>.inter`` and optionally ``<name>.user``, unchanged.
 
     ``path`` is RecBole's dataset directory (``dataset/ml-100k`` holding ``ml-100k.inter``; ``dataset``
@@ -590,9 +682,14 @@ def read_recbole(path: PathLike, *, dataset: Optional[str] = None, user_field: s
         raise time_error
     if not len(users):
         raise DataError(f"no interactions left with {rating_field} >= {min_rating}", inter_path)
-    inter = Interactions.from_codes(users.uniques(), _drain(user_codes, np.int64), items.uniques(),
-                                    _drain(item_codes, np.int64), _drain(times, np.float64) if ti is not None else None,
-                                    source=f"recbole:{inter_path}")
+    inter = Interactions.from_codes(
+        users.uniques(),
+        _drain(user_codes, np.int64),
+        items.uniques(),
+        _drain(item_codes, np.int64),
+        _drain(times, np.float64) if ti is not None else None,
+        source=f"recbole:{inter_path}",
+    )
     if user_path.exists():
         urows = _RecboleRows(user_path, field_separator)
         uheader, unames = urows.header, urows.names
@@ -642,12 +739,14 @@ class _Histories:
     def sequences(self) -> ItemSequences:
         """What ``ItemSequences.from_lists`` returns for the same sequences (ids numbered by first appearance);
         once, at the end (the parts are let go as they are copied)."""
-        return ItemSequences.from_lengths(self.index.uniques(), _drain(self.codes, np.int64),
-                                          _drain(self.lengths, np.int64))
+        return ItemSequences.from_lengths(
+            self.index.uniques(), _drain(self.codes, np.int64), _drain(self.lengths, np.int64)
+        )
 
 
-def _later_task_targets(num_users: int, line_users: List[int], index: FirstSeenIndex, codes: List[np.ndarray],
-                        lengths: List[int]) -> ItemSequences:
+def _later_task_targets(
+    num_users: int, line_users: List[int], index: FirstSeenIndex, codes: List[np.ndarray], lengths: List[int]
+) -> ItemSequences:
     """A stream from the target codes of a later-task file (numbered by ``index`` in file order; line k
     belongs to user ``line_users[k]``, each user on one line at most), as ``ItemSequences.from_lists`` builds
     it from one target list per user in user order: item ids renumbered by first appearance in user order."""
@@ -669,9 +768,15 @@ def _later_task_targets(num_users: int, line_users: List[int], index: FirstSeenI
     return ItemSequences.from_lengths(index.uniques()[by_first], rank[gathered], per_user)
 
 
-def read_conure(path: PathLike, *, streams: Optional[Mapping[str, PathLike]] = None,
-                labels: Optional[Mapping[str, PathLike]] = None, pad_token: Optional[str] = None,
-                item_separator: str = ",", target_separator: str = ",,") -> Interactions:
+def read_conure(
+    path: PathLike,
+    *,
+    streams: Optional[Mapping[str, PathLike]] = None,
+    labels: Optional[Mapping[str, PathLike]] = None,
+    pad_token: Optional[str] = None,
+    item_separator: str = ",",
+    target_separator: str = ",,",
+) -> Interactions:
     """The Conure release format.
 
     ``path``: the task-1 file, one user per line, comma-separated item ids oldest first. ``streams``: name ->
@@ -706,7 +811,7 @@ def read_conure(path: PathLike, *, streams: Optional[Mapping[str, PathLike]] = N
     num_task1, num_task1_items = len(user_ids), len(history.index)
     first_with: Dict[bytes, int] = {}
     next_same = np.full(num_task1, -1, dtype=np.int64)
-    key_type = np.int32 if num_task1_items < 2 ** 31 else np.int64
+    key_type = np.int32 if num_task1_items < 2**31 else np.int64
     if streams or labels:
         end = num_task1
         for codes, lengths in zip(reversed(history.codes), reversed(history.lengths)):
@@ -714,7 +819,7 @@ def read_conure(path: PathLike, *, streams: Optional[Mapping[str, PathLike]] = N
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             for i in range(len(lengths) - 1, -1, -1):  # backwards, so that each chain runs in file order
                 u = end - len(lengths) + i
-                key = keys[offsets[i]:offsets[i + 1]].tobytes()
+                key = keys[offsets[i] : offsets[i + 1]].tobytes()
                 next_same[u] = first_with.get(key, -1)
                 first_with[key] = u
             end -= len(lengths)
@@ -746,8 +851,11 @@ def read_conure(path: PathLike, *, streams: Optional[Mapping[str, PathLike]] = N
             new_lengths: List[int] = []
             for lineno, line in enumerate(block.split("\n"), start):
                 if target_separator not in line:
-                    raise DataError(f"expected 'source items{target_separator}target' (no {target_separator!r} "
-                                    f"found)", fpath, lineno)
+                    raise DataError(
+                        f"expected 'source items{target_separator}target' (no {target_separator!r} found)",
+                        fpath,
+                        lineno,
+                    )
                 src_text, _, tgt_text = line.partition(target_separator)
                 source = _split_items(src_text, item_separator, pad_token)
                 if not source:
@@ -756,8 +864,7 @@ def read_conure(path: PathLike, *, streams: Optional[Mapping[str, PathLike]] = N
                 if not targets:
                     raise DataError("label missing" if is_label else "no target item ids", fpath, lineno)
                 if is_label and len(targets) != 1:
-                    raise DataError(f"expected one label after {target_separator!r}, got {len(targets)}",
-                                    fpath, lineno)
+                    raise DataError(f"expected one label after {target_separator!r}, got {len(targets)}", fpath, lineno)
                 key = history_key(source)
                 u = -1
                 if key is not None:
@@ -791,8 +898,7 @@ def read_conure(path: PathLike, *, streams: Optional[Mapping[str, PathLike]] = N
     uid_array[:] = user_ids
     inter = Interactions(user_ids=uid_array, history=history.sequences(), source=f"conure:{path}")
     for name, (line_users, _, (target_index, target_codes, target_lengths)) in stream_tables.items():
-        inter.streams[name] = _later_task_targets(len(user_ids), line_users, target_index, target_codes,
-                                                  target_lengths)
+        inter.streams[name] = _later_task_targets(len(user_ids), line_users, target_index, target_codes, target_lengths)
     for name, (fpath, (line_users, line_numbers, labels_read)) in label_tables.items():
         col = np.full(len(user_ids), None, dtype=object)
         lines = np.zeros(len(user_ids), dtype=np.int64)
@@ -804,8 +910,9 @@ def read_conure(path: PathLike, *, streams: Optional[Mapping[str, PathLike]] = N
 
 
 # ---------------------------------------------------------------------------------------------- sequence TSV
-def read_attribute_csv(inter: Interactions, path: PathLike, *, user_column: str = "user_id",
-                       delimiter: str = ",") -> Interactions:
+def read_attribute_csv(
+    inter: Interactions, path: PathLike, *, user_column: str = "user_id", delimiter: str = ","
+) -> Interactions:
     """Attach a user-attribute CSV (header row; ``user_column`` + one column per attribute) to ``inter``.
 
     Raw user ids are matched as strings (and as ints when ``inter``'s ids are ints). Empty cells are missing
@@ -836,16 +943,22 @@ def read_attribute_csv(inter: Interactions, path: PathLike, *, user_column: str 
             try:
                 uid = int(uid)
             except ValueError:
-                raise DataError(f"{user_column} {uid!r} is not an integer like the interaction file's ids",
-                                path, lineno) from None
-        rows.append((lineno, uid, {h: (c.strip() or None) for j, (h, c) in enumerate(zip(header, row))
-                                   if j != uidx}))
+                raise DataError(
+                    f"{user_column} {uid!r} is not an integer like the interaction file's ids", path, lineno
+                ) from None
+        rows.append((lineno, uid, {h: (c.strip() or None) for j, (h, c) in enumerate(zip(header, row)) if j != uidx}))
     _attach_rows(inter, path, rows)
     return inter
 
 
-def read_seq_tsv(path: PathLike, *, attributes: Optional[PathLike] = None, user_column: str = "user_id",
-                 item_separator: str = " ", attribute_delimiter: str = ",") -> Interactions:
+def read_seq_tsv(
+    path: PathLike,
+    *,
+    attributes: Optional[PathLike] = None,
+    user_column: str = "user_id",
+    item_separator: str = " ",
+    attribute_delimiter: str = ",",
+) -> Interactions:
     """Generic sequences: ``user_id<TAB>item item item ...`` (oldest first, one user per line), plus an
     optional user-attribute CSV (see :func:`read_attribute_csv`). Ids are kept as strings."""
     seen: Dict[str, int] = {}  # user id -> line; its keys are the user ids, in file order
@@ -858,8 +971,12 @@ def read_seq_tsv(path: PathLike, *, attributes: Optional[PathLike] = None, user_
                 continue
             parts = line.split("\t")
             if len(parts) != 2:
-                raise DataError(f"expected 'user_id<TAB>items', got {len(parts)} tab-separated fields"
-                                + (": wrong separator?" if len(parts) == 1 else ""), path, lineno)
+                raise DataError(
+                    f"expected 'user_id<TAB>items', got {len(parts)} tab-separated fields"
+                    + (": wrong separator?" if len(parts) == 1 else ""),
+                    path,
+                    lineno,
+                )
             uid = parts[0].strip()
             if not uid:
                 raise DataError("empty user id", path, lineno)
@@ -903,21 +1020,29 @@ def load_dataset(kind: str, path: Optional[PathLike] = None, **options) -> Inter
 def _movielens_specs(train: bool) -> List[Dict[str, object]]:
     def profile(name: str, attribute: str) -> Dict[str, object]:
         spec: Dict[str, object] = {"name": name, "kind": "profile", "attribute": attribute}
-        return {**spec, "train": dict(PROFILE_TRAIN)} if train else spec     # one dict per task: --set edits one
+        return {**spec, "train": dict(PROFILE_TRAIN)} if train else spec  # one dict per task: --set edits one
 
     return [
         {"name": "next_item", "kind": "next_item", "windows": "all"},
         {"name": "later_items", "kind": "item", "split": "time", "window": 0.2},
-        profile("gender", "gender"), profile("age", "age_bracket"), profile("occupation", "occupation"),
+        profile("gender", "gender"),
+        profile("age", "age_bracket"),
+        profile("occupation", "occupation"),
     ]
 
 
 def _sequence_specs(train: bool) -> List[Dict[str, object]]:
-    return [{"name": "next_item", "kind": "next_item"},
-            {"name": "later_items", "kind": "item", "split": "time", "window": 0.2}]
+    return [
+        {"name": "next_item", "kind": "next_item"},
+        {"name": "later_items", "kind": "item", "split": "time", "window": 0.2},
+    ]
 
 
-for _kind, _reader, _specs in (("ml-100k", read_ml100k, _movielens_specs), ("ml-1m", read_ml1m, _movielens_specs),
-                               ("recbole", read_recbole, _sequence_specs), ("conure", read_conure, _sequence_specs),
-                               ("seq-tsv", read_seq_tsv, _sequence_specs)):
+for _kind, _reader, _specs in (
+    ("ml-100k", read_ml100k, _movielens_specs),
+    ("ml-1m", read_ml1m, _movielens_specs),
+    ("recbole", read_recbole, _sequence_specs),
+    ("conure", read_conure, _sequence_specs),
+    ("seq-tsv", read_seq_tsv, _sequence_specs),
+):
     register_dataset(DatasetKind(_kind, _reader, _specs))

@@ -16,6 +16,7 @@ Popularity (:class:`PopularitySampler`), two documented modes:
 * ``mode="power"``: ``p(j) ∝ count_j ** rho`` (word2vec-style; ``rho = 0`` is uniform over ids 1..V-1,
   ``rho = 1`` is proportional to frequency; unseen items are then never drawn).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -37,8 +38,7 @@ class NegativeSampler:
         """[V] float64, sums to 1, 0 at the padding id."""
         raise NotImplementedError
 
-    def sample(self, positives: torch.Tensor, num: int, generator: Optional[torch.Generator] = None
-               ) -> torch.Tensor:
+    def sample(self, positives: torch.Tensor, num: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Draw ``num`` negatives for every positive.
 
         Args:
@@ -58,8 +58,9 @@ class NegativeSampler:
             raise ValueError("num must be >= 0")
         flat = positives.reshape(-1).to(torch.int64).cpu()
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_items):
-            raise ValueError(f"positives must lie in 0..{self.num_items - 1}, got range "
-                             f"[{int(flat.min())}, {int(flat.max())}]")
+            raise ValueError(
+                f"positives must lie in 0..{self.num_items - 1}, got range [{int(flat.min())}, {int(flat.max())}]"
+            )
         return flat
 
 
@@ -77,8 +78,7 @@ class UniformSampler(NegativeSampler):
         p[0] = 0.0
         return p
 
-    def sample(self, positives: torch.Tensor, num: int, generator: Optional[torch.Generator] = None
-               ) -> torch.Tensor:
+    def sample(self, positives: torch.Tensor, num: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         flat = self._check(positives, num)
         pos = flat[:, None]
         # Choices left: V-2 real ids when the positive is real, V-1 when it is padding.
@@ -137,8 +137,7 @@ class PopularitySampler(NegativeSampler):
     def probabilities(self) -> torch.Tensor:
         return self._p.clone()
 
-    def sample(self, positives: torch.Tensor, num: int, generator: Optional[torch.Generator] = None
-               ) -> torch.Tensor:
+    def sample(self, positives: torch.Tensor, num: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         flat = self._check(positives, num)
         p_pos = self._p[flat][:, None]
         if flat.numel() and float(p_pos.max()) >= 1.0 - 1e-12:
@@ -157,8 +156,14 @@ class PopularitySampler(NegativeSampler):
         return draw.reshape(*positives.shape, num).to(positives.device)
 
 
-def make_sampler(task: Union[TaskData, int], kind: str = "uniform", rho: float = 1.0, mode: str = "rank", *,
-                 counts: Optional[torch.Tensor] = None) -> NegativeSampler:
+def make_sampler(
+    task: Union[TaskData, int],
+    kind: str = "uniform",
+    rho: float = 1.0,
+    mode: str = "rank",
+    *,
+    counts: Optional[torch.Tensor] = None,
+) -> NegativeSampler:
     """The one sampler factory: negatives over the target ids ``1..size-1`` of ``task`` (a :class:`TaskData`:
     ``size = task.num_targets``, popularity from ``task.target_counts``) or of a vocabulary of ``size = task`` ids
     (an int: popularity from ``counts``, shape ``[size]``). ``kind``: ``"uniform"`` or ``"popularity"``

@@ -19,6 +19,7 @@ Generative story (all numpy, vectorised over users; thousands of users in a few 
 ``make_synthetic_tasks`` applies :data:`SYNTHETIC_SPECS` (next_item, item, binary profile, multi-class
 profile) with :func:`conure.data.tasks.build_task_sequence`.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence, Union
@@ -54,15 +55,14 @@ def _topic_catalogue(rng: np.random.Generator, num_items: int, num_topics: int):
     ring = np.zeros((num_topics, width), dtype=np.int64)
     cdf = np.ones((num_topics, width), dtype=np.float64)
     for k, part in enumerate(parts):
-        ring[k, :len(part)] = part
+        ring[k, : len(part)] = part
         w = 1.0 / np.arange(1, len(part) + 1) ** 0.8
         w = w[rng.permutation(len(part))]  # popular items sit anywhere on the ring
-        cdf[k, :len(part)] = np.cumsum(w / w.sum())
+        cdf[k, : len(part)] = np.cumsum(w / w.sum())
     return ring, np.array([len(p) for p in parts], dtype=np.int64), cdf
 
 
-def _draw_in_topic(rng: np.random.Generator, topics: np.ndarray, cdf: np.ndarray, ring_len: np.ndarray
-                   ) -> np.ndarray:
+def _draw_in_topic(rng: np.random.Generator, topics: np.ndarray, cdf: np.ndarray, ring_len: np.ndarray) -> np.ndarray:
     """[N] ring position per row, drawn from its topic's popularity (inverse CDF, vectorised).
 
     A binary search per row in its topic's CDF: O(N log M) time and O(N) memory. (Counting ``cdf[topics] <= u``
@@ -72,8 +72,8 @@ def _draw_in_topic(rng: np.random.Generator, topics: np.ndarray, cdf: np.ndarray
     pos = np.empty(len(topics), dtype=np.int64)
     order = np.argsort(topics, kind="stable")
     bounds = np.searchsorted(topics[order], np.arange(cdf.shape[0] + 1))
-    for k in range(cdf.shape[0]):            # one loop step per topic (num_topics, about 8), not per user
-        rows = order[bounds[k]:bounds[k + 1]]
+    for k in range(cdf.shape[0]):  # one loop step per topic (num_topics, about 8), not per user
+        rows = order[bounds[k] : bounds[k + 1]]
         pos[rows] = np.searchsorted(cdf[k], u[rows], side="right")
     return np.minimum(pos, ring_len[topics] - 1)
 
@@ -85,11 +85,22 @@ def _draw_topics(rng: np.random.Generator, theta: np.ndarray) -> np.ndarray:
     return np.minimum((cdf <= u).sum(axis=1), theta.shape[1] - 1)
 
 
-def make_synthetic_interactions(num_users: int = 2000, num_items: int = 400, seq_len: int = 30, *,
-                                min_seq_len: Optional[int] = None, num_topics: int = 8,
-                                num_target_items: int = 150, max_targets: int = 8, concentration: float = 0.25,
-                                stay_prob: float = 0.75, num_age_classes: int = 5, num_occupations: int = 8,
-                                missing_label_frac: float = 0.0, seed: int = 0) -> Interactions:
+def make_synthetic_interactions(
+    num_users: int = 2000,
+    num_items: int = 400,
+    seq_len: int = 30,
+    *,
+    min_seq_len: Optional[int] = None,
+    num_topics: int = 8,
+    num_target_items: int = 150,
+    max_targets: int = 8,
+    concentration: float = 0.25,
+    stay_prob: float = 0.75,
+    num_age_classes: int = 5,
+    num_occupations: int = 8,
+    missing_label_frac: float = 0.0,
+    seed: int = 0,
+) -> Interactions:
     """Generate users with latent interests (see the module docstring). Deterministic from ``seed``.
 
     Item ids are ints 1..num_items (other service: 1..num_target_items); user ids are ints 0..num_users-1.
@@ -104,7 +115,7 @@ def make_synthetic_interactions(num_users: int = 2000, num_items: int = 400, seq
     K, U = num_topics, num_users
     ring, ring_len, cdf = _topic_catalogue(rng, num_items, K)
     t_ring, t_ring_len, t_cdf = _topic_catalogue(rng, num_target_items, K)
-    theta = rng.dirichlet(np.full(K, concentration), size=U)              # [U, K]
+    theta = rng.dirichlet(np.full(K, concentration), size=U)  # [U, K]
 
     # --- main history: topic-local Markov chain, all users advanced together one step at a time.
     lo = max(2, seq_len // 3) if min_seq_len is None else min_seq_len
@@ -129,7 +140,7 @@ def make_synthetic_interactions(num_users: int = 2000, num_items: int = 400, seq
     history = ItemSequences(item_ids=item_ids, offsets=offsets, items=steps[keep] - 1, timestamps=times[keep])
 
     # --- other service: topics from a sharpened theta, items by popularity within the topic.
-    sharp = theta ** 2
+    sharp = theta**2
     sharp /= sharp.sum(axis=1, keepdims=True)
     n_t = rng.integers(1, max_targets + 1, size=U)
     owner = np.repeat(np.arange(U), n_t)
@@ -137,8 +148,9 @@ def make_synthetic_interactions(num_users: int = 2000, num_items: int = 400, seq
     t_items = t_ring[t_topic, _draw_in_topic(rng, t_topic, t_cdf, t_ring_len)]
     t_offsets = np.zeros(U + 1, dtype=np.int64)
     np.cumsum(n_t, out=t_offsets[1:])
-    stream = ItemSequences(item_ids=np.arange(1, num_target_items + 1, dtype=np.int64), offsets=t_offsets,
-                           items=t_items - 1)
+    stream = ItemSequences(
+        item_ids=np.arange(1, num_target_items + 1, dtype=np.int64), offsets=t_offsets, items=t_items - 1
+    )
 
     # --- attributes: random linear maps of theta + noise (Gumbel-max for the multi-class ones).
     w_gender = rng.normal(0.0, 1.0, size=K)
@@ -156,11 +168,13 @@ def make_synthetic_interactions(num_users: int = 2000, num_items: int = 400, seq
     age_names = (_AGE_NAMES + [f"age{i}" for i in range(len(_AGE_NAMES), num_age_classes)])[:num_age_classes]
     age = np.array(age_names, dtype=object)[multiclass(num_age_classes, 2.0)]
     occupation = np.array([f"occupation{i}" for i in range(num_occupations)], dtype=object)[
-        multiclass(num_occupations, 1.5)]
+        multiclass(num_occupations, 1.5)
+    ]
 
     user_ids = np.arange(U, dtype=np.int64)
-    inter = Interactions(user_ids=user_ids, history=history, streams={"service2": stream},
-                         source=f"synthetic(seed={seed})")
+    inter = Interactions(
+        user_ids=user_ids, history=history, streams={"service2": stream}, source=f"synthetic(seed={seed})"
+    )
     for name, col in (("gender", gender), ("age", age), ("occupation", occupation)):
         col = col.copy()
         if missing_label_frac > 0:
@@ -169,19 +183,38 @@ def make_synthetic_interactions(num_users: int = 2000, num_items: int = 400, seq
     return inter
 
 
-def make_synthetic_tasks(num_users: int = 2000, num_items: int = 400, seq_len: int = 30, seed: int = 0, *,
-                         specs: Optional[Sequence[Union[TaskSpec, Mapping[str, object]]]] = None,
-                         max_len: Optional[int] = None, min_len: int = 2, valid_frac: float = 0.1,
-                         test_frac: float = 0.1, **generator_options) -> List[TaskData]:
+def make_synthetic_tasks(
+    num_users: int = 2000,
+    num_items: int = 400,
+    seq_len: int = 30,
+    seed: int = 0,
+    *,
+    specs: Optional[Sequence[Union[TaskSpec, Mapping[str, object]]]] = None,
+    max_len: Optional[int] = None,
+    min_len: int = 2,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.1,
+    **generator_options,
+) -> List[TaskData]:
     """The default task sequence on synthetic data: next_item, item (other service), gender (binary),
     age (multi-class). ``max_len`` defaults to ``seq_len``; ``generator_options`` go to
     :func:`make_synthetic_interactions`; the same ``seed`` drives data and split."""
-    inter = make_synthetic_interactions(num_users=num_users, num_items=num_items, seq_len=seq_len, seed=seed,
-                                        **generator_options)
-    return build_task_sequence(inter, SYNTHETIC_SPECS if specs is None else specs,
-                               max_len=seq_len if max_len is None else max_len, min_len=min_len, seed=seed,
-                               valid_frac=valid_frac, test_frac=test_frac)
+    inter = make_synthetic_interactions(
+        num_users=num_users, num_items=num_items, seq_len=seq_len, seed=seed, **generator_options
+    )
+    return build_task_sequence(
+        inter,
+        SYNTHETIC_SPECS if specs is None else specs,
+        max_len=seq_len if max_len is None else max_len,
+        min_len=min_len,
+        seed=seed,
+        valid_frac=valid_frac,
+        test_frac=test_frac,
+    )
 
 
-register_dataset(DatasetKind("synthetic", make_synthetic_interactions,
-                             lambda train: [dict(s) for s in SYNTHETIC_SPECS], needs_path=False))
+register_dataset(
+    DatasetKind(
+        "synthetic", make_synthetic_interactions, lambda train: [dict(s) for s in SYNTHETIC_SPECS], needs_path=False
+    )
+)

@@ -33,6 +33,7 @@ Protocol (what :func:`build_task_sequence` guarantees):
     (``meta["dropped_users"]["missing_label"]``); a value outside the spec's ``classes``/``bins`` is a
     :class:`DataError` naming the file and line it came from.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,7 +91,7 @@ class TaskSpec:
     windows: str = "last"
 
     @classmethod
-    def coerce(cls, spec: Union["TaskSpec", Mapping[str, object]]) -> "TaskSpec":
+    def coerce(cls, spec: Union[TaskSpec, Mapping[str, object]]) -> TaskSpec:
         """Accept a TaskSpec or a plain dict (as loaded from YAML); validate it."""
         if isinstance(spec, TaskSpec):
             out = spec
@@ -175,7 +176,7 @@ def _left_aligned(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, widt
     return _aligned(values, starts, ends, width, right=False)
 
 
-_ALIGN_CELLS = 1 << 22      # cells per block of rows: the index arrays stay ~32 MiB whatever N x width is
+_ALIGN_CELLS = 1 << 22  # cells per block of rows: the index arrays stay ~32 MiB whatever N x width is
 
 
 def _aligned(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int, right: bool) -> torch.Tensor:
@@ -189,18 +190,17 @@ def _aligned(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: in
     step = max(1, _ALIGN_CELLS // max(width, 1))
     cols = np.arange(width)[None, :]
     for lo in range(0, n, step):
-        s, e = starts[lo:lo + step, None], ends[lo:lo + step, None]
+        s, e = starts[lo : lo + step, None], ends[lo : lo + step, None]
         pos = e - width + cols if right else s + cols
         valid = pos >= s if right else pos < e
         np.clip(pos, 0, len(values) - 1, out=pos)
         block = values[pos]
         block[~valid] = 0
-        out[lo:lo + step] = block
+        out[lo : lo + step] = block
     return torch.from_numpy(out)
 
 
-def _compact(values: np.ndarray, keep: np.ndarray, owner: np.ndarray, num_users: int
-             ) -> Tuple[np.ndarray, np.ndarray]:
+def _compact(values: np.ndarray, keep: np.ndarray, owner: np.ndarray, num_users: int) -> Tuple[np.ndarray, np.ndarray]:
     """Keep the events where ``keep``; return (kept values [E'], CSR offsets [U + 1])."""
     offsets = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner[keep], minlength=num_users), out=offsets[1:])
@@ -256,15 +256,16 @@ def _count_targets(targets: torch.Tensor, size: int) -> torch.Tensor:
 class _Context:
     """Shared state of one sequence: user buckets, source vocabulary, the history mapped to vocabulary ids."""
 
-    def __init__(self, inter: Interactions, max_len: int, min_len: int, seed: int, valid_frac: float,
-                 test_frac: float) -> None:
+    def __init__(
+        self, inter: Interactions, max_len: int, min_len: int, seed: int, valid_frac: float, test_frac: float
+    ) -> None:
         self.inter = inter
         self.max_len = max_len
         self.seed = seed
         hist = inter.history
         self.U = inter.num_users
         self.lengths = hist.lengths
-        self.owner = hist.user_of_event()                       # [E] user of each event
+        self.owner = hist.user_of_event()  # [E] user of each event
         self.pos = np.arange(len(hist.items), dtype=np.int64) - hist.offsets[self.owner]  # [E] rank in user
         eligible = np.flatnonzero(self.lengths >= min_len)
         self.num_short = int(self.U - len(eligible))
@@ -272,15 +273,15 @@ class _Context:
         perm = rng.permutation(eligible)
         n_test = int(round(test_frac * len(perm)))
         n_valid = int(round(valid_frac * len(perm)))
-        self.bucket = np.full(self.U, -1, dtype=np.int8)         # -1: not in any task
+        self.bucket = np.full(self.U, -1, dtype=np.int8)  # -1: not in any task
         self.bucket[perm[:n_test]] = TEST
-        self.bucket[perm[n_test:n_test + n_valid]] = VALID
-        self.bucket[perm[n_test + n_valid:]] = TRAIN
+        self.bucket[perm[n_test : n_test + n_valid]] = VALID
+        self.bucket[perm[n_test + n_valid :]] = TRAIN
         train_events = self.bucket[self.owner] == TRAIN
         self.lut, order = _frequency_vocab(hist.items[train_events], len(hist.item_ids))
         self.num_items = len(order) + 1
         self.source_vocab = _vocab_names(hist.item_ids, order)
-        self.mapped = self.lut[hist.items]                       # [E] source id, 0 = unknown
+        self.mapped = self.lut[hist.items]  # [E] source id, 0 = unknown
         self.known = self.mapped > 0
 
     def users_in(self, split: int, mask: Optional[np.ndarray] = None) -> np.ndarray:
@@ -314,13 +315,15 @@ def _build_next_item(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]) -> 
     b, e = offsets[train_users], offsets[train_users + 1]
     if spec.windows == "all":
         # windows ending at e, e - L, e - 2L, ... while they hold a target: window k covers [e - kL - L - 1, e - kL)
-        count = np.maximum(1, -(-(e - b - 1) // L))                      # ceil((n - 1) / L) windows per user
+        count = np.maximum(1, -(-(e - b - 1) // L))  # ceil((n - 1) / L) windows per user
         row_user = np.repeat(np.arange(len(train_users)), count)
         k = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
         train_users, b, e = train_users[row_user], b[row_user], e[row_user] - k * L
-    train = Split(_long(train_users),
-                  _right_aligned(vals, np.maximum(b, e - 1 - L), e - 1, L),   # s[:-1], last L
-                  _right_aligned(vals, np.maximum(b + 1, e - L), e, L))       # s[1:],  last L
+    train = Split(
+        _long(train_users),
+        _right_aligned(vals, np.maximum(b, e - 1 - L), e - 1, L),  # s[:-1], last L
+        _right_aligned(vals, np.maximum(b + 1, e - L), e, L),
+    )  # s[1:],  last L
     splits = [train]
     unknown_inputs = 0
     for split in (VALID, TEST):
@@ -354,15 +357,18 @@ def _item_task_events(ctx: _Context, spec: TaskSpec) -> Tuple[np.ndarray, ItemSe
     E = len(hist.items)
     if split == "stream":
         if spec.stream not in inter.streams:
-            raise DataError(f"task {spec.name!r}: stream {spec.stream!r} not found (available: "
-                            f"{sorted(inter.streams) or 'none'})", path=inter.source or None)
+            raise DataError(
+                f"task {spec.name!r}: stream {spec.stream!r} not found (available: {sorted(inter.streams) or 'none'})",
+                path=inter.source or None,
+            )
         seqs = inter.streams[spec.stream]
         return np.ones(E, dtype=bool), seqs, seqs.items, seqs.user_of_event()
     if split == "subset":
         if spec.items is not None:
             wanted = {str(x) for x in spec.items}
-            in_subset = np.fromiter((str(x) in wanted for x in hist.item_ids.tolist()), dtype=bool,
-                                    count=len(hist.item_ids))
+            in_subset = np.fromiter(
+                (str(x) in wanted for x in hist.item_ids.tolist()), dtype=bool, count=len(hist.item_ids)
+            )
             if not in_subset.any():
                 raise DataError(f"task {spec.name!r}: none of the subset's items occur in the data")
         else:
@@ -376,8 +382,10 @@ def _item_task_events(ctx: _Context, spec: TaskSpec) -> Tuple[np.ndarray, ItemSe
     n = ctx.lengths
     if spec.window_by == "global" or spec.cutoff is not None:
         if hist.timestamps is None:
-            raise DataError(f"task {spec.name!r}: a global time window needs timestamps, and this data has none",
-                            path=inter.source or None)
+            raise DataError(
+                f"task {spec.name!r}: a global time window needs timestamps, and this data has none",
+                path=inter.source or None,
+            )
         cutoff = spec.cutoff if spec.cutoff is not None else float(np.quantile(hist.timestamps, 1.0 - spec.window))
         is_target = hist.timestamps >= cutoff
         k = np.bincount(ctx.owner[is_target], minlength=ctx.U)
@@ -392,15 +400,19 @@ def _item_task_events(ctx: _Context, spec: TaskSpec) -> Tuple[np.ndarray, ItemSe
     return ~is_target, hist, hist.items[is_target], ctx.owner[is_target]
 
 
-def _build_item(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]
-                ) -> Tuple[Split, Split, Split, int, torch.Tensor]:
+def _build_item(
+    ctx: _Context, spec: TaskSpec, meta: Dict[str, object]
+) -> Tuple[Split, Split, Split, int, torch.Tensor]:
     L = ctx.max_len
     input_mask, catalogue, tcodes, towner = _item_task_events(ctx, spec)
     vals, offsets, dropped_in = ctx.inputs(input_mask)
     klen = np.diff(offsets)
     has_target = np.bincount(towner, minlength=ctx.U) > 0
-    dropped: Dict[str, int] = {"no_target": int(((ctx.bucket >= 0) & ~has_target).sum()),
-                               "unknown_target": 0, "no_known_input": 0}
+    dropped: Dict[str, int] = {
+        "no_target": int(((ctx.bucket >= 0) & ~has_target).sum()),
+        "unknown_target": 0,
+        "no_known_input": 0,
+    }
     # Train targets: distinct items, oldest first, at most max_targets per user.
     first = _first_occurrences(towner, tcodes)
     t_codes, t_offsets = _compact(tcodes, first, towner, ctx.U)
@@ -418,8 +430,9 @@ def _build_item(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]
     num_targets = len(torder) + 1
     width = max(1, int((te - tb).max())) if len(train_users) else 1
     mapped_targets = tlut[t_codes]
-    train = Split(_long(train_users), ctx.last_inputs(vals, offsets, train_users),
-                  _left_aligned(mapped_targets, tb, te, width))
+    train = Split(
+        _long(train_users), ctx.last_inputs(vals, offsets, train_users), _left_aligned(mapped_targets, tb, te, width)
+    )
     splits = [train]
     unknown_inputs = 0
     for split in (VALID, TEST):
@@ -458,14 +471,15 @@ def _sort_key(value: str) -> Tuple[int, float, str]:
         return (1, 0.0, value)
 
 
-def _build_profile(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]
-                   ) -> Tuple[Split, Split, Split, List[str]]:
+def _build_profile(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]) -> Tuple[Split, Split, Split, List[str]]:
     inter = ctx.inter
     attr = spec.attribute
     if attr not in inter.attributes:
-        raise DataError(f"task {spec.name!r}: attribute {attr!r} not found (available: "
-                        f"{sorted(inter.attributes) or 'none: was the users file given?'})",
-                        path=inter.source or None)
+        raise DataError(
+            f"task {spec.name!r}: attribute {attr!r} not found (available: "
+            f"{sorted(inter.attributes) or 'none: was the users file given?'})",
+            path=inter.source or None,
+        )
     raw = inter.attributes[attr]
     origin = inter.attribute_origin.get(attr)
 
@@ -489,11 +503,13 @@ def _build_profile(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]
                 raise malformed(u, v, "not a number (the task uses numeric bins)")
             labels[u] = int(np.searchsorted(edges, x, side="right"))
         fmt = lambda x: f"{x:g}"  # noqa: E731
-        class_names = [f"<{fmt(edges[0])}"] + [f"{fmt(a)}-{fmt(b)}" for a, b in zip(edges[:-1], edges[1:])] + \
-            [f">={fmt(edges[-1])}"]
+        class_names = (
+            [f"<{fmt(edges[0])}"]
+            + [f"{fmt(a)}-{fmt(b)}" for a, b in zip(edges[:-1], edges[1:])]
+            + [f">={fmt(edges[-1])}"]
+        )
     else:
-        classes = [str(c) for c in spec.classes] if spec.classes is not None else \
-            sorted(set(values), key=_sort_key)
+        classes = [str(c) for c in spec.classes] if spec.classes is not None else sorted(set(values), key=_sort_key)
         index = {c: i for i, c in enumerate(classes)}
         for u, v in zip(users_with.tolist(), values):
             if v not in index:
@@ -502,12 +518,15 @@ def _build_profile(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]
         names = inter.attribute_labels.get(attr, {})
         class_names = [names.get(c, c) for c in classes]
     if len(users_with) == 0:
-        raise DataError(f"task {spec.name!r}: no user has a value for attribute {attr!r}",
-                        path=origin[0] if origin else None)
+        raise DataError(
+            f"task {spec.name!r}: no user has a value for attribute {attr!r}", path=origin[0] if origin else None
+        )
     vals, offsets, dropped_in = ctx.inputs(np.ones(len(inter.history.items), dtype=bool))
     has_input = np.diff(offsets) > 0
-    dropped = {"missing_label": int((in_task & ~present).sum()),
-               "no_known_input": int((in_task & present & ~has_input).sum())}
+    dropped = {
+        "missing_label": int((in_task & ~present).sum()),
+        "no_known_input": int((in_task & present & ~has_input).sum()),
+    }
     splits = []
     unknown_inputs = 0
     for split in (TRAIN, VALID, TEST):
@@ -521,9 +540,16 @@ def _build_profile(ctx: _Context, spec: TaskSpec, meta: Dict[str, object]
     return splits[0], splits[1], splits[2], class_names
 
 
-def build_task_sequence(interactions: Interactions, specs: Sequence[Union[TaskSpec, Mapping[str, object]]], *,
-                        max_len: int = 50, min_len: int = 2, seed: int = 0, valid_frac: float = 0.1,
-                        test_frac: float = 0.1) -> List[TaskData]:
+def build_task_sequence(
+    interactions: Interactions,
+    specs: Sequence[Union[TaskSpec, Mapping[str, object]]],
+    *,
+    max_len: int = 50,
+    min_len: int = 2,
+    seed: int = 0,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.1,
+) -> List[TaskData]:
     """Build one :class:`TaskData` per spec, in order (see the module docstring for the protocol).
 
     Args:
@@ -553,17 +579,24 @@ def build_task_sequence(interactions: Interactions, specs: Sequence[Union[TaskSp
     if max_len < 1 or min_len < 1:
         raise ValueError("max_len and min_len must be >= 1")
     if not (0 <= valid_frac < 1 and 0 <= test_frac < 1 and valid_frac + test_frac < 1):
-        raise ValueError(f"need 0 <= valid_frac, test_frac and valid_frac + test_frac < 1; got {valid_frac}, "
-                         f"{test_frac}")
+        raise ValueError(
+            f"need 0 <= valid_frac, test_frac and valid_frac + test_frac < 1; got {valid_frac}, {test_frac}"
+        )
     ctx = _Context(interactions, max_len, min_len, seed, valid_frac, test_frac)
     if ctx.num_items < 2:
-        raise DataError("no training users left: check min_len and the split fractions",
-                        path=interactions.source or None)
+        raise DataError(
+            "no training users left: check min_len and the split fractions", path=interactions.source or None
+        )
     tasks: List[TaskData] = []
     for spec in specs:
         meta: Dict[str, object] = {
-            "spec": spec.to_dict(), "dataset": interactions.source, "seed": seed, "max_len": max_len,
-            "min_len": min_len, "users_below_min_len": ctx.num_short, "source_vocab": ctx.source_vocab,
+            "spec": spec.to_dict(),
+            "dataset": interactions.source,
+            "seed": seed,
+            "max_len": max_len,
+            "min_len": min_len,
+            "users_below_min_len": ctx.num_short,
+            "source_vocab": ctx.source_vocab,
         }
         class_names = None
         if spec.kind == "next_item":
@@ -576,11 +609,24 @@ def build_task_sequence(interactions: Interactions, specs: Sequence[Union[TaskSp
             num_targets, counts = len(class_names), None
         for split, frac, part in ((TRAIN, 1.0, train), (VALID, valid_frac, valid), (TEST, test_frac, test)):
             if frac > 0 and len(part) == 0:
-                raise DataError(f"task {spec.name!r}: the {_SPLIT_NAMES[split]} split has no users "
-                                f"(dropped: {meta.get('dropped_users')}); use more data or larger fractions",
-                                path=interactions.source or None)
+                raise DataError(
+                    f"task {spec.name!r}: the {_SPLIT_NAMES[split]} split has no users "
+                    f"(dropped: {meta.get('dropped_users')}); use more data or larger fractions",
+                    path=interactions.source or None,
+                )
         meta["num_users"] = {"train": len(train), "valid": len(valid), "test": len(test)}
-        tasks.append(TaskData(name=spec.name, kind=spec.kind, num_items=ctx.num_items, num_targets=num_targets,
-                              train=train, valid=valid, test=test, target_counts=counts, class_names=class_names,
-                              meta=meta))
+        tasks.append(
+            TaskData(
+                name=spec.name,
+                kind=spec.kind,
+                num_items=ctx.num_items,
+                num_targets=num_targets,
+                train=train,
+                valid=valid,
+                test=test,
+                target_counts=counts,
+                class_names=class_names,
+                meta=meta,
+            )
+        )
     return tasks

@@ -19,6 +19,7 @@ item        [N, L] int64            [N, T] int64 target ids >= 1, 0 = pad     [N
 profile     [N, L] int64            [N] int64 class in [0, num_targets)       [N] int64 class in [0, num_targets)
 =========== ======================= ========================================= ==================================
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,15 +34,16 @@ TASK_KINDS = ("next_item", "item", "profile")
 class Split:
     """One split (train, valid or test) of one task. See the module docstring for shapes."""
 
-    users: torch.Tensor    # [N] int64, dataset user index (stable across tasks of one sequence)
-    inputs: torch.Tensor   # [N, L] int64 source-item ids, left padded with 0
+    users: torch.Tensor  # [N] int64, dataset user index (stable across tasks of one sequence)
+    inputs: torch.Tensor  # [N, L] int64 source-item ids, left padded with 0
     targets: torch.Tensor  # see the table in the module docstring
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: Optional[torch.Generator] = None) -> Iterator["Split"]:
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
+    ) -> Iterator[Split]:
         """Yield Splits of at most ``batch_size`` users (tensor slicing only, no Python lists per step)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else None
@@ -50,7 +52,7 @@ class Split:
                 sl = slice(start, start + batch_size)
                 yield Split(self.users[sl], self.inputs[sl], self.targets[sl])
             else:
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 yield Split(self.users[idx], self.inputs[idx], self.targets[idx])
 
 
@@ -59,16 +61,16 @@ class TaskData:
     """One task of a sequence: its splits and vocabulary sizes."""
 
     name: str
-    kind: str                      # one of TASK_KINDS
-    num_items: int                 # source vocabulary size incl. padding id 0 (same for every task of a sequence)
-    num_targets: int               # next_item: == num_items; item: target vocab size incl. pad id 0;
-                                   # profile: number of classes
+    kind: str  # one of TASK_KINDS
+    num_items: int  # source vocabulary size incl. padding id 0 (same for every task of a sequence)
+    num_targets: int  # next_item: == num_items; item: target vocab size incl. pad id 0;
+    # profile: number of classes
     train: Split
     valid: Split
     test: Split
-    target_counts: Optional[torch.Tensor] = None   # [num_targets] float: training frequency of each target id
-                                                   # (popularity negatives); None for profile tasks
-    class_names: Optional[List[str]] = None        # profile tasks: label of each class
+    target_counts: Optional[torch.Tensor] = None  # [num_targets] float: training frequency of each target id
+    # (popularity negatives); None for profile tasks
+    class_names: Optional[List[str]] = None  # profile tasks: label of each class
     meta: Dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

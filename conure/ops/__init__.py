@@ -23,6 +23,7 @@ warns once, naming the cause, and these functions run the reference twins. ``CON
 into an ImportError; ``CONURE_FORCE_REFERENCE=1`` uses the reference even when the extension is present.
 :func:`backend` tells which one is in use.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,12 @@ _EXTENSION_ERROR: Optional[str] = _INFO["error"]
 if _EXTENSION_ERROR is not None and not _build.reference_forced():
     if os.environ.get("CONURE_REQUIRE_EXTENSION", "") not in ("", "0"):
         raise ImportError(_EXTENSION_ERROR + " (CONURE_REQUIRE_EXTENSION is set)")
-    warnings.warn(_EXTENSION_ERROR + "\nconure falls back to the pure-torch reference operators (slower; "
-                  "CONURE_REQUIRE_EXTENSION=1 makes this an error).", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        _EXTENSION_ERROR + "\nconure falls back to the pure-torch reference operators (slower; "
+        "CONURE_REQUIRE_EXTENSION=1 makes this an error).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 _COMPILED = _EXTENSION_ERROR is None
 
@@ -103,6 +108,7 @@ if _COMPILED:
 
 # --------------------------------------------------------------------------------------------------------------
 # The masked conv and the prune
+
 
 def masked_causal_conv1d(
     x: torch.Tensor,
@@ -164,12 +170,12 @@ def magnitude_prune_many_(
     checks.check_prune_inputs(weights, owners, task, keep_ratio, "magnitude_prune_")
     if not _COMPILED:
         return reference.magnitude_prune_many_(weights, owners, task, keep_ratio)
-    return int(torch.ops.conure.magnitude_prune_many_([w.detach() for w in weights], owners, task,
-                                                      float(keep_ratio)))
+    return int(torch.ops.conure.magnitude_prune_many_([w.detach() for w in weights], owners, task, float(keep_ratio)))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The fused block (training) and the inference paths over stacked per-task weights
+
 
 def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype :func:`residual_block` runs in for ``x`` under an enabled autocast of x's device type, else None
@@ -230,14 +236,42 @@ def residual_block(
     dtype and y comes back in it (LayerNorm statistics and sums are kept in float32 inside the kernels).
     """
     x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = _autocast_inputs(
-        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
-    checks.check_block_inputs(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation,
-                              eps, post_ln=bool(post_ln))
+        x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias
+    )
+    checks.check_block_inputs(
+        x,
+        w1,
+        owner1,
+        w2,
+        owner2,
+        ln1_weight,
+        ln1_bias,
+        ln2_weight,
+        ln2_bias,
+        task,
+        dilation,
+        eps,
+        post_ln=bool(post_ln),
+    )
     if not _COMPILED:
-        return reference.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task,
-                                        dilation, eps, post_ln=bool(post_ln))
-    return torch.ops.conure.residual_block(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
-                                           task, dilation, float(eps), bool(post_ln))[0]
+        return reference.residual_block(
+            x,
+            w1,
+            owner1,
+            w2,
+            owner2,
+            ln1_weight,
+            ln1_bias,
+            ln2_weight,
+            ln2_bias,
+            task,
+            dilation,
+            eps,
+            post_ln=bool(post_ln),
+        )
+    return torch.ops.conure.residual_block(
+        x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, float(eps), bool(post_ln)
+    )[0]
 
 
 def stream_step_(
@@ -271,13 +305,25 @@ def stream_step_(
     Returns:
         [T, B, C]: every task's backbone output at position ``pos`` (the user vectors).
     """
-    checks.check_stream_args("stream_step_post_ln_" if post_ln else "stream_step_", x, pos, rings, wcols, ln_params,
-                             dilations, kernel_size, eps, bool(post_ln))
+    checks.check_stream_args(
+        "stream_step_post_ln_" if post_ln else "stream_step_",
+        x,
+        pos,
+        rings,
+        wcols,
+        ln_params,
+        dilations,
+        kernel_size,
+        eps,
+        bool(post_ln),
+    )
     if not _COMPILED:
-        return reference.stream_step_(x, pos, rings, wcols, ln_params, dilations, kernel_size, eps,
-                                      post_ln=bool(post_ln))
-    return torch.ops.conure.stream_step_(x, pos, list(rings), list(wcols), list(ln_params), list(dilations),
-                                         kernel_size, float(eps), bool(post_ln))
+        return reference.stream_step_(
+            x, pos, rings, wcols, ln_params, dilations, kernel_size, eps, post_ln=bool(post_ln)
+        )
+    return torch.ops.conure.stream_step_(
+        x, pos, list(rings), list(wcols), list(ln_params), list(dilations), kernel_size, float(eps), bool(post_ln)
+    )
 
 
 def multi_task_forward(
@@ -300,10 +346,28 @@ def multi_task_forward(
     Returns:
         [T, B, out_len, C]: each task's backbone output at positions ``L - out_len .. L - 1``.
     """
-    checks.check_multi_args("multi_task_forward_post_ln" if post_ln else "multi_task_forward", x, wcols, ln_params,
-                            dilations, kernel_size, eps, out_len, bool(post_ln))
+    checks.check_multi_args(
+        "multi_task_forward_post_ln" if post_ln else "multi_task_forward",
+        x,
+        wcols,
+        ln_params,
+        dilations,
+        kernel_size,
+        eps,
+        out_len,
+        bool(post_ln),
+    )
     if not _COMPILED:
-        return reference.multi_task_forward(x, wcols, ln_params, dilations, kernel_size, eps, out_len,
-                                            post_ln=bool(post_ln))
-    return torch.ops.conure.multi_task_forward(x, [w.contiguous() for w in wcols], list(ln_params), list(dilations),
-                                               kernel_size, float(eps), out_len, bool(post_ln))
+        return reference.multi_task_forward(
+            x, wcols, ln_params, dilations, kernel_size, eps, out_len, post_ln=bool(post_ln)
+        )
+    return torch.ops.conure.multi_task_forward(
+        x,
+        [w.contiguous() for w in wcols],
+        list(ln_params),
+        list(dilations),
+        kernel_size,
+        float(eps),
+        out_len,
+        bool(post_ln),
+    )

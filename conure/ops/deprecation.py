@@ -1,5 +1,6 @@
 """Thin aliases for the operator names of conure 0.1 (``*_post_ln`` variants, ``fused.conv_cols``), kept for one
 release: each warns with a DeprecationWarning naming its replacement, then calls it."""
+
 from __future__ import annotations
 
 import functools
@@ -13,8 +14,9 @@ def alias(old: str, new: Callable, replacement: str, **fixed) -> Callable:
 
     @functools.wraps(new)
     def wrapper(*args, **kwargs):
-        warnings.warn(f"{old} is deprecated and goes in the next release; use {replacement}", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{old} is deprecated and goes in the next release; use {replacement}", DeprecationWarning, stacklevel=2
+        )
         return new(*args, **kwargs, **fixed)
 
     wrapper.__name__ = wrapper.__qualname__ = old.rsplit(".", 1)[-1]

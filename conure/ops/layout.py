@@ -1,5 +1,6 @@
 """Weight layouts the compiled operators multiply by: production helpers, apart from the operators and their
 reference twins (:mod:`conure.streaming` and :mod:`conure.serving` stack them per task)."""
+
 from __future__ import annotations
 
 import torch

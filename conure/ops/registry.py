@@ -7,6 +7,7 @@ a new operator or variant adds (at most) a row here, its schema and orchestratio
 The fake kernels give output shapes for tracing (``torch.compile``, ``opcheck``) and also serve as the Meta kernels,
 so they check devices (:func:`conure.ops.checks.one_device`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from conure.ops.checks import one_device
 class Op:
     """One compiled operator: ``name`` (``torch.ops.conure.<name>``), its fake kernel, and for differentiable ones
     ``autograd = (setup_context, backward)``."""
+
     name: str
     fake: Callable
     autograd: Optional[Tuple[Callable, Callable]] = None
@@ -31,6 +33,7 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ---- masked_causal_conv1d, magnitude_prune_many_
+
 
 def _conv_fake(x, weight, owner, task, bias=None, dilation=1):
     one_device("masked_causal_conv1d", x, weight, owner, bias)
@@ -54,8 +57,7 @@ def _conv_setup_context(ctx, inputs, output):
 def _conv_backward(ctx, grad_y):
     x, weight, owner = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[4]]
-    gx, gw, gb = torch.ops.conure.masked_causal_conv1d_backward(grad_y, x, weight, owner, ctx.task, ctx.dilation,
-                                                                mask)
+    gx, gw, gb = torch.ops.conure.masked_causal_conv1d_backward(grad_y, x, weight, owner, ctx.task, ctx.dilation, mask)
     return gx, gw, None, None, gb, None
 
 
@@ -69,10 +71,22 @@ def _prune_fake(weights, owners, task, keep_ratio):
 
 # ---- residual_block (pre-LN or post-LN), stream_step_, multi_task_forward
 
-def _block_fake(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps,
-                post_ln=False):
-    one_device("residual_block_post_ln" if post_ln else "residual_block", x, w1, owner1, w2, owner2, ln1_weight,
-               ln1_bias, ln2_weight, ln2_bias)
+
+def _block_fake(
+    x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, eps, post_ln=False
+):
+    one_device(
+        "residual_block_post_ln" if post_ln else "residual_block",
+        x,
+        w1,
+        owner1,
+        w2,
+        owner2,
+        ln1_weight,
+        ln1_bias,
+        ln2_weight,
+        ln2_bias,
+    )
     b, length, c = x.shape
     y = x.new_empty((b, length, c))
     # post-LN saves conv1's and conv2's outputs one after the other: [B, L, C_mid + C]
@@ -81,13 +95,43 @@ def _block_fake(x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2
     return y, h, stats
 
 
-def _block_backward_fake(grad_y, x, h, stats, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias,
-                         task, dilation, output_mask, post_ln=False):
-    one_device("residual_block_post_ln_backward" if post_ln else "residual_block_backward", grad_y, x, h, stats, w1,
-               owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
+def _block_backward_fake(
+    grad_y,
+    x,
+    h,
+    stats,
+    w1,
+    owner1,
+    w2,
+    owner2,
+    ln1_weight,
+    ln1_bias,
+    ln2_weight,
+    ln2_bias,
+    task,
+    dilation,
+    output_mask,
+    post_ln=False,
+):
+    one_device(
+        "residual_block_post_ln_backward" if post_ln else "residual_block_backward",
+        grad_y,
+        x,
+        h,
+        stats,
+        w1,
+        owner1,
+        w2,
+        owner2,
+        ln1_weight,
+        ln1_bias,
+        ln2_weight,
+        ln2_bias,
+    )
     like = (x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
-                 for t, m in zip(like, output_mask))
+    return tuple(
+        torch.empty_like(t, memory_format=torch.contiguous_format) if m else None for t, m in zip(like, output_mask)
+    )
 
 
 def _block_setup_context(ctx, inputs, output):
@@ -106,7 +150,8 @@ def _block_backward(ctx, grad_y, grad_h, grad_stats):
     need = ctx.needs_input_grad
     mask = [need[0], need[1], need[3], need[5], need[6], need[7], need[8]]
     gx, gw1, gw2, gg1, gb1, gg2, gb2 = torch.ops.conure.residual_block_backward(
-        grad_y, x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2, ctx.task, ctx.dilation, mask, ctx.post_ln)
+        grad_y, x, h, stats, w1, owner1, w2, owner2, g1, b1, g2, b2, ctx.task, ctx.dilation, mask, ctx.post_ln
+    )
     return gx, gw1, None, gw2, None, gg1, gb1, gg2, gb2, None, None, None, None
 
 

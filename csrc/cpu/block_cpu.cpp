@@ -67,8 +67,8 @@ template <typename scalar_t, typename acc_t>
 inline void ln_relu_row(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta, acc_t mean, acc_t rstd,
                         int64_t C, scalar_t* dst) {
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t z = (static_cast<acc_t>(x[c]) - mean) * rstd * static_cast<acc_t>(gamma[c]) +
-                    static_cast<acc_t>(beta[c]);
+    const acc_t z =
+        (static_cast<acc_t>(x[c]) - mean) * rstd * static_cast<acc_t>(gamma[c]) + static_cast<acc_t>(beta[c]);
     dst[c] = static_cast<scalar_t>(z < 0 ? acc_t(0) : z);  // NaN stays NaN, like torch.relu
   }
 }
@@ -76,8 +76,8 @@ inline void ln_relu_row(const scalar_t* x, const scalar_t* gamma, const scalar_t
 // Backward of one row of LN + ReLU, given ga = dL/d(relu output) in dz (overwritten with dL/dz).
 //   xh = xhat; returns via sums the two row means LayerNorm's backward needs.
 template <typename scalar_t, typename acc_t>
-inline void ln_relu_row_backward(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta, acc_t mean,
-                                 acc_t rstd, int64_t C, acc_t* dz, acc_t* xh, acc_t& sum1, acc_t& sum2) {
+inline void ln_relu_row_backward(const scalar_t* x, const scalar_t* gamma, const scalar_t* beta, acc_t mean, acc_t rstd,
+                                 int64_t C, acc_t* dz, acc_t* xh, acc_t& sum1, acc_t& sum2) {
   acc_t p1[kLanes] = {}, p2[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes)
@@ -179,7 +179,14 @@ void ln_relu_im2col_cpu(const at::Tensor& in, const at::Tensor& gamma, const at:
                            copy_out.defined() ? copy_out.data_ptr<scalar_t>() : nullptr,
                            mean.defined() ? mean.data_ptr<acc_t>() : nullptr,
                            rstd.defined() ? rstd.data_ptr<acc_t>() : nullptr,
-                           in.size(1), col.size(1), in.size(2), K, j0, dil, eps, compute_stats,
+                           in.size(1),
+                           col.size(1),
+                           in.size(2),
+                           K,
+                           j0,
+                           dil,
+                           eps,
+                           compute_stats,
                            copy_out.defined() ? copy_out.size(1) : 0};
     TORCH_INTERNAL_ASSERT(compute_stats || (a.M != nullptr && a.R != nullptr));
     at::parallel_for(0, in.size(0) * in.size(1), 16,
@@ -254,7 +261,11 @@ void ln_relu_col2im_backward_cpu(const at::Tensor& gcol, const at::Tensor& in, c
                            mean.data_ptr<acc_t>(),
                            rstd.data_ptr<acc_t>(),
                            grad_in.defined() ? grad_in.data_ptr<scalar_t>() : nullptr,
-                           in.size(1), C, K, j0, dil};
+                           in.size(1),
+                           C,
+                           K,
+                           j0,
+                           dil};
     const bool params = dgamma.defined() || dbeta.defined();
     // dgamma/dbeta: partial sums over fixed blocks of rows, added in block order, so the result does not depend on
     // how many threads ran or how the rows were split between them.
@@ -337,9 +348,8 @@ void stream_gather_impl(const at::Tensor& in, const at::Tensor& gamma, const at:
 
 void stream_gather_cpu(const at::Tensor& in, const at::Tensor& gamma, const at::Tensor& beta, double eps,
                        at::Tensor& ring, const at::Tensor& pos, int64_t K, int64_t dil, at::Tensor& col) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "stream_gather_cpu", [&] {
-    stream_gather_impl<scalar_t>(in, gamma, beta, eps, ring, pos, K, dil, col);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "stream_gather_cpu",
+                                  [&] { stream_gather_impl<scalar_t>(in, gamma, beta, eps, ring, pos, K, dil, col); });
 }
 
 }  // namespace cpu

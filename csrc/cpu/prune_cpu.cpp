@@ -26,10 +26,22 @@ namespace {
 // for float32): a 2048-bin histogram stays in L1, where 16-bit digits spent most of the time on the 512 KiB table.
 
 template <typename scalar_t> struct KeyOf;
-template <> struct KeyOf<float> { using type = uint32_t; static constexpr type kInf = 0x7f800000u; };
-template <> struct KeyOf<double> { using type = uint64_t; static constexpr type kInf = 0x7ff0000000000000ull; };
-template <> struct KeyOf<c10::Half> { using type = uint16_t; static constexpr type kInf = 0x7c00u; };
-template <> struct KeyOf<c10::BFloat16> { using type = uint16_t; static constexpr type kInf = 0x7f80u; };
+template <> struct KeyOf<float> {
+  using type = uint32_t;
+  static constexpr type kInf = 0x7f800000u;
+};
+template <> struct KeyOf<double> {
+  using type = uint64_t;
+  static constexpr type kInf = 0x7ff0000000000000ull;
+};
+template <> struct KeyOf<c10::Half> {
+  using type = uint16_t;
+  static constexpr type kInf = 0x7c00u;
+};
+template <> struct KeyOf<c10::BFloat16> {
+  using type = uint16_t;
+  static constexpr type kInf = 0x7f80u;
+};
 
 template <typename scalar_t>
 inline typename KeyOf<scalar_t>::type abs_key(scalar_t v) {
@@ -131,9 +143,8 @@ int64_t prune_cpu(at::TensorList weights, at::TensorList owners, int64_t task, d
     spans.push_back({contiguous.back().data_ptr(), owners[n].data_ptr<uint8_t>(), weights[n].numel()});
   }
   int64_t kept = 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weights[0].scalar_type(), "prune_cpu", [&] {
-    kept = prune_impl<scalar_t>(spans, static_cast<uint8_t>(task), keep_ratio);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weights[0].scalar_type(), "prune_cpu",
+                                  [&] { kept = prune_impl<scalar_t>(spans, static_cast<uint8_t>(task), keep_ratio); });
   return kept;
 }
 

@@ -17,8 +17,12 @@ namespace {
 constexpr int kWarpsPerBlock = 8;
 constexpr int kRowThreads = 32 * kWarpsPerBlock;
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
+template <typename T> struct AccOf {
+  using type = float;
+};
+template <> struct AccOf<double> {
+  using type = double;
+};
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
@@ -70,9 +74,9 @@ __device__ __forceinline__ void warp_row_stats(const T* __restrict__ x, int64_t 
 
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
-    ln_relu_im2col_kernel(const T* __restrict__ in, const T* __restrict__ gamma, const T* __restrict__ beta,
-                          double eps, int64_t S, int64_t Lin, int64_t Lout, int64_t C, int64_t K, int64_t j0,
-                          int64_t dil, bool compute_stats, typename AccOf<T>::type* __restrict__ mean,
+    ln_relu_im2col_kernel(const T* __restrict__ in, const T* __restrict__ gamma, const T* __restrict__ beta, double eps,
+                          int64_t S, int64_t Lin, int64_t Lout, int64_t C, int64_t K, int64_t j0, int64_t dil,
+                          bool compute_stats, typename AccOf<T>::type* __restrict__ mean,
                           typename AccOf<T>::type* __restrict__ rstd, T* __restrict__ col, T* __restrict__ copy_out,
                           int64_t Lcopy) {
   using A = typename AccOf<T>::type;
@@ -126,8 +130,8 @@ __global__ void __launch_bounds__(kRowThreads)
 template <typename T, typename A>
 __device__ __forceinline__ A relu_ln_dz(const T* __restrict__ gcol, const T* __restrict__ x,
                                         const T* __restrict__ gamma, const T* __restrict__ beta, A mu, A rs, int64_t s,
-                                        int64_t p, int64_t c, int64_t L, int64_t C, int64_t K, int64_t j0,
-                                        int64_t dil, A& xhat) {
+                                        int64_t p, int64_t c, int64_t L, int64_t C, int64_t K, int64_t j0, int64_t dil,
+                                        A& xhat) {
   const int64_t Kp = K - j0, width = Kp * C;
   A ga = 0;
   for (int64_t jj = 0; jj < Kp; ++jj) {
@@ -274,8 +278,8 @@ cudaError_t ln_relu_im2col(DType dtype, const void* in, const void* gamma, const
     using T = decltype(tag);
     using A = typename AccOf<T>::type;
     ln_relu_im2col_kernel<T><<<blocks, kRowThreads, 0, stream>>>(
-        static_cast<const T*>(in), static_cast<const T*>(gamma), static_cast<const T*>(beta), eps, S, L_in, L_out, C,
-        K, j0, dilation, compute_stats, static_cast<A*>(mean), static_cast<A*>(rstd), static_cast<T*>(col),
+        static_cast<const T*>(in), static_cast<const T*>(gamma), static_cast<const T*>(beta), eps, S, L_in, L_out, C, K,
+        j0, dilation, compute_stats, static_cast<A*>(mean), static_cast<A*>(rstd), static_cast<T*>(col),
         static_cast<T*>(copy_out), L_copy);
     return cudaGetLastError();
   });
@@ -300,8 +304,7 @@ cudaError_t ln_relu_col2im_backward(DType dtype, const void* gcol, const void* i
   const bool params = dgamma != nullptr || dbeta != nullptr;
   if (params) {
     if (workspace == nullptr) return cudaErrorInvalidValue;
-    CONURE_RETURN_IF_ERROR(
-        cudaMemsetAsync(workspace, 0, ln_relu_col2im_workspace_bytes(dtype, S, L, C), stream));
+    CONURE_RETURN_IF_ERROR(cudaMemsetAsync(workspace, 0, ln_relu_col2im_workspace_bytes(dtype, S, L, C), stream));
   }
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -313,8 +316,8 @@ cudaError_t ln_relu_col2im_backward(DType dtype, const void* gcol, const void* i
         dilation, static_cast<const T*>(residual), static_cast<T*>(grad_in), partial);
     CONURE_RETURN_IF_ERROR(cudaGetLastError());
     if (params) {
-      reduce_partials_kernel<A><<<flat_blocks(2 * C), 256, 0, stream>>>(partial, warps, C, static_cast<A*>(dgamma),
-                                                                       static_cast<A*>(dbeta));
+      reduce_partials_kernel<A>
+          <<<flat_blocks(2 * C), 256, 0, stream>>>(partial, warps, C, static_cast<A*>(dgamma), static_cast<A*>(dbeta));
       CONURE_RETURN_IF_ERROR(cudaGetLastError());
     }
     return cudaSuccess;

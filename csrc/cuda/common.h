@@ -28,9 +28,15 @@ inline int dtype_bytes(DType dtype) {
 // Raw-bits element type of a dtype's size: the layout kernels only move bits (+0.0 is all-zero bits in every
 // format), so they need no half-precision headers.
 template <int kBytes> struct Bits;
-template <> struct Bits<2> { using type = uint16_t; };
-template <> struct Bits<4> { using type = uint32_t; };
-template <> struct Bits<8> { using type = unsigned long long; };
+template <> struct Bits<2> {
+  using type = uint16_t;
+};
+template <> struct Bits<4> {
+  using type = uint32_t;
+};
+template <> struct Bits<8> {
+  using type = unsigned long long;
+};
 
 // Multiprocessors of the current device (grid sizes); a failed query is cleared (it is not sticky) and a fixed
 // size used instead.

@@ -115,16 +115,15 @@ cudaError_t launch_mask_weight(const void* weight, const uint8_t* owner, int tas
 }
 
 template <typename T, typename idx_t>
-cudaError_t launch_scatter_grad(const void* grad, int64_t so, int64_t sj, const uint8_t* owner, int task,
-                                int64_t C_out, int64_t C_in, int64_t K, int64_t j0, void* grad_weight,
-                                cudaStream_t stream) {
+cudaError_t launch_scatter_grad(const void* grad, int64_t so, int64_t sj, const uint8_t* owner, int task, int64_t C_out,
+                                int64_t C_in, int64_t K, int64_t j0, void* grad_weight, cudaStream_t stream) {
   const int64_t R = C_out * C_in;
   dim3 grid;
   if (!tile_grid(R, kScatterRows, K, kScatterCols, grid)) return cudaErrorInvalidConfiguration;
-  scatter_grad_kernel<T, idx_t><<<grid, kScatterRows, 0, stream>>>(
-      static_cast<const T*>(grad), static_cast<idx_t>(so), static_cast<idx_t>(sj), owner, task,
-      static_cast<idx_t>(C_in), static_cast<idx_t>(R), static_cast<idx_t>(K), static_cast<idx_t>(j0),
-      static_cast<T*>(grad_weight));
+  scatter_grad_kernel<T, idx_t>
+      <<<grid, kScatterRows, 0, stream>>>(static_cast<const T*>(grad), static_cast<idx_t>(so), static_cast<idx_t>(sj),
+                                          owner, task, static_cast<idx_t>(C_in), static_cast<idx_t>(R),
+                                          static_cast<idx_t>(K), static_cast<idx_t>(j0), static_cast<T*>(grad_weight));
   return cudaGetLastError();
 }
 
@@ -147,8 +146,8 @@ cudaError_t mask_weight(DType dtype, const void* weight, const uint8_t* owner, i
                         int64_t K, int64_t j0, void* out, int64_t so, int64_t sj, int64_t si, cudaStream_t stream) {
   if (C_out <= 0 || C_in <= 0 || K <= j0) return cudaSuccess;
   return by_type(dtype, C_out, C_in, K, [&](auto bits, auto index) {
-    return launch_mask_weight<decltype(bits), decltype(index)>(weight, owner, task, C_out, C_in, K, j0, out, so, sj,
-                                                                si, stream);
+    return launch_mask_weight<decltype(bits), decltype(index)>(weight, owner, task, C_out, C_in, K, j0, out, so, sj, si,
+                                                               stream);
   });
 }
 
@@ -157,7 +156,7 @@ cudaError_t scatter_grad(DType dtype, const void* grad, int64_t so, int64_t sj, 
   if (C_out <= 0 || C_in <= 0 || K <= 0) return cudaSuccess;
   return by_type(dtype, C_out, C_in, K, [&](auto bits, auto index) {
     return launch_scatter_grad<decltype(bits), decltype(index)>(grad, so, sj, owner, task, C_out, C_in, K, j0,
-                                                                 grad_weight, stream);
+                                                                grad_weight, stream);
   });
 }
 

@@ -12,7 +12,6 @@ namespace {
 
 using ull = unsigned long long;
 
-
 // ---------------------------------------------------------------------------------------------------------------
 // Prune: radix select on the bits of |w|, all on the device.
 //
@@ -80,7 +79,10 @@ __device__ __forceinline__ int find_tensor(const TensorDesc* __restrict__ desc, 
   int lo = 0, hi = num_tensors - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) >> 1;
-    if (desc[mid].tile_begin <= tile) lo = mid; else hi = mid - 1;
+    if (desc[mid].tile_begin <= tile)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
@@ -220,9 +222,12 @@ __global__ void __launch_bounds__(kSelectThreads)
       const long long k = static_cast<long long>(rint(keep_ratio * static_cast<double>(n)));
       state->n = n;
       state->k = k;
-      if (state->nan) mode = kNaN;
-      else if (k == n) mode = kKeepAll;
-      else if (k == 0) mode = kFreeAll;
+      if (state->nan)
+        mode = kNaN;
+      else if (k == n)
+        mode = kKeepAll;
+      else if (k == 0)
+        mode = kFreeAll;
       remaining = static_cast<ull>(k);
     }
     if (mode != kRunning) state->mode = mode;
@@ -237,9 +242,13 @@ __global__ void __launch_bounds__(kSelectThreads)
   int digit = -1;
   ull left = 0, ties = 0;
   if (excl < remaining && remaining <= s0) {
-    digit = b0; left = remaining - excl; ties = h0;
+    digit = b0;
+    left = remaining - excl;
+    ties = h0;
   } else if (s0 < remaining && (remaining <= incl || tid == kSelectThreads - 1)) {
-    digit = b1; left = remaining - s0; ties = h1;
+    digit = b1;
+    left = remaining - s0;
+    ties = h1;
   }
   if (digit >= 0) {
     state->prefix = (state->prefix << width) | static_cast<ull>(digit);
@@ -357,11 +366,16 @@ PruneLayout prune_layout(const PruneTensor* tensors, int num_tensors) {
   for (int s = 0; s < num_tensors; ++s) tiles += (tensors[s].numel + kTile - 1) / kTile;
   l.num_tiles = tiles;
   size_t at = 0;
-  l.state = at; at = align_up(at + sizeof(PruneState));
-  l.hist = at; at = align_up(at + sizeof(ull) * kBins);
-  l.desc = at; at = align_up(at + sizeof(TensorDesc) * static_cast<size_t>(num_tensors));
-  l.tile_ties = at; at = align_up(at + sizeof(unsigned) * static_cast<size_t>(tiles));
-  l.tile_offset = at; at = align_up(at + sizeof(ull) * static_cast<size_t>(tiles));
+  l.state = at;
+  at = align_up(at + sizeof(PruneState));
+  l.hist = at;
+  at = align_up(at + sizeof(ull) * kBins);
+  l.desc = at;
+  at = align_up(at + sizeof(TensorDesc) * static_cast<size_t>(num_tensors));
+  l.tile_ties = at;
+  at = align_up(at + sizeof(unsigned) * static_cast<size_t>(tiles));
+  l.tile_offset = at;
+  at = align_up(at + sizeof(ull) * static_cast<size_t>(tiles));
   l.bytes = at;
   return l;
 }
@@ -401,8 +415,8 @@ cudaError_t prune_run(const PruneTensor* tensors, int num_tensors, int task, dou
     const int top = kBits - kDigitBits * pass;  // digit bits [shift, top)
     const int shift = std::max(top - kDigitBits, 0);
     const int width = top - shift;
-    prune_hist_kernel<key_t><<<grid, kBlock, 0, stream>>>(desc, num_tensors, l.num_tiles, state, hist, task, pass,
-                                                         shift, width, inf_key);
+    prune_hist_kernel<key_t>
+        <<<grid, kBlock, 0, stream>>>(desc, num_tensors, l.num_tiles, state, hist, task, pass, shift, width, inf_key);
     CONURE_RETURN_IF_ERROR(cudaGetLastError());
     prune_select_kernel<<<1, kSelectThreads, 0, stream>>>(state, hist, pass, width, pass == kPasses - 1 ? 1 : 0,
                                                           keep_ratio);
@@ -412,8 +426,8 @@ cudaError_t prune_run(const PruneTensor* tensors, int num_tensors, int task, dou
   CONURE_RETURN_IF_ERROR(cudaGetLastError());
   prune_scan_kernel<<<1, kScanThreads, 0, stream>>>(state, tile_ties, tile_offset, l.num_tiles);
   CONURE_RETURN_IF_ERROR(cudaGetLastError());
-  prune_write_kernel<key_t><<<grid, kBlock, 0, stream>>>(desc, num_tensors, l.num_tiles, state, tile_ties,
-                                                          tile_offset, task);
+  prune_write_kernel<key_t>
+      <<<grid, kBlock, 0, stream>>>(desc, num_tensors, l.num_tiles, state, tile_ties, tile_offset, task);
   CONURE_RETURN_IF_ERROR(cudaGetLastError());
 
   PruneState host;
@@ -439,14 +453,14 @@ cudaError_t magnitude_prune(DType dtype, const PruneTensor* tensors, int num_ten
       return prune_run<uint32_t>(tensors, num_tensors, task, keep_ratio, 0x7f800000u, workspace, workspace_bytes,
                                  stream, result);
     case DType::kFloat64:
-      return prune_run<ull>(tensors, num_tensors, task, keep_ratio, 0x7ff0000000000000ull, workspace,
-                            workspace_bytes, stream, result);
+      return prune_run<ull>(tensors, num_tensors, task, keep_ratio, 0x7ff0000000000000ull, workspace, workspace_bytes,
+                            stream, result);
     case DType::kFloat16:
-      return prune_run<uint16_t>(tensors, num_tensors, task, keep_ratio, uint16_t(0x7c00u), workspace,
-                                 workspace_bytes, stream, result);
+      return prune_run<uint16_t>(tensors, num_tensors, task, keep_ratio, uint16_t(0x7c00u), workspace, workspace_bytes,
+                                 stream, result);
     case DType::kBFloat16:
-      return prune_run<uint16_t>(tensors, num_tensors, task, keep_ratio, uint16_t(0x7f80u), workspace,
-                                 workspace_bytes, stream, result);
+      return prune_run<uint16_t>(tensors, num_tensors, task, keep_ratio, uint16_t(0x7f80u), workspace, workspace_bytes,
+                                 stream, result);
   }
   return cudaErrorInvalidValue;
 }
