@@ -31,7 +31,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 # conure's version, from the package without importing it (it needs torch): part of the build's ABI stamp.
-VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "conure" / "__init__.py").read_text(), re.M).group(1)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "conure" / "version.py").read_text(), re.M).group(1)
 
 
 def _load_build_helpers():
