@@ -77,15 +77,15 @@ print(torch._C._dispatch_dump('conure::masked_causal_conv1d').splitlines()[-3:])
   echo "BUILD FAILED: no compiled extension with CUDA kernels"; exit 1
 fi
 
-stage "CUDA op tests (tests/test_ops_cuda.py)"
+stage "CUDA op tests (tests/ops/test_ops_cuda.py)"
 export CONURE_REQUIRE_EXTENSION=1
-timeout "$(cap 180)" "$PY" -m pytest tests/test_ops_cuda.py -q -rs -p no:cacheprovider --durations=5 || STATUS=1
+timeout "$(cap 180)" "$PY" -m pytest tests/ops/test_ops_cuda.py -q -rs -p no:cacheprovider --durations=5 || STATUS=1
 
 stage "whole suite (python -m pytest tests -q -x; test_ops_cuda.py ran above)"
 # a test module whose optional import (hypothesis, pytest-benchmark) is missing here errors at collection; the rest
 # still runs
 timeout "$(cap 240)" "$PY" -m pytest tests -q -x -rs -p no:cacheprovider --durations=5 \
-    --continue-on-collection-errors --ignore=tests/test_ops_cuda.py || STATUS=1
+    --continue-on-collection-errors --ignore=tests/ops/test_ops_cuda.py || STATUS=1
 
 stage "GPU benchmark"
 BUDGET=$(( $(left) - 20 ))

@@ -138,7 +138,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.pre_ln = pre_ln
         # Training through the fused op (conure.ops.residual_block) is on by default: its backward is bitwise
-        # reproducible (run to run and for any thread count; tests/test_fused.py::test_block_bitwise_reproducible).
+        # reproducible (run to run and for any thread count; tests/ops/test_fused.py::test_block_bitwise_reproducible).
         # fused_training=False trains through the composition of the conv ops instead (inference always takes the
         # fused op).
         self.fused_training = fused_training

@@ -27,11 +27,11 @@ requires_compiled = pytest.mark.skipif(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Hypothesis profiles (tests/test_fuzz.py and every other @given test): pick one with CONURE_HYPOTHESIS_PROFILE.
+# Hypothesis profiles (tests/ops/test_fuzz.py and every other @given test): pick one with CONURE_HYPOTHESIS_PROFILE.
 #   ci   (default) ~200 examples per property, derandomized: the same examples every run, stable in CI
-#   long 2000 examples per property, random: run by hand (CONURE_HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py)
+#   long 2000 examples per property, random: run by hand (CONURE_HYPOTHESIS_PROFILE=long pytest tests/ops/test_fuzz.py)
 #   dev  25 examples, for a quick local loop
-# Tests that pin max_examples themselves (e.g. test_data.py) keep their count; the other settings still apply.
+# Tests that pin max_examples themselves (e.g. data/test_data.py) keep their count; the other settings still apply.
 try:
     from hypothesis import HealthCheck as _HealthCheck
     from hypothesis import settings as _hyp_settings

@@ -222,7 +222,7 @@ def test_fused_block_nan_x(ctx):
     return block(x=_nan_at((2, 6, 4), (0, 2, 1)))
 
 
-# (moved from tests/test_fused.py test_block_bad_inputs / test_block_device_mismatch)
+# (moved from tests/ops/test_fused.py test_block_bad_inputs / test_block_device_mismatch)
 @raises(
     "fused.block.x_channels",
     "fused.residual_block",
@@ -395,7 +395,7 @@ def test_fused_post_nan_x(ctx):
     return post_block(x=_nan_at((2, 6, 4), (0, 2, 1)))
 
 
-# (moved from tests/test_fused.py test_post_ln_layer_norm_sizes_are_checked)
+# (moved from tests/ops/test_fused.py test_post_ln_layer_norm_sizes_are_checked)
 @raises(
     "fused.post.ln2_shape",
     "fused.residual_block_post_ln",
@@ -468,7 +468,7 @@ def test_fused_multi_weight_shape(ctx):
     return stack("multi_task_forward", wcols=[torch.randn(1, 11, 4), torch.randn(1, 12, 4)])
 
 
-# (moved from tests/test_streaming.py test_serving_bad_inputs and tests/test_fuzz.py)
+# (moved from tests/test_streaming.py test_serving_bad_inputs and tests/ops/test_fuzz.py)
 @raises(
     "fused.multi.weight1_shape",
     "fused.multi_task_forward",
@@ -731,7 +731,7 @@ def test_raw_stream_meta_mixed():
     raise NoError(y.device.type)
 
 
-# (moved from tests/test_fused.py test_raw_op_checks and tests/test_streaming.py)
+# (moved from tests/ops/test_fused.py test_raw_op_checks and tests/test_streaming.py)
 @raises(
     "raw.block.task_300",
     "torch.ops.conure.residual_block",

@@ -466,7 +466,7 @@ def test_op_conv_noncontiguous(ctx):
     return _noncontig(ctx)
 
 
-# (moved from tests/test_ops.py test_conv_bad_input / test_conv_device_mismatch)
+# (moved from tests/ops/test_ops.py test_conv_bad_input / test_conv_device_mismatch)
 @raises(
     "op.conv.w_rank_owner_3d",
     "ops.masked_causal_conv1d",

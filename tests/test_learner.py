@@ -384,7 +384,7 @@ def test_training_is_the_same_bits_run_to_run_at_a_given_thread_count():
     """Training is deterministic on one machine and thread count: the same bits twice, at 1 and at 2 threads.
 
     Across thread counts our operators give the same bits too (the fused block deals fixed chunks of sequences to
-    the threads and sums their partial gradients in chunk order: tests/test_fused.py checks it), but the rest of a
+    the threads and sums their partial gradients in chunk order: tests/ops/test_fused.py checks it), but the rest of a
     training step is torch's: the heads' GEMMs and the embedding's backward go through MKL/oneDNN, which may split a
     reduction between threads on some CPUs (Intel Sapphire Rapids, measured: the embedding differed between 1 and 2
     threads), so whole-training bits across thread counts are not promised (README: same machine, thread count)."""

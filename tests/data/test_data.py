@@ -3,7 +3,7 @@
 Input files are written into tmp_path from seeded random data. The streaming token readers are checked against the
 whole-file readers they replaced through those readers' recorded outcomes, tests/fixtures/whole_file_readers.json.gz
 (regenerate with ``python tests/fixtures/make_fixtures.py``). Slow test (1M interactions):
-``CONURE_SLOW_TESTS=1 python -m pytest tests/test_data.py -k million -s``.
+``CONURE_SLOW_TESTS=1 python -m pytest tests/data/test_data.py -k million -s``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from conure.data import readers as readers_module
 from conure.data.interactions import FirstSeenIndex, factorize
 from conure.data.tasks import _right_aligned
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OCCUPATIONS = ["writer", "doctor", "other", "student"]
 
 
@@ -938,7 +938,7 @@ def test_million_interactions_load_and_build_under_ten_seconds(tmp_path):
 BLOCK_SIZES = (1, 2, 3, 5, 8, 13, 64, 1 << 20)
 # The whole-file readers' outcomes on every input below, recorded by tests/fixtures/make_fixtures.py (which loads
 # those readers from the last commit that had them, with ``git show``): the tests need no git history.
-ORACLE_FILE = Path(__file__).resolve().parent / "fixtures" / "whole_file_readers.json.gz"
+ORACLE_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "whole_file_readers.json.gz"
 
 
 @functools.cache

@@ -1,0 +1,1 @@
+"""Tests of conure/data/ (readers, interactions, task building, samplers, the synthetic generator)."""
