@@ -60,13 +60,25 @@ class HeadsOnly(ContinualLearner):
         return {"scale": self.scale}
 
 
+# Defining the class registered it; the registry is global, so only the tests that ask for it see it (other test
+# modules iterate over every registered method).
+assert registry.METHODS.pop(HeadsOnly.method) is HeadsOnly
+
+
+@pytest.fixture
+def heads_only():
+    registry.register_method(HeadsOnly)
+    yield HeadsOnly
+    registry.METHODS.pop(HeadsOnly.method, None)
+
+
 def _positive(v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
         raise ValueError(f"must be a positive number, got {v!r}")
     return float(v)
 
 
-def test_a_method_registers_itself_and_runs_through_make_method(tiny_tasks):
+def test_a_method_registers_itself_and_runs_through_make_method(tiny_tasks, heads_only):
     assert registry.METHODS["example_heads_only"] is HeadsOnly
     net = NextItNet(tiny_tasks[0].num_items, channels=8, dilations=(1, 2))
     learner = conure.make_method("example_heads_only", net, seed=0, scale=0.5)
@@ -80,7 +92,7 @@ def test_a_method_registers_itself_and_runs_through_make_method(tiny_tasks):
     assert torch.equal(again.predict(2, probe), learner.predict(2, probe))
 
 
-def test_declared_options_are_validated(tiny_tasks):
+def test_declared_options_are_validated(tiny_tasks, heads_only):
     net = NextItNet(tiny_tasks[0].num_items, channels=8, dilations=(1,))
     with pytest.raises(ValueError, match=r"example_heads_only.scale must be a positive number, got -1"):
         conure.make_method("example_heads_only", net, scale=-1)
@@ -92,7 +104,7 @@ def test_declared_options_are_validated(tiny_tasks):
     assert registry.method_options("peterrec")["reduction"].default == 8
 
 
-def test_the_run_config_takes_the_methods_declared_options():
+def test_the_run_config_takes_the_methods_declared_options(heads_only):
     cfg, _ = load_config(None, ["method.keep_ratios=[0.2, 0.4]", "method.reduction=4"])
     assert cfg.method.options("conure") == {"keep_ratios": [0.2, 0.4]} and cfg.method.options("peterrec") == {
         "reduction": 4
