@@ -186,3 +186,31 @@ def test_scaling_py_rejects_bad_arguments():
         timeout=120,
     )
     assert res.returncode == 2 and "--loss: 'full' and/or 'sampled', got dense" in res.stderr
+
+
+def test_profile_epoch_groups_the_whole_epoch(tmp_path):
+    """benchmarks/profile_epoch.py on the synthetic sequence (no MovieLens-100K at the path): every part of the epoch
+    is accounted for, our operators and the labelled ranges (validation, checkpoint) among them."""
+    import re
+
+    for task in ("next_item", "gender"):
+        text = run(
+            "benchmarks/profile_epoch.py",
+            "--data",
+            str(tmp_path / "absent"),
+            "--task",
+            task,
+            "--channels",
+            "8",
+            "--users",
+            "300",
+            "--max-len",
+            "12",
+            "--checkpoint",
+            "--top",
+            "3",
+        )
+        assert "synthetic (300 users" in text and "machine: " in text
+        shares = dict(re.findall(r"^\| ([a-z -]+) \| [0-9.]+ \| ([0-9.]+)% \|$", text, re.M))
+        assert {"conure ops", "validation", "checkpoint", "optimizer"} <= set(shares), text
+        assert shares.pop("total") == "100" and sum(float(v) for v in shares.values()) == pytest.approx(100.0, abs=0.5)
