@@ -1,4 +1,6 @@
+import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +8,59 @@ import torch
 import conure
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+REPO = Path(conure.__file__).resolve().parents[1]
+
+# A run small enough for subprocess tests of `conure train`: synthetic data, 16 channels, 2 blocks.
+_TINY_RUN = {
+    "seed": 3,
+    "threads": 1,
+    "data": {
+        "kind": "synthetic",
+        "max_len": 12,
+        "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4},
+    },
+    "tasks": [
+        {"name": "next_item", "kind": "next_item"},
+        {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
+        {"name": "gender", "kind": "profile", "attribute": "gender"},
+    ],
+    "model": {"channels": 16, "dilations": [1, 2]},
+    "method": {"name": "conure", "keep_ratios": [0.5]},
+    "train": {"epochs": 2, "retrain_epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 128},
+    "output": {"plots": False, "tensorboard": False},
+}
+
+# The same sizes as --set overrides of a shipped config (the demo's, or any synthetic one).
+TINY_SETS = [
+    "threads=1",
+    "data.options.num_users=300",
+    "data.options.num_items=60",
+    "data.options.seq_len=12",
+    "data.options.num_target_items=30",
+    "data.options.num_topics=4",
+    "data.max_len=12",
+    "model.channels=16",
+    "model.dilations=[1,2]",
+    "train.epochs=2",
+    "train.retrain_epochs=1",
+]
+
+
+def tiny_run(tasks=None, **train) -> dict:
+    """A fresh copy of the tiny run config; ``tasks`` replaces its three tasks, ``train`` updates its train section."""
+    cfg = copy.deepcopy(_TINY_RUN)
+    if tasks is not None:
+        cfg["tasks"] = tasks
+    cfg["train"].update(train)
+    return cfg
+
+
+def cli_env() -> dict:
+    """The environment of a `conure` subprocess: this checkout's conure first, no progress bars."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e["CONURE_PROGRESS"] = "0"
+    return e
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import conure
 from conure import checkpoint as ckpt
 from conure.baselines import make_method
 from conure.config import load_config
@@ -31,35 +30,14 @@ from conure.data import make_synthetic_tasks
 from conure.learner import ResumeError, TaskConfig
 from conure.models import NextItNet
 from conure.runner import Run, phase_tensors, resume_point
+from tests.conftest import cli_env, tiny_run
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*compiled extension.*")
 
-REPO = Path(conure.__file__).resolve().parents[1]
-TINY = {
-    "seed": 3,
-    "threads": 1,
-    "data": {
-        "kind": "synthetic",
-        "max_len": 12,
-        "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4},
-    },
-    "tasks": [
-        {"name": "next_item", "kind": "next_item"},
-        {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
-        {"name": "gender", "kind": "profile", "attribute": "gender"},
-    ],
-    "model": {"channels": 16, "dilations": [1, 2]},
-    "method": {"name": "conure", "keep_ratios": [0.5]},
-    "train": {"epochs": 3, "retrain_epochs": 2, "lr": 0.01, "batch_size": 32, "eval_batch_size": 128},
-    "output": {"plots": False, "tensorboard": False},
-}
+TINY = tiny_run(epochs=3, retrain_epochs=2)
 
 
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    e["CONURE_PROGRESS"] = "0"
-    return e
+env = cli_env
 
 
 # ------------------------------------------------------------------------------------------------ container

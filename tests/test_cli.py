@@ -10,57 +10,21 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-import conure
 from conure.config import RunConfig, config_to_dict
+from tests.conftest import TINY_SETS, cli_env, tiny_run
 
-REPO = Path(conure.__file__).resolve().parents[1]
-
-TINY = {
-    "seed": 3,
-    "threads": 1,
-    "data": {
-        "kind": "synthetic",
-        "max_len": 12,
-        "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4},
-    },
-    "tasks": [
-        {"name": "next_item", "kind": "next_item"},
-        {"name": "service2", "kind": "item", "split": "stream", "stream": "service2"},
-        {"name": "gender", "kind": "profile", "attribute": "gender"},
-    ],
-    "model": {"channels": 16, "dilations": [1, 2]},
-    "method": {"name": "conure", "keep_ratios": [0.5]},
-    "train": {"epochs": 2, "retrain_epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 128},
-    "output": {"plots": False, "tensorboard": False},
-}
+TINY = tiny_run()
 
 # The demo, shrunk to test size (every other key as shipped: both methods, all five tasks).
-DEMO_SETS = [
-    "threads=1",
-    "data.options.num_users=300",
-    "data.options.num_items=60",
-    "data.options.seq_len=12",
-    "data.options.num_target_items=30",
-    "data.options.num_topics=4",
-    "data.max_len=12",
-    "model.channels=16",
-    "model.dilations=[1,2]",
-    "train.epochs=2",
-    "train.retrain_epochs=1",
-]
+DEMO_SETS = TINY_SETS
 
 
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    e["CONURE_PROGRESS"] = "0"
-    return e
+env = cli_env
 
 
 def conure_cmd(*args, cwd=None, input=None, timeout=180):

@@ -20,6 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from conure import distributed as D
 from conure.heads import ItemHead, head_memory
+from tests.conftest import TINY_SETS
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*compiled extension.*")
 
@@ -353,21 +354,7 @@ def test_sampled_softmax_peak_memory_measured():
 
 
 # ------------------------------------------------------------------------------------- conure train (the CLI)
-TRAIN_SETS = [
-    "threads=1",
-    "data.options.num_users=300",
-    "data.options.num_items=60",
-    "data.options.seq_len=12",
-    "data.options.num_target_items=30",
-    "data.options.num_topics=4",
-    "data.max_len=12",
-    "model.channels=16",
-    "model.dilations=[1,2]",
-    "train.epochs=2",
-    "train.retrain_epochs=1",
-    "output.plots=false",
-    "output.tensorboard=false",
-]
+TRAIN_SETS = TINY_SETS + ["output.plots=false", "output.tensorboard=false"]
 
 
 def torchrun_train(out, *args, sets=(), timeout=90, **extra):

@@ -13,38 +13,18 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import yaml
 
-import conure
 from conure import checkpoint as ckpt
 from conure.runlock import LOCK_NAME, RunLock, RunLocked, holder
+from tests.conftest import cli_env, tiny_run
 
-REPO = Path(conure.__file__).resolve().parents[1]
-
-TINY = {
-    "seed": 3,
-    "threads": 1,
-    "data": {
-        "kind": "synthetic",
-        "max_len": 12,
-        "options": {"num_users": 300, "num_items": 60, "seq_len": 12, "num_target_items": 30, "num_topics": 4},
-    },
-    "tasks": [{"name": "next_item", "kind": "next_item"}],
-    "model": {"channels": 16, "dilations": [1, 2]},
-    "method": {"name": "conure", "keep_ratios": [0.5]},
-    "train": {"epochs": 40, "retrain_epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 128},
-    "output": {"plots": False, "tensorboard": False},
-}
+TINY = tiny_run(tasks=[{"name": "next_item", "kind": "next_item"}], epochs=40)
 
 
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    e["CONURE_PROGRESS"] = "0"
-    return e
+env = cli_env
 
 
 def argv(*args):
