@@ -74,6 +74,11 @@ class Pool(nn.Module):
         if mode == "attention":
             self.query = nn.Parameter(torch.zeros(channels))
 
+    def reads(self, items: torch.Tensor) -> Optional[int]:
+        """How many last positions of ``hidden`` this pooling reads for ``items [B, L]``: 1 for ``"last"`` on
+        left-padded rows (the last real position is then L - 1), else None (all)."""
+        return 1 if self.mode == "last" and left_padded(items) else None
+
     def forward(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         if self.mode == "last":
             return gather_last(hidden, items)
@@ -282,7 +287,7 @@ class ItemHead(_SamplingHead):
         return self.pooling(hidden, items)
 
     def reads(self, items):
-        return 1 if self.pooling.mode == "last" and left_padded(items) else None
+        return self.pooling.reads(items)
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         s = self.proj(user) @ self.table.weight.T
@@ -362,7 +367,7 @@ class ProfileHead(TaskHead):
         return self.pooling(hidden, items)
 
     def reads(self, items):
-        return 1 if self.pooling.mode == "last" and left_padded(items) else None
+        return self.pooling.reads(items)
 
     def scores(self, user: torch.Tensor) -> torch.Tensor:
         return self.out(user)

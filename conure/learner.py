@@ -256,6 +256,7 @@ class ContinualLearner:
         self._data: Dict[int, TaskData] = {}
         self._current: Dict[str, Any] = {}  # the record of the task being learned
         self.callbacks: List[Callback] = []  # conure.callbacks.Callback instances, called in order
+        self._function_hooks = FunctionHooks(self)  # on_epoch_end / on_phase_end, called after the callbacks
         self._epoch_events = True  # False while keep_ratio "auto" searches (see _AutoKeep)
 
     def __init_subclass__(cls, **kwargs):
@@ -439,7 +440,7 @@ class ContinualLearner:
     def _emit(self, event: str, *args) -> None:
         if event == "on_epoch_end" and not self._epoch_events:
             return
-        for cb in self.callbacks + [FunctionHooks(self)]:
+        for cb in self.callbacks + [self._function_hooks]:
             getattr(cb, event)(*args)
 
     def _verify_replicas(self, where: str) -> None:

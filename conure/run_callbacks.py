@@ -77,7 +77,6 @@ class ProgressBars(Callback):
         )
         self.epochs.n = state.first_epoch - 1  # a resumed phase starts after its saved epoch
         self.epochs.refresh()
-        self.num_batches = state.num_batches
 
     def on_train_batch_end(self, state: PhaseState, batch: int) -> None:
         if batch == 0:
