@@ -2,6 +2,7 @@
 
     python benchmarks/e2e_ml100k.py [--data ../shared/data/ml-100k] [--repeats 5] [--threads 1] [--json FILE]
                                     [--task next_item|gender] [--max-len 50] [--positions needed|all]
+                                    [--precision fp32|bf16] [--against reference|fp32]
 
 ``--task gender``: a later task instead of task 1: task 1 is claimed without training (0 epochs, half its weights
 kept), then one epoch of the gender task (profile head, ``pool: last``) is timed at ``--max-len`` (100 is the issue's
@@ -15,6 +16,10 @@ ends the epoch included). The reference side runs the very same code with ``CONU
 conure op, the fused block included, falls back to its pure-torch twin in conure/reference.py. Ours and the
 reference alternate, one process each per repeat, so drift on a shared machine hits both; the row is the median.
 Peak memory: growth of the process's resident high-water mark during the timed call.
+
+``--precision bf16``: both sides train under CPU bfloat16 autocast (``train.precision: bf16``: float32 master weights
+and optimizer state). ``--against fp32`` compares ours at ``--precision`` with ours in float32 instead of with the
+reference (the "reference" columns are then ours in float32): what the precision setting buys a user.
 
 Skipped (exit 0, a line saying so) when the data directory is absent: its licence forbids shipping it.
 """
@@ -52,7 +57,8 @@ if {task!r} == "gender":
 tasks = build_task_sequence(inter, specs, max_len={max_len}, seed=0)
 net = NextItNet(tasks[0].num_items, 256, 3, (1, 4) * 4)
 learner = ConureLearner(net, keep_ratios=1.0, seed=0)
-cfg = TaskConfig(epochs=1, retrain_epochs=0, keep_ratio=1.0, batch_size=32, evaluate_all=False, pool="last")
+cfg = TaskConfig(epochs=1, retrain_epochs=0, keep_ratio=1.0, batch_size=32, evaluate_all=False, pool="last",
+                 precision={precision!r})
 task_id = 1 if {task!r} == "next_item" else 2
 if task_id == 2:
     learner.learn(tasks[0], 1, TaskConfig(epochs=0, retrain_epochs=0, keep_ratio=0.5, evaluate_all=False))
@@ -76,6 +82,7 @@ def measure(
     task: str = "next_item",
     max_len: int = 50,
     positions: str = "needed",
+    precision: str = "fp32",
 ) -> dict:
     env = dict(os.environ)
     env.pop("CONURE_FORCE_REFERENCE", None)
@@ -89,6 +96,7 @@ def measure(
         task=task,
         max_len=max_len,
         positions=positions,
+        precision=precision,
         clock="time.process_time" if clock == "cpu" else "time.perf_counter",
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -111,17 +119,25 @@ def main(argv=None) -> list:
     parser.add_argument("--task", default="next_item", choices=["next_item", "gender"])
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--positions", default="needed", choices=["needed", "all"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--against", default="reference", choices=["reference", "fp32"])
     args = parser.parse_args(argv)
     if not (args.data / "u.data").exists():
         print(f"e2e: skipped, no MovieLens-100K at {args.data} (u.data missing)")
         return []
     ours, ref = [], []
     for _ in range(args.repeats):
-        ours.append(measure(args.data, False, args.threads, args.clock, args.task, args.max_len, args.positions))
-        ref.append(measure(args.data, True, args.threads, args.clock, args.task, args.max_len, args.positions))
+        common = (args.threads, args.clock, args.task, args.max_len, args.positions)
+        ours.append(measure(args.data, False, *common, args.precision))
+        if args.against == "fp32":
+            ref.append(measure(args.data, False, *common, "fp32"))
+        else:
+            ref.append(measure(args.data, True, *common, args.precision))
     t_ours = statistics.median(r["ms"] for r in ours)
     t_ref = statistics.median(r["ms"] for r in ref)
     what = "task 1" if args.task == "next_item" else f"later task {args.task} (pool last, positions {args.positions})"
+    if args.precision != "fp32" or args.against != "reference":
+        what += f", {args.precision} vs {'ours fp32' if args.against == 'fp32' else 'reference ' + args.precision}"
     row = {
         "name": f"e2e ML-100K {what}, one epoch (B=32, L={args.max_len}, {ours[0]['train_users']} training users)",
         "ours_ms": round(t_ours, 1),

@@ -1,7 +1,8 @@
 """Where one training epoch's time goes: torch.profiler over ``ConureLearner.learn`` for one epoch of a task.
 
     python benchmarks/profile_epoch.py [--data ../shared/data/ml-100k] [--task next_item|gender] [--max-len 50]
-                                       [--threads 1] [--batch 32] [--checkpoint] [--top 15]
+                                       [--threads 1] [--batch 32] [--precision fp32|bf16]
+                                       [--checkpoint] [--top 15]
 
 The learner runs as ``conure train`` runs it (the paper-shaped backbone, Adam, the epoch's validation pass), with the
 epoch checkpoint of ``conure train`` when ``--checkpoint`` is given. Ranges are labelled through callbacks (the
@@ -119,6 +120,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--users", type=int, default=2000, help="synthetic users when MovieLens-100K is absent")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="train.precision")
     parser.add_argument("--checkpoint", action="store_true", help="write the per-epoch checkpoint, as conure train")
     parser.add_argument("--top", type=int, default=15, help="rows of the per-operator table")
     args = parser.parse_args(argv)
@@ -129,7 +131,13 @@ def main(argv=None) -> dict:
     tasks, source = build(args)
     learner = ConureLearner(NextItNet(tasks[0].num_items, args.channels, 3, (1, 4) * 4), keep_ratios=1.0, seed=0)
     cfg = TrainConfig(
-        epochs=1, retrain_epochs=0, keep_ratio=1.0, batch_size=args.batch, evaluate_all=False, pool="last"
+        epochs=1,
+        retrain_epochs=0,
+        keep_ratio=1.0,
+        batch_size=args.batch,
+        evaluate_all=False,
+        pool="last",
+        precision=args.precision,
     )
     task_id = 1 if args.task == "next_item" else 2
     if task_id == 2:
@@ -148,6 +156,7 @@ def main(argv=None) -> dict:
     print(machine.line())
     print(
         f"data: {source}; task {args.task} ({len(tasks[task_id - 1].train)} training users), B={args.batch}, "
+        f"{args.precision}, "
         f"L={args.max_len}, C={args.channels}, 8 blocks; one epoch: {wall:.2f} s wall under the profiler"
     )
     print("| part | self CPU s | share |")

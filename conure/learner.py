@@ -14,9 +14,11 @@ Conure, task t (:meth:`ConureLearner.learn`):
 5. freeze: from now on nothing task t's output depends on changes, so task t's predictions stay bit-identical
    however many tasks follow.
 
-Frozen weights stay bit-identical under Adam and AdamW (whose weight decay and momentum move zero-gradient weights):
-every phase gets a fresh optimizer over the phase's trainable tensors only, and after every optimizer step the conv
-weights not owned by the task being trained are copied back from a snapshot taken at the start of the phase.
+Frozen weights stay bit-identical: every phase gets a fresh optimizer over the phase's trainable tensors only, and
+the conv weights not owned by the task being trained get an exactly zero gradient (the op's backward). Adam without
+weight decay then leaves them in place bit for bit (their moments stay 0, so each update is 0); weight decay (Adam's
+L2 term, AdamW's decoupled decay) moves them, so with it the frozen entries are copied back from a snapshot taken at
+the start of the phase after every optimizer step. Either way every phase ends by checking the frozen tasks' digests.
 
 Metrics, after each task every learned task is evaluated on its test split (primary metric: ``mrr@5`` for ranking
 tasks, ``bacc``, balanced accuracy, for profile tasks: see :func:`conure.metrics.default_metric`). With
@@ -68,6 +70,20 @@ __all__ = [
 
 CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}  # TrainConfig.class_weight -> power of N / (K n_k)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # TrainConfig.precision -> autocast dtype
+
+
+def moves_zero_grad_entries(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s optimizer moves a weight whose gradient is exactly 0 at every step: Adam's L2 term and AdamW's
+    decoupled decay do; plain Adam does not (its moments stay 0, each update is exactly 0)."""
+    return cfg.weight_decay != 0
+
+
+def make_optimizer(params: List[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """A phase's Adam/AdamW: the fused kernel (one pass over each tensor; ~3x faster than the for-loop on CPU and 7x
+    the foreach one, measured on the conv weights) where torch has it for these tensors, else torch's default."""
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return opt_cls(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def autocast(precision: str, device: torch.device):
@@ -283,7 +299,7 @@ class ContinualLearner:
     def _check_new_task(self, task_id: int) -> None:
         """Method-specific checks before anything changes (raise here, e.g. CapacityError)."""
 
-    def _phase_start(self, task_id: int) -> None:
+    def _phase_start(self, task_id: int, cfg: TrainConfig) -> None:
         """Called before a phase's first step."""
 
     def _after_step(self, task_id: int) -> None:
@@ -465,8 +481,7 @@ class ContinualLearner:
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = make_optimizer(params, cfg, cfg.lr)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, phase))
         # float16 gradients underflow without loss scaling; a resumed fp16 phase starts a fresh scale
         scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
@@ -475,7 +490,7 @@ class ContinualLearner:
             best_value, best_epoch, stopped, first = point.best_value, point.best_epoch, point.stopped, point.epoch + 1
         step = self.execution_backend().steps(self._phase_inputs(task_id, cfg, phase, gen))
         info_metric = self._info(task_id)["metric"]
-        self._phase_start(task_id)
+        self._phase_start(task_id, cfg)
         warm = phase == "train" and cfg.head_warmup > 0 and head.kind != "next_item"
         if point is None and warm:
             self._warm_head(task_id, cfg)
@@ -588,8 +603,7 @@ class ContinualLearner:
             }
             self.store.train(was_training)
         params = [p for p in head.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(params, lr=cfg.head_lr or cfg.lr, weight_decay=cfg.weight_decay)
+        opt = make_optimizer(params, cfg, cfg.head_lr or cfg.lr)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, task_id, "head_warmup"))
         train, valid_targets = data.train, data.valid.targets.to(self.device)
         patience = max(10, cfg.patience or 0)
@@ -1053,9 +1067,13 @@ class ConureLearner(ContinualLearner):
             params += list(self.backbone.shared_parameters())  # embedding, LayerNorms: task 1 only
         return params
 
-    def _phase_start(self, task_id):
+    def _phase_start(self, task_id, cfg):
+        # Only weight decay moves a weight whose gradient is exactly 0 (see the module docstring): without it there is
+        # nothing to copy back, which saved ~5% of a later task's epoch (benchmarks/RESULTS.md).
         self._snapshots = [
-            (m.weight, m.owner != task_id, m.weight.detach().clone()) for _, m in self.backbone.conv_layers()
+            (m.weight, m.owner != task_id, m.weight.detach().clone())
+            for _, m in self.backbone.conv_layers()
+            if moves_zero_grad_entries(cfg)
         ]
 
     def _phase_end(self, task_id):

@@ -107,6 +107,21 @@ def test_e2e_runs_both_backends_on_a_small_movielens_file(tmp_path):
     )
     rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
     assert rows[0]["name"].startswith("e2e ML-100K later task gender (pool last, positions needed)"), rows
+    text = run(
+        "benchmarks/e2e_ml100k.py",
+        "--data",
+        str(data),
+        "--repeats",
+        "1",
+        "--precision",
+        "bf16",
+        "--against",
+        "fp32",
+        "--json",
+        str(out),
+    )
+    rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
+    assert rows[0]["name"].startswith("e2e ML-100K task 1, bf16 vs ours fp32, one epoch"), rows
 
 
 @pytest.mark.skipif(ops.backend() != "compiled", reason="compares the compiled ops with the reference")

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conure import learner as learner_mod
 from conure import metrics as M
 from conure import reference
 from conure.baselines import METHODS, make_method
@@ -256,6 +257,29 @@ def test_without_the_restore_adamw_moves_frozen_weights(tasks, probe, monkeypatc
         learner.learn(tasks[1], 2, cfg)
     assert task_hash(learner, 1) != before and not torch.equal(learner.predict(1, probe), pred)
     assert learner.learned_tasks == [1]  # the failed task was undone
+
+
+def test_plain_adam_needs_no_restore_and_runs_fused(tasks, probe, monkeypatch):
+    """Without weight decay the frozen entries' gradients are exactly 0 and Adam leaves them in place bit for bit,
+    so the learner takes no snapshot (the copy-back was ~5% of a later task's epoch); with decay it does. The
+    optimizer is torch's fused Adam where it exists. The bits themselves: test_earlier_tasks_stay_bit_identical."""
+    seen = []
+    restore = ConureLearner._after_step
+    monkeypatch.setattr(
+        ConureLearner, "_after_step", lambda self, t: seen.append(len(self._snapshots)) or restore(self, t)
+    )
+    made = []
+    real = learner_mod.make_optimizer
+    monkeypatch.setattr(learner_mod, "make_optimizer", lambda *a: made.append(real(*a)) or made[-1])
+    learner = ConureLearner(fresh_backbone(tasks[0].num_items), keep_ratios=0.5, seed=0)
+    learner.learn(tasks[0], 1, TaskConfig(epochs=1, retrain_epochs=0, batch_size=256))
+    before = task_hash(learner, 1)
+    learner.learn(tasks[1], 2, TaskConfig(epochs=1, retrain_epochs=0, batch_size=256))
+    assert seen and set(seen) == {0} and task_hash(learner, 1) == before
+    assert made and all(opt.defaults["fused"] for opt in made)
+    seen.clear()
+    learner.learn(tasks[2], 3, TaskConfig(epochs=1, retrain_epochs=0, batch_size=256, weight_decay=0.1))
+    assert seen and set(seen) == {len(list(learner.backbone.conv_layers()))}
 
 
 def test_frozen_digests_survive_a_state_round_trip(conure_adam):
