@@ -147,8 +147,11 @@ def main(argv=None) -> list:
         "reference_peak_mib": round(statistics.median(r["peak_mib"] for r in ref), 1),
     }
     sys.path.insert(0, str(ROOT))
+    import torch
+
     from benchmarks import machine
 
+    torch.set_num_threads(args.threads)  # as the children ran, so the machine line says it
     print(machine.line())
     print(f"threads {args.threads}, clock {args.clock}, repeats {args.repeats}")
     print("| case | ours ms | reference ms | ratio | ours peak MiB | reference peak MiB |")

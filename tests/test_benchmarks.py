@@ -229,3 +229,28 @@ def test_profile_epoch_groups_the_whole_epoch(tmp_path):
         shares = dict(re.findall(r"^\| ([a-z -]+) \| [0-9.]+ \| ([0-9.]+)% \|$", text, re.M))
         assert {"conure ops", "validation", "checkpoint", "optimizer"} <= set(shares), text
         assert shares.pop("total") == "100" and sum(float(v) for v in shares.values()) == pytest.approx(100.0, abs=0.5)
+
+
+def test_precision_accuracy_pairs_seeds(tmp_path):
+    """Two made-up comparison results: the paired difference and the loss gap are what the numbers say."""
+
+    def results(mrr, loss):
+        runs = [
+            {
+                "seed": s,
+                "methods": {
+                    "conure": {
+                        "final": {"next_item": {"mrr@5": m, "hr@5": 2 * m, "hr@20": 4 * m}},
+                        "epochs": [{"task": 1, "phase": "train", "epoch": 1, "loss": lo}],
+                    }
+                },
+            }
+            for s, (m, lo) in enumerate(zip(mrr, loss))
+        ]
+        return json.dumps({"runs": runs})
+
+    (tmp_path / "a.json").write_text(results([0.1, 0.2], [5.0, 5.0]))
+    (tmp_path / "b.json").write_text(results([0.2, 0.3], [5.0, 5.5]))
+    text = run("benchmarks/precision_accuracy.py", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert "| next_item mrr@5 | 0.1500 ± 0.0707 | 0.2500 ± 0.0707 | +0.1000 ± 0.0000 | +66.7% |" in text, text
+    assert "| task 1, epoch 1 | 5.0000 | 5.2500 | 5.00%, 10.00% |" in text, text
