@@ -136,7 +136,11 @@ def masked_causal_conv1d(
     bfloat16 and float16 accumulate in float32 and round once: y and the gradient of x take the K taps in one GEMM
     over the taps side by side, each weight tap's gradient is one GEMM (on CUDA as far as torch's
     ``allow_fp16/bf16_reduced_precision_reduction`` flags let cuBLAS).
+
+    Under ``torch.autocast`` (bfloat16 on CPU, float16/bfloat16 on CUDA) x, weight and bias are cast to the autocast
+    dtype, as ``nn.Conv1d``'s are, and y comes back in it; the gradients reach the float32 leaves.
     """
+    x, weight, bias = _autocast_inputs(x, weight, bias)
     checks.check_conv_inputs(x, weight, owner, task, bias, dilation)
     if not _COMPILED:
         return reference.masked_causal_conv1d(x, weight, owner, task, bias, dilation)

@@ -288,3 +288,28 @@ def test_prune_leaves_weights_and_handles_noncontiguous_weight(device):
 
 
 # Bad inputs (wrapper and raw operator): tests/bad_inputs/test_ops.py and test_raw_ops.py, one row each.
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_conv_bfloat16_autocast(backend, monkeypatch):
+    """Under CPU bfloat16 autocast the masked conv runs in bfloat16, as nn.Conv1d does, on either backend (the
+    reference one is what a machine without the compiled ops runs `train.precision: bf16` with): close to float32,
+    gradients reach the float32 leaves and stay exactly zero where the task does not own the weight."""
+    if backend == "compiled" and not ops.available():
+        pytest.skip("compiled ops not available")
+    if backend == "reference":
+        monkeypatch.setattr(ops, "_COMPILED", False)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 11, 16, generator=g)
+    w = torch.randn(12, 16, 3, generator=g, requires_grad=True)
+    b = torch.randn(12, generator=g, requires_grad=True)
+    owner = torch.randint(0, 4, (12, 16, 3), generator=g, dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.masked_causal_conv1d(x, w, owner, 2, b, 2)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    want = reference.masked_causal_conv1d(x, w.detach(), owner, 2, b.detach(), 2)
+    torch.testing.assert_close(y.float(), want, rtol=0.05, atol=0.1)
+    assert w.grad is not None and w.grad.dtype == torch.float32 and b.grad is not None
+    assert torch.isfinite(w.grad).all() and bool((w.grad[owner != 2] == 0).all())
+    assert bool((w.grad[owner == 2] != 0).any())
