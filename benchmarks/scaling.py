@@ -107,7 +107,7 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
     from conure.baselines import make_method  # noqa: F401  (imported as a run would: registers the methods)
     from conure.data import build_task_sequence, make_synthetic_interactions
     from conure.data.types import Split
-    from conure.learner import ConureLearner, TrainConfig
+    from conure.learner import ConureLearner, TrainConfig, make_optimizer
     from conure.models import NextItNet
     from conure.predict import iter_predictions
 
@@ -166,11 +166,11 @@ def child(a: argparse.Namespace) -> Dict[str, Any]:
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = make_optimizer(params, cfg, cfg.lr)
         gen = torch.Generator().manual_seed(a.seed)
         # the learner's own phase pieces (its backend's batches and loss), without the per-epoch validation
         step = learner.execution_backend().steps(learner._phase_inputs(1, cfg, "train", gen))
-        learner._phase_start(1)
+        learner._phase_start(1, cfg)
         learner.store.train()
         n, t_start = 0, None
         for items, targets in step.batches(1):
