@@ -269,33 +269,37 @@ Decision measure(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
   return {aten * kAtenMargin < onednn ? Backend::kAten : Backend::kOneDnn, onednn, aten, false};
 }
 
+// An open file descriptor, closed (and its flock released) however the scope is left.
+struct OpenFile {
+  int fd;
+  ~OpenFile() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
 // The decision for a class this process has not seen (p.mutex held): another process's, if the file has one by
 // now, else measured here and appended. The file stays locked from the re-read to the append.
 Decision decide(Plan& p, const std::string& key, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                 bool accumulate) {
-  int fd = -1;
+  OpenFile file{-1};
   if (!p.path.empty()) {
     std::error_code ignored;  // an unwritable directory shows as the open's failure below
     std::filesystem::create_directories(std::filesystem::path(p.path).parent_path(), ignored);
-    fd = ::open(p.path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd >= 0 && ::flock(fd, LOCK_EX) != 0) {
-      ::close(fd);
-      fd = -1;
+    file.fd = ::open(p.path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (file.fd >= 0 && ::flock(file.fd, LOCK_EX) != 0) {
+      ::close(file.fd);
+      file.fd = -1;
     }
-    if (fd >= 0) {
-      merge_plan_text(p, read_all(fd));
+    if (file.fd >= 0) {
+      merge_plan_text(p, read_all(file.fd));
       const auto it = p.decisions.find(key);
-      if (it != p.decisions.end()) {
-        ::close(fd);
-        return it->second;
-      }
+      if (it != p.decisions.end()) return it->second;
     }
   }
   const Decision d = measure(out, a, b, accumulate);
   p.decisions.emplace(key, d);
   const std::string line = format_decision(key, d) + "\n";
-  const bool written = fd >= 0 && ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-  if (fd >= 0) ::close(fd);  // releases the lock
+  const bool written = file.fd >= 0 && ::write(file.fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
   if (!written && !p.path.empty() && !p.warned_unwritable) {
     p.warned_unwritable = true;
     TORCH_WARN("conure: cannot write the CPU GEMM plan file ", p.path,
@@ -352,15 +356,14 @@ std::string cpu_gemm_plan_file(const std::string& path) {
   p.decisions.clear();
   p.warned_unwritable = false;
   if (path.empty()) return "";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  const OpenFile file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) {
     return errno == ENOENT || errno == ENOTDIR
                ? ""
                : "cannot read the CPU GEMM plan file " + path + " (" + std::strerror(errno) + ")";
   }
-  ::flock(fd, LOCK_SH);  // no half-written line
-  const int malformed = merge_plan_text(p, read_all(fd));
-  ::close(fd);
+  ::flock(file.fd, LOCK_SH);  // no half-written line
+  const int malformed = merge_plan_text(p, read_all(file.fd));
   if (malformed == 0) return "";
   return "skipped " + std::to_string(malformed) + " malformed line(s) of the CPU GEMM plan file " + path +
          " (those shape classes are measured again)";
