@@ -207,7 +207,6 @@ def test_a_large_gemm_is_measured_once_and_recorded(fresh_plan):
     torch.testing.assert_close(y, reference.masked_causal_conv1d(x, w, owner, 2), rtol=1e-4, atol=1e-4)
 
 
-@needs_auto
 def test_malformed_plan_lines_are_skipped_with_a_warning(fresh_plan):
     valid = f"{CONV_FORWARD_KEY} aten onednn_us=100.0 aten_us=50.0"
     fresh_plan.write_text(
@@ -225,7 +224,7 @@ def test_malformed_plan_lines_are_skipped_with_a_warning(fresh_plan):
     assert torch.ops.conure.cpu_gemm_plan() == [valid + " file"]
     before = fresh_plan.read_text()
     x, w, owner = conv_inputs()
-    y = ops.masked_causal_conv1d(x, w, owner, 2)  # the file's choice (aten): nothing measured
+    y = ops.masked_causal_conv1d(x, w, owner, 2)  # the file's choice (aten; or the switch's): nothing measured
     assert torch.ops.conure.cpu_gemm_plan() == [valid + " file"] and fresh_plan.read_text() == before
     torch.testing.assert_close(y, reference.masked_causal_conv1d(x, w, owner, 2), rtol=1e-4, atol=1e-4)
 
@@ -242,7 +241,6 @@ def test_an_unwritable_plan_file_keeps_the_plan_in_memory(tmp_path, fresh_plan):
     assert len(plan()) > 1 and all(e["source"] == "measured" for e in plan())
 
 
-@needs_auto
 def test_block_same_bits_at_two_threads_and_one_after_a_fresh_plan(fresh_plan):
     """Two chunk threads meet an empty plan at once: they wait for one decision per class, and the result is the
     one a single thread gets afterwards."""
@@ -254,7 +252,8 @@ def test_block_same_bits_at_two_threads_and_one_after_a_fresh_plan(fresh_plan):
             results.append(workload(ops.masked_causal_conv1d, ops.residual_block))
     finally:
         torch.set_num_threads(before)
-    assert any(e["key"].endswith("in-region") for e in plan())
+    if gemm_rule().startswith("auto"):
+        assert any(e["key"].endswith("in-region") for e in plan())
     assert len(plan_lines(fresh_plan)) == len(plan())
     for got in results[1:]:
         for name in got:
