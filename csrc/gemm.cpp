@@ -6,14 +6,15 @@
 //   <dtype> <mm|bmm> <layout> M=<m> N=<n> K=<k> <top-level|in-region> <onednn|aten> onednn_us=<t> aten_us=<t>
 // dtype: float32 or bfloat16; layout: a's then b's, N (rows contiguous), T (transposed) or X (other strides); M, N, K
 // rounded up to powers of two; in-region: inside an at::parallel_for (the fused blocks' chunks), where each GEMM runs
-// on one thread. The first line of a key wins; malformed lines are skipped with a warning. A new decision is appended
-// as one write(), under an flock and after re-reading the file, so processes that start together make one decision per
-// class.
+// on one thread. The first line of a key wins; malformed lines are skipped (and counted for the caller to warn). A new
+// decision is appended as one write(), under an flock and after re-reading the file, so processes that start together
+// make one decision per class.
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty_native.h>
+#include <c10/util/ParallelGuard.h>
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -163,6 +164,11 @@ char layout(const at::Tensor& t) {
   return t.stride(-2) == 1 ? 'T' : 'X';
 }
 
+// Inside an at::parallel_for body, on any thread count. at::in_parallel_region() alone is false in parallel_for's
+// one-thread path with OpenMP, which would give the fused blocks' chunk GEMMs another class (and maybe another
+// backend, other bits) at one thread than at two; parallel_for sets the ParallelGuard on both paths.
+bool in_parallel_for() { return c10::ParallelGuard::is_enabled() || at::in_parallel_region(); }
+
 // "<dtype> <mm|bmm> <layout> M=.. N=.. K=.. <top-level|in-region>"
 std::string class_key(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, int64_t M, int64_t N,
                       int64_t K) {
@@ -170,7 +176,7 @@ std::string class_key(const at::Tensor& out, const at::Tensor& a, const at::Tens
   std::snprintf(buf, sizeof(buf), "%s %s %c%c M=%lld N=%lld K=%lld %s",
                 out.scalar_type() == at::kFloat ? "float32" : "bfloat16", out.dim() == 3 ? "bmm" : "mm", layout(a),
                 layout(b), static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K),
-                at::in_parallel_region() ? "in-region" : "top-level");
+                in_parallel_for() ? "in-region" : "top-level");
   return buf;
 }
 
