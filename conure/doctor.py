@@ -92,8 +92,13 @@ def _gemm(compiled: bool, plan_file: Optional[str]) -> Dict[str, object]:
     """The CPU GEMM: CONURE_CPU_GEMM, the rule in use, the plan file and its entries (csrc/gemm.cpp)."""
     import torch
 
-    r: Dict[str, object] = {"switch": os.environ.get("CONURE_CPU_GEMM"), "rule": None, "plan_file": plan_file}
-    r.update(plan=[], error=None)
+    r: Dict[str, object] = {
+        "switch": os.environ.get("CONURE_CPU_GEMM"),
+        "rule": None,
+        "plan_file": plan_file,
+        "plan": [],
+        "error": None,
+    }
     if compiled:
         try:
             r["rule"] = str(torch.ops.conure.cpu_gemm_backend())
@@ -217,6 +222,6 @@ def _format_gemm(gemm: Dict[str, object]) -> str:
         return f"{switch}: {gemm['error']}"
     if gemm["rule"] is None:
         return f"{switch}; no compiled extension: the reference operators use torch's matmul"
-    plan = list(gemm["plan"])  # type: ignore[call-overload]
+    plan = gemm["plan"]
     head = f"{switch}: {gemm['rule']}; plan file {gemm['plan_file'] or 'none (in memory only)'}, {len(plan)} entries"
     return "\n".join([head + (":" if plan else "")] + [" " * 15 + entry for entry in plan])
