@@ -14,6 +14,9 @@ Order, as :func:`load` applies it at ``import conure``:
 ``CONURE_BUILD=aot`` uses only (1), never compiling at import; ``CONURE_BUILD=jit`` skips (1). setup.py imports this
 file without the package (and without torch) for the source list and the compile flags, so both paths compile the
 same sources the same way: nothing here imports torch at module level.
+
+Once loaded, the library is given its CPU GEMM plan file (:func:`gemm_plan_path`), where it keeps which backend,
+oneDNN or ATen's GEMM, it measured faster per shape class (csrc/gemm.cpp), so later runs make the same choices.
 """
 
 from __future__ import annotations
@@ -29,13 +32,22 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 LIBRARY = "conure_ops"  # the just-in-time library's name: <cache>/<key>/build/conure_ops.so
 LIB_EXT = ".pyd" if sys.platform == "win32" else ".so"  # as torch.utils.cpp_extension names it
 JIT_CUDA_ARCHS = "8.0;9.0+PTX"  # TORCH_CUDA_ARCH_LIST when unset (see _cuda_flavour for why not the visible GPU)
 GROUPS = ("common", "python", "cpu", "cuda")
+# The environment switches that change which GEMM kernels run, hence part of the GEMM plan file's key.
+GEMM_KERNEL_SWITCHES = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+)
 
 
 class BuildError(RuntimeError):
@@ -258,6 +270,45 @@ def cache_key(parts: Dict[str, str]) -> str:
     return f"conure{parts['conure']}-torch{torch_version}-{parts['python']}-{flavour}-{digest}"
 
 
+def cpu_model_and_flags() -> Tuple[str, List[str]]:
+    """The CPU's model name and its flags, sorted (``/proc/cpuinfo``; elsewhere the platform's name, no flags)."""
+    model, flags = "", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name" and not model:
+                model = value.strip()
+            elif name.strip() == "flags" and not flags:
+                flags = sorted(set(value.split()))
+    except OSError:  # not Linux
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def gemm_plan_path() -> Path:
+    """The CPU GEMM plan file: ``$CONURE_GEMM_PLAN``, else ``<cache>/gemm-plan/<key>.txt`` where the key hashes the
+    CPU's model and flags, torch's version and :data:`GEMM_KERNEL_SWITCHES`: what decides which GEMM is faster."""
+    if os.environ.get("CONURE_GEMM_PLAN"):
+        return Path(os.environ["CONURE_GEMM_PLAN"]).expanduser()
+    import torch
+
+    model, flags = cpu_model_and_flags()
+    parts = {"cpu": model, "flags": flags, "torch": torch.__version__}
+    parts.update({name: os.environ.get(name, "") for name in GEMM_KERNEL_SWITCHES})
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "gemm-plan" / f"{digest}.txt"
+
+
+def set_gemm_plan(path: Optional[Path]) -> None:
+    """Point the loaded library at ``path`` (None: in memory only): it reads the decisions there (a malformed line
+    is skipped with a warning) and appends the ones it measures. Replaces the plan this process had."""
+    import torch
+
+    problem = str(torch.ops.conure.cpu_gemm_plan_file("" if path is None else str(path)))
+    if problem:
+        warnings.warn(f"conure: {problem}", RuntimeWarning, stacklevel=2)
+
+
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[bool]:
     """Hold an exclusive flock on ``lock_path``; yield whether another process held it first (this one waited, and
@@ -474,10 +525,16 @@ def load_aot() -> dict:
     }
 
 
+def _with_gemm_plan(info: dict) -> dict:
+    path = gemm_plan_path()
+    set_gemm_plan(path)
+    return dict(info, gemm_plan=str(path))
+
+
 def load() -> dict:
     """Load the extension as the module docstring says. Returns {source: "aot" | "jit" | None, path, cache_dir,
-    sources, log, built_now, build_seconds, abi, error}: ``error`` is None when it loaded, else the sentence to
-    report."""
+    sources, log, built_now, build_seconds, abi, gemm_plan, error}: ``error`` is None when it loaded, else the
+    sentence to report; ``gemm_plan`` is the CPU GEMM plan file given to the library."""
     empty = {
         "source": None,
         "path": None,
@@ -487,6 +544,7 @@ def load() -> dict:
         "built_now": False,
         "build_seconds": None,
         "abi": None,
+        "gemm_plan": None,
     }
     if reference_forced():
         return dict(empty, error="CONURE_FORCE_REFERENCE is set")
@@ -496,7 +554,7 @@ def load() -> dict:
     aot_error = None
     if mode != "jit":
         try:
-            return dict(load_aot(), error=None)
+            return _with_gemm_plan(dict(load_aot(), error=None))
         except StaleLibrary as exc:
             return dict(empty, error=f"{exc}: pip install --no-build-isolation . (or delete it to compile at import)")
         except BuildError as exc:
@@ -512,7 +570,7 @@ def load() -> dict:
         from conure.version import __version__
 
         stamp = _check_library_abi(sources_root(), "the cached library")
-        return dict(info, abi=f"conure {__version__} {stamp}", error=None)
+        return _with_gemm_plan(dict(info, abi=f"conure {__version__} {stamp}", error=None))
     except BuildError as exc:
         built = aot_error is not None and not aot_error.endswith("is not built")
         why = f" ({aot_error}, and the compile at import failed)" if built else ""

@@ -1,14 +1,14 @@
 """``conure doctor``: what this installation runs on, for bug reports and for "why is it slow / not compiled".
 
 :func:`report` gathers one dict of sections (the operators' backend and where the compiled library came from, the
-versions, the compiler, CUDA, the CPU's relevant instruction sets, threads, the environment switches that are set);
-:func:`format_report` prints them one section a line.
+versions, the compiler, CUDA, the CPU's relevant instruction sets, the CPU GEMM's backend and plan, threads, the
+environment switches that are set); :func:`format_report` prints them one section a line (the GEMM plan's entries
+follow their section, indented).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +27,8 @@ SWITCHES = (
     "CONURE_FORCE_REFERENCE",
     "CONURE_PROGRESS",
     "CONURE_DIST_TIMEOUT",
+    "CONURE_CPU_GEMM",
+    "CONURE_GEMM_PLAN",
     "CXX",
     "MAX_JOBS",
     "TORCH_CUDA_ARCH_LIST",
@@ -37,6 +39,8 @@ SWITCHES = (
     "ATEN_CPU_CAPABILITY",
     "ONEDNN_MAX_CPU_ISA",
     "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "DNNL_MAX_CPU_ISA",
 )
 SECTIONS = (
     "conure",
@@ -49,6 +53,7 @@ SECTIONS = (
     "ninja",
     "cuda",
     "cpu",
+    "gemm",
     "threads",
     "environment",
 )
@@ -77,17 +82,30 @@ def _nvcc() -> Dict[str, Optional[str]]:
 
 
 def _cpu() -> Dict[str, object]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "model name" and model in ("", platform.processor(), platform.machine()):
-                model = value.strip()
-            elif name.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:  # not Linux: the model only
-        pass
+    from conure import _build
+
+    model, flags = _build.cpu_model_and_flags()
     return {"model": model, "flags": {f: f in flags for f in CPU_FLAGS} if flags else None}
+
+
+def _gemm(compiled: bool, plan_file: Optional[str]) -> Dict[str, object]:
+    """The CPU GEMM: CONURE_CPU_GEMM, the rule in use, the plan file and its entries (csrc/gemm.cpp)."""
+    import torch
+
+    r: Dict[str, object] = {
+        "switch": os.environ.get("CONURE_CPU_GEMM"),
+        "rule": None,
+        "plan_file": plan_file,
+        "plan": [],
+        "error": None,
+    }
+    if compiled:
+        try:
+            r["rule"] = str(torch.ops.conure.cpu_gemm_backend())
+            r["plan"] = [str(entry) for entry in torch.ops.conure.cpu_gemm_plan()]
+        except RuntimeError as exc:  # a bad CONURE_CPU_GEMM: shown, so doctor still runs
+            r["error"] = str(exc).splitlines()[0]
+    return r
 
 
 def report() -> Dict[str, Dict[str, object]]:
@@ -136,11 +154,8 @@ def report() -> Dict[str, Dict[str, object]]:
             "kernels_built": ops.cuda_available(),
             "switch": os.environ.get("CONURE_CUDA"),
         },
-        "cpu": dict(
-            _cpu(),
-            aten_capability=torch.backends.cpu.get_cpu_capability(),
-            gemm=str(torch.ops.conure.cpu_gemm_backend()) if compiled else None,
-        ),
+        "cpu": dict(_cpu(), aten_capability=torch.backends.cpu.get_cpu_capability()),
+        "gemm": _gemm(compiled, info.get("gemm_plan")),
         "threads": {
             "torch": torch.get_num_threads(),
             "interop": torch.get_num_interop_threads(),
@@ -157,7 +172,7 @@ def _yes(value: bool) -> str:
 
 def format_report(r: Dict[str, Dict[str, object]]) -> str:
     """The report as text, one line a section: ``name  value``."""
-    ext, cuda, cpu, nvcc = r["extension"], r["cuda"], r["cpu"], r["cuda"]["nvcc"]
+    ext, cuda, cpu, nvcc, gemm = r["extension"], r["cuda"], r["cpu"], r["cuda"]["nvcc"], r["gemm"]
     if ext["source"] == "aot":
         where = f"aot (built at install): {ext['path']}"
     elif ext["source"] == "jit":
@@ -192,10 +207,21 @@ def format_report(r: Dict[str, Dict[str, object]]) -> str:
             f"CUDA kernels built: {_yes(cuda['kernels_built'])}; CONURE_CUDA "
             f"{cuda['switch'] if cuda['switch'] is not None else 'unset'}"
         ),
-        "cpu": f"{cpu['model']}; {flags}; ATen kernels {cpu['aten_capability']}"
-        + (f"; CPU GEMM {cpu['gemm']}" if cpu["gemm"] else ""),
+        "cpu": f"{cpu['model']}; {flags}; ATen kernels {cpu['aten_capability']}",
+        "gemm": _format_gemm(gemm),
         "threads": f"torch {r['threads']['torch']} (interop {r['threads']['interop']}); CPUs available "
         f"{r['threads']['cpus_available']} of {r['threads']['cpus']}",
         "environment": " ".join(f"{k}={v}" for k, v in r["environment"].items()) or "no conure/torch switch set",
     }
     return "\n".join(f"{name:<12} {lines[name]}" for name in SECTIONS)
+
+
+def _format_gemm(gemm: Dict[str, object]) -> str:
+    switch = f"CONURE_CPU_GEMM={gemm['switch']}" if gemm["switch"] else "CONURE_CPU_GEMM unset (auto)"
+    if gemm["error"]:
+        return f"{switch}: {gemm['error']}"
+    if gemm["rule"] is None:
+        return f"{switch}; no compiled extension: the reference operators use torch's matmul"
+    plan = gemm["plan"]
+    head = f"{switch}: {gemm['rule']}; plan file {gemm['plan_file'] or 'none (in memory only)'}, {len(plan)} entries"
+    return "\n".join([head + (":" if plan else "")] + [" " * 15 + entry for entry in plan])

@@ -11,7 +11,7 @@
 // at a time, so the col buffer stays small (cache resident) and peak memory is the output plus what backward needs:
 // conv1's output h and the LayerNorm statistics. Backward recomputes the LN/ReLU outputs from x, h and the stats.
 //
-// The memory-bound passes are the backends' kernels (csrc/kernels.h); the GEMMs go to conure::gemm (csrc/conv.h).
+// The memory-bound passes are the backends' kernels (csrc/kernels.h); the GEMMs go to conure::gemm (csrc/gemm.h).
 #include <ATen/ATen.h>
 #include <ATen/DeviceGuard.h>
 
@@ -40,7 +40,7 @@ inline int64_t first_tap(int64_t K, int64_t dilation, int64_t L) {
 // (K-1) * dilation from overflowing for absurd dilations.
 inline int64_t clamp_dilation(int64_t dilation, int64_t L) { return std::min(dilation, std::max<int64_t>(L, 1)); }
 
-// GEMMs: conure::gemm (conv.h), oneDNN on CPU where torch exports it.
+// GEMMs: conure::gemm (gemm.h): on the CPU oneDNN or ATen/MKL per shape class, as csrc/gemm.cpp decides.
 using conure::gemm;
 
 // Rows (sequences * positions) per chunk of the block: the col buffer of a chunk is rows * K * C elements.

@@ -1,90 +1,17 @@
 // The masked causal conv and the magnitude prune: device-generic orchestration over the kernel table
-// (csrc/kernels.h), and the GEMM every operator uses. Schemas: csrc/ops.cpp.
+// (csrc/kernels.h), with the GEMM every operator uses (csrc/gemm.cpp). Schemas: csrc/ops.cpp.
 #include "conv.h"
 
 #include <ATen/DeviceGuard.h>
-#include <ATen/ops/empty_native.h>
 
-#include <dlfcn.h>
-
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <algorithm>
 #include <cfenv>
 #include <cmath>
-#include <string>
 
 #include "kernels.h"
 #include "ops.h"
 
 namespace conure {
-
-// out = (accumulate ? out : 0) + a @ b; 2-D, or 3-D batched (a's batch may be 1: broadcast).
-//
-// On CPU, float32/bfloat16 GEMMs go to oneDNN when this torch exports at::native::mkldnn_matmul: MKL's sgemm
-// takes its AVX2 path on AMD processors and ran about 3x slower than oneDNN at the conv's shapes here (same
-// float32 precision). The symbol is looked up at run time so a torch without it still loads the extension.
-using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
-
-MkldnnMatmul find_mkldnn_matmul() {
-  static const MkldnnMatmul fn = []() -> MkldnnMatmul {
-    // Search the library that holds ATen (libtorch_cpu), which Python may have loaded RTLD_LOCAL.
-    Dl_info info;
-    if (dladdr(reinterpret_cast<void*>(&at::native::empty_cpu), &info) == 0 || info.dli_fname == nullptr)
-      return nullptr;
-    void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
-    if (lib == nullptr) return nullptr;
-    return reinterpret_cast<MkldnnMatmul>(dlsym(lib, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
-  }();
-  return fn;
-}
-
-// at::native::mkldnn_matmul refuses to run (for float32 too: it is ATen's bfloat16 path) unless oneDNN may use
-// AVX512BW/VL/DQ or AVX-NE-CONVERT (ONEDNN_MAX_CPU_ISA caps what it may use): on an AVX2-only CPU every call would
-// throw. Probed once per dtype with a 2x2 product, rather than re-deriving ATen's rule here; ATen's own GEMM
-// (MKL/OpenBLAS) takes what oneDNN does not.
-bool mkldnn_usable(MkldnnMatmul fn, at::ScalarType dtype) {
-  auto probe = [fn](at::ScalarType t) {
-    try {
-      const at::Tensor a = at::ones({2, 2}, t);
-      at::Tensor out = at::empty({2, 2}, t);
-      fn(a, a, out, 0.0f, 1.0f);
-      return true;
-    } catch (const c10::Error&) {
-      return false;
-    }
-  };
-  static const bool float_ok = probe(at::kFloat);
-  static const bool bf16_ok = probe(at::kBFloat16);
-  return dtype == at::kFloat ? float_ok : bf16_ok;
-}
-
-void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  const auto dtype = out.scalar_type();
-  if (out.is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16) && out.is_contiguous()) {
-    MkldnnMatmul fn = find_mkldnn_matmul();
-    if (fn != nullptr && mkldnn_usable(fn, dtype)) {
-      fn(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
-      return;
-    }
-  }
-  // A kernel's internal GEMM: no autograd here even when an operand is a leaf that requires grad (the fused
-  // blocks pass their weights as they are); ATen's out= variants refuse such operands otherwise.
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  if (out.dim() == 3) {  // batched: a is [T, M, K] or [1, M, K] (broadcast), b is [T, K, N]
-    const at::Tensor a3 = a.size(0) == out.size(0) ? a : a.expand({out.size(0), a.size(1), a.size(2)});
-    if (accumulate) {
-      out.baddbmm_(a3, b);
-    } else {
-      at::bmm_out(out, a3, b);
-    }
-    return;
-  }
-  if (accumulate) {
-    out.addmm_(a, b);
-  } else {
-    at::mm_out(out, a, b);
-  }
-}
 
 void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& owner, int64_t task,
                      const std::optional<at::Tensor>& bias, int64_t dilation) {
@@ -289,11 +216,6 @@ at::Tensor magnitude_prune_many_(at::TensorList weights, at::TensorList owners, 
   const at::OptionalDeviceGuard guard(at::device_of(weights[0]));
   const int64_t kept = kernels_for(weights[0], "magnitude_prune_").prune(weights, owners, task, keep_ratio);
   return at::scalar_tensor(kept, at::kLong);
-}
-
-std::string cpu_gemm_backend() {
-  const MkldnnMatmul fn = find_mkldnn_matmul();
-  return fn != nullptr && mkldnn_usable(fn, at::kFloat) ? "onednn" : "aten";
 }
 
 }  // namespace conure

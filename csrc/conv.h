@@ -1,4 +1,5 @@
-// The masked causal conv's shared pieces: the GEMM every operator uses, argument checks, the prune's keep count.
+// The masked causal conv's shared pieces: the GEMM every operator uses (gemm.h), argument checks, the prune's keep
+// count.
 //
 // The masked causal conv is K GEMMs (one per tap) on [B*L, C] row blocks (bfloat16/float16: one GEMM over the
 // taps side by side, so the sum rounds once), done with conure::gemm, plus the backend's weight layout kernels
@@ -9,11 +10,9 @@
 
 #include <optional>
 
-namespace conure {
+#include "gemm.h"
 
-// out = (accumulate ? out : 0) + a @ b; 2-D, or 3-D batched (a's batch may be 1: broadcast). CPU float32/bfloat16
-// go to oneDNN when this torch exports at::native::mkldnn_matmul (see conv.cpp); else at::mm/bmm.
-void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
+namespace conure {
 
 // Argument checks shared by every backend (the Python wrapper checks first with friendlier messages).
 void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& owner, int64_t task,

@@ -36,6 +36,8 @@ constexpr const char* kSchemas[] = {
     "multi_task_forward(Tensor x, Tensor[] wcols, Tensor[] ln_params, int[] dilations, int kernel_size, float eps, "
     "int out_len, bool post_ln=False) -> Tensor",
     "cpu_gemm_backend() -> str",
+    "cpu_gemm_plan_file(str path) -> str",
+    "cpu_gemm_plan() -> str[]",
     "has_cuda() -> bool",
     "abi() -> str",
 };
@@ -101,6 +103,8 @@ TORCH_LIBRARY(conure, m) {
   for (const char* schema : conure::kSchemas) m.def(schema);
   // No tensor arguments: one kernel for every dispatch key.
   m.impl("cpu_gemm_backend", &conure::cpu_gemm_backend);
+  m.impl("cpu_gemm_plan_file", &conure::cpu_gemm_plan_file);
+  m.impl("cpu_gemm_plan", &conure::cpu_gemm_plan);
   m.impl("has_cuda", &conure::has_cuda);
   m.impl("abi", &conure::abi);
 }

@@ -8,7 +8,9 @@
 
 #include <array>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace conure {
 
@@ -48,8 +50,14 @@ at::Tensor multi_task_forward(const at::Tensor& x, at::TensorList wcols, at::Ten
                               at::IntArrayRef dilations, int64_t kernel_size, double eps, int64_t out_len,
                               bool post_ln);
 
-// ---- diagnostics (csrc/conv.cpp, csrc/ops.cpp)
-std::string cpu_gemm_backend();  // "onednn" or "aten": the CPU conv's GEMM
-std::string abi();               // "schemas <hash>": conure/_build.py compares it with the sources' schemas
+// ---- the CPU GEMM's backend (csrc/gemm.cpp) and diagnostics (csrc/ops.cpp)
+// The rule in use: "auto (measured per shape class)", "onednn (CONURE_CPU_GEMM=onednn)", "aten (...)".
+std::string cpu_gemm_backend();
+// Read the plan file (first line per shape class wins) and append new decisions to it; "": in memory only. Returns
+// what went wrong reading it (unreadable, malformed lines skipped), for the caller to warn about, or "".
+std::string cpu_gemm_plan_file(const std::string& path);
+// The plan, one line per shape class: its key, backend, both times in microseconds, "file" or "measured".
+std::vector<std::string> cpu_gemm_plan();
+std::string abi();  // "schemas <hash>": conure/_build.py compares it with the sources' schemas
 
 }  // namespace conure

@@ -1,11 +1,22 @@
+import atexit
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# The tests' CPU GEMM plan (csrc/gemm.cpp): a fresh file for the session, inherited by every subprocess, instead of
+# the one in the user's cache. Set before conure loads its extension, which reads the plan file then. CONURE_CACHE
+# itself is left alone: moving it would recompile a just-in-time build for every session.
+if not os.environ.get("CONURE_GEMM_PLAN"):
+    _plan_dir = tempfile.mkdtemp(prefix="conure-tests-gemm-plan-")
+    atexit.register(shutil.rmtree, _plan_dir, True)
+    os.environ["CONURE_GEMM_PLAN"] = os.path.join(_plan_dir, "plan.txt")
 
-import conure
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import conure  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 REPO = Path(conure.__file__).resolve().parents[1]

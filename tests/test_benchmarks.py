@@ -56,6 +56,13 @@ def test_run_py_writes_the_ratio_rows(tmp_path):
     assert "| conv fwd B=32 L=50 d=4 |" in text
 
 
+@pytest.mark.skipif(ops.backend() != "compiled", reason="the table compares the compiled ops' GEMM backends")
+def test_gemm_rate_prints_the_backends_side_by_side():
+    text = run("benchmarks/gemm_rate.py", "--backends", "--batch", "2", "--repeats", "1")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| GEMM")]
+    assert len(rows) == 6 and all(len(row.split("|")) == 8 for row in rows), text
+
+
 def test_quick_subset():
     sys.path.insert(0, str(ROOT))
     from benchmarks.run import cases, quick_case

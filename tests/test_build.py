@@ -216,7 +216,8 @@ def test_doctor_reports_every_section():
         [sys.executable, "-m", "conure", "doctor"], cwd=REPO, env=e, capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 0, p.stderr
-    lines = {line.split()[0]: line for line in p.stdout.splitlines() if line.strip()}
+    # one line a section; the GEMM plan's entries follow their section, indented
+    lines = {line.split()[0]: line for line in p.stdout.splitlines() if line.strip() and not line.startswith(" ")}
     from conure import doctor
 
     assert list(lines) == list(doctor.SECTIONS), p.stdout
@@ -229,6 +230,8 @@ def test_doctor_reports_every_section():
             assert f"{flag} " in lines["cpu"]
     assert "GPU" in lines["cuda"] and "nvcc" in lines["cuda"]
     assert str(torch.get_num_threads()) in lines["threads"]
+    if conure.backend() == "compiled":
+        assert "CONURE_CPU_GEMM" in lines["gemm"] and os.environ["CONURE_GEMM_PLAN"] in lines["gemm"]
 
     p = subprocess.run(
         [sys.executable, "-m", "conure", "doctor", "--json"],

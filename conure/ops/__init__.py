@@ -88,7 +88,8 @@ def extension_info() -> dict:
     """Where the operators came from: ``source`` ("aot": ``conure._C`` built at install; "jit": compiled at first
     import into the cache; None: the reference is in use), ``path`` (the library), ``cache_dir``, ``sources`` (the
     csrc/ compiled), ``built_now`` (this process compiled it), ``build_seconds``, ``abi`` (the library's ABI stamp:
-    ``"conure <version> schemas <hash of csrc/ops.cpp's schemas>"``), ``log`` and ``error``."""
+    ``"conure <version> schemas <hash of csrc/ops.cpp's schemas>"``), ``gemm_plan`` (the CPU GEMM plan file:
+    :func:`conure._build.gemm_plan_path`), ``log`` and ``error``."""
     return dict(_INFO)
 
 
