@@ -95,40 +95,18 @@ def test_e2e_runs_both_backends_on_a_small_movielens_file(tmp_path):
     data.mkdir()
     (data / "u.data").write_text("\n".join(lines) + "\n")
     out = tmp_path / "e2e.json"
-    text = run("benchmarks/e2e_ml100k.py", "--data", str(data), "--repeats", "1", "--json", str(out))
-    rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
-    assert rows[0]["name"].startswith("e2e ML-100K task 1, one epoch") and "| e2e ML-100K" in text
+
+    def e2e(*extra):
+        text = run("benchmarks/e2e_ml100k.py", "--data", str(data), "--repeats", "1", "--json", str(out), *extra)
+        assert "| e2e ML-100K" in text
+        return check_rows(out, [json.loads(out.read_text())[0]["name"]])[0]["name"]
+
+    assert e2e().startswith("e2e ML-100K task 1, one epoch")
     (data / "u.user").write_text("".join(f"{u}|{20 + u % 30}|{'MF'[u % 2]}|other|00000\n" for u in range(1, 61)))
-    text = run(
-        "benchmarks/e2e_ml100k.py",
-        "--data",
-        str(data),
-        "--repeats",
-        "1",
-        "--task",
-        "gender",
-        "--max-len",
-        "30",
-        "--json",
-        str(out),
-    )
-    rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
-    assert rows[0]["name"].startswith("e2e ML-100K later task gender (pool last, positions needed)"), rows
-    text = run(
-        "benchmarks/e2e_ml100k.py",
-        "--data",
-        str(data),
-        "--repeats",
-        "1",
-        "--precision",
-        "bf16",
-        "--against",
-        "fp32",
-        "--json",
-        str(out),
-    )
-    rows = check_rows(out, [json.loads(out.read_text())[0]["name"]])
-    assert rows[0]["name"].startswith("e2e ML-100K task 1, bf16 vs ours fp32, one epoch"), rows
+    name = e2e("--task", "gender", "--max-len", "30")
+    assert name.startswith("e2e ML-100K later task gender (pool last, positions needed)"), name
+    name = e2e("--precision", "bf16", "--against", "fp32")
+    assert name.startswith("e2e ML-100K task 1, bf16 vs ours fp32, one epoch"), name
 
 
 @pytest.mark.skipif(ops.backend() != "compiled", reason="compares the compiled ops with the reference")
