@@ -4,24 +4,15 @@
 from __future__ import annotations
 
 import os
-import platform
 from typing import Dict
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def describe() -> Dict[str, object]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    from conure._build import cpu_model_and_flags  # the CPU the GEMM plan file is keyed by, read one way
+
+    model, flags = cpu_model_and_flags()
     import torch
 
     return {

@@ -212,10 +212,9 @@ def serve_stream_case(batch: int, length: int, tasks: int = 5):
 
 
 def _has_bf16() -> bool:
-    try:
-        return "avx512_bf16" in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    from conure._build import cpu_model_and_flags
+
+    return "avx512_bf16" in cpu_model_and_flags()[1]
 
 
 def cases() -> Dict[str, Factory]:
