@@ -65,20 +65,7 @@ def reference_backbone(net: NextItNet, items: torch.Tensor, task: int) -> torch.
     """The backbone as a pure-torch composition of conure.reference ops, on ``net``'s parameters."""
     x = net.embedding(items)
     for block in net.blocks:
-        x = reference.residual_block(
-            x,
-            block.conv1.weight,
-            block.conv1.owner,
-            block.conv2.weight,
-            block.conv2.owner,
-            block.ln1.weight,
-            block.ln1.bias,
-            block.ln2.weight,
-            block.ln2.bias,
-            task,
-            block.conv1.dilation,
-            block.ln1.eps,
-        )
+        x = reference.residual_block(x, *block.op_tensors(), task, block.conv1.dilation, block.ln1.eps)
     return x
 
 

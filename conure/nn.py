@@ -17,7 +17,7 @@ Neither variant applies a final LayerNorm after the last block: the backbone out
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -156,19 +156,7 @@ class ResidualBlock(nn.Module):
         if patch is None and self._fusable(x, task):
             # One compiled op for the whole block (conure.ops.residual_block); same result as the composition below.
             return ops.residual_block(
-                x,
-                self.conv1.weight,
-                self.conv1.owner,
-                self.conv2.weight,
-                self.conv2.owner,
-                self.ln1.weight,
-                self.ln1.bias,
-                self.ln2.weight,
-                self.ln2.bias,
-                task,
-                self.conv1.dilation,
-                self.ln1.eps,
-                post_ln=not self.pre_ln,
+                x, *self.op_tensors(), task, self.conv1.dilation, self.ln1.eps, post_ln=not self.pre_ln
             )
         if self.pre_ln:
             h = self.conv1(F.relu(self.ln1(x)), task)
@@ -179,6 +167,21 @@ class ResidualBlock(nn.Module):
         if patch is not None:
             h = patch(h)
         return x + h
+
+    def op_tensors(self) -> Tuple[torch.Tensor, ...]:
+        """The block's tensors in the order :func:`conure.ops.residual_block` (and its reference twin) take them after
+        x: w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias."""
+        c1, c2 = self.conv1, self.conv2
+        return (
+            c1.weight,
+            c1.owner,
+            c2.weight,
+            c2.owner,
+            self.ln1.weight,
+            self.ln1.bias,
+            self.ln2.weight,
+            self.ln2.bias,
+        )
 
     def _fusable(self, x, task) -> bool:
         # Anything unusual (bias, odd inputs: their errors come from the layers) takes the composition.

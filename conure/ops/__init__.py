@@ -243,40 +243,11 @@ def residual_block(
     x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias = _autocast_inputs(
         x, w1, w2, ln1_weight, ln1_bias, ln2_weight, ln2_bias
     )
-    checks.check_block_inputs(
-        x,
-        w1,
-        owner1,
-        w2,
-        owner2,
-        ln1_weight,
-        ln1_bias,
-        ln2_weight,
-        ln2_bias,
-        task,
-        dilation,
-        eps,
-        post_ln=bool(post_ln),
-    )
+    tensors = (x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias)
+    checks.check_block_inputs(*tensors, task, dilation, eps, post_ln=bool(post_ln))
     if not _COMPILED:
-        return reference.residual_block(
-            x,
-            w1,
-            owner1,
-            w2,
-            owner2,
-            ln1_weight,
-            ln1_bias,
-            ln2_weight,
-            ln2_bias,
-            task,
-            dilation,
-            eps,
-            post_ln=bool(post_ln),
-        )
-    return torch.ops.conure.residual_block(
-        x, w1, owner1, w2, owner2, ln1_weight, ln1_bias, ln2_weight, ln2_bias, task, dilation, float(eps), bool(post_ln)
-    )[0]
+        return reference.residual_block(*tensors, task, dilation, eps, post_ln=bool(post_ln))
+    return torch.ops.conure.residual_block(*tensors, task, dilation, float(eps), bool(post_ln))[0]
 
 
 def stream_step_(
