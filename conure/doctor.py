@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from conure import _build
+
 # The CPU flags conure's speed depends on: AVX2 and AVX-512 for the CPU kernels and oneDNN's GEMMs, AVX512-BF16 and
 # AMX-BF16 for bfloat16 autocast (--precision bf16).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -36,11 +38,7 @@ SWITCHES = (
     "CUDA_VISIBLE_DEVICES",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
-    "ATEN_CPU_CAPABILITY",
-    "ONEDNN_MAX_CPU_ISA",
-    "MKL_ENABLE_INSTRUCTIONS",
-    "MKL_CBWR",
-    "DNNL_MAX_CPU_ISA",
+    *_build.GEMM_KERNEL_SWITCHES,  # which CPU kernels torch runs (ATen, oneDNN, MKL)
 )
 SECTIONS = (
     "conure",
@@ -69,8 +67,6 @@ def _first_line(cmd: List[str]) -> Optional[str]:
 
 
 def _nvcc() -> Dict[str, Optional[str]]:
-    from conure import _build
-
     home = _build._cuda_home()
     candidates = [shutil.which("nvcc")] + ([os.path.join(home, "bin", "nvcc")] if home else [])
     path = next((c for c in candidates if c and os.path.isfile(c)), None)
@@ -82,8 +78,6 @@ def _nvcc() -> Dict[str, Optional[str]]:
 
 
 def _cpu() -> Dict[str, object]:
-    from conure import _build
-
     model, flags = _build.cpu_model_and_flags()
     return {"model": model, "flags": {f: f in flags for f in CPU_FLAGS} if flags else None}
 
@@ -113,7 +107,7 @@ def report() -> Dict[str, Dict[str, object]]:
     import torch
 
     import conure
-    from conure import _build, ops
+    from conure import ops
 
     info = ops.extension_info()
     compiled = ops.backend() == "compiled"

@@ -1070,11 +1070,8 @@ class ConureLearner(ContinualLearner):
     def _phase_start(self, task_id, cfg):
         # Only weight decay moves a weight whose gradient is exactly 0 (see the module docstring): without it there is
         # nothing to copy back, which saved ~5% of a later task's epoch (benchmarks/RESULTS.md).
-        self._snapshots = [
-            (m.weight, m.owner != task_id, m.weight.detach().clone())
-            for _, m in self.backbone.conv_layers()
-            if moves_zero_grad_entries(cfg)
-        ]
+        layers = self.backbone.conv_layers() if moves_zero_grad_entries(cfg) else []
+        self._snapshots = [(m.weight, m.owner != task_id, m.weight.detach().clone()) for _, m in layers]
 
     def _phase_end(self, task_id):
         self._snapshots = None
